@@ -1,0 +1,128 @@
+//! Which statements may run through the engine. A request is one transaction that the
+//! engine begins and commits itself, and the local database is a cache of the commit log,
+//! so statements that end transactions, attach other files, or change how the WAL works
+//! would break durability or consistency between isolates.
+
+use turso_parser::ast::{Cmd, PragmaBody, Stmt};
+use turso_parser::parser::Parser;
+
+use crate::error::EngineError;
+
+/// PRAGMAs that may be assigned (`PRAGMA x = v`): header fields that are written through
+/// the WAL like any page, and connection settings that only affect the current request.
+const ASSIGNABLE_PRAGMAS: &[&str] = &[
+    "foreign_keys",
+    "defer_foreign_keys",
+    "recursive_triggers",
+    "case_sensitive_like",
+    "user_version",
+    "application_id",
+];
+
+/// PRAGMAs refused in every form: they checkpoint, vacuum, or change the file format.
+const FORBIDDEN_PRAGMAS: &[&str] = &[
+    "wal_checkpoint",
+    "incremental_vacuum",
+    "optimize",
+    "journal_mode",
+    "page_size",
+    "locking_mode",
+    "wal_autocheckpoint",
+    "auto_vacuum",
+    "synchronous",
+    "writable_schema",
+    "encoding",
+    "mvcc",
+    "cipher",
+    "hexkey",
+    "key",
+    "hexrekey",
+    "rekey",
+];
+
+/// What a statement is, as far as access control cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementKind {
+    /// Reads only (SELECT, EXPLAIN, read-only PRAGMAs).
+    Read,
+    /// May change the database.
+    Write,
+}
+
+/// Checks one statement's SQL. Parse errors are left to the engine (it reports them with
+/// better messages); this only refuses statements that parse and are not allowed.
+pub fn check_statement(sql: &str) -> Result<StatementKind, EngineError> {
+    let mut parser = Parser::new(sql.as_bytes());
+    let cmd = match parser.next() {
+        Some(Ok(cmd)) => cmd,
+        _ => return Ok(StatementKind::Write),
+    };
+    let stmt = match cmd {
+        Cmd::Explain(_) | Cmd::ExplainQueryPlan { .. } => return Ok(StatementKind::Read),
+        Cmd::Stmt(stmt) => stmt,
+    };
+    let refuse = |what: &str| {
+        Err(EngineError::NotAllowed(format!(
+            "{what} is not allowed: each request runs as one transaction that the server begins and commits (use a batch for several statements)"
+        )))
+    };
+    match stmt {
+        Stmt::Begin { .. } => refuse("BEGIN"),
+        Stmt::Commit { .. } => refuse("COMMIT/END"),
+        Stmt::Rollback { savepoint_name: None, .. } => refuse("ROLLBACK"),
+        Stmt::Attach { .. } | Stmt::Detach { .. } => Err(EngineError::NotAllowed(
+            "ATTACH and DETACH are not allowed: each database is its own durable lane".into(),
+        )),
+        Stmt::Vacuum { .. } => Err(EngineError::NotAllowed("VACUUM is not supported".into())),
+        Stmt::Pragma { name, body } => {
+            let pragma = name.name.as_str().to_ascii_lowercase();
+            let pragma = pragma.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']');
+            if name.db_name.is_some_and(|db| !db.as_str().eq_ignore_ascii_case("main")) {
+                return Err(EngineError::NotAllowed("PRAGMA on a schema other than main is not allowed".into()));
+            }
+            if FORBIDDEN_PRAGMAS.contains(&pragma) {
+                return Err(EngineError::NotAllowed(format!("PRAGMA {pragma} is managed by the server and not allowed")));
+            }
+            match body {
+                Some(PragmaBody::Equals(_)) if !ASSIGNABLE_PRAGMAS.contains(&pragma) => Err(EngineError::NotAllowed(
+                    format!("setting PRAGMA {pragma} is not allowed; assignable: {}", ASSIGNABLE_PRAGMAS.join(", ")),
+                )),
+                Some(PragmaBody::Equals(_)) => Ok(StatementKind::Write),
+                _ => Ok(StatementKind::Read),
+            }
+        }
+        Stmt::Select(_) => Ok(StatementKind::Read),
+        _ => Ok(StatementKind::Write),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_and_refuses() {
+        assert_eq!(check_statement("select 1").unwrap(), StatementKind::Read);
+        assert_eq!(check_statement("insert into t values (1)").unwrap(), StatementKind::Write);
+        assert_eq!(check_statement("PRAGMA table_info(t)").unwrap(), StatementKind::Read);
+        assert_eq!(check_statement("pragma foreign_keys = on").unwrap(), StatementKind::Write);
+        for bad in [
+            "BEGIN",
+            "commit",
+            "END TRANSACTION",
+            "rollback",
+            "ATTACH 'x.db' AS x",
+            "DETACH x",
+            "PRAGMA journal_mode=delete",
+            "pragma wal_checkpoint(TRUNCATE)",
+            "PRAGMA cache_size = 10",
+            "VACUUM",
+        ] {
+            let e = check_statement(bad).unwrap_err();
+            assert_eq!(e.code(), "STATEMENT_NOT_ALLOWED", "{bad}");
+        }
+        assert!(check_statement("SAVEPOINT a").is_ok());
+        assert!(check_statement("ROLLBACK TO a").is_ok());
+        assert!(check_statement("not sql at all").is_ok(), "parse errors are the engine's to report");
+    }
+}

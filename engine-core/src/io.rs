@@ -1,0 +1,119 @@
+//! The IO turso_core runs on: in-memory files (the isolate has no filesystem), a clock that
+//! reads JS `Date` in the Worker (turso's default clock uses `std::time::Instant`, which
+//! panics on wasm32), and `sleep`/`yield_now` that never block a single-threaded isolate.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use turso_core::{Clock, File, MemoryIO, MonotonicInstant, OpenFlags, WallClockInstant, IO};
+
+/// Milliseconds since the Unix epoch.
+#[cfg(feature = "wasm")]
+pub fn now_millis() -> f64 {
+    js_sys::Date::now()
+}
+
+#[cfg(not(feature = "wasm"))]
+pub fn now_millis() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// Fills `buf` with random bytes (crypto.getRandomValues in the Worker).
+pub fn random_bytes(buf: &mut [u8]) {
+    // getrandom only fails when the platform has no source at all; a zeroed nonce would
+    // still be correct (nonces only disambiguate our own retries), just less unique.
+    let _ = getrandom::fill(buf);
+}
+
+/// In-memory files keyed by path. Files outlive the turso `Database` that opened them, so
+/// the engine can reopen the same bytes (e.g. after discarding unshipped WAL frames).
+pub struct EngineIo {
+    files: Mutex<HashMap<String, Arc<dyn File>>>,
+    file_factory: MemoryIO,
+}
+
+impl EngineIo {
+    pub fn new() -> Self {
+        EngineIo { files: Mutex::new(HashMap::new()), file_factory: MemoryIO::new() }
+    }
+
+    /// The file at `path`, if it was ever opened.
+    pub fn file(&self, path: &str) -> Option<Arc<dyn File>> {
+        self.files.lock().ok()?.get(path).cloned()
+    }
+
+    /// Makes `new_path` name the same file as `old_path` (used to reopen a database under
+    /// a fresh path: turso keeps one `Database` per path in a process-wide registry).
+    pub fn alias(&self, old_path: &str, new_path: &str) {
+        if let Ok(mut files) = self.files.lock() {
+            if let Some(f) = files.get(old_path).cloned() {
+                files.insert(new_path.to_string(), f);
+            }
+        }
+    }
+
+    pub fn forget(&self, path: &str) {
+        if let Ok(mut files) = self.files.lock() {
+            files.remove(path);
+        }
+    }
+}
+
+impl Default for EngineIo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for EngineIo {
+    fn current_time_monotonic(&self) -> MonotonicInstant {
+        MonotonicInstant::from_nanos((now_millis() * 1_000_000.0) as u128)
+    }
+
+    fn current_time_wall_clock(&self) -> WallClockInstant {
+        let ms = now_millis();
+        let secs = (ms / 1000.0).floor();
+        WallClockInstant { secs: secs as i64, micros: ((ms - secs * 1000.0) * 1000.0) as u32 }
+    }
+}
+
+impl IO for EngineIo {
+    fn open_file(&self, path: &str, flags: OpenFlags, direct: bool) -> turso_core::Result<Arc<dyn File>> {
+        let mut files = self
+            .files
+            .lock()
+            .map_err(|_| turso_core::LimboError::InternalError("engine io lock poisoned".into()))?;
+        if let Some(f) = files.get(path) {
+            return Ok(f.clone());
+        }
+        let f = self.file_factory.open_file(path, flags, direct)?;
+        files.insert(path.to_string(), f.clone());
+        Ok(f)
+    }
+
+    fn remove_file(&self, path: &str) -> turso_core::Result<()> {
+        self.forget(path);
+        self.file_factory.remove_file(path)
+    }
+
+    fn file_id(&self, path: &str) -> turso_core::Result<turso_core::io::FileId> {
+        Ok(turso_core::io::FileId::from_path_hash(path))
+    }
+
+    fn generate_random_number(&self) -> i64 {
+        let mut b = [0u8; 8];
+        random_bytes(&mut b);
+        i64::from_le_bytes(b)
+    }
+
+    fn fill_bytes(&self, dest: &mut [u8]) {
+        random_bytes(dest);
+    }
+
+    fn yield_now(&self) {}
+
+    fn sleep(&self, _duration: std::time::Duration) {}
+}

@@ -1,0 +1,60 @@
+//! Where a database's objects live in the bucket. A database is a prefix; everything under
+//! it is immutable except the manifest. See ARCHITECTURE.md.
+
+/// Object keys for one database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    prefix: String,
+}
+
+/// Width of zero-padded sequence numbers, so lexical key order equals numeric order.
+const SEQ_WIDTH: usize = 20;
+
+impl Layout {
+    /// `root` is a bucket-wide prefix (may be empty); `db_name` must already be validated.
+    pub fn new(root: &str, db_name: &str) -> Self {
+        Layout { prefix: format!("{root}db/{db_name}/") }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The only mutable object: changed by etag compare-and-swap at checkpoints.
+    pub fn manifest_key(&self) -> String {
+        format!("{}manifest", self.prefix)
+    }
+
+    pub fn log_prefix(&self) -> String {
+        format!("{}log/", self.prefix)
+    }
+
+    /// Commit record `seq` (1-based), created once by a create-only PUT.
+    pub fn log_key(&self, seq: u64) -> String {
+        format!("{}log/{:0width$}", self.prefix, seq, width = SEQ_WIDTH)
+    }
+
+    /// Parses a key produced by [`Self::log_key`].
+    pub fn log_seq_of(&self, key: &str) -> Option<u64> {
+        let digits = key.strip_prefix(&self.log_prefix())?;
+        if digits.len() != SEQ_WIDTH {
+            return None;
+        }
+        digits.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_numerically_and_parse_back() {
+        let l = Layout::new("", "app");
+        assert_eq!(l.log_key(7), "db/app/log/00000000000000000007");
+        assert!(l.log_key(9) < l.log_key(10));
+        assert_eq!(l.log_seq_of(&l.log_key(123)), Some(123));
+        assert_eq!(l.log_seq_of("db/app/log/12"), None);
+        assert_eq!(l.log_seq_of("db/other/log/00000000000000000001"), None);
+    }
+}

@@ -1,0 +1,23 @@
+//! TwillDB Edge's storage engine: SQL in turso_core, durability in an object store.
+//!
+//! Data path, top to bottom: [`database::Database`] (commit protocol, freshness) →
+//! [`local::LocalDb`] (turso_core over in-memory files) and [`log_record`] (what a commit
+//! is in the store) → [`store::ObjectStore`] (R2 in the Worker, [`mem_store`] natively).
+
+pub mod database;
+pub mod error;
+pub mod guard;
+pub mod io;
+pub mod layout;
+pub mod local;
+pub mod log_record;
+pub mod manifest;
+pub mod mem_store;
+pub mod store;
+pub mod value;
+
+pub use database::{Database, DbConfig, TxResult};
+pub use error::EngineError;
+pub use layout::Layout;
+pub use store::ObjectStore;
+pub use value::{ExecStats, Params, SqlValue, Statement, StatementResult};

@@ -1,0 +1,368 @@
+//! The database as turso_core sees it inside one isolate: in-memory files, one connection,
+//! WAL auto-checkpoints off (the engine owns all WAL bookkeeping). This layer runs SQL and
+//! moves WAL frames in and out; it knows nothing about the object store.
+
+use std::num::NonZero;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use turso_core::{Connection, StatementStatusCounter, StepResult, Value};
+
+use crate::error::{sql_err, EngineError};
+use crate::io::EngineIo;
+use crate::log_record::Frame;
+use crate::value::{Params, SqlValue, Statement, StatementResult};
+
+/// SQLite's WAL header and frame header sizes.
+const WAL_HEADER_LEN: u64 = 32;
+const WAL_FRAME_HEADER_LEN: usize = 24;
+
+/// Distinct turso paths per open: turso keeps one `Database` per path process-wide.
+static NEXT_OPEN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Bounds on what one statement may produce or do.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecLimits {
+    /// Result rows of one statement.
+    pub max_result_rows: usize,
+    /// Approximate bytes of one statement's result (sum of value sizes).
+    pub max_result_bytes: usize,
+    /// VDBE steps one statement may take before it is interrupted (runaway queries).
+    pub max_vm_steps: u64,
+}
+
+impl Default for ExecLimits {
+    fn default() -> Self {
+        ExecLimits { max_result_rows: 100_000, max_result_bytes: 16 << 20, max_vm_steps: 50_000_000 }
+    }
+}
+
+pub struct LocalDb {
+    io: Arc<EngineIo>,
+    // Field order matters: the connection must drop before its database.
+    conn: Arc<Connection>,
+    db: Arc<turso_core::Database>,
+    path: String,
+    /// WAL frames that are durable (came from, or were shipped to, the commit log).
+    durable_frames: u64,
+    page_size: u32,
+}
+
+impl LocalDb {
+    /// A fresh, empty database.
+    pub fn create() -> Result<Self, EngineError> {
+        let io = Arc::new(EngineIo::new());
+        let path = format!("twill-{}.db", NEXT_OPEN_ID.fetch_add(1, Ordering::Relaxed));
+        Self::open_at(io, path, 0)
+    }
+
+    fn open_at(io: Arc<EngineIo>, path: String, durable_frames: u64) -> Result<Self, EngineError> {
+        let db = turso_core::Database::open_file(io.clone(), &path, Arc::new(turso_core::SqliteDialect))
+            .map_err(|e| EngineError::Internal(format!("open local database: {e}")))?;
+        let conn = db.connect().map_err(|e| EngineError::Internal(format!("connect: {e}")))?;
+        conn.wal_auto_actions_disable();
+        let mut local = LocalDb { io, conn, db, path, durable_frames, page_size: 4096 };
+        local.page_size = local.query_page_size()?;
+        Ok(local)
+    }
+
+    fn query_page_size(&self) -> Result<u32, EngineError> {
+        let r = self.execute(&Statement::new("PRAGMA page_size"), &ExecLimits::default())?;
+        match r.rows.first().and_then(|row| row.first()) {
+            Some(SqlValue::Integer(n)) if *n > 0 => Ok(*n as u32),
+            _ => Ok(4096),
+        }
+    }
+
+    pub fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
+    pub fn durable_frames(&self) -> u64 {
+        self.durable_frames
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        !self.conn.get_auto_commit()
+    }
+
+    /// WAL frames committed locally, durable or not.
+    pub fn wal_frames(&self) -> Result<u64, EngineError> {
+        Ok(self.conn.wal_state().map_err(sql_err)?.max_frame)
+    }
+
+    /// Runs one statement (SQL text holding exactly one statement) with its parameters.
+    pub fn execute(&self, statement: &Statement, limits: &ExecLimits) -> Result<StatementResult, EngineError> {
+        let sql = statement.sql.as_str();
+        let mut stmt = self.conn.prepare(sql).map_err(sql_err)?;
+        let tail = &sql[stmt.tail_offset().min(sql.len())..];
+        if !is_blank_sql(tail) {
+            return Err(EngineError::Sql(
+                "more than one statement in one SQL string; send them as separate statements of a batch".into(),
+            ));
+        }
+        bind_params(&mut stmt, &statement.params)?;
+
+        let columns: Vec<String> = (0..stmt.num_columns()).map(|i| stmt.get_column_name(i).into_owned()).collect();
+        let decltypes = (0..stmt.num_columns()).map(|i| stmt.get_column_decltype(i)).collect();
+        let rowid_before = self.conn.last_insert_rowid();
+        let mut rows = Vec::new();
+        let mut result_bytes = 0usize;
+        loop {
+            if stmt.stmt_status(StatementStatusCounter::VmStep) > limits.max_vm_steps {
+                stmt.interrupt();
+                return Err(EngineError::Interrupted(format!(
+                    "statement interrupted after {} VM steps (limit {}); the database is unchanged",
+                    limits.max_vm_steps, limits.max_vm_steps
+                )));
+            }
+            match stmt.step().map_err(sql_err)? {
+                StepResult::Row => {
+                    let row = stmt.row().ok_or_else(|| EngineError::Internal("row missing after Row step".into()))?;
+                    let values: Vec<SqlValue> = row.get_values().map(|v| from_turso(v)).collect();
+                    result_bytes += values.iter().map(value_size).sum::<usize>();
+                    rows.push(values);
+                    if rows.len() > limits.max_result_rows {
+                        return Err(EngineError::Limit(format!(
+                            "result has more than {} rows (RESULT_ROWS limit); add a LIMIT or page through the data",
+                            limits.max_result_rows
+                        )));
+                    }
+                    if result_bytes > limits.max_result_bytes {
+                        return Err(EngineError::Limit(format!(
+                            "result is larger than {} bytes (RESULT_BYTES limit); select fewer rows or columns",
+                            limits.max_result_bytes
+                        )));
+                    }
+                }
+                StepResult::Done => break,
+                StepResult::IO | StepResult::Yield | StepResult::Sleep { .. } => {
+                    stmt._io().step().map_err(sql_err)?;
+                }
+                StepResult::Interrupt => return Err(EngineError::Interrupted("statement interrupted".into())),
+                StepResult::Busy => return Err(EngineError::Internal("database busy".into())),
+            }
+        }
+        let rows_affected = stmt.n_change().max(0) as u64;
+        let rows_read = stmt.stmt_status(StatementStatusCounter::RowsRead);
+        let rows_written = stmt.stmt_status(StatementStatusCounter::RowsWritten);
+        let rowid_after = self.conn.last_insert_rowid();
+        Ok(StatementResult {
+            columns,
+            decltypes,
+            rows,
+            rows_affected,
+            rows_read,
+            rows_written,
+            last_insert_rowid: (rowid_after != rowid_before || (rows_affected > 0 && rowid_after != 0 && is_insert(sql)))
+                .then_some(rowid_after),
+        })
+    }
+
+    /// Runs `sql` that the engine itself issues (BEGIN, COMMIT, ROLLBACK).
+    pub fn exec_control(&self, sql: &str) -> Result<(), EngineError> {
+        self.conn.execute(sql).map_err(sql_err)
+    }
+
+    /// Frames committed locally but not yet durable, in WAL order.
+    pub fn unshipped_frames(&self) -> Result<Vec<Frame>, EngineError> {
+        let max = self.wal_frames()?;
+        let mut frames = Vec::with_capacity((max - self.durable_frames.min(max)) as usize);
+        let mut buf = vec![0u8; WAL_FRAME_HEADER_LEN + self.page_size as usize];
+        for frame_no in self.durable_frames + 1..=max {
+            let info = self.conn.wal_get_frame(frame_no, &mut buf).map_err(sql_err)?;
+            frames.push(Frame {
+                page_no: info.page_no,
+                db_size_after: info.db_size,
+                page: buf[WAL_FRAME_HEADER_LEN..].to_vec(),
+            });
+        }
+        Ok(frames)
+    }
+
+    /// The frames just read by [`Self::unshipped_frames`] are now durable.
+    pub fn mark_durable(&mut self, frames: u64) {
+        self.durable_frames = frames;
+    }
+
+    /// Appends durable frames (another writer's commits) to the local WAL.
+    pub fn apply_frames(&mut self, frames: &[Frame], page_size: u32) -> Result<(), EngineError> {
+        if page_size != self.page_size {
+            // A new database adopts the page size of the first record it sees.
+            if self.durable_frames == 0 && self.wal_frames()? == 0 {
+                self.page_size = page_size;
+            } else {
+                return Err(EngineError::Corrupt(format!(
+                    "log record page size {page_size} differs from the database's {}",
+                    self.page_size
+                )));
+            }
+        }
+        let mut buf = vec![0u8; WAL_FRAME_HEADER_LEN + page_size as usize];
+        self.conn.wal_insert_begin().map_err(sql_err)?;
+        let mut next = self.durable_frames;
+        let mut result = Ok(());
+        for f in frames {
+            next += 1;
+            buf[..WAL_FRAME_HEADER_LEN].fill(0);
+            buf[0..4].copy_from_slice(&f.page_no.to_be_bytes());
+            buf[4..8].copy_from_slice(&f.db_size_after.to_be_bytes());
+            buf[WAL_FRAME_HEADER_LEN..].copy_from_slice(&f.page);
+            if let Err(e) = self.conn.wal_insert_frame(next, &buf) {
+                result = Err(EngineError::Corrupt(format!("applying log frame {next}: {e}")));
+                break;
+            }
+        }
+        let end = self.conn.wal_insert_end(false).map_err(sql_err);
+        result?;
+        end?;
+        self.durable_frames = next;
+        Ok(())
+    }
+
+    /// Drops every frame that is not durable (a lost commit race, an unresolved PUT, a
+    /// transaction that ended itself early) by truncating the WAL and reopening turso.
+    pub fn discard_unshipped(self) -> Result<Self, EngineError> {
+        let LocalDb { io, conn, db, path, durable_frames, page_size } = self;
+        if conn.wal_state().map(|s| s.max_frame).unwrap_or(u64::MAX) == durable_frames && conn.get_auto_commit() {
+            return Ok(LocalDb { io, conn, db, path, durable_frames, page_size });
+        }
+        drop(conn);
+        drop(db);
+        let wal_path = format!("{path}-wal");
+        if let Some(wal) = io.file(&wal_path) {
+            let len = if durable_frames == 0 {
+                0
+            } else {
+                WAL_HEADER_LEN + durable_frames * (WAL_FRAME_HEADER_LEN as u64 + page_size as u64)
+            };
+            let c = turso_core::Completion::new_trunc(|_| {});
+            let c = wal.truncate(len, c).map_err(|e| EngineError::Internal(format!("truncate wal: {e}")))?;
+            io.wait_for_completion_ok(c)?;
+        }
+        let new_path = format!("twill-{}.db", NEXT_OPEN_ID.fetch_add(1, Ordering::Relaxed));
+        io.alias(&path, &new_path);
+        io.alias(&wal_path, &format!("{new_path}-wal"));
+        io.forget(&path);
+        io.forget(&wal_path);
+        let reopened = Self::open_at(io, new_path, durable_frames)?;
+        let frames = reopened.wal_frames()?;
+        if frames != durable_frames {
+            return Err(EngineError::Internal(format!(
+                "after discarding unshipped frames the WAL holds {frames} frames, expected {durable_frames}"
+            )));
+        }
+        Ok(reopened)
+    }
+}
+
+trait WaitOk {
+    fn wait_for_completion_ok(&self, c: turso_core::Completion) -> Result<(), EngineError>;
+}
+
+impl WaitOk for EngineIo {
+    fn wait_for_completion_ok(&self, c: turso_core::Completion) -> Result<(), EngineError> {
+        use turso_core::IO;
+        self.wait_for_completion(c).map_err(|e| EngineError::Internal(format!("io: {e}")))
+    }
+}
+
+fn is_insert(sql: &str) -> bool {
+    let s = skip_blank_sql(sql);
+    let word: String = s.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+    word.eq_ignore_ascii_case("insert") || word.eq_ignore_ascii_case("replace")
+}
+
+/// Skips whitespace and SQL comments.
+fn skip_blank_sql(mut s: &str) -> &str {
+    loop {
+        let t = s.trim_start();
+        if let Some(rest) = t.strip_prefix("--") {
+            s = rest.find('\n').map_or("", |i| &rest[i + 1..]);
+        } else if let Some(rest) = t.strip_prefix("/*") {
+            s = rest.find("*/").map_or("", |i| &rest[i + 2..]);
+        } else if let Some(rest) = t.strip_prefix(';') {
+            s = rest;
+        } else {
+            return t;
+        }
+    }
+}
+
+pub(crate) fn is_blank_sql(s: &str) -> bool {
+    skip_blank_sql(s).is_empty()
+}
+
+fn value_size(v: &SqlValue) -> usize {
+    match v {
+        SqlValue::Null | SqlValue::Integer(_) | SqlValue::Real(_) => 8,
+        SqlValue::Text(t) => t.len() + 8,
+        SqlValue::Blob(b) => b.len() + 8,
+    }
+}
+
+pub(crate) fn from_turso(v: &Value) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::Null,
+        Value::Numeric(turso_core::Numeric::Integer(i)) => SqlValue::Integer(*i),
+        Value::Numeric(turso_core::Numeric::Float(f)) => SqlValue::Real(f64::from(*f)),
+        Value::Text(t) => SqlValue::Text(t.as_str().to_string()),
+        Value::Blob(_) => SqlValue::Blob(v.to_blob().map(|b| b.to_vec()).unwrap_or_default()),
+    }
+}
+
+fn to_turso(v: &SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => Value::from_i64(*i),
+        SqlValue::Real(f) => Value::from_f64(*f),
+        SqlValue::Text(t) => Value::build_text(t.clone()),
+        SqlValue::Blob(b) => Value::from_blob(b.clone().into()),
+    }
+}
+
+fn bind_params(stmt: &mut turso_core::Statement, params: &Params) -> Result<(), EngineError> {
+    let count = stmt.parameters_count();
+    match params {
+        Params::None => {
+            if count > 0 {
+                return Err(EngineError::Params(format!("statement has {count} parameters but none were given")));
+            }
+        }
+        Params::Positional(values) => {
+            if values.len() != count {
+                return Err(EngineError::Params(format!(
+                    "statement has {count} parameters but {} were given",
+                    values.len()
+                )));
+            }
+            for (i, v) in values.iter().enumerate() {
+                let idx = NonZero::new(i + 1).expect("i + 1 > 0");
+                stmt.bind_at(idx, to_turso(v)).map_err(|e| EngineError::Params(e.to_string()))?;
+            }
+        }
+        Params::Named(pairs) => {
+            let mut bound = vec![false; count];
+            for (name, v) in pairs {
+                let idx = if name.starts_with([':', '@', '$']) {
+                    stmt.parameter_index(name)
+                } else {
+                    [':', '@', '$'].iter().find_map(|p| stmt.parameter_index(&format!("{p}{name}")))
+                };
+                let Some(idx) = idx else {
+                    return Err(EngineError::Params(format!("statement has no parameter named {name:?}")));
+                };
+                if std::mem::replace(&mut bound[idx.get() - 1], true) {
+                    return Err(EngineError::Params(format!("parameter {name:?} is given twice")));
+                }
+                stmt.bind_at(idx, to_turso(v)).map_err(|e| EngineError::Params(e.to_string()))?;
+            }
+            if let Some(missing) = bound.iter().position(|b| !b) {
+                let idx = NonZero::new(missing + 1).expect("> 0");
+                let name = stmt.parameters().name(idx).unwrap_or_else(|| format!("?{}", missing + 1));
+                return Err(EngineError::Params(format!("parameter {name} is not bound")));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! The durable engine over the in-memory object store: SQL semantics, durability and the
+//! single-writer protocol between replicas.
+
+use std::rc::Rc;
+
+use engine_core::mem_store::MemStore;
+use engine_core::{Params, SqlValue, Statement};
+use twill_tests::{block_on, exec, open, query_ints};
+
+#[test]
+fn create_insert_select_and_every_value_type() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "t");
+    exec(&mut db, "CREATE TABLE v (i INTEGER, r REAL, t TEXT, b BLOB, n)", vec![]);
+    let r = exec(
+        &mut db,
+        "INSERT INTO v VALUES (?, ?, ?, ?, ?)",
+        vec![
+            SqlValue::Integer(i64::MAX),
+            SqlValue::Real(1.5),
+            SqlValue::Text("héllo".into()),
+            SqlValue::Blob(vec![0, 255, 7]),
+            SqlValue::Null,
+        ],
+    );
+    assert_eq!(r.rows_affected, 1);
+    assert_eq!(r.last_insert_rowid, Some(1));
+    let r = exec(&mut db, "SELECT i, r, t, b, n FROM v", vec![]);
+    assert_eq!(r.columns, ["i", "r", "t", "b", "n"]);
+    assert_eq!(
+        r.rows,
+        vec![vec![
+            SqlValue::Integer(i64::MAX),
+            SqlValue::Real(1.5),
+            SqlValue::Text("héllo".into()),
+            SqlValue::Blob(vec![0, 255, 7]),
+            SqlValue::Null
+        ]]
+    );
+    assert_eq!(r.last_insert_rowid, None);
+}
+
+#[test]
+fn named_and_numbered_parameters() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "t");
+    let named = |sql: &str, pairs: Vec<(&str, SqlValue)>| Statement {
+        sql: sql.into(),
+        params: Params::Named(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+    };
+    let r = block_on(db.transact(&[named("SELECT :a + @b, $c", vec![("a", SqlValue::Integer(1)), ("@b", SqlValue::Integer(2)), ("$c", SqlValue::Text("x".into()))])])).unwrap();
+    assert_eq!(r.results[0].rows, vec![vec![SqlValue::Integer(3), SqlValue::Text("x".into())]]);
+    let r = exec(&mut db, "SELECT ?2, ?1", vec![SqlValue::Integer(1), SqlValue::Integer(2)]);
+    assert_eq!(r.rows, vec![vec![SqlValue::Integer(2), SqlValue::Integer(1)]]);
+    let e = block_on(db.transact(&[named("SELECT :a", vec![])])).unwrap_err();
+    assert_eq!(e.code(), "INVALID_PARAMS");
+    let e = block_on(db.transact(&[named("SELECT :a", vec![("a", SqlValue::Null), ("zz", SqlValue::Null)])])).unwrap_err();
+    assert_eq!(e.code(), "INVALID_PARAMS");
+    let e = block_on(db.transact(&[Statement::with_params("SELECT ?", vec![])])).unwrap_err();
+    assert_eq!(e.code(), "INVALID_PARAMS");
+}
+
+#[test]
+fn every_acknowledged_write_survives_a_restart() {
+    let store = Rc::new(MemStore::new());
+    {
+        let mut db = open(&store, "t");
+        exec(&mut db, "CREATE TABLE t (x INTEGER PRIMARY KEY, y TEXT)", vec![]);
+        for i in 0..50 {
+            exec(&mut db, "INSERT INTO t (y) VALUES (?)", vec![SqlValue::Text(format!("row {i}"))]);
+        }
+        exec(&mut db, "CREATE INDEX t_y ON t (y)", vec![]);
+        exec(&mut db, "DELETE FROM t WHERE x % 10 = 0", vec![]);
+    }
+    let mut db = open(&store, "t");
+    assert_eq!(db.applied_seq(), 53);
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM t"), [45]);
+    assert_eq!(query_ints(&mut db, "SELECT x FROM t WHERE y = 'row 48'"), [49]);
+}
+
+#[test]
+fn reads_and_sql_errors_write_nothing_and_failed_batches_roll_back() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "t");
+    exec(&mut db, "CREATE TABLE t (x INTEGER PRIMARY KEY)", vec![]);
+    exec(&mut db, "INSERT INTO t VALUES (1)", vec![]);
+    let puts = store.counts().puts;
+    exec(&mut db, "SELECT * FROM t", vec![]);
+    assert_eq!(store.counts().puts, puts, "a read must not write");
+    let e = block_on(db.transact(&[Statement::new("INSERT INTO t VALUES (1)")])).unwrap_err();
+    assert_eq!(e.code(), "SQL_ERROR");
+    let e = block_on(db.transact(&[
+        Statement::new("INSERT INTO t VALUES (2)"),
+        Statement::new("INSERT INTO t VALUES (3)"),
+        Statement::new("INSERT INTO nope VALUES (4)"),
+    ]))
+    .unwrap_err();
+    assert_eq!(e.code(), "SQL_ERROR");
+    assert_eq!(store.counts().puts, puts, "failed requests must not write");
+    assert_eq!(query_ints(&mut db, "SELECT x FROM t"), [1]);
+    let mut fresh = open(&store, "t");
+    assert_eq!(query_ints(&mut fresh, "SELECT x FROM t"), [1]);
+}
+
+#[test]
+fn transaction_control_and_attach_are_refused() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "t");
+    for sql in ["BEGIN", "COMMIT", "ATTACH 'x' AS x", "PRAGMA journal_mode=delete", "SELECT 1; SELECT 2"] {
+        let e = block_on(db.transact(&[Statement::new(sql)])).unwrap_err();
+        assert!(e.is_client_error(), "{sql}: {e}");
+    }
+    assert_eq!(query_ints(&mut db, "SELECT 7"), [7]);
+}
+
+#[test]
+fn two_replicas_stay_consistent_and_never_lose_a_write() {
+    let store = Rc::new(MemStore::new());
+    let mut a = open(&store, "t");
+    let mut b = open(&store, "t");
+    exec(&mut a, "CREATE TABLE c (id INTEGER PRIMARY KEY, n INTEGER)", vec![]);
+    exec(&mut a, "INSERT INTO c VALUES (1, 0)", vec![]);
+    for i in 0..20 {
+        let (w, _) = if i % 3 == 0 { (&mut a, 0) } else { (&mut b, 1) };
+        exec(w, "UPDATE c SET n = n + 1 WHERE id = 1", vec![]);
+    }
+    assert_eq!(query_ints(&mut a, "SELECT n FROM c"), [20]);
+    assert_eq!(query_ints(&mut b, "SELECT n FROM c"), [20]);
+    let mut fresh = open(&store, "t");
+    assert_eq!(query_ints(&mut fresh, "SELECT n FROM c"), [20]);
+}
+
+#[test]
+fn databases_are_isolated() {
+    let store = Rc::new(MemStore::new());
+    let mut a = open(&store, "a");
+    let mut b = open(&store, "b");
+    exec(&mut a, "CREATE TABLE t (x)", vec![]);
+    exec(&mut a, "INSERT INTO t VALUES (1)", vec![]);
+    let e = block_on(b.transact(&[Statement::new("SELECT * FROM t")])).unwrap_err();
+    assert_eq!(e.code(), "SQL_ERROR");
+}
