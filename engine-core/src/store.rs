@@ -82,3 +82,81 @@ pub fn content_etag(body: &[u8]) -> String {
     use md5::{Digest, Md5};
     hex::encode(Md5::digest(body))
 }
+
+/// Operation and byte counts of a store, as seen through [`CountingStore`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// GET, HEAD and LIST calls (R2 class B, except LIST which is class A).
+    pub reads: u64,
+    /// PUT and DELETE calls.
+    pub writes: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+impl StoreCounts {
+    pub fn since(&self, earlier: &StoreCounts) -> StoreCounts {
+        StoreCounts {
+            reads: self.reads - earlier.reads,
+            writes: self.writes - earlier.writes,
+            bytes_read: self.bytes_read - earlier.bytes_read,
+            bytes_written: self.bytes_written - earlier.bytes_written,
+        }
+    }
+}
+
+/// Wraps a store and counts what goes through it (one per database, so a request's
+/// deltas are exact while it holds the database).
+pub struct CountingStore<S: ?Sized> {
+    inner: std::rc::Rc<S>,
+    counts: std::cell::Cell<StoreCounts>,
+}
+
+impl<S: ObjectStore + ?Sized> CountingStore<S> {
+    pub fn new(inner: std::rc::Rc<S>) -> Self {
+        CountingStore { inner, counts: Default::default() }
+    }
+
+    pub fn counts(&self) -> StoreCounts {
+        self.counts.get()
+    }
+
+    fn add(&self, f: impl FnOnce(&mut StoreCounts)) {
+        let mut c = self.counts.get();
+        f(&mut c);
+        self.counts.set(c);
+    }
+}
+
+#[async_trait(?Send)]
+impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
+    async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Object>, StoreError> {
+        self.add(|c| c.reads += 1);
+        let r = self.inner.get(key, range).await;
+        if let Ok(Some(o)) = &r {
+            let n = o.body.len() as u64;
+            self.add(|c| c.bytes_read += n);
+        }
+        r
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.add(|c| c.reads += 1);
+        self.inner.head(key).await
+    }
+    async fn put(&self, key: &str, body: Vec<u8>, condition: PutCondition) -> Result<PutOutcome, StoreError> {
+        let n = body.len() as u64;
+        self.add(|c| {
+            c.writes += 1;
+            c.bytes_written += n
+        });
+        self.inner.put(key, body, condition).await
+    }
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage, StoreError> {
+        self.add(|c| c.reads += 1);
+        self.inner.list(prefix, start_after, limit).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.add(|c| c.writes += 1);
+        self.inner.delete(key).await
+    }
+}

@@ -1,0 +1,37 @@
+# Two commands set everything up on a fresh machine: `make dev` and `make test`.
+SHELL := /bin/bash
+export WRANGLER_SEND_METRICS := false
+export CARGO_TERM_COLOR := never
+
+.PHONY: dev test tools worker test-native test-e2e bench clean
+
+tools:
+	@bash scripts/bootstrap.sh
+
+worker: tools
+	@bash scripts/build-worker.sh
+
+# Build the Worker and serve it locally with local R2 (state in .wrangler/state).
+dev: worker
+	@echo
+	@echo "TwillDB Edge on http://127.0.0.1:8787  -- try:"
+	@echo "  curl -s -X POST http://127.0.0.1:8787/v1/db/demo/query -H 'content-type: application/json' \\"
+	@echo "       -d '{\"sql\": \"SELECT sqlite_version() AS v, 40 + ? AS answer\", \"params\": [2]}'"
+	@echo
+	cd ts && npx wrangler dev --config ../wrangler.toml --ip 127.0.0.1 --port 8787 --persist-to ../.wrangler/state
+
+# Every test: native unit and simulation tests, the wasm build, end-to-end tests in workerd.
+test: tools
+	cargo test --quiet
+	$(MAKE) --no-print-directory worker
+	$(MAKE) --no-print-directory test-e2e
+	@echo "make test: all suites passed"
+
+test-native:
+	cargo test
+
+test-e2e:
+	cd ts && node --test --test-concurrency=1 e2e/
+
+clean:
+	rm -rf target build .wrangler ts/node_modules

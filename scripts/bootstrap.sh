@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs whatever the build and the tests need and is missing; fast when all is present.
+# Used by `make dev` and `make test`. Safe to run again at any time.
+#
+# * Debian's rustc-web toolchain (Rust with std sources) and lld, for the wasm32 build:
+#   rustup cannot download the wasm32 target on these machines, so the wasm32 standard
+#   library is built once from Debian's sources and installed into Debian's sysroot.
+# * wasm-bindgen-cli at exactly the version in Cargo.lock (a machine-wide tool cache).
+# * the npm dependencies of ts/ (wrangler pinned to a release that runs on Node 20).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLS_DIR="${TWILL_TOOLS_DIR:-$HOME/.cache/twilldb-tools}"
+WASM_SYSROOT_LIB=/usr/lib/rustlib/wasm32-unknown-unknown/lib
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+log() { echo "bootstrap: $*" >&2; }
+
+# 1. Debian's Rust toolchain with std sources, and the wasm linker.
+if [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ] || [ ! -d /usr/lib/rustlib/src/rust/library ] || ! command -v wasm-ld-19 >/dev/null; then
+  log "installing Debian's rustc-web, cargo-web, rust-web-src and lld-19"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq rustc-web cargo-web rust-web-src lld-19 >/dev/null
+fi
+
+# 2. The wasm32 standard library, built once from Debian's sources (with embedded
+#    bitcode so LTO works) and installed into Debian's sysroot.
+if ! ls "$WASM_SYSROOT_LIB"/libstd-*.rlib >/dev/null 2>&1; then
+  log "building the wasm32 standard library (about a minute)"
+  work=$(mktemp -d)
+  (
+    cd "$work"
+    PATH=/usr/bin:$PATH /usr/bin/cargo init -q --lib --name twill_std_probe
+    RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C embed-bitcode=yes" \
+      CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-19 PATH=/usr/bin:$PATH \
+      /usr/bin/cargo build -q --release --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort
+  )
+  $SUDO mkdir -p "$WASM_SYSROOT_LIB"
+  for f in "$work"/target/wasm32-unknown-unknown/release/deps/lib*.rlib; do
+    case "$f" in *twill_std_probe*) ;; *) $SUDO cp "$f" "$WASM_SYSROOT_LIB/" ;; esac
+  done
+  rm -rf "$work"
+fi
+
+# 3. wasm-bindgen-cli matching the wasm-bindgen crate in Cargo.lock exactly.
+want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+have=$("$TOOLS_DIR/bin/wasm-bindgen" --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$have" != "$want" ]; then
+  log "installing wasm-bindgen-cli $want into $TOOLS_DIR (a few minutes, once per machine)"
+  cargo install -q wasm-bindgen-cli --version "$want" --root "$TOOLS_DIR"
+fi
+
+# 4. npm dependencies (wrangler, miniflare/workerd, test clients).
+if [ ! -d ts/node_modules ] || [ ts/package-lock.json -nt ts/node_modules/.package-lock.json ]; then
+  log "installing npm dependencies"
+  (cd ts && npm ci --no-audit --no-fund --loglevel=error)
+fi

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds the Worker into build/worker/: the engine as wasm (Debian's toolchain, see
+# bootstrap.sh), its wasm-bindgen glue, and the entry module bundled by esbuild.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TOOLS_DIR="${TWILL_TOOLS_DIR:-$HOME/.cache/twilldb-tools}"
+OUT=build/worker
+TARGET_DIR=target/wasm
+
+PATH=/usr/bin:$PATH \
+RUSTFLAGS='--cfg getrandom_backend="wasm_js"' \
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-19 \
+CARGO_TARGET_DIR=$TARGET_DIR \
+  /usr/bin/cargo build --release --target wasm32-unknown-unknown -p worker-engine
+
+rm -rf "$OUT" && mkdir -p "$OUT"
+"$TOOLS_DIR/bin/wasm-bindgen" --target web --out-dir "$OUT" --out-name worker_engine \
+  "$TARGET_DIR/wasm32-unknown-unknown/release/worker_engine.wasm"
+# Bundle the entry together with the glue; the wasm stays a separate CompiledWasm module.
+cp ts/src/worker-entry.ts "$OUT/entry.ts"
+ts/node_modules/.bin/esbuild "$OUT/entry.ts" --bundle --format=esm --platform=neutral \
+  --external:cloudflare:workers --external:*.wasm \
+  --outfile="$OUT/index.mjs" --log-level=warning
+rm "$OUT/entry.ts" "$OUT/worker_engine.js" "$OUT"/*.d.ts
+raw=$(stat -c %s "$OUT/worker_engine_bg.wasm")
+gz=$(gzip -9 -c "$OUT/worker_engine_bg.wasm" | wc -c)
+echo "worker wasm: $raw bytes raw, $gz bytes gzip -9" | tee "$OUT/size.txt"

@@ -1,0 +1,268 @@
+//! The HTTP SQL wire format (`/v1/db/{name}/query` and `/batch`), as JSON.
+//!
+//! Values: JSON `null`, numbers, strings. Integers outside ±(2^53 − 1) (where a JSON number
+//! would lose precision in JavaScript) are written `{"int": "<decimal>"}`; blobs
+//! `{"base64": "<standard base64>"}`; non-finite reals `{"real": "Infinity" | "-Infinity"}`.
+//! Requests accept the same forms, plus booleans (bound as 1 and 0) and plain JSON
+//! integers of any size that fits in 64 bits.
+
+use base64::Engine as _;
+use engine_core::{EngineError, Params, SqlValue, Statement, StatementResult};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// Largest integer a JavaScript number holds exactly.
+pub const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
+
+/// Named limits of the HTTP surface, each reported with code `LIMIT_EXCEEDED` (or
+/// `PAYLOAD_TOO_LARGE` for the body) and the limit's name in the message.
+pub struct WireLimits {
+    pub max_body_bytes: usize,
+    pub max_sql_bytes: usize,
+    pub max_statements: usize,
+    pub max_params: usize,
+}
+
+pub const LIMITS: WireLimits =
+    WireLimits { max_body_bytes: 1 << 20, max_sql_bytes: 100_000, max_statements: 100, max_params: 1_000 };
+
+/// An error answer: HTTP status, code and message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status: 400, code, message: message.into() }
+    }
+
+    pub fn body(&self) -> Value {
+        json!({ "error": { "code": self.code, "message": self.message } })
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let status = match &e {
+            EngineError::Sql(_) | EngineError::Params(_) | EngineError::NotAllowed(_) | EngineError::Limit(_) => 400,
+            EngineError::Interrupted(_) => 400,
+            EngineError::Conflict { .. } => 409,
+            EngineError::CommitUnknown(_) | EngineError::Storage(_) => 503,
+            EngineError::Corrupt(_) | EngineError::Internal(_) => 500,
+        };
+        ApiError { status, code: e.code(), message: e.to_string() }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatementJson {
+    sql: String,
+    #[serde(default)]
+    params: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchJson {
+    statements: Vec<StatementJson>,
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("request body: {e}")))
+}
+
+pub fn parse_query(body: &[u8]) -> Result<Statement, ApiError> {
+    statement_from(parse_json::<StatementJson>(body)?)
+}
+
+pub fn parse_batch(body: &[u8]) -> Result<Vec<Statement>, ApiError> {
+    let batch: BatchJson = parse_json(body)?;
+    if batch.statements.is_empty() {
+        return Err(ApiError::bad_request("INVALID_REQUEST", "a batch needs at least one statement"));
+    }
+    if batch.statements.len() > LIMITS.max_statements {
+        return Err(ApiError::bad_request(
+            "LIMIT_EXCEEDED",
+            format!("a batch may hold at most {} statements (BATCH_STATEMENTS limit)", LIMITS.max_statements),
+        ));
+    }
+    batch.statements.into_iter().map(statement_from).collect()
+}
+
+fn statement_from(s: StatementJson) -> Result<Statement, ApiError> {
+    if s.sql.len() > LIMITS.max_sql_bytes {
+        return Err(ApiError::bad_request(
+            "LIMIT_EXCEEDED",
+            format!("SQL text may be at most {} bytes (SQL_LENGTH limit)", LIMITS.max_sql_bytes),
+        ));
+    }
+    if s.sql.trim().is_empty() {
+        return Err(ApiError::bad_request("INVALID_REQUEST", "sql is empty"));
+    }
+    let params = match s.params {
+        None | Some(Value::Null) => Params::None,
+        Some(Value::Array(items)) => {
+            check_param_count(items.len())?;
+            Params::Positional(items.iter().map(value_from_json).collect::<Result<_, _>>()?)
+        }
+        Some(Value::Object(map)) => {
+            check_param_count(map.len())?;
+            Params::Named(
+                map.iter().map(|(k, v)| Ok((k.clone(), value_from_json(v)?))).collect::<Result<_, ApiError>>()?,
+            )
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "INVALID_REQUEST",
+                format!("params must be an array or an object, not {}", json_type(&other)),
+            ))
+        }
+    };
+    Ok(Statement { sql: s.sql, params })
+}
+
+fn check_param_count(n: usize) -> Result<(), ApiError> {
+    if n > LIMITS.max_params {
+        return Err(ApiError::bad_request(
+            "LIMIT_EXCEEDED",
+            format!("a statement may bind at most {} parameters (PARAMS limit)", LIMITS.max_params),
+        ));
+    }
+    Ok(())
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+pub fn value_from_json(v: &Value) -> Result<SqlValue, ApiError> {
+    let bad = |m: String| ApiError::bad_request("INVALID_PARAMS", m);
+    Ok(match v {
+        Value::Null => SqlValue::Null,
+        Value::Bool(b) => SqlValue::Integer(*b as i64),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                SqlValue::Integer(i)
+            } else if n.is_u64() {
+                return Err(bad(format!("integer {n} does not fit in 64 signed bits")));
+            } else {
+                SqlValue::Real(n.as_f64().ok_or_else(|| bad(format!("number {n} is not representable")))?)
+            }
+        }
+        Value::String(s) => SqlValue::Text(s.clone()),
+        Value::Object(map) => typed_value(map).map_err(bad)?,
+        Value::Array(_) => return Err(bad("a parameter value cannot be an array".into())),
+    })
+}
+
+fn typed_value(map: &Map<String, Value>) -> Result<SqlValue, String> {
+    let mut entries = map.iter();
+    let (Some((tag, inner)), None) = (entries.next(), entries.next()) else {
+        return Err("a typed value is an object with exactly one of: int, base64, real".into());
+    };
+    let Value::String(text) = inner else {
+        return Err(format!("the value of {tag:?} must be a string"));
+    };
+    match tag.as_str() {
+        "int" => text.parse::<i64>().map(SqlValue::Integer).map_err(|_| format!("{text:?} is not a 64-bit integer")),
+        "base64" => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(SqlValue::Blob)
+            .map_err(|e| format!("invalid base64: {e}")),
+        "real" => match text.as_str() {
+            "Infinity" | "inf" => Ok(SqlValue::Real(f64::INFINITY)),
+            "-Infinity" | "-inf" => Ok(SqlValue::Real(f64::NEG_INFINITY)),
+            _ => text.parse::<f64>().map(SqlValue::Real).map_err(|_| format!("{text:?} is not a real number")),
+        },
+        other => Err(format!("unknown typed value {other:?}; expected int, base64 or real")),
+    }
+}
+
+pub fn value_to_json(v: &SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(i) => json!(i),
+        SqlValue::Integer(i) => json!({ "int": i.to_string() }),
+        SqlValue::Real(f) if f.is_finite() => json!(f),
+        SqlValue::Real(f) => json!({ "real": if *f > 0.0 { "Infinity" } else { "-Infinity" } }),
+        SqlValue::Text(t) => Value::String(t.clone()),
+        SqlValue::Blob(b) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) }),
+    }
+}
+
+pub fn result_to_json(r: &StatementResult) -> Value {
+    json!({
+        "columns": r.columns,
+        "rows": r.rows.iter().map(|row| row.iter().map(value_to_json).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        "rows_affected": r.rows_affected,
+        "last_insert_rowid": r.last_insert_rowid.map(|id| value_to_json(&SqlValue::Integer(id))),
+    })
+}
+
+/// Database names: 1 to 63 characters of `a-z`, `0-9`, `-` and `_`, starting with a letter
+/// or digit. They become part of R2 keys, so nothing else is accepted.
+pub fn validate_db_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "INVALID_DATABASE_NAME",
+            "database names are 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_without_losing_precision() {
+        for v in [
+            SqlValue::Null,
+            SqlValue::Integer(i64::MAX),
+            SqlValue::Integer(i64::MIN),
+            SqlValue::Integer(MAX_SAFE_INTEGER),
+            SqlValue::Integer(-5),
+            SqlValue::Real(0.25),
+            SqlValue::Real(f64::INFINITY),
+            SqlValue::Text("x".into()),
+            SqlValue::Blob(vec![0, 1, 255]),
+        ] {
+            assert_eq!(value_from_json(&value_to_json(&v)).unwrap(), v);
+        }
+        assert_eq!(value_to_json(&SqlValue::Integer(1 << 53)), json!({"int": "9007199254740992"}));
+        assert!(value_from_json(&json!(18446744073709551615u64)).is_err());
+        assert!(value_from_json(&json!({"int": "1", "base64": ""})).is_err());
+        assert!(value_from_json(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn names_and_requests_are_validated() {
+        assert!(validate_db_name("app-1_x").is_ok());
+        for bad in ["", "-a", "A", "a/b", "a.b", &"a".repeat(64)] {
+            assert!(validate_db_name(bad).is_err(), "{bad}");
+        }
+        assert!(parse_query(br#"{"sql":"select 1","extra":1}"#).is_err());
+        assert!(parse_query(br#"{"sql":"select ?","params":5}"#).is_err());
+        assert!(parse_query(b"\xff\xfe").is_err());
+        assert!(parse_batch(br#"{"statements":[]}"#).is_err());
+        let s = parse_query(br#"{"sql":"select :a","params":{"a":{"int":"9223372036854775807"}}}"#).unwrap();
+        assert_eq!(s.params, Params::Named(vec![("a".into(), SqlValue::Integer(i64::MAX))]));
+    }
+}
