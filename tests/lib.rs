@@ -1,7 +1,9 @@
 //! Helpers shared by the native integration and simulation tests.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
+use engine_core::cache::PageCache;
 use engine_core::mem_store::MemStore;
 use engine_core::{Database, DbConfig, Layout, ObjectStore, SqlValue, Statement, StatementResult};
 
@@ -10,8 +12,21 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 pub fn open(store: &Rc<MemStore>, name: &str) -> Database {
+    open_with(store, name, DbConfig::default(), 32 << 20)
+}
+
+pub fn open_with(store: &Rc<MemStore>, name: &str, config: DbConfig, cache_bytes: usize) -> Database {
+    try_open(store, name, config, cache_bytes).expect("open")
+}
+
+pub fn try_open(
+    store: &Rc<MemStore>,
+    name: &str,
+    config: DbConfig,
+    cache_bytes: usize,
+) -> Result<Database, engine_core::EngineError> {
     let store: Rc<dyn ObjectStore> = store.clone();
-    block_on(Database::open(store, Layout::new("", name), DbConfig::default())).expect("open")
+    block_on(Database::open_with_cache(store, Layout::new("", name), config, Arc::new(PageCache::new(cache_bytes))))
 }
 
 /// Runs one statement as its own transaction.

@@ -1,44 +1,73 @@
-//! A durable database: the local turso database kept in step with the commit log in the
-//! object store. This is where the commit protocol lives (see ARCHITECTURE.md):
+//! A durable database: the local turso database kept in step with the objects in the
+//! store. The commit protocol, freshness, lazy page reads, checkpoints and GC live here
+//! (see ARCHITECTURE.md):
 //!
-//! * A request runs optimistically on local state as one transaction.
-//! * If it wrote, its frames become log record `applied + 1`, created by a create-only PUT.
-//!   Only one writer can create a given record: that is the single-writer fence. After the
-//!   PUT lands, the manifest is checked so that a writer stalled across a checkpoint and a
-//!   GC (a zombie) never acknowledges a record that no reader will ever read.
+//! * Requests run optimistically on local state, each as one transaction; concurrent
+//!   requests of one isolate are grouped and share one commit record (group commit).
+//! * If the group wrote, its frames become log record `applied + 1`, created by a
+//!   create-only PUT. Only one writer can create a given record: that is the single-writer
+//!   fence. After the PUT lands, the manifest is checked so that a writer stalled across a
+//!   checkpoint and a GC (a zombie) never acknowledges a record nobody will read.
 //! * If it only read, the next log record and the manifest are probed (in that order) to
 //!   prove the local state was current at some moment during the request.
-//! * If another writer got there first, the local frames are discarded, the missed records
-//!   are applied, and the transaction runs again (bounded), else a conflict is reported.
+//! * If another writer got there first, local frames are discarded, the missed records are
+//!   applied, and the group runs again (bounded), else a conflict is reported.
+//! * Pages of the checkpoint are read lazily: a transaction that needs an uncached page
+//!   fails locally, the page's group is fetched by a range GET, and it runs again.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use futures::future::join_all;
 
+use crate::cache::{PageCache, DEFAULT_CACHE_BYTES};
+use crate::chunk_file::CheckpointView;
 use crate::error::EngineError;
 use crate::guard::check_statement;
-use crate::io::random_bytes;
+use crate::io::{now_millis, random_bytes};
 use crate::layout::Layout;
 use crate::local::{ExecLimits, LocalDb};
 use crate::log_record::{Frame, LogRecord};
-use crate::manifest::Manifest;
-use crate::store::{ObjectStore, PutCondition, PutOutcome, StoreError, MAX_LIST_LIMIT};
+use crate::manifest::{Garbage, Manifest};
+use crate::store::{ByteRange, ObjectStore, PutCondition, PutOutcome, StoreError, MAX_LIST_LIMIT};
 use crate::value::{ExecStats, Statement, StatementResult};
 
 #[derive(Debug, Clone, Copy)]
 pub struct DbConfig {
-    /// Times a transaction runs before a lost commit race is reported as a conflict.
+    /// Times a group runs before a lost commit race is reported as a conflict.
     pub max_commit_attempts: u32,
     /// Times an ambiguous PUT is resolved (read back, re-PUT) before giving up.
     pub put_resolve_attempts: u32,
-    /// Log records fetched at once when catching up (Workers allow 6 open connections).
+    /// Objects fetched at once (Workers allow 6 open connections per request).
     pub fetch_concurrency: usize,
+    /// Pages fetched together on a cache miss (an aligned group within one chunk).
+    pub fetch_group_pages: u32,
+    /// Checkpoint once this many log records follow the last checkpoint...
+    pub checkpoint_records: u64,
+    /// ...or once they hold this many bytes.
+    pub checkpoint_bytes: u64,
+    /// Superseded objects are deleted only this long after they stopped being referenced.
+    pub gc_retention_ms: f64,
+    /// Read-only requests skip the freshness probe if the last one (or the last commit)
+    /// was at most this long ago. 0 = every request sees every earlier commit.
+    pub max_staleness_ms: f64,
     pub limits: ExecLimits,
 }
 
 impl Default for DbConfig {
     fn default() -> Self {
-        DbConfig { max_commit_attempts: 5, put_resolve_attempts: 4, fetch_concurrency: 6, limits: ExecLimits::default() }
+        DbConfig {
+            max_commit_attempts: 5,
+            put_resolve_attempts: 4,
+            fetch_concurrency: 6,
+            fetch_group_pages: 16,
+            checkpoint_records: 32,
+            checkpoint_bytes: 4 << 20,
+            gc_retention_ms: 10.0 * 60.0 * 1000.0,
+            max_staleness_ms: 0.0,
+            limits: ExecLimits::default(),
+        }
     }
 }
 
@@ -48,16 +77,10 @@ pub struct TxResult {
     pub stats: ExecStats,
 }
 
-/// What is known about the manifest object.
-#[derive(Debug, Clone, Default)]
-struct KnownManifest {
-    /// `None`: the manifest did not exist when last looked at.
-    etag: Option<String>,
-    checkpoint_seq: u64,
-}
+/// Page-fetch rounds one group may take (each round fetches at least one new page group).
+const MAX_FETCH_ROUNDS: u32 = 10_000;
 
 enum Publish {
-    /// Durable and acknowledged-safe.
     Published,
     /// Another writer owns this sequence number (or we were a zombie): catch up and retry.
     Stale,
@@ -65,53 +88,88 @@ enum Publish {
     Unknown(String),
 }
 
+/// One request of a group: its statements and what became of them.
+type Outcome = Result<Vec<StatementResult>, EngineError>;
+
 pub struct Database {
     layout: Layout,
     store: Rc<dyn ObjectStore>,
+    cache: Arc<PageCache>,
     config: DbConfig,
     /// Always `Some` between calls; taken only while being replaced.
     local: Option<LocalDb>,
+    /// The manifest `local` is based on, and its etag (`None`: absent).
+    base: Manifest,
+    base_etag: Option<String>,
+    /// The newest manifest etag seen (may be newer than `base`).
+    seen_etag: Option<String>,
     /// Highest log record reflected in `local` (all durable).
     applied_seq: u64,
-    manifest: KnownManifest,
+    /// For each applied record after the base checkpoint: (seq, last local WAL frame, bytes).
+    records: Vec<(u64, u64, u64)>,
+    /// When local state was last proven current (ms since the epoch).
+    validated_ms: f64,
 }
 
 impl Database {
-    /// Rebuilds the database from the object store alone.
+    /// Opens a database from the object store alone, with a cache of its own.
     pub async fn open(store: Rc<dyn ObjectStore>, layout: Layout, config: DbConfig) -> Result<Self, EngineError> {
-        let manifest = match store.get(&layout.manifest_key(), None).await? {
-            Some(obj) => {
-                let m = Manifest::decode(&obj.body)?;
-                if m.checkpoint_seq > 0 {
-                    return Err(EngineError::Corrupt(format!(
-                        "database has a checkpoint at log record {}, which this build cannot load",
-                        m.checkpoint_seq
-                    )));
-                }
-                KnownManifest { etag: Some(obj.meta.etag), checkpoint_seq: m.checkpoint_seq }
-            }
-            None => KnownManifest::default(),
-        };
+        Self::open_with_cache(store, layout, config, Arc::new(PageCache::new(DEFAULT_CACHE_BYTES))).await
+    }
+
+    /// Opens a database sharing `cache` (one cache per isolate, across databases).
+    pub async fn open_with_cache(
+        store: Rc<dyn ObjectStore>,
+        layout: Layout,
+        config: DbConfig,
+        cache: Arc<PageCache>,
+    ) -> Result<Self, EngineError> {
+        let (base, base_etag) = Self::read_manifest(&store, &layout).await?;
         let mut db = Database {
-            applied_seq: manifest.checkpoint_seq,
             layout,
             store,
+            cache,
             config,
-            local: Some(LocalDb::create()?),
-            manifest,
+            local: None,
+            applied_seq: base.checkpoint_seq,
+            seen_etag: base_etag.clone(),
+            base,
+            base_etag,
+            records: Vec::new(),
+            validated_ms: 0.0,
         };
+        db.local = Some(db.create_local().await?);
         db.replay_listed_log().await?;
         let mut stats = ExecStats::default();
         db.refresh(&mut stats).await?;
         Ok(db)
     }
 
+    async fn read_manifest(store: &Rc<dyn ObjectStore>, layout: &Layout) -> Result<(Manifest, Option<String>), EngineError> {
+        Ok(match store.get(&layout.manifest_key(), None).await? {
+            Some(obj) => (Manifest::decode(&obj.body)?, Some(obj.meta.etag)),
+            None => (Manifest::empty(), None),
+        })
+    }
+
     pub fn applied_seq(&self) -> u64 {
         self.applied_seq
     }
 
+    pub fn checkpoint_seq(&self) -> u64 {
+        self.base.checkpoint_seq
+    }
+
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    pub fn cache(&self) -> &Arc<PageCache> {
+        &self.cache
+    }
+
+    pub fn config_mut(&mut self) -> &mut DbConfig {
+        &mut self.config
     }
 
     fn local(&self) -> &LocalDb {
@@ -122,9 +180,78 @@ impl Database {
         self.local.as_mut().expect("local database present between calls")
     }
 
+    fn view(&self) -> CheckpointView {
+        let mut view = CheckpointView::from_manifest(&self.base);
+        if view.page_size == 0 {
+            view.page_size = 4096;
+        }
+        view
+    }
+
+    /// A local database on the base checkpoint with an empty WAL.
+    async fn create_local(&mut self) -> Result<LocalDb, EngineError> {
+        for _ in 0..MAX_FETCH_ROUNDS {
+            match LocalDb::create(self.view(), self.cache.clone()) {
+                Ok(local) => return Ok(local),
+                Err(EngineError::PagesMissing(pages)) => self.fetch_pages(None, &pages).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(EngineError::Internal("opening the database kept missing pages".into()))
+    }
+
     fn discard_local(&mut self) -> Result<(), EngineError> {
         let local = self.local.take().expect("local database present between calls");
         self.local = Some(local.discard_unshipped()?);
+        Ok(())
+    }
+
+    /// Fetches the page groups holding `pages` from their chunk objects into the cache,
+    /// and pins them to `local` (if given) for the transaction in progress.
+    async fn fetch_pages(&self, local: Option<&LocalDb>, pages: &[u32]) -> Result<(), EngineError> {
+        let view = self.view();
+        let group = self.config.fetch_group_pages.clamp(1, view.pages_per_chunk.max(1));
+        // (chunk index, first page index in chunk, page count)
+        let mut ranges = BTreeSet::new();
+        for &page_no in pages {
+            if page_no == 0 || page_no > view.page_count {
+                continue;
+            }
+            let idx = page_no - 1;
+            let chunk = idx / view.pages_per_chunk;
+            let first_in_chunk = chunk * view.pages_per_chunk;
+            let start = (idx - first_in_chunk) / group * group;
+            let count = group.min(view.page_count - first_in_chunk - start);
+            ranges.insert((chunk, start, count));
+        }
+        let ranges: Vec<_> = ranges.into_iter().collect();
+        let page_size = view.page_size as u64;
+        for batch in ranges.chunks(self.config.fetch_concurrency.max(1)) {
+            let fetches = batch.iter().map(|&(chunk, start, count)| {
+                let key = view.chunks[chunk as usize].clone();
+                let store = self.store.clone();
+                async move {
+                    let range = ByteRange { offset: start as u64 * page_size, length: count as u64 * page_size };
+                    (key.clone(), store.get(&key, Some(range)).await)
+                }
+            });
+            for ((chunk, start, count), (key, got)) in batch.iter().zip(join_all(fetches).await) {
+                let Some(obj) = got? else {
+                    return Err(EngineError::BaseGone(key.to_string()));
+                };
+                if obj.body.len() as u64 != *count as u64 * page_size {
+                    return Err(EngineError::Corrupt(format!("chunk {key} is shorter than the manifest says")));
+                }
+                for i in 0..*count {
+                    let bytes: Arc<[u8]> = obj.body[(i as u64 * page_size) as usize..((i + 1) as u64 * page_size) as usize].into();
+                    let page_no = chunk * view.pages_per_chunk + start + i + 1;
+                    self.cache.insert((key.clone(), start + i), bytes.clone());
+                    if let Some(local) = local {
+                        local.pin(page_no, bytes);
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -175,8 +302,14 @@ impl Database {
         if record.seq != seq {
             return Err(EngineError::Corrupt(format!("object for log record {seq} holds record {}", record.seq)));
         }
-        self.local_mut().apply_frames(&record.frames, record.page_size)?;
+        self.apply_frames(seq, &record.frames, record.page_size, body.len() as u64)
+    }
+
+    fn apply_frames(&mut self, seq: u64, frames: &[Frame], page_size: u32, bytes: u64) -> Result<(), EngineError> {
+        self.local_mut().apply_frames(frames, page_size)?;
         self.applied_seq = seq;
+        let end = self.local().durable_frames();
+        self.records.push((seq, end, bytes));
         Ok(())
     }
 
@@ -185,85 +318,189 @@ impl Database {
     pub async fn refresh(&mut self, stats: &mut ExecStats) -> Result<u64, EngineError> {
         let mut applied = 0;
         loop {
-            let seq = self.applied_seq + 1;
-            match self.store.get(&self.layout.log_key(seq), None).await? {
-                Some(obj) => {
-                    self.apply_record(seq, &obj.body)?;
-                    applied += 1;
+            loop {
+                let seq = self.applied_seq + 1;
+                match self.store.get(&self.layout.log_key(seq), None).await? {
+                    Some(obj) => {
+                        self.apply_record(seq, &obj.body)?;
+                        applied += 1;
+                    }
+                    None => break,
                 }
-                None => break,
             }
+            // Only after seeing the next record absent: if the manifest is still the one
+            // we know, no checkpoint could have let GC delete that record, so "absent" is
+            // real. If a newer checkpoint covers it, move onto that checkpoint and go on.
+            if self.check_manifest(self.applied_seq + 1).await? {
+                break;
+            }
+            applied += 1;
         }
-        // Only after seeing the next record absent: if the manifest is still the one we
-        // know, no checkpoint could have let GC delete that record, so "absent" is real.
-        self.check_manifest(self.applied_seq + 1).await?;
         stats.records_applied += applied;
+        self.validated_ms = now_millis();
         Ok(applied)
     }
 
-    /// Reads the manifest if it changed. Returns false if a checkpoint now covers `seq`
-    /// (so a log record at `seq` would never be read).
+    /// Looks at the manifest if it changed, rebasing onto a newer checkpoint. Returns false
+    /// if a checkpoint now covers `seq` (so a log record at `seq` would never be read).
     async fn check_manifest(&mut self, seq: u64) -> Result<bool, EngineError> {
         let key = self.layout.manifest_key();
-        let head = self.store.head(&key).await?;
-        let etag = head.map(|m| m.etag);
-        if etag == self.manifest.etag {
-            return Ok(self.manifest.checkpoint_seq < seq);
+        let etag = self.store.head(&key).await?.map(|m| m.etag);
+        if etag == self.seen_etag {
+            return Ok(self.base.checkpoint_seq < seq);
         }
-        let Some(obj) = self.store.get(&key, None).await? else {
-            return Err(EngineError::Corrupt("the manifest disappeared".into()));
-        };
-        let m = Manifest::decode(&obj.body)?;
-        if m.checkpoint_seq > self.applied_seq {
-            return Err(EngineError::Corrupt(format!(
-                "a checkpoint at log record {} is ahead of this replica ({}); this build cannot load checkpoints",
-                m.checkpoint_seq, self.applied_seq
-            )));
+        let (m, etag) = Self::read_manifest(&self.store, &self.layout).await?;
+        let covers = m.checkpoint_seq >= seq;
+        self.seen_etag = etag.clone();
+        if m.generation > self.base.generation {
+            self.rebase(m, etag).await?;
         }
-        self.manifest = KnownManifest { etag: Some(obj.meta.etag), checkpoint_seq: m.checkpoint_seq };
-        Ok(m.checkpoint_seq < seq)
+        Ok(!covers)
+    }
+
+    /// Moves local state onto a newer checkpoint: a fresh local database on its chunks,
+    /// plus the frames of records after it that this replica already has.
+    async fn rebase(&mut self, m: Manifest, etag: Option<String>) -> Result<(), EngineError> {
+        let mut keep = Vec::new();
+        let mut prev_end = 0;
+        for &(seq, end, bytes) in &self.records {
+            if seq > m.checkpoint_seq {
+                keep.push((seq, self.local().frames(prev_end + 1, end)?, bytes));
+            }
+            prev_end = end;
+        }
+        let page_size = self.local().page_size();
+        self.base = m;
+        self.base_etag = etag;
+        self.records.clear();
+        self.applied_seq = self.applied_seq.max(self.base.checkpoint_seq);
+        self.local = None;
+        self.local = Some(self.create_local().await?);
+        for (seq, frames, bytes) in keep {
+            self.apply_frames(seq, &frames, page_size, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Reloads everything from the newest manifest (after its objects were collected
+    /// under an older one this replica was using).
+    async fn reload(&mut self) -> Result<(), EngineError> {
+        let (m, etag) = Self::read_manifest(&self.store, &self.layout).await?;
+        self.seen_etag = etag.clone();
+        self.records.clear();
+        self.applied_seq = 0;
+        self.rebase(m, etag).await?;
+        self.replay_listed_log().await
     }
 
     /// Runs `statements` as one transaction and makes it durable before returning.
     pub async fn transact(&mut self, statements: &[Statement]) -> Result<TxResult, EngineError> {
-        for s in statements {
-            check_statement(&s.sql)?;
-        }
+        self.transact_group(vec![statements.to_vec()]).await.pop().expect("one result per request")
+    }
+
+    /// Runs several requests, each its own transaction, committing all their writes with
+    /// one log record. Each request gets its own result; one failing does not fail others.
+    pub async fn transact_group(&mut self, requests: Vec<Vec<Statement>>) -> Vec<Result<TxResult, EngineError>> {
         let mut stats = ExecStats::default();
-        for attempt in 1..=self.config.max_commit_attempts {
-            if attempt > 1 {
-                stats.retries += 1;
+        let checked: Vec<Result<(), EngineError>> =
+            requests.iter().map(|stmts| stmts.iter().try_for_each(|s| check_statement(&s.sql).map(|_| ()))).collect();
+        let outcome = self.run_group(&requests, &checked, &mut stats).await;
+        let local_ok = self.local.is_some();
+        if local_ok {
+            self.local().clear_pins();
+        }
+        let outcomes = match outcome {
+            Ok(outcomes) => outcomes,
+            Err(e) => return requests.iter().map(|_| Err(e.clone())).collect(),
+        };
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.map(|results| {
+                    let mut s = stats;
+                    s.rows_read = results.iter().map(|r| r.rows_read).sum();
+                    s.rows_written = results.iter().map(|r| r.rows_written).sum();
+                    TxResult { results, stats: s }
+                })
+            })
+            .collect()
+    }
+
+    async fn run_group(
+        &mut self,
+        requests: &[Vec<Statement>],
+        checked: &[Result<(), EngineError>],
+        stats: &mut ExecStats,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        let mut fetch_rounds = 0;
+        let mut attempt = 1;
+        while attempt <= self.config.max_commit_attempts {
+            // Run every request locally, fetching missing pages and starting over as needed.
+            let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
+            let mut missing = None;
+            for (stmts, check) in requests.iter().zip(checked) {
+                let outcome = match check {
+                    Err(e) => Err(e.clone()),
+                    Ok(()) => self.run_local(stmts),
+                };
+                if let Err(EngineError::PagesMissing(pages)) = &outcome {
+                    missing = Some(pages.clone());
+                    break;
+                }
+                outcomes.push(outcome);
             }
-            let results = match self.run_local(statements) {
-                Ok(results) => results,
-                Err(e) if e.is_client_error() => {
-                    // The error might come from a stale snapshot (say, a unique key another
-                    // writer already deleted): only report it if the snapshot was current.
-                    if self.refresh(&mut stats).await? == 0 {
-                        return Err(e);
+            if let Some(pages) = missing {
+                self.discard_local()?;
+                fetch_rounds += 1;
+                if fetch_rounds > MAX_FETCH_ROUNDS {
+                    return Err(EngineError::Internal("transaction kept missing pages".into()));
+                }
+                let local = self.local.take().expect("present");
+                let fetched = self.fetch_pages(Some(&local), &pages).await;
+                self.local = Some(local);
+                match fetched {
+                    Ok(()) => continue,
+                    Err(EngineError::BaseGone(_)) => {
+                        self.reload().await?;
+                        continue;
                     }
-                    continue;
+                    Err(e) => return Err(e),
                 }
-                Err(e) => {
-                    self.discard_local()?;
-                    return Err(e);
-                }
-            };
+            }
+            if let Some(Err(e)) = outcomes.iter().find(|o| matches!(o, Err(e) if !e.is_client_error())) {
+                let e = e.clone();
+                self.discard_local()?;
+                return Err(e);
+            }
+
             let frames = self.local().unshipped_frames()?;
             if frames.is_empty() {
-                if self.refresh(&mut stats).await? == 0 {
-                    return Ok(finish(results, stats));
+                let recent = now_millis() - self.validated_ms <= self.config.max_staleness_ms;
+                let only_reads_ok = outcomes.iter().all(|o| o.is_ok());
+                if (recent && only_reads_ok) || self.refresh(stats).await? == 0 {
+                    return Ok(outcomes);
                 }
+                attempt += 1;
+                stats.retries += 1;
                 continue;
             }
             match self.publish(frames).await {
                 Publish::Published => {
                     stats.records_committed += 1;
-                    return Ok(finish(results, stats));
+                    self.validated_ms = now_millis();
+                    if let Err(e) = self.maybe_checkpoint().await {
+                        // The commit is durable; a failed checkpoint only delays folding.
+                        if !matches!(e, EngineError::Storage(_)) {
+                            return Err(e);
+                        }
+                    }
+                    return Ok(outcomes);
                 }
                 Publish::Stale => {
                     self.discard_local()?;
-                    self.refresh(&mut stats).await?;
+                    self.refresh(stats).await?;
+                    attempt += 1;
+                    stats.retries += 1;
                 }
                 Publish::Unknown(why) => {
                     self.discard_local()?;
@@ -274,34 +511,38 @@ impl Database {
         Err(EngineError::Conflict { attempts: self.config.max_commit_attempts })
     }
 
-    /// BEGIN, the statements, COMMIT, all locally. Leaves no transaction open.
-    fn run_local(&mut self, statements: &[Statement]) -> Result<Vec<StatementResult>, EngineError> {
+    /// BEGIN, the statements, COMMIT, all locally. Leaves no transaction open; a failure
+    /// rolls back this request only.
+    fn run_local(&mut self, statements: &[Statement]) -> Outcome {
         let limits = self.config.limits;
         let local = self.local();
-        local.exec_control("BEGIN")?;
+        local.exec_control("BEGIN").map_err(|e| local.missing_or(e))?;
         let mut results = Vec::with_capacity(statements.len());
+        let rollback = |local: &LocalDb, e: EngineError| {
+            let e = local.missing_or(e);
+            if local.in_transaction() {
+                local.exec_control("ROLLBACK")?;
+            }
+            Err(e)
+        };
         for s in statements {
             match local.execute(s, &limits) {
                 Ok(r) => results.push(r),
-                Err(e) => {
-                    if local.in_transaction() {
-                        local.exec_control("ROLLBACK")?;
-                    }
-                    return Err(e);
-                }
+                Err(e) => return rollback(local, e),
             }
             if !local.in_transaction() {
-                // A statement ended the transaction itself; whatever it committed is
-                // local only and is dropped.
+                // A statement ended the transaction itself; what it committed is local only.
                 self.discard_local()?;
                 return Err(EngineError::NotAllowed("a statement ended the request's transaction".into()));
             }
         }
         if let Err(e) = local.exec_control("COMMIT") {
-            if local.in_transaction() {
-                local.exec_control("ROLLBACK")?;
-            }
-            return Err(e);
+            return rollback(local, e);
+        }
+        let missed = local.take_wanted();
+        if !missed.is_empty() {
+            // turso read around a miss without failing: never trust such a result.
+            return Err(EngineError::PagesMissing(missed));
         }
         Ok(results)
     }
@@ -351,12 +592,26 @@ impl Database {
             let why = last_error.map(|e| e.to_string()).unwrap_or_else(|| "record not stored".into());
             return Publish::Unknown(why);
         }
+        // The fence: the record must be one that readers will read.
+        let base_before = self.base.generation;
         match self.check_manifest(seq).await {
-            Ok(true) => {
+            Ok(true) if self.base.generation == base_before => {
                 self.local_mut().mark_durable(frame_total);
                 self.applied_seq = seq;
+                let end = self.local().durable_frames();
+                self.records.push((seq, end, body.len() as u64));
                 Publish::Published
             }
+            // A newer checkpoint that does not cover `seq` was published meanwhile and local
+            // state was rebased onto it (dropping the unshipped frames): the record is
+            // durable and will be read, so apply it on the new base.
+            Ok(true) => match LogRecord::decode(&body) {
+                Ok(record) => match self.apply_frames(seq, &record.frames, record.page_size, body.len() as u64) {
+                    Ok(()) => Publish::Published,
+                    Err(e) => Publish::Unknown(e.to_string()),
+                },
+                Err(e) => Publish::Unknown(e.to_string()),
+            },
             // A checkpoint already covers `seq`: this writer was a zombie and its record
             // sits where GC already deleted history. Nobody will read it; remove it.
             Ok(false) => {
@@ -373,10 +628,147 @@ impl Database {
     async fn read_back(&self, key: &str, body: &[u8]) -> Result<Option<bool>, StoreError> {
         Ok(self.store.get(key, None).await?.map(|obj| obj.body == body))
     }
-}
 
-fn finish(results: Vec<StatementResult>, mut stats: ExecStats) -> TxResult {
-    stats.rows_read = results.iter().map(|r| r.rows_read).sum();
-    stats.rows_written = results.iter().map(|r| r.rows_written).sum();
-    TxResult { results, stats }
+    fn log_since_checkpoint(&self) -> (u64, u64) {
+        let records = self.records.iter().filter(|r| r.0 > self.base.checkpoint_seq);
+        records.fold((0, 0), |(n, b), r| (n + 1, b + r.2))
+    }
+
+    async fn maybe_checkpoint(&mut self) -> Result<(), EngineError> {
+        let (n, bytes) = self.log_since_checkpoint();
+        if n >= self.config.checkpoint_records.max(1) || bytes >= self.config.checkpoint_bytes {
+            self.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    /// Folds the log since the base checkpoint into new chunk objects and moves the
+    /// manifest by compare-and-swap; deletes garbage older than the retention window.
+    /// Returns false if another checkpoint won the race (nothing is lost either way).
+    pub async fn checkpoint(&mut self) -> Result<bool, EngineError> {
+        if self.seen_etag != self.base_etag || self.applied_seq == self.base.checkpoint_seq {
+            return Ok(false);
+        }
+        let (dirty, db_size) = self.local().durable_pages()?;
+        let old = self.view();
+        let page_size = self.local().page_size();
+        let ppc = self.base.pages_per_chunk;
+        let page_count = if db_size > 0 { db_size } else { old.page_count };
+        let chunk_count = page_count.div_ceil(ppc);
+        let generation = self.base.generation + 1;
+        let mut nonce = [0u8; 6];
+        random_bytes(&mut nonce);
+        let nonce = hex::encode(nonce);
+
+        let mut chunks: Vec<String> = self.base.chunks.iter().take(chunk_count as usize).cloned().collect();
+        let mut new_chunks: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+        let touched: BTreeSet<u32> = dirty.keys().map(|p| (p - 1) / ppc).filter(|c| *c < chunk_count).collect();
+        let mut superseded = Vec::new();
+        for c in touched.iter().copied() {
+            let first = c * ppc + 1;
+            let last = ((c + 1) * ppc).min(page_count);
+            // Old pages of this chunk that the log did not replace.
+            let needed: Vec<u32> =
+                (first..=last).filter(|p| !dirty.contains_key(p) && old.page_key(*p).is_some()).collect();
+            let mut old_pages = BTreeMap::new();
+            if !needed.is_empty() {
+                let key = old.chunks[c as usize].clone();
+                let len = (last.min(old.page_count) - first + 1) as u64 * page_size as u64;
+                let Some(obj) = self.store.get(&key, Some(ByteRange { offset: 0, length: len })).await? else {
+                    return Err(EngineError::BaseGone(key.to_string()));
+                };
+                for p in needed {
+                    let at = ((p - first) as usize) * page_size as usize;
+                    old_pages.insert(p, obj.body[at..at + page_size as usize].to_vec());
+                }
+            }
+            let mut body = Vec::with_capacity(((last - first + 1) * page_size) as usize);
+            for p in first..=last {
+                match dirty.get(&p).or_else(|| old_pages.get(&p)) {
+                    Some(page) => body.extend_from_slice(page),
+                    None => body.resize(body.len() + page_size as usize, 0),
+                }
+            }
+            let key = self.layout.chunk_key(generation, c, &nonce);
+            if let Some(old_key) = self.base.chunks.get(c as usize) {
+                superseded.push(old_key.clone());
+            }
+            if (c as usize) < chunks.len() {
+                chunks[c as usize] = key;
+            } else {
+                chunks.push(key);
+            }
+            new_chunks.insert(c, body);
+        }
+        superseded.extend(self.base.chunks.iter().skip(chunk_count as usize).cloned());
+        if chunks.len() != chunk_count as usize {
+            return Err(EngineError::Internal("checkpoint left a chunk unassigned".into()));
+        }
+
+        for batch in new_chunks.iter().collect::<Vec<_>>().chunks(self.config.fetch_concurrency.max(1)) {
+            let puts = batch.iter().map(|(c, body)| {
+                let key = chunks[**c as usize].clone();
+                let store = self.store.clone();
+                let body = (*body).clone();
+                async move { store.put(&key, body, PutCondition::CreateOnly).await }
+            });
+            for r in join_all(puts).await {
+                if !matches!(r?, PutOutcome::Stored(_)) {
+                    return Ok(false);
+                }
+            }
+        }
+
+        // Garbage older than the retention window is unreferenced by every manifest a
+        // reader could still be using: delete it now, before the new manifest drops it.
+        let now = now_millis();
+        let (expired, mut garbage): (Vec<Garbage>, Vec<Garbage>) =
+            self.base.garbage.iter().cloned().partition(|g| g.retired_ms + self.config.gc_retention_ms <= now);
+        for g in &expired {
+            let mut keys = g.chunks.clone();
+            keys.extend((g.log_from..=g.log_to).map(|s| self.layout.log_key(s)));
+            self.store.delete_many(&keys).await?;
+        }
+        garbage.push(Garbage {
+            retired_ms: now,
+            chunks: superseded,
+            log_from: self.base.checkpoint_seq + 1,
+            log_to: self.applied_seq,
+        });
+        let manifest = Manifest {
+            version: Manifest::VERSION,
+            generation,
+            checkpoint_seq: self.applied_seq,
+            page_size,
+            page_count,
+            pages_per_chunk: ppc,
+            chunks,
+            garbage,
+        };
+        let condition = match &self.base_etag {
+            Some(etag) => PutCondition::EtagMatches(etag.clone()),
+            None => PutCondition::CreateOnly,
+        };
+        let stored = match self.store.put(&self.layout.manifest_key(), manifest.encode(), condition).await {
+            Ok(PutOutcome::Stored(meta)) => Some(meta.etag),
+            Ok(PutOutcome::PreconditionFailed) => None,
+            // Ambiguous: the next manifest check will tell; the new chunks may be live.
+            Err(e) => return Err(e.into()),
+        };
+        let Some(etag) = stored else {
+            let keys: Vec<String> = new_chunks.keys().map(|c| manifest.chunks[*c as usize].clone()).collect();
+            let _ = self.store.delete_many(&keys).await;
+            return Ok(false);
+        };
+        // The pages just written are hot: keep them cached under their new keys.
+        for (c, body) in &new_chunks {
+            let key: Arc<str> = Arc::from(manifest.chunks[*c as usize].as_str());
+            for (i, page) in body.chunks(page_size as usize).enumerate() {
+                self.cache.insert((key.clone(), i as u32), page.into());
+            }
+        }
+        self.seen_etag = Some(etag.clone());
+        self.rebase(manifest, Some(etag)).await?;
+        Ok(true)
+    }
 }

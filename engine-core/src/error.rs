@@ -37,6 +37,13 @@ pub enum EngineError {
     Interrupted(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Pages turso needed were not cached (internal: the engine fetches them and retries).
+    #[error("pages not cached: {0:?}")]
+    PagesMissing(Vec<u32>),
+    /// An object of an older checkpoint was already garbage-collected (internal: the
+    /// engine reloads from the newest manifest and retries).
+    #[error("checkpoint object gone: {0}")]
+    BaseGone(String),
 }
 
 impl EngineError {
@@ -52,7 +59,7 @@ impl EngineError {
             EngineError::Corrupt(_) => "CORRUPT_STATE",
             EngineError::Limit(_) => "LIMIT_EXCEEDED",
             EngineError::Interrupted(_) => "QUERY_INTERRUPTED",
-            EngineError::Internal(_) => "INTERNAL_ERROR",
+            EngineError::Internal(_) | EngineError::PagesMissing(_) | EngineError::BaseGone(_) => "INTERNAL_ERROR",
         }
     }
 

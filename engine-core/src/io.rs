@@ -45,6 +45,13 @@ impl EngineIo {
         self.files.lock().ok()?.get(path).cloned()
     }
 
+    /// Makes `path` name `file` (the database file is ours, not an in-memory one).
+    pub fn register(&self, path: &str, file: Arc<dyn File>) {
+        if let Ok(mut files) = self.files.lock() {
+            files.insert(path.to_string(), file);
+        }
+    }
+
     /// Makes `new_path` name the same file as `old_path` (used to reopen a database under
     /// a fresh path: turso keeps one `Database` per path in a process-wide registry).
     pub fn alias(&self, old_path: &str, new_path: &str) {

@@ -34,6 +34,12 @@ impl Layout {
         format!("{}log/{:0width$}", self.prefix, seq, width = SEQ_WIDTH)
     }
 
+    /// An immutable chunk object of checkpoint `generation`. The random `nonce` keeps keys
+    /// of competing or abandoned checkpoint attempts apart.
+    pub fn chunk_key(&self, generation: u64, index: u32, nonce: &str) -> String {
+        format!("{}chunk/{:012}-{:08}-{}", self.prefix, generation, index, nonce)
+    }
+
     /// Parses a key produced by [`Self::log_key`].
     pub fn log_seq_of(&self, key: &str) -> Option<u64> {
         let digits = key.strip_prefix(&self.log_prefix())?;

@@ -8,6 +8,11 @@ use std::sync::Arc;
 
 use turso_core::{Connection, StatementStatusCounter, StepResult, Value};
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use crate::cache::PageCache;
+use crate::chunk_file::{CheckpointView, ChunkFile, PinnedPages, WantedPages};
 use crate::error::{sql_err, EngineError};
 use crate::io::EngineIo;
 use crate::log_record::Frame;
@@ -37,8 +42,18 @@ impl Default for ExecLimits {
     }
 }
 
+/// What the local database's file is made of: a checkpoint read through the cache.
+#[derive(Clone)]
+struct Base {
+    view: CheckpointView,
+    cache: Arc<PageCache>,
+    wanted: WantedPages,
+    pinned: PinnedPages,
+}
+
 pub struct LocalDb {
     io: Arc<EngineIo>,
+    base: Base,
     // Field order matters: the connection must drop before its database.
     conn: Arc<Connection>,
     db: Arc<turso_core::Database>,
@@ -49,21 +64,96 @@ pub struct LocalDb {
 }
 
 impl LocalDb {
-    /// A fresh, empty database.
-    pub fn create() -> Result<Self, EngineError> {
+    /// A database whose file is the checkpoint `view` (empty if it has no pages) and whose
+    /// WAL is empty. Fails with [`EngineError::PagesMissing`] if turso needs pages that are
+    /// not cached yet: fetch them and call again.
+    pub fn create(view: CheckpointView, cache: Arc<PageCache>) -> Result<Self, EngineError> {
+        let base = Base {
+            view,
+            cache,
+            wanted: Arc::new(Mutex::new(Default::default())),
+            pinned: Arc::new(Mutex::new(HashMap::new())),
+        };
         let io = Arc::new(EngineIo::new());
         let path = format!("twill-{}.db", NEXT_OPEN_ID.fetch_add(1, Ordering::Relaxed));
-        Self::open_at(io, path, 0)
+        io.register(
+            &path,
+            Arc::new(ChunkFile::new(base.view.clone(), base.cache.clone(), base.wanted.clone(), base.pinned.clone())),
+        );
+        Self::open_at(io, base, path, 0)
     }
 
-    fn open_at(io: Arc<EngineIo>, path: String, durable_frames: u64) -> Result<Self, EngineError> {
-        let db = turso_core::Database::open_file(io.clone(), &path, Arc::new(turso_core::SqliteDialect))
-            .map_err(|e| EngineError::Internal(format!("open local database: {e}")))?;
-        let conn = db.connect().map_err(|e| EngineError::Internal(format!("connect: {e}")))?;
+    fn open_at(io: Arc<EngineIo>, base: Base, path: String, durable_frames: u64) -> Result<Self, EngineError> {
+        let opened = turso_core::Database::open_file(io.clone(), &path, Arc::new(turso_core::SqliteDialect))
+            .and_then(|db| db.connect().map(|conn| (db, conn)));
+        let (db, conn) = match opened {
+            Ok(x) => x,
+            Err(e) => return Err(missing_or(&base.wanted, EngineError::Internal(format!("open local database: {e}")))),
+        };
         conn.wal_auto_actions_disable();
-        let mut local = LocalDb { io, conn, db, path, durable_frames, page_size: 4096 };
-        local.page_size = local.query_page_size()?;
+        let mut local = LocalDb { io, base, conn, db, path, durable_frames, page_size: 4096 };
+        local.page_size = local.query_page_size().map_err(|e| local.missing_or(e))?;
         Ok(local)
+    }
+
+    /// `e`, unless pages were missing, in which case the (real) cause is that.
+    pub fn missing_or(&self, e: EngineError) -> EngineError {
+        missing_or(&self.base.wanted, e)
+    }
+
+    /// Pages turso asked for that were not cached, since the last call.
+    pub fn take_wanted(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.base.wanted.lock().unwrap_or_else(|p| p.into_inner())).into_iter().collect()
+    }
+
+    pub fn view(&self) -> &CheckpointView {
+        &self.base.view
+    }
+
+    pub fn cache(&self) -> &Arc<PageCache> {
+        &self.base.cache
+    }
+
+    /// Holds a fetched page for this database outside the cache budget until
+    /// [`Self::clear_pins`], so one transaction always makes progress however small the
+    /// cache is.
+    pub fn pin(&self, page_no: u32, page: Arc<[u8]>) {
+        self.base.pinned.lock().unwrap_or_else(|p| p.into_inner()).insert(page_no, page);
+    }
+
+    pub fn clear_pins(&self) {
+        self.base.pinned.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The newest image of every page in the durable WAL, and the database size in pages
+    /// after the last durable commit (0 if the WAL is empty).
+    pub fn durable_pages(&self) -> Result<(BTreeMap<u32, Vec<u8>>, u32), EngineError> {
+        let mut pages = BTreeMap::new();
+        let mut db_size = 0;
+        let mut buf = vec![0u8; WAL_FRAME_HEADER_LEN + self.page_size as usize];
+        for frame_no in 1..=self.durable_frames {
+            let info = self.conn.wal_get_frame(frame_no, &mut buf).map_err(sql_err)?;
+            pages.insert(info.page_no, buf[WAL_FRAME_HEADER_LEN..].to_vec());
+            if info.db_size > 0 {
+                db_size = info.db_size;
+            }
+        }
+        Ok((pages, db_size))
+    }
+
+    /// Durable WAL frames `from..=to` (1-based), as log frames.
+    pub fn frames(&self, from: u64, to: u64) -> Result<Vec<Frame>, EngineError> {
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; WAL_FRAME_HEADER_LEN + self.page_size as usize];
+        for frame_no in from..=to {
+            let info = self.conn.wal_get_frame(frame_no, &mut buf).map_err(sql_err)?;
+            frames.push(Frame {
+                page_no: info.page_no,
+                db_size_after: info.db_size,
+                page: buf[WAL_FRAME_HEADER_LEN..].to_vec(),
+            });
+        }
+        Ok(frames)
     }
 
     fn query_page_size(&self) -> Result<u32, EngineError> {
@@ -166,18 +256,7 @@ impl LocalDb {
 
     /// Frames committed locally but not yet durable, in WAL order.
     pub fn unshipped_frames(&self) -> Result<Vec<Frame>, EngineError> {
-        let max = self.wal_frames()?;
-        let mut frames = Vec::with_capacity((max - self.durable_frames.min(max)) as usize);
-        let mut buf = vec![0u8; WAL_FRAME_HEADER_LEN + self.page_size as usize];
-        for frame_no in self.durable_frames + 1..=max {
-            let info = self.conn.wal_get_frame(frame_no, &mut buf).map_err(sql_err)?;
-            frames.push(Frame {
-                page_no: info.page_no,
-                db_size_after: info.db_size,
-                page: buf[WAL_FRAME_HEADER_LEN..].to_vec(),
-            });
-        }
-        Ok(frames)
+        self.frames(self.durable_frames + 1, self.wal_frames()?)
     }
 
     /// The frames just read by [`Self::unshipped_frames`] are now durable.
@@ -223,9 +302,9 @@ impl LocalDb {
     /// Drops every frame that is not durable (a lost commit race, an unresolved PUT, a
     /// transaction that ended itself early) by truncating the WAL and reopening turso.
     pub fn discard_unshipped(self) -> Result<Self, EngineError> {
-        let LocalDb { io, conn, db, path, durable_frames, page_size } = self;
+        let LocalDb { io, base, conn, db, path, durable_frames, page_size } = self;
         if conn.wal_state().map(|s| s.max_frame).unwrap_or(u64::MAX) == durable_frames && conn.get_auto_commit() {
-            return Ok(LocalDb { io, conn, db, path, durable_frames, page_size });
+            return Ok(LocalDb { io, base, conn, db, path, durable_frames, page_size });
         }
         drop(conn);
         drop(db);
@@ -245,7 +324,7 @@ impl LocalDb {
         io.alias(&wal_path, &format!("{new_path}-wal"));
         io.forget(&path);
         io.forget(&wal_path);
-        let reopened = Self::open_at(io, new_path, durable_frames)?;
+        let reopened = Self::open_at(io, base, new_path, durable_frames)?;
         let frames = reopened.wal_frames()?;
         if frames != durable_frames {
             return Err(EngineError::Internal(format!(
@@ -253,6 +332,15 @@ impl LocalDb {
             )));
         }
         Ok(reopened)
+    }
+}
+
+fn missing_or(wanted: &WantedPages, e: EngineError) -> EngineError {
+    let wanted = wanted.lock().unwrap_or_else(|p| p.into_inner());
+    if wanted.is_empty() {
+        e
+    } else {
+        EngineError::PagesMissing(wanted.iter().copied().collect())
     }
 }
 

@@ -1,26 +1,62 @@
 //! The manifest: the one mutable object of a database, changed only by etag
-//! compare-and-swap. It names the checkpoint the log continues from. An absent manifest
-//! means "no checkpoint yet": the log starts at record 1 on an empty database.
+//! compare-and-swap at checkpoints. It names the checkpoint the log continues from. An
+//! absent manifest means "no checkpoint yet": the log starts at record 1 on an empty
+//! database.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// Pages per chunk object (64 × 4 KiB = 256 KiB).
+pub const DEFAULT_PAGES_PER_CHUNK: u32 = 64;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Format version of this object.
     pub version: u32,
     /// Incremented on every change; keeps etags unique even if all else repeats (ABA).
     pub generation: u64,
-    /// Every log record with seq <= this is folded into the checkpoint.
+    /// Every log record with seq <= this is folded into the chunks.
     pub checkpoint_seq: u64,
     pub page_size: u32,
     /// Database size in pages at the checkpoint.
     pub page_count: u32,
+    pub pages_per_chunk: u32,
+    /// Chunk `i` holds pages `i * pages_per_chunk + 1 ..= (i + 1) * pages_per_chunk`.
+    pub chunks: Vec<String>,
+    /// Objects no longer referenced, deleted by a later checkpoint once older than the
+    /// retention window (readers of older manifests may still be using them).
+    #[serde(default)]
+    pub garbage: Vec<Garbage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Garbage {
+    /// When these became unreferenced (ms since the Unix epoch).
+    pub retired_ms: f64,
+    /// Superseded chunk objects.
+    pub chunks: Vec<String>,
+    /// Log records `log_from..=log_to` folded into a checkpoint (empty if from > to).
+    pub log_from: u64,
+    pub log_to: u64,
 }
 
 impl Manifest {
     pub const VERSION: u32 = 1;
+
+    /// The state before any checkpoint.
+    pub fn empty() -> Self {
+        Manifest {
+            version: Self::VERSION,
+            generation: 0,
+            checkpoint_seq: 0,
+            page_size: 0,
+            page_count: 0,
+            pages_per_chunk: DEFAULT_PAGES_PER_CHUNK,
+            chunks: Vec::new(),
+            garbage: Vec::new(),
+        }
+    }
 
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("manifest serializes")
@@ -31,6 +67,15 @@ impl Manifest {
             serde_json::from_slice(bytes).map_err(|e| EngineError::Corrupt(format!("manifest does not parse: {e}")))?;
         if m.version != Self::VERSION {
             return Err(EngineError::Corrupt(format!("manifest version {} is not supported", m.version)));
+        }
+        let needed = m.page_count.div_ceil(m.pages_per_chunk.max(1)) as usize;
+        if m.pages_per_chunk == 0 || m.chunks.len() != needed {
+            return Err(EngineError::Corrupt(format!(
+                "manifest lists {} chunks for {} pages of {} per chunk",
+                m.chunks.len(),
+                m.page_count,
+                m.pages_per_chunk
+            )));
         }
         Ok(m)
     }

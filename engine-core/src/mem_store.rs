@@ -348,3 +348,12 @@ mod tests {
         });
     }
 }
+
+/// An injector from a closure, for scripted scenarios.
+pub struct ScriptedFaults<F: FnMut(OpKind, &str) -> Fault>(pub F);
+
+impl<F: FnMut(OpKind, &str) -> Fault> FaultInjector for ScriptedFaults<F> {
+    fn decide(&mut self, op: OpKind, key: &str) -> Fault {
+        (self.0)(op, key)
+    }
+}

@@ -75,6 +75,14 @@ pub trait ObjectStore {
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage, StoreError>;
     /// Deleting an absent key succeeds.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Deletes several keys (R2 takes up to 1,000 in one call).
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for k in keys {
+            self.delete(k).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The etag R2 gives an object written in one part: the hex MD5 of its bytes.
@@ -158,5 +166,12 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.add(|c| c.writes += 1);
         self.inner.delete(key).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.add(|c| c.writes += keys.len().div_ceil(MAX_LIST_LIMIT) as u64);
+        self.inner.delete_many(keys).await
     }
 }

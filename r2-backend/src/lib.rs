@@ -79,4 +79,15 @@ impl ObjectStore for R2Store {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.bucket.delete(key).await.map_err(|e| store_error("delete", key, e))
     }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for batch in keys.chunks(MAX_LIST_LIMIT) {
+            let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
+            self.bucket
+                .delete_multiple(batch)
+                .await
+                .map_err(|e| store_error("delete", keys.first().map_or("", |k| k.as_str()), e))?;
+        }
+        Ok(())
+    }
 }

@@ -115,7 +115,7 @@ fn respond(endpoint: Endpoint, _statements: &[Statement], tx: TxResult, meta: Va
 
 /// Maps an engine error to an answer; internal faults also drop the isolate's copy.
 fn fault(e: EngineError, held: Option<&mut registry::HeldDb<'_>>) -> ApiError {
-    if matches!(e, EngineError::Internal(_) | EngineError::Corrupt(_)) {
+    if matches!(e, EngineError::Internal(_) | EngineError::Corrupt(_) | EngineError::PagesMissing(_) | EngineError::BaseGone(_)) {
         if let Some(h) = held {
             h.drop_state();
         }

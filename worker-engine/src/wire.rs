@@ -51,7 +51,7 @@ impl From<EngineError> for ApiError {
             EngineError::Interrupted(_) => 400,
             EngineError::Conflict { .. } => 409,
             EngineError::CommitUnknown(_) | EngineError::Storage(_) => 503,
-            EngineError::Corrupt(_) | EngineError::Internal(_) => 500,
+            EngineError::Corrupt(_) | EngineError::Internal(_) | EngineError::PagesMissing(_) | EngineError::BaseGone(_) => 500,
         };
         ApiError { status, code: e.code(), message: e.to_string() }
     }

@@ -1,0 +1,177 @@
+//! The database file as turso sees it: the pages of a checkpoint, read lazily from the
+//! page cache. A page that is not cached is not fetched here (the isolate is
+//! single-threaded and turso sometimes waits for reads by spinning): the read fails, the
+//! page is recorded as wanted, and the engine fetches it from the object store and runs
+//! the transaction again ("fetch first and retry").
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use turso_core::{Buffer, Completion, CompletionError, File};
+
+use crate::cache::{PageCache, PageKey};
+use crate::manifest::Manifest;
+
+/// Which chunk object holds each page of a checkpoint.
+#[derive(Debug, Clone)]
+pub struct CheckpointView {
+    pub page_size: u32,
+    pub page_count: u32,
+    pub pages_per_chunk: u32,
+    pub chunks: Vec<Arc<str>>,
+}
+
+impl CheckpointView {
+    pub fn from_manifest(m: &Manifest) -> Self {
+        CheckpointView {
+            page_size: m.page_size,
+            page_count: m.page_count,
+            pages_per_chunk: m.pages_per_chunk,
+            chunks: m.chunks.iter().map(|k| Arc::from(k.as_str())).collect(),
+        }
+    }
+
+    /// Cache key of page `page_no` (1-based), if the checkpoint has it.
+    pub fn page_key(&self, page_no: u32) -> Option<PageKey> {
+        if page_no == 0 || page_no > self.page_count {
+            return None;
+        }
+        let idx = page_no - 1;
+        let chunk = self.chunks.get((idx / self.pages_per_chunk) as usize)?;
+        Some((chunk.clone(), idx % self.pages_per_chunk))
+    }
+}
+
+/// Pages turso asked for that were not cached.
+pub type WantedPages = Arc<Mutex<BTreeSet<u32>>>;
+
+/// Pages fetched for the transaction in progress, by page number.
+pub type PinnedPages = Arc<Mutex<HashMap<u32, Arc<[u8]>>>>;
+
+pub struct ChunkFile {
+    view: CheckpointView,
+    cache: Arc<PageCache>,
+    wanted: WantedPages,
+    pinned: PinnedPages,
+    /// Pages turso wrote to the file itself. The engine disables turso's checkpoints, so
+    /// this stays empty in practice; it exists so a write can never be lost or misread.
+    written: Mutex<BTreeMap<u32, Vec<u8>>>,
+    size: Mutex<u64>,
+}
+
+impl ChunkFile {
+    pub fn new(view: CheckpointView, cache: Arc<PageCache>, wanted: WantedPages, pinned: PinnedPages) -> Self {
+        let size = view.page_count as u64 * view.page_size as u64;
+        ChunkFile { view, cache, wanted, pinned, written: Mutex::new(BTreeMap::new()), size: Mutex::new(size) }
+    }
+
+    fn size_now(&self) -> u64 {
+        *self.size.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Copies `dst.len()` bytes at `pos`; returns false if a needed page is not cached.
+    fn read_into(&self, pos: u64, dst: &mut [u8]) -> bool {
+        let page_size = self.view.page_size.max(1) as u64;
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let mut done = 0usize;
+        let mut all_present = true;
+        while done < dst.len() {
+            let at = pos + done as u64;
+            let page_no = (at / page_size) as u32 + 1;
+            let in_page = (at % page_size) as usize;
+            let n = (page_size as usize - in_page).min(dst.len() - done);
+            let out = &mut dst[done..done + n];
+            if let Some(p) = written.get(&page_no) {
+                out.copy_from_slice(&p[in_page..in_page + n]);
+            } else if let Some(key) = self.view.page_key(page_no) {
+                let pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner()).get(&page_no).cloned();
+                match pinned.or_else(|| self.cache.get(&key)) {
+                    Some(p) if p.len() >= in_page + n => out.copy_from_slice(&p[in_page..in_page + n]),
+                    _ => {
+                        self.wanted.lock().unwrap_or_else(|p| p.into_inner()).insert(page_no);
+                        all_present = false;
+                    }
+                }
+            } else {
+                out.fill(0);
+            }
+            done += n;
+        }
+        all_present
+    }
+}
+
+impl File for ChunkFile {
+    fn lock_file(&self, _exclusive: bool) -> turso_core::Result<()> {
+        Ok(())
+    }
+
+    fn unlock_file(&self) -> turso_core::Result<()> {
+        Ok(())
+    }
+
+    fn pread(&self, pos: u64, c: Completion) -> turso_core::Result<Completion> {
+        let size = self.size_now();
+        let buf = c.as_read().buf();
+        let len = (buf.len() as u64).min(size.saturating_sub(pos)) as usize;
+        if len == 0 {
+            c.complete(0);
+            return Ok(c);
+        }
+        let ok = self.read_into(pos, &mut buf.as_mut_slice()[..len]);
+        if ok {
+            c.complete(len as i32);
+        } else {
+            c.error(CompletionError::IOError(std::io::ErrorKind::WouldBlock, "page not cached"));
+        }
+        Ok(c)
+    }
+
+    fn pwrite(&self, pos: u64, buffer: Arc<Buffer>, c: Completion) -> turso_core::Result<Completion> {
+        let n = self.write_at(pos, buffer.as_slice());
+        c.complete(n as i32);
+        Ok(c)
+    }
+
+    fn pwritev(&self, pos: u64, buffers: Vec<Arc<Buffer>>, c: Completion) -> turso_core::Result<Completion> {
+        let mut at = pos;
+        for b in &buffers {
+            at += self.write_at(at, b.as_slice()) as u64;
+        }
+        c.complete((at - pos) as i32);
+        Ok(c)
+    }
+
+    fn sync(&self, c: Completion, _sync_type: turso_core::io::FileSyncType) -> turso_core::Result<Completion> {
+        c.complete(0);
+        Ok(c)
+    }
+
+    fn size(&self) -> turso_core::Result<u64> {
+        Ok(self.size_now())
+    }
+
+    fn truncate(&self, len: u64, c: Completion) -> turso_core::Result<Completion> {
+        *self.size.lock().unwrap_or_else(|p| p.into_inner()) = len;
+        c.complete(0);
+        Ok(c)
+    }
+}
+
+impl ChunkFile {
+    /// Whole-page writes only (turso writes the database file in pages).
+    fn write_at(&self, pos: u64, data: &[u8]) -> usize {
+        let page_size = self.view.page_size.max(1) as usize;
+        if pos % page_size as u64 != 0 || data.len() % page_size != 0 {
+            return 0; // reported to turso as a short write
+        }
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, page) in data.chunks(page_size).enumerate() {
+            written.insert((pos / page_size as u64) as u32 + 1 + i as u32, page.to_vec());
+        }
+        let end = pos + data.len() as u64;
+        let mut size = self.size.lock().unwrap_or_else(|p| p.into_inner());
+        *size = (*size).max(end);
+        data.len()
+    }
+}

@@ -1,0 +1,200 @@
+//! The storage engine on the object store: checkpoints and GC, lazy reads through a
+//! bounded cache, the zombie writer, ambiguous PUTs, group commit.
+
+use std::rc::Rc;
+
+use engine_core::mem_store::{Fault, MemStore, OpKind, ScriptedFaults};
+use engine_core::{DbConfig, SqlValue, Statement};
+use twill_tests::{block_on, exec, open_with, query_ints, try_open};
+
+fn small_checkpoints() -> DbConfig {
+    DbConfig { checkpoint_records: 4, gc_retention_ms: 0.0, ..DbConfig::default() }
+}
+
+fn log_keys(store: &MemStore, db: &str) -> Vec<String> {
+    store.keys().into_iter().filter(|k| k.starts_with(&format!("db/{db}/log/"))).collect()
+}
+
+#[test]
+fn checkpoints_fold_the_log_gc_deletes_it_and_restarts_read_the_new_manifest() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open_with(&store, "c", small_checkpoints(), 32 << 20);
+    exec(&mut db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", vec![]);
+    for i in 0..30 {
+        exec(&mut db, "INSERT INTO t (v) VALUES (?)", vec![SqlValue::Text(format!("v{i}"))]);
+    }
+    assert!(db.checkpoint_seq() >= 28, "checkpoint at {}", db.checkpoint_seq());
+    assert!(store.raw_get("db/c/manifest").is_some());
+    let logs = log_keys(&store, "c");
+    assert!(logs.len() <= 12, "GC keeps the log short: {logs:?}");
+    let chunks = store.keys().into_iter().filter(|k| k.contains("/chunk/")).count();
+    assert!(chunks >= 1);
+
+    let mut fresh = open_with(&store, "c", small_checkpoints(), 32 << 20);
+    assert_eq!(fresh.applied_seq(), 31);
+    assert_eq!(query_ints(&mut fresh, "SELECT count(*) FROM t"), [30]);
+    exec(&mut fresh, "UPDATE t SET v = 'x' WHERE id = 3", vec![]);
+    // the first replica sees the other's write, across checkpoints
+    assert_eq!(exec(&mut db, "SELECT v FROM t WHERE id = 3", vec![]).rows, vec![vec![SqlValue::Text("x".into())]]);
+}
+
+#[test]
+fn a_database_four_times_the_cache_works_and_the_cache_stays_in_budget() {
+    let store = Rc::new(MemStore::new());
+    let budget = 256 << 10;
+    let config = DbConfig { checkpoint_records: 8, ..DbConfig::default() };
+    let mut db = open_with(&store, "big", config, budget);
+    exec(&mut db, "CREATE TABLE big (id INTEGER PRIMARY KEY, pad BLOB)", vec![]);
+    for batch in 0..64 {
+        let stmts: Vec<Statement> = (0..20)
+            .map(|i| Statement::with_params("INSERT INTO big VALUES (?, randomblob(900))", vec![SqlValue::Integer(batch * 20 + i)]))
+            .collect();
+        block_on(db.transact(&stmts)).unwrap();
+    }
+    block_on(db.checkpoint()).unwrap();
+    let total = (query_ints(&mut db, "PRAGMA page_count")[0] * 4096) as u64;
+    assert!(total >= 4 * budget as u64, "database {total} bytes must be >= 4x the {budget}-byte cache");
+
+    let before = store.counts();
+    let mut cold = open_with(&store, "big", config, budget);
+    assert_eq!(query_ints(&mut cold, "SELECT id FROM big WHERE id = 200"), [200]);
+    let reads = store.counts().gets - before.gets + store.counts().heads - before.heads + store.counts().lists - before.lists;
+    let stats = cold.cache().stats();
+    assert!(stats.bytes < total as usize / 2, "a point query must not download the database: {stats:?}");
+    assert!(reads <= 12, "cold point query took {reads} reads");
+    assert_eq!(query_ints(&mut cold, "SELECT count(*) FROM big"), [1280]);
+    assert_eq!(query_ints(&mut cold, "SELECT sum(length(pad)) FROM big"), [1280 * 900]);
+    let stats = cold.cache().stats();
+    assert!(stats.bytes <= budget, "cache over budget: {stats:?}");
+    assert!(stats.evictions > 0);
+    // and it keeps working for writes that touch cold pages
+    exec(&mut cold, "DELETE FROM big WHERE id % 2 = 0", vec![]);
+    assert_eq!(query_ints(&mut cold, "SELECT count(*) FROM big"), [640]);
+    let mut again = open_with(&store, "big", config, budget);
+    assert_eq!(query_ints(&mut again, "SELECT count(*) FROM big WHERE id % 2 = 1"), [640]);
+}
+
+#[test]
+fn zombie_writer_stalled_across_checkpoint_and_gc_is_never_acknowledged() {
+    let store = Rc::new(MemStore::new());
+    let mut zombie = open_with(&store, "z", small_checkpoints(), 32 << 20);
+    exec(&mut zombie, "CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT)", vec![]);
+    let zombie_seq = zombie.applied_seq();
+    let mut other = open_with(&store, "z", small_checkpoints(), 32 << 20);
+    for _ in 0..12 {
+        exec(&mut other, "INSERT INTO t (who) VALUES ('other')", vec![]);
+    }
+    // GC deleted the record right after the zombie's position: a create-only PUT there succeeds.
+    assert!(store.raw_get(&format!("db/z/log/{:020}", zombie_seq + 1)).is_none());
+    let puts_before = store.counts().puts;
+    let r = exec(&mut zombie, "INSERT INTO t (who) VALUES ('zombie')", vec![]);
+    assert_eq!(r.rows_affected, 1);
+    assert!(store.counts().puts > puts_before);
+    // Its first attempt was fenced (record deleted again), the retry committed on top.
+    assert!(store.raw_get(&format!("db/z/log/{:020}", zombie_seq + 1)).is_none(), "garbage record removed");
+    let mut check = open_with(&store, "z", small_checkpoints(), 32 << 20);
+    assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t WHERE who = 'zombie'"), [1]);
+    assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t"), [13]);
+}
+
+#[test]
+fn ambiguous_put_that_landed_is_acknowledged_exactly_once() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open_with(&store, "a", DbConfig::default(), 32 << 20);
+    exec(&mut db, "CREATE TABLE t (x INTEGER)", vec![]);
+    let mut first = true;
+    store.set_faults(Some(Box::new(ScriptedFaults(move |op, _key: &str| {
+        if op == OpKind::Put && std::mem::take(&mut first) {
+            Fault::ErrorAfter
+        } else {
+            Fault::None
+        }
+    }))));
+    exec(&mut db, "INSERT INTO t VALUES (1)", vec![]);
+    store.set_faults(None);
+    let mut check = open_with(&store, "a", DbConfig::default(), 32 << 20);
+    assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t"), [1]);
+}
+
+#[test]
+fn ambiguous_put_that_did_not_land_is_retried() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open_with(&store, "a", DbConfig::default(), 32 << 20);
+    exec(&mut db, "CREATE TABLE t (x INTEGER)", vec![]);
+    let mut first = true;
+    store.set_faults(Some(Box::new(ScriptedFaults(move |op, _key: &str| {
+        if op == OpKind::Put && std::mem::take(&mut first) {
+            Fault::ErrorBefore
+        } else {
+            Fault::None
+        }
+    }))));
+    exec(&mut db, "INSERT INTO t VALUES (1)", vec![]);
+    store.set_faults(None);
+    let mut check = open_with(&store, "a", DbConfig::default(), 32 << 20);
+    assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t"), [1]);
+}
+
+#[test]
+fn unresolvable_put_is_reported_unknown_never_success_and_the_truth_is_readable() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open_with(&store, "a", DbConfig::default(), 32 << 20);
+    exec(&mut db, "CREATE TABLE t (x INTEGER)", vec![]);
+    // The PUT lands but reports failure; every read-back fails too.
+    store.set_faults(Some(Box::new(ScriptedFaults(|op, key: &str| match op {
+        OpKind::Put if key.contains("/log/") => Fault::ErrorAfter,
+        OpKind::Get if key.contains("/log/") => Fault::ErrorBefore,
+        _ => Fault::None,
+    }))));
+    let e = block_on(db.transact(&[Statement::new("INSERT INTO t VALUES (7)")])).unwrap_err();
+    assert_eq!(e.code(), "COMMIT_OUTCOME_UNKNOWN");
+    store.set_faults(None);
+    // The same replica and a fresh one agree: it landed, exactly once.
+    assert_eq!(query_ints(&mut db, "SELECT x FROM t"), [7]);
+    let mut check = open_with(&store, "a", DbConfig::default(), 32 << 20);
+    assert_eq!(query_ints(&mut check, "SELECT x FROM t"), [7]);
+}
+
+#[test]
+fn group_commit_shares_one_put_and_isolates_failures() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open_with(&store, "g", DbConfig::default(), 32 << 20);
+    exec(&mut db, "CREATE TABLE t (id INTEGER PRIMARY KEY)", vec![]);
+    let puts = store.counts().puts;
+    let mut group: Vec<Vec<Statement>> =
+        (1..=16).map(|i| vec![Statement::with_params("INSERT INTO t VALUES (?)", vec![SqlValue::Integer(i)])]).collect();
+    group[5] = vec![Statement::new("INSERT INTO t VALUES (1)")]; // duplicate key: fails alone
+    group.push(vec![Statement::new("SELECT count(*) FROM t")]);
+    let results = block_on(db.transact_group(group));
+    assert_eq!(store.counts().puts - puts, 1, "one PUT for the whole group");
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 16);
+    assert_eq!(results[5].as_ref().unwrap_err().code(), "SQL_ERROR");
+    assert_eq!(results[16].as_ref().unwrap().results[0].rows, vec![vec![SqlValue::Integer(15)]]);
+    let mut check = open_with(&store, "g", DbConfig::default(), 32 << 20);
+    assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t"), [15]);
+}
+
+#[test]
+fn bounded_staleness_skips_the_probe_and_default_sees_everything() {
+    let store = Rc::new(MemStore::new());
+    let mut a = open_with(&store, "s", DbConfig::default(), 32 << 20);
+    exec(&mut a, "CREATE TABLE t (x)", vec![]);
+    let stale_cfg = DbConfig { max_staleness_ms: 60_000.0, ..DbConfig::default() };
+    let mut b = open_with(&store, "s", stale_cfg, 32 << 20);
+    exec(&mut a, "INSERT INTO t VALUES (1)", vec![]);
+    let reads = store.counts().gets + store.counts().heads;
+    assert_eq!(query_ints(&mut b, "SELECT count(*) FROM t"), [0], "within the staleness bound");
+    assert_eq!(store.counts().gets + store.counts().heads, reads, "no R2 read");
+    b.config_mut().max_staleness_ms = 0.0;
+    assert_eq!(query_ints(&mut b, "SELECT count(*) FROM t"), [1]);
+}
+
+#[test]
+fn an_idle_database_makes_no_store_operations() {
+    let store = Rc::new(MemStore::new());
+    let db = open_with(&store, "idle", DbConfig::default(), 32 << 20);
+    let before = store.counts();
+    drop(db);
+    assert_eq!(store.counts(), before);
+    assert!(try_open(&store, "idle", DbConfig::default(), 1 << 20).is_ok());
+}
