@@ -77,6 +77,9 @@ pub struct TxResult {
     pub stats: ExecStats,
 }
 
+/// Times one refresh may move onto a newer checkpoint before giving up.
+const MAX_MANIFEST_ROUNDS: u32 = 16;
+
 /// Page-fetch rounds one group may take (each round fetches at least one new page group).
 const MAX_FETCH_ROUNDS: u32 = 10_000;
 
@@ -200,15 +203,47 @@ impl Database {
         Err(EngineError::Internal("opening the database kept missing pages".into()))
     }
 
-    fn discard_local(&mut self) -> Result<(), EngineError> {
-        let local = self.local.take().expect("local database present between calls");
-        self.local = Some(local.discard_unshipped()?);
-        Ok(())
+    /// Drops local frames that are not durable. If that fails, the local copy is rebuilt
+    /// from the store; if that fails too, the next request rebuilds it.
+    async fn discard_local(&mut self) -> Result<(), EngineError> {
+        let Some(local) = self.local.take() else {
+            return self.reload().await;
+        };
+        let mut attempt = local.discard_unshipped();
+        for _ in 0..MAX_FETCH_ROUNDS {
+            match attempt {
+                Ok(local) => {
+                    self.local = Some(local);
+                    return Ok(());
+                }
+                Err((EngineError::PagesMissing(_), reopen)) => {
+                    let wanted = reopen.take_wanted();
+                    let pages = self.fetch_page_bytes(&wanted).await?;
+                    for (page_no, bytes) in pages {
+                        reopen.pin(page_no, bytes);
+                    }
+                    attempt = reopen.open();
+                }
+                Err(_) => break,
+            }
+        }
+        self.reload().await
     }
 
     /// Fetches the page groups holding `pages` from their chunk objects into the cache,
     /// and pins them to `local` (if given) for the transaction in progress.
     async fn fetch_pages(&self, local: Option<&LocalDb>, pages: &[u32]) -> Result<(), EngineError> {
+        for (page_no, bytes) in self.fetch_page_bytes(pages).await? {
+            if let Some(local) = local {
+                local.pin(page_no, bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches the page groups holding `pages` into the cache; returns every page fetched.
+    async fn fetch_page_bytes(&self, pages: &[u32]) -> Result<Vec<(u32, Arc<[u8]>)>, EngineError> {
+        let mut fetched = Vec::new();
         let view = self.view();
         let group = self.config.fetch_group_pages.clamp(1, view.pages_per_chunk.max(1));
         // (chunk index, first page index in chunk, page count)
@@ -246,13 +281,11 @@ impl Database {
                     let bytes: Arc<[u8]> = obj.body[(i as u64 * page_size) as usize..((i + 1) as u64 * page_size) as usize].into();
                     let page_no = chunk * view.pages_per_chunk + start + i + 1;
                     self.cache.insert((key.clone(), start + i), bytes.clone());
-                    if let Some(local) = local {
-                        local.pin(page_no, bytes);
-                    }
+                    fetched.push((page_no, bytes));
                 }
             }
         }
-        Ok(())
+        Ok(fetched)
     }
 
     /// Applies every log record after `applied_seq`, found by listing (used on open, where
@@ -317,7 +350,13 @@ impl Database {
     /// records were applied; 0 proves the local state was current during this call.
     pub async fn refresh(&mut self, stats: &mut ExecStats) -> Result<u64, EngineError> {
         let mut applied = 0;
-        loop {
+        for round in 0.. {
+            if round == MAX_MANIFEST_ROUNDS {
+                return Err(EngineError::Corrupt(format!(
+                    "the manifest covers log record {} but does not move this replica past it",
+                    self.applied_seq + 1
+                )));
+            }
             loop {
                 let seq = self.applied_seq + 1;
                 match self.store.get(&self.layout.log_key(seq), None).await? {
@@ -363,13 +402,16 @@ impl Database {
     async fn rebase(&mut self, m: Manifest, etag: Option<String>) -> Result<(), EngineError> {
         let mut keep = Vec::new();
         let mut prev_end = 0;
-        for &(seq, end, bytes) in &self.records {
-            if seq > m.checkpoint_seq {
-                keep.push((seq, self.local().frames(prev_end + 1, end)?, bytes));
+        let mut page_size = m.page_size;
+        if let Some(local) = &self.local {
+            page_size = local.page_size();
+            for &(seq, end, bytes) in &self.records {
+                if seq > m.checkpoint_seq {
+                    keep.push((seq, local.frames(prev_end + 1, end)?, bytes));
+                }
+                prev_end = end;
             }
-            prev_end = end;
         }
-        let page_size = self.local().page_size();
         self.base = m;
         self.base_etag = etag;
         self.records.clear();
@@ -389,6 +431,7 @@ impl Database {
         self.seen_etag = etag.clone();
         self.records.clear();
         self.applied_seq = 0;
+        self.local = None;
         self.rebase(m, etag).await?;
         self.replay_listed_log().await
     }
@@ -405,9 +448,8 @@ impl Database {
         let checked: Vec<Result<(), EngineError>> =
             requests.iter().map(|stmts| stmts.iter().try_for_each(|s| check_statement(&s.sql).map(|_| ()))).collect();
         let outcome = self.run_group(&requests, &checked, &mut stats).await;
-        let local_ok = self.local.is_some();
-        if local_ok {
-            self.local().clear_pins();
+        if let Some(local) = &self.local {
+            local.clear_pins();
         }
         let outcomes = match outcome {
             Ok(outcomes) => outcomes,
@@ -432,6 +474,10 @@ impl Database {
         checked: &[Result<(), EngineError>],
         stats: &mut ExecStats,
     ) -> Result<Vec<Outcome>, EngineError> {
+        if self.local.is_none() {
+            // An earlier rebase failed half-way: rebuild from the store.
+            self.reload().await?;
+        }
         let mut fetch_rounds = 0;
         let mut attempt = 1;
         while attempt <= self.config.max_commit_attempts {
@@ -450,16 +496,27 @@ impl Database {
                 outcomes.push(outcome);
             }
             if let Some(pages) = missing {
-                self.discard_local()?;
+                self.discard_local().await?;
                 fetch_rounds += 1;
                 if fetch_rounds > MAX_FETCH_ROUNDS {
                     return Err(EngineError::Internal("transaction kept missing pages".into()));
                 }
                 let local = self.local.take().expect("present");
-                let fetched = self.fetch_pages(Some(&local), &pages).await;
+                let fetched = self.fetch_page_bytes(&pages).await;
+                if let Ok(fetched) = &fetched {
+                    for (page_no, bytes) in fetched {
+                        local.pin(*page_no, bytes.clone());
+                    }
+                }
                 self.local = Some(local);
                 match fetched {
-                    Ok(()) => continue,
+                    Ok(fetched) if fetched.is_empty() => {
+                        return Err(EngineError::Corrupt(format!(
+                            "pages {pages:?} are needed but are not part of checkpoint {}",
+                            self.base.generation
+                        )));
+                    }
+                    Ok(_) => continue,
                     Err(EngineError::BaseGone(_)) => {
                         self.reload().await?;
                         continue;
@@ -469,7 +526,7 @@ impl Database {
             }
             if let Some(Err(e)) = outcomes.iter().find(|o| matches!(o, Err(e) if !e.is_client_error())) {
                 let e = e.clone();
-                self.discard_local()?;
+                self.discard_local().await?;
                 return Err(e);
             }
 
@@ -488,22 +545,20 @@ impl Database {
                 Publish::Published => {
                     stats.records_committed += 1;
                     self.validated_ms = now_millis();
-                    if let Err(e) = self.maybe_checkpoint().await {
-                        // The commit is durable; a failed checkpoint only delays folding.
-                        if !matches!(e, EngineError::Storage(_)) {
-                            return Err(e);
-                        }
-                    }
+                    // The commit is durable and is acknowledged whatever happens next: a
+                    // failed checkpoint only delays folding (and a broken local copy is
+                    // rebuilt by the next request).
+                    let _ = self.maybe_checkpoint().await;
                     return Ok(outcomes);
                 }
                 Publish::Stale => {
-                    self.discard_local()?;
+                    self.discard_local().await?;
                     self.refresh(stats).await?;
                     attempt += 1;
                     stats.retries += 1;
                 }
                 Publish::Unknown(why) => {
-                    self.discard_local()?;
+                    self.discard_local().await?;
                     return Err(EngineError::CommitUnknown(why));
                 }
             }
@@ -531,9 +586,10 @@ impl Database {
                 Err(e) => return rollback(local, e),
             }
             if !local.in_transaction() {
-                // A statement ended the transaction itself; what it committed is local only.
-                self.discard_local()?;
-                return Err(EngineError::NotAllowed("a statement ended the request's transaction".into()));
+                // A statement ended the transaction itself (the guard should have refused
+                // it). Its local commit must never ship, and neither may anything else of
+                // this group: failing the group discards all of it.
+                return Err(EngineError::Internal("a statement ended the request's transaction".into()));
             }
         }
         if let Err(e) = local.exec_control("COMMIT") {

@@ -301,37 +301,79 @@ impl LocalDb {
 
     /// Drops every frame that is not durable (a lost commit race, an unresolved PUT, a
     /// transaction that ended itself early) by truncating the WAL and reopening turso.
-    pub fn discard_unshipped(self) -> Result<Self, EngineError> {
+    /// If reopening needs pages that are not cached, the error carries what is needed to
+    /// try again once they are fetched.
+    pub fn discard_unshipped(self) -> Result<Self, (EngineError, Reopen)> {
         let LocalDb { io, base, conn, db, path, durable_frames, page_size } = self;
         if conn.wal_state().map(|s| s.max_frame).unwrap_or(u64::MAX) == durable_frames && conn.get_auto_commit() {
             return Ok(LocalDb { io, base, conn, db, path, durable_frames, page_size });
         }
         drop(conn);
         drop(db);
-        let wal_path = format!("{path}-wal");
-        if let Some(wal) = io.file(&wal_path) {
-            let len = if durable_frames == 0 {
+        let reopen = Reopen { io, base, path, durable_frames, page_size };
+        if let Err(e) = reopen.truncate_wal() {
+            return Err((e, reopen));
+        }
+        reopen.open()
+    }
+}
+
+/// A local database closed for reopening (see [`LocalDb::discard_unshipped`]).
+pub struct Reopen {
+    io: Arc<EngineIo>,
+    base: Base,
+    path: String,
+    durable_frames: u64,
+    page_size: u32,
+}
+
+impl Reopen {
+    fn truncate_wal(&self) -> Result<(), EngineError> {
+        if let Some(wal) = self.io.file(&format!("{}-wal", self.path)) {
+            let len = if self.durable_frames == 0 {
                 0
             } else {
-                WAL_HEADER_LEN + durable_frames * (WAL_FRAME_HEADER_LEN as u64 + page_size as u64)
+                WAL_HEADER_LEN + self.durable_frames * (WAL_FRAME_HEADER_LEN as u64 + self.page_size as u64)
             };
             let c = turso_core::Completion::new_trunc(|_| {});
             let c = wal.truncate(len, c).map_err(|e| EngineError::Internal(format!("truncate wal: {e}")))?;
-            io.wait_for_completion_ok(c)?;
+            self.io.wait_for_completion_ok(c)?;
         }
+        Ok(())
+    }
+
+    /// Opens turso again on the same files, under a fresh path (turso keeps one
+    /// `Database` per path process-wide).
+    pub fn open(self) -> Result<LocalDb, (EngineError, Reopen)> {
+        let Reopen { io, base, path, durable_frames, page_size } = self;
+        let wal_path = format!("{path}-wal");
         let new_path = format!("twill-{}.db", NEXT_OPEN_ID.fetch_add(1, Ordering::Relaxed));
         io.alias(&path, &new_path);
         io.alias(&wal_path, &format!("{new_path}-wal"));
         io.forget(&path);
         io.forget(&wal_path);
-        let reopened = Self::open_at(io, base, new_path, durable_frames)?;
-        let frames = reopened.wal_frames()?;
-        if frames != durable_frames {
-            return Err(EngineError::Internal(format!(
-                "after discarding unshipped frames the WAL holds {frames} frames, expected {durable_frames}"
-            )));
+        match LocalDb::open_at(io.clone(), base.clone(), new_path.clone(), durable_frames) {
+            Ok(reopened) => match reopened.wal_frames() {
+                Ok(frames) if frames == durable_frames => Ok(reopened),
+                Ok(frames) => Err((
+                    EngineError::Internal(format!(
+                        "after discarding unshipped frames the WAL holds {frames} frames, expected {durable_frames}"
+                    )),
+                    Reopen { io, base, path: new_path, durable_frames, page_size },
+                )),
+                Err(e) => Err((e, Reopen { io, base, path: new_path, durable_frames, page_size })),
+            },
+            Err(e) => Err((e, Reopen { io, base, path: new_path, durable_frames, page_size })),
         }
-        Ok(reopened)
+    }
+
+    /// Pages the failed open asked for.
+    pub fn take_wanted(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.base.wanted.lock().unwrap_or_else(|p| p.into_inner())).into_iter().collect()
+    }
+
+    pub fn pin(&self, page_no: u32, page: Arc<[u8]>) {
+        self.base.pinned.lock().unwrap_or_else(|p| p.into_inner()).insert(page_no, page);
     }
 }
 

@@ -3,12 +3,18 @@
 //! Routes:
 //! * `POST /v1/db/{name}/query`: one statement, `{"sql", "params"}`.
 //! * `POST /v1/db/{name}/batch`: `{"statements": [...]}`, all in one transaction.
+//! * `GET /v1/db/{name}/stats`: replication and cache figures of this isolate.
 //! * `GET /`: a short description of the service.
+//!
+//! Settings (Worker vars, all optional): `TWILL_CACHE_BYTES`, `TWILL_CHECKPOINT_RECORDS`,
+//! `TWILL_CHECKPOINT_BYTES`, `TWILL_GC_RETENTION_MS`, `TWILL_MAX_STALENESS_MS`. A request may
+//! lower or raise its own staleness bound with the `x-twill-max-staleness-ms` header.
 
 mod registry;
 pub mod wire;
 
-use engine_core::{EngineError, Statement, TxResult};
+use engine_core::cache::DEFAULT_CACHE_BYTES;
+use engine_core::{DbConfig, TxResult};
 use serde_json::{json, Value};
 use wire::{result_to_json, validate_db_name, ApiError, LIMITS};
 use worker::{event, Context, Env, Method, Request, Response};
@@ -44,6 +50,32 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
 enum Endpoint {
     Query,
     Batch,
+    Stats,
+}
+
+/// Header naming how stale (in ms) a read-only answer may be; 0 (the default) means it
+/// reflects every commit acknowledged before the request began.
+const STALENESS_HEADER: &str = "x-twill-max-staleness-ms";
+
+fn env_number(env: &Env, name: &str) -> Option<f64> {
+    env.var(name).ok().and_then(|v| v.to_string().trim().parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+fn db_config(env: &Env) -> DbConfig {
+    let mut c = DbConfig::default();
+    if let Some(v) = env_number(env, "TWILL_CHECKPOINT_RECORDS") {
+        c.checkpoint_records = v as u64;
+    }
+    if let Some(v) = env_number(env, "TWILL_CHECKPOINT_BYTES") {
+        c.checkpoint_bytes = v as u64;
+    }
+    if let Some(v) = env_number(env, "TWILL_GC_RETENTION_MS") {
+        c.gc_retention_ms = v;
+    }
+    if let Some(v) = env_number(env, "TWILL_MAX_STALENESS_MS") {
+        c.max_staleness_ms = v;
+    }
+    c
 }
 
 async fn route(req: &mut Request, env: &Env, started: f64) -> Result<(Value, Option<String>), ApiError> {
@@ -58,29 +90,39 @@ async fn route(req: &mut Request, env: &Env, started: f64) -> Result<(Value, Opt
         }
         ["v1", "db", name, "query"] => (*name, Endpoint::Query),
         ["v1", "db", name, "batch"] => (*name, Endpoint::Batch),
+        ["v1", "db", name, "stats"] => (*name, Endpoint::Stats),
         _ => {
             return Err(ApiError { status: 404, code: "NOT_FOUND", message: format!("no route for {}", url.path()) })
         }
     };
-    if req.method() != Method::Post {
-        return Err(method_not_allowed("POST"));
+    let wanted_method = if matches!(endpoint, Endpoint::Stats) { Method::Get } else { Method::Post };
+    if req.method() != wanted_method {
+        return Err(method_not_allowed(if matches!(endpoint, Endpoint::Stats) { "GET" } else { "POST" }));
     }
     validate_db_name(name)?;
+    let config = db_config(env);
+    let cache = registry::cache(env_number(env, "TWILL_CACHE_BYTES").map_or(DEFAULT_CACHE_BYTES, |v| v as usize));
+    if matches!(endpoint, Endpoint::Stats) {
+        return Ok((stats(name, &cache).await, None));
+    }
     let body = read_body(req).await?;
     let statements = match endpoint {
         Endpoint::Query => vec![wire::parse_query(&body)?],
-        Endpoint::Batch => wire::parse_batch(&body)?,
+        _ => wire::parse_batch(&body)?,
+    };
+    let staleness = match req.headers().get(STALENESS_HEADER).ok().flatten() {
+        Some(v) => v.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
+            ApiError::bad_request("INVALID_REQUEST", format!("{STALENESS_HEADER} must be a non-negative number of ms"))
+        })?,
+        None => config.max_staleness_ms,
     };
     let bucket = env
         .bucket(BUCKET_BINDING)
         .map_err(|_| ApiError { status: 500, code: "MISCONFIGURED", message: format!("R2 binding {BUCKET_BINDING} is missing") })?;
     let slot = registry::slot(name, bucket);
-    let before = slot.store.counts();
-    let mut held = slot.hold(name).await.map_err(|e| fault(e, None))?;
-    let outcome = held.db().transact(&statements).await;
-    let r2 = held.counts().since(&before);
-    let tx = outcome.map_err(|e| fault(e, Some(&mut held)))?;
-    drop(held);
+    let cache_before = cache.stats();
+    let (tx, r2) = slot.submit(name, config, cache.clone(), statements, staleness).await?;
+    let cache_after = cache.stats();
 
     let duration_ms = js_sys::Date::now() - started;
     let meta = json!({
@@ -94,14 +136,37 @@ async fn route(req: &mut Request, env: &Env, started: f64) -> Result<(Value, Opt
         "r2_writes": r2.writes,
         "r2_bytes_read": r2.bytes_read,
         "r2_bytes_written": r2.bytes_written,
+        "cache_hits": cache_after.hits - cache_before.hits,
+        "cache_misses": cache_after.misses - cache_before.misses,
     });
     let timing = Some(format!("r2;desc=\"{} reads, {} writes\"", r2.reads, r2.writes));
-    Ok((respond(endpoint, &statements, tx, meta), timing))
+    Ok((respond(endpoint, tx, meta), timing))
 }
 
-fn respond(endpoint: Endpoint, _statements: &[Statement], tx: TxResult, meta: Value) -> Value {
+async fn stats(name: &str, cache: &engine_core::cache::PageCache) -> Value {
+    let c = cache.stats();
+    let cache = json!({
+        "bytes": c.bytes, "budget_bytes": c.budget, "entries": c.entries,
+        "hits": c.hits, "misses": c.misses, "evictions": c.evictions,
+    });
+    let Some(slot) = registry::existing_slot(name) else {
+        return json!({ "database": name, "open_in_this_isolate": false, "cache": cache });
+    };
+    let r2 = slot.store.counts();
+    let (applied, checkpoint) = slot.stats().await.unwrap_or((0, 0));
+    json!({
+        "database": name,
+        "open_in_this_isolate": true,
+        "applied_seq": applied,
+        "checkpoint_seq": checkpoint,
+        "r2": { "reads": r2.reads, "writes": r2.writes, "bytes_read": r2.bytes_read, "bytes_written": r2.bytes_written },
+        "cache": cache,
+    })
+}
+
+fn respond(endpoint: Endpoint, tx: TxResult, meta: Value) -> Value {
     match endpoint {
-        Endpoint::Query => {
+        Endpoint::Query | Endpoint::Stats => {
             let mut body = result_to_json(&tx.results[0]);
             body["meta"] = meta;
             body
@@ -111,16 +176,6 @@ fn respond(endpoint: Endpoint, _statements: &[Statement], tx: TxResult, meta: Va
             "meta": meta,
         }),
     }
-}
-
-/// Maps an engine error to an answer; internal faults also drop the isolate's copy.
-fn fault(e: EngineError, held: Option<&mut registry::HeldDb<'_>>) -> ApiError {
-    if matches!(e, EngineError::Internal(_) | EngineError::Corrupt(_) | EngineError::PagesMissing(_) | EngineError::BaseGone(_)) {
-        if let Some(h) = held {
-            h.drop_state();
-        }
-    }
-    e.into()
 }
 
 fn method_not_allowed(allowed: &str) -> ApiError {

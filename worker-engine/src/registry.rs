@@ -1,47 +1,55 @@
 //! The databases this isolate has open: its only cache. Nothing here is authoritative; an
 //! entry can be dropped at any time and is rebuilt from R2 on next use.
+//!
+//! Requests to one database are grouped: whoever holds the database runs every request
+//! waiting at that moment as one group (each its own transaction, one log record for all:
+//! group commit), then hands each its own result.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
+use engine_core::cache::PageCache;
 use engine_core::store::{CountingStore, StoreCounts};
-use engine_core::{Database, DbConfig, EngineError, Layout, ObjectStore};
-use futures::lock::{Mutex, MutexGuard};
+use engine_core::{Database, DbConfig, EngineError, Layout, ObjectStore, Statement, TxResult};
+use futures::channel::oneshot;
+use futures::lock::Mutex;
 use r2_backend::R2Store;
 
-/// Open databases kept per isolate (each holds its pages in memory).
+/// Open databases kept per isolate (their pages share one cache).
 const MAX_OPEN_DATABASES: usize = 16;
+/// Requests committed together at most.
+const MAX_GROUP: usize = 64;
+
+/// What one request gets back: its result and the R2 operations of its group.
+pub type Answer = Result<(TxResult, StoreCounts), EngineError>;
+
+struct Pending {
+    statements: Vec<Statement>,
+    max_staleness_ms: f64,
+    reply: oneshot::Sender<Answer>,
+}
 
 pub struct DbSlot {
     pub store: Rc<CountingStore<dyn ObjectStore>>,
     db: Mutex<Option<Database>>,
+    pending: RefCell<Vec<Pending>>,
     last_used: RefCell<f64>,
 }
 
 thread_local! {
     static OPEN: RefCell<HashMap<String, Rc<DbSlot>>> = RefCell::new(HashMap::new());
+    static CACHE: RefCell<Option<Arc<PageCache>>> = const { RefCell::new(None) };
 }
 
-/// A database held for one request: requests to one database run one at a time.
-pub struct HeldDb<'a> {
-    pub slot: &'a DbSlot,
-    guard: MutexGuard<'a, Option<Database>>,
+/// The isolate's page cache, created with `budget` bytes on first use.
+pub fn cache(budget: usize) -> Arc<PageCache> {
+    CACHE.with(|c| c.borrow_mut().get_or_insert_with(|| Arc::new(PageCache::new(budget))).clone())
 }
 
-impl HeldDb<'_> {
-    pub fn db(&mut self) -> &mut Database {
-        self.guard.as_mut().expect("opened in hold()")
-    }
-
-    /// Forget the in-memory state (after an internal fault); the next request rebuilds it.
-    pub fn drop_state(&mut self) {
-        *self.guard = None;
-    }
-
-    pub fn counts(&self) -> StoreCounts {
-        self.slot.store.counts()
-    }
+pub fn existing_slot(name: &str) -> Option<Rc<DbSlot>> {
+    OPEN.with(|open| open.borrow().get(name).cloned())
 }
 
 pub fn slot(name: &str, bucket: worker::Bucket) -> Rc<DbSlot> {
@@ -66,6 +74,7 @@ pub fn slot(name: &str, bucket: worker::Bucket) -> Rc<DbSlot> {
         let s = Rc::new(DbSlot {
             store: Rc::new(CountingStore::new(r2)),
             db: Mutex::new(None),
+            pending: RefCell::new(Vec::new()),
             last_used: RefCell::new(js_sys::Date::now()),
         });
         open.insert(name.to_string(), s.clone());
@@ -73,14 +82,65 @@ pub fn slot(name: &str, bucket: worker::Bucket) -> Rc<DbSlot> {
     })
 }
 
+fn drops_state(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Internal(_) | EngineError::Corrupt(_) | EngineError::PagesMissing(_) | EngineError::BaseGone(_)
+    )
+}
+
 impl DbSlot {
-    /// Waits for the database, opening it from R2 if this isolate has no copy.
-    pub async fn hold(&self, name: &str) -> Result<HeldDb<'_>, EngineError> {
-        let mut guard = self.db.lock().await;
-        if guard.is_none() {
-            let store: Rc<dyn ObjectStore> = self.store.clone();
-            *guard = Some(Database::open(store, Layout::new("", name), DbConfig::default()).await?);
+    /// Runs `statements` as one transaction, grouped with whatever else is waiting.
+    pub async fn submit(
+        &self,
+        name: &str,
+        config: DbConfig,
+        cache: Arc<PageCache>,
+        statements: Vec<Statement>,
+        max_staleness_ms: f64,
+    ) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        self.pending.borrow_mut().push(Pending { statements, max_staleness_ms, reply });
+        {
+            let mut guard = self.db.lock().await;
+            let group: Vec<Pending> = {
+                let mut pending = self.pending.borrow_mut();
+                let n = pending.len().min(MAX_GROUP);
+                pending.drain(..n).collect()
+            };
+            if !group.is_empty() {
+                let before = self.store.counts();
+                if guard.is_none() {
+                    let store: Rc<dyn ObjectStore> = self.store.clone();
+                    match Database::open_with_cache(store, Layout::new("", name), config, cache).await {
+                        Ok(db) => *guard = Some(db),
+                        Err(e) => {
+                            for p in group {
+                                let _ = p.reply.send(Err(e.clone()));
+                            }
+                            return answer.await.unwrap_or_else(|_| Err(EngineError::Internal("request dropped".into())));
+                        }
+                    }
+                }
+                let db = guard.as_mut().expect("opened above");
+                db.config_mut().max_staleness_ms = group.iter().map(|p| p.max_staleness_ms).fold(f64::INFINITY, f64::min);
+                let (statements, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|p| (p.statements, p.reply)).unzip();
+                let results = db.transact_group(statements).await;
+                if results.iter().any(|r| matches!(r, Err(e) if drops_state(e))) {
+                    *guard = None;
+                }
+                let counts = self.store.counts().since(&before);
+                for (result, reply) in results.into_iter().zip(replies) {
+                    let _ = reply.send(result.map(|tx| (tx, counts)));
+                }
+            }
         }
-        Ok(HeldDb { slot: self, guard })
+        answer.await.unwrap_or_else(|_| Err(EngineError::Internal("request dropped".into())))
+    }
+
+    /// Replication and cache figures for the stats endpoint (None if not open here).
+    pub async fn stats(&self) -> Option<(u64, u64)> {
+        let guard = self.db.lock().await;
+        guard.as_ref().map(|db| (db.applied_seq(), db.checkpoint_seq()))
     }
 }
