@@ -63,7 +63,7 @@ impl Default for DbConfig {
             fetch_concurrency: 6,
             fetch_group_pages: 16,
             checkpoint_records: 32,
-            checkpoint_bytes: 4 << 20,
+            checkpoint_bytes: 1 << 20,
             gc_retention_ms: 10.0 * 60.0 * 1000.0,
             max_staleness_ms: 0.0,
             limits: ExecLimits::default(),

@@ -153,7 +153,7 @@ async fn stats(name: &str, cache: &engine_core::cache::PageCache) -> Value {
         return json!({ "database": name, "open_in_this_isolate": false, "cache": cache });
     };
     let r2 = slot.store.counts();
-    let (applied, checkpoint) = slot.stats().await.unwrap_or((0, 0));
+    let (applied, checkpoint) = slot.positions().unwrap_or((0, 0));
     json!({
         "database": name,
         "open_in_this_isolate": true,

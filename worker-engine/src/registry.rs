@@ -4,6 +4,10 @@
 //! Requests to one database are grouped: whoever holds the database runs every request
 //! waiting at that moment as one group (each its own transaction, one log record for all:
 //! group commit), then hands each its own result.
+//!
+//! Waiting requests poll their result on a short timer instead of awaiting a future that
+//! another request completes: workerd cancels a request as hung when it waits on a promise
+//! that only another request's I/O can resolve.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -13,8 +17,6 @@ use std::sync::Arc;
 use engine_core::cache::PageCache;
 use engine_core::store::{CountingStore, StoreCounts};
 use engine_core::{Database, DbConfig, EngineError, Layout, ObjectStore, Statement, TxResult};
-use futures::channel::oneshot;
-use futures::lock::Mutex;
 use r2_backend::R2Store;
 
 /// Open databases kept per isolate (their pages share one cache).
@@ -25,15 +27,21 @@ const MAX_GROUP: usize = 64;
 /// What one request gets back: its result and the R2 operations of its group.
 pub type Answer = Result<(TxResult, StoreCounts), EngineError>;
 
+/// How often a waiting request looks for its result.
+const POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
+type Reply = Rc<RefCell<Option<Answer>>>;
+
 struct Pending {
     statements: Vec<Statement>,
     max_staleness_ms: f64,
-    reply: oneshot::Sender<Answer>,
+    reply: Reply,
 }
 
 pub struct DbSlot {
     pub store: Rc<CountingStore<dyn ObjectStore>>,
-    db: Mutex<Option<Database>>,
+    /// `None` while a request is running a group (it owns the database then).
+    db: RefCell<Option<Option<Database>>>,
     pending: RefCell<Vec<Pending>>,
     last_used: RefCell<f64>,
 }
@@ -73,7 +81,7 @@ pub fn slot(name: &str, bucket: worker::Bucket) -> Rc<DbSlot> {
         let r2: Rc<dyn ObjectStore> = Rc::new(R2Store::new(bucket));
         let s = Rc::new(DbSlot {
             store: Rc::new(CountingStore::new(r2)),
-            db: Mutex::new(None),
+            db: RefCell::new(Some(None)),
             pending: RefCell::new(Vec::new()),
             last_used: RefCell::new(js_sys::Date::now()),
         });
@@ -99,48 +107,69 @@ impl DbSlot {
         statements: Vec<Statement>,
         max_staleness_ms: f64,
     ) -> Answer {
-        let (reply, answer) = oneshot::channel();
-        self.pending.borrow_mut().push(Pending { statements, max_staleness_ms, reply });
-        {
-            let mut guard = self.db.lock().await;
-            let group: Vec<Pending> = {
-                let mut pending = self.pending.borrow_mut();
-                let n = pending.len().min(MAX_GROUP);
-                pending.drain(..n).collect()
-            };
-            if !group.is_empty() {
-                let before = self.store.counts();
-                if guard.is_none() {
-                    let store: Rc<dyn ObjectStore> = self.store.clone();
-                    match Database::open_with_cache(store, Layout::new("", name), config, cache).await {
-                        Ok(db) => *guard = Some(db),
-                        Err(e) => {
-                            for p in group {
-                                let _ = p.reply.send(Err(e.clone()));
-                            }
-                            return answer.await.unwrap_or_else(|_| Err(EngineError::Internal("request dropped".into())));
-                        }
+        let reply: Reply = Rc::new(RefCell::new(None));
+        self.pending.borrow_mut().push(Pending { statements, max_staleness_ms, reply: reply.clone() });
+        loop {
+            if let Some(answer) = reply.borrow_mut().take() {
+                return answer;
+            }
+            let taken = self.db.borrow_mut().take();
+            match taken {
+                Some(db) => {
+                    let db = self.run_group(name, config, cache.clone(), db).await;
+                    *self.db.borrow_mut() = Some(db);
+                }
+                None => worker::Delay::from(POLL).await,
+            }
+        }
+    }
+
+    /// Runs every waiting request (up to [`MAX_GROUP`]) as one group.
+    async fn run_group(
+        &self,
+        name: &str,
+        config: DbConfig,
+        cache: Arc<PageCache>,
+        mut db: Option<Database>,
+    ) -> Option<Database> {
+        let group: Vec<Pending> = {
+            let mut pending = self.pending.borrow_mut();
+            let n = pending.len().min(MAX_GROUP);
+            pending.drain(..n).collect()
+        };
+        if group.is_empty() {
+            return db;
+        }
+        let before = self.store.counts();
+        if db.is_none() {
+            let store: Rc<dyn ObjectStore> = self.store.clone();
+            match Database::open_with_cache(store, Layout::new("", name), config, cache).await {
+                Ok(opened) => db = Some(opened),
+                Err(e) => {
+                    for p in group {
+                        *p.reply.borrow_mut() = Some(Err(e.clone()));
                     }
-                }
-                let db = guard.as_mut().expect("opened above");
-                db.config_mut().max_staleness_ms = group.iter().map(|p| p.max_staleness_ms).fold(f64::INFINITY, f64::min);
-                let (statements, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|p| (p.statements, p.reply)).unzip();
-                let results = db.transact_group(statements).await;
-                if results.iter().any(|r| matches!(r, Err(e) if drops_state(e))) {
-                    *guard = None;
-                }
-                let counts = self.store.counts().since(&before);
-                for (result, reply) in results.into_iter().zip(replies) {
-                    let _ = reply.send(result.map(|tx| (tx, counts)));
+                    return None;
                 }
             }
         }
-        answer.await.unwrap_or_else(|_| Err(EngineError::Internal("request dropped".into())))
+        let database = db.as_mut().expect("opened above");
+        database.config_mut().max_staleness_ms = group.iter().map(|p| p.max_staleness_ms).fold(f64::INFINITY, f64::min);
+        let (statements, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|p| (p.statements, p.reply)).unzip();
+        let results = database.transact_group(statements).await;
+        if results.iter().any(|r| matches!(r, Err(e) if drops_state(e))) {
+            db = None;
+        }
+        let counts = self.store.counts().since(&before);
+        for (result, reply) in results.into_iter().zip(replies) {
+            *reply.borrow_mut() = Some(result.map(|tx| (tx, counts)));
+        }
+        db
     }
 
-    /// Replication and cache figures for the stats endpoint (None if not open here).
-    pub async fn stats(&self) -> Option<(u64, u64)> {
-        let guard = self.db.lock().await;
-        guard.as_ref().map(|db| (db.applied_seq(), db.checkpoint_seq()))
+    /// (applied log position, checkpoint position), if open here and not busy.
+    pub fn positions(&self) -> Option<(u64, u64)> {
+        let db = self.db.borrow();
+        db.as_ref()?.as_ref().map(|db| (db.applied_seq(), db.checkpoint_seq()))
     }
 }
