@@ -25,7 +25,6 @@ test: tools
 	cargo test --quiet
 	$(MAKE) --no-print-directory worker
 	$(MAKE) --no-print-directory test-e2e
-	@echo "make test: all suites passed"
 
 test-native:
 	cargo test

@@ -97,42 +97,27 @@ fn zombie_writer_stalled_across_checkpoint_and_gc_is_never_acknowledged() {
     assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t"), [13]);
 }
 
+/// The first log PUT fails ambiguously: after it applied (the record landed) or before.
+/// Either way the engine resolves the outcome by reading and the write lands exactly once.
 #[test]
-fn ambiguous_put_that_landed_is_acknowledged_exactly_once() {
-    let store = Rc::new(MemStore::new());
-    let mut db = open_with(&store, "a", DbConfig::default(), 32 << 20);
-    exec(&mut db, "CREATE TABLE t (x INTEGER)", vec![]);
-    let mut first = true;
-    store.set_faults(Some(Box::new(ScriptedFaults(move |op, _key: &str| {
-        if op == OpKind::Put && std::mem::take(&mut first) {
-            Fault::ErrorAfter
-        } else {
-            Fault::None
-        }
-    }))));
-    exec(&mut db, "INSERT INTO t VALUES (1)", vec![]);
-    store.set_faults(None);
-    let mut check = open_with(&store, "a", DbConfig::default(), 32 << 20);
-    assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t"), [1]);
-}
-
-#[test]
-fn ambiguous_put_that_did_not_land_is_retried() {
-    let store = Rc::new(MemStore::new());
-    let mut db = open_with(&store, "a", DbConfig::default(), 32 << 20);
-    exec(&mut db, "CREATE TABLE t (x INTEGER)", vec![]);
-    let mut first = true;
-    store.set_faults(Some(Box::new(ScriptedFaults(move |op, _key: &str| {
-        if op == OpKind::Put && std::mem::take(&mut first) {
-            Fault::ErrorBefore
-        } else {
-            Fault::None
-        }
-    }))));
-    exec(&mut db, "INSERT INTO t VALUES (1)", vec![]);
-    store.set_faults(None);
-    let mut check = open_with(&store, "a", DbConfig::default(), 32 << 20);
-    assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t"), [1]);
+fn ambiguous_put_is_resolved_and_acknowledged_exactly_once() {
+    for fault in [Fault::ErrorAfter, Fault::ErrorBefore] {
+        let store = Rc::new(MemStore::new());
+        let mut db = open_with(&store, "a", DbConfig::default(), 32 << 20);
+        exec(&mut db, "CREATE TABLE t (x INTEGER)", vec![]);
+        let mut first = true;
+        store.set_faults(Some(Box::new(ScriptedFaults(move |op, _key: &str| {
+            if op == OpKind::Put && std::mem::take(&mut first) {
+                fault
+            } else {
+                Fault::None
+            }
+        }))));
+        exec(&mut db, "INSERT INTO t VALUES (1)", vec![]);
+        store.set_faults(None);
+        let mut check = open_with(&store, "a", DbConfig::default(), 32 << 20);
+        assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t"), [1], "{fault:?}");
+    }
 }
 
 #[test]
