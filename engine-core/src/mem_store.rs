@@ -34,6 +34,9 @@ pub enum Fault {
     CrashBefore,
     /// The engine process dies right after this operation is applied.
     CrashAfter,
+    /// The operation is slow: it yields to other tasks this many times before applying,
+    /// so concurrent replicas interleave differently.
+    Delay(u32),
 }
 
 /// Decides the fault for each operation. Deterministic given its seed.
@@ -47,11 +50,18 @@ pub struct SeededFaults {
     pub error_before: f64,
     pub error_after: f64,
     pub crash: f64,
+    /// Probability that an operation is delayed (by 1 to 8 yields).
+    pub delay: f64,
 }
 
 impl SeededFaults {
     pub fn new(seed: u64, error_before: f64, error_after: f64, crash: f64) -> Self {
-        SeededFaults { rng: SplitMix64(seed), error_before, error_after, crash }
+        SeededFaults { rng: SplitMix64(seed), error_before, error_after, crash, delay: 0.0 }
+    }
+
+    pub fn with_delay(mut self, probability: f64) -> Self {
+        self.delay = probability;
+        self
     }
 }
 
@@ -73,6 +83,10 @@ impl FaultInjector for SeededFaults {
         edge += self.error_after;
         if roll < edge {
             return Fault::ErrorAfter;
+        }
+        edge += self.delay;
+        if roll < edge {
+            return Fault::Delay(1 + self.rng.below(8) as u32);
         }
         Fault::None
     }
@@ -173,7 +187,13 @@ impl MemStore {
     }
 
     /// Runs one operation under the fault schedule.
-    fn run<T>(&self, op: OpKind, op_name: &'static str, key: &str, apply: impl FnOnce() -> T) -> Result<T, StoreError> {
+    async fn run<T>(
+        &self,
+        op: OpKind,
+        op_name: &'static str,
+        key: &str,
+        apply: impl FnOnce() -> T,
+    ) -> Result<T, StoreError> {
         let err = |message: &str| StoreError { op: op_name, key: key.to_string(), message: message.to_string() };
         if self.crashed.get() {
             return Err(err("engine crashed (simulated)"));
@@ -185,6 +205,13 @@ impl MemStore {
         };
         match fault {
             Fault::None => Ok(apply()),
+            Fault::Delay(yields) => {
+                YieldNow(yields).await;
+                if self.crashed.get() {
+                    return Err(err("engine crashed (simulated) while the operation was in flight"));
+                }
+                Ok(apply())
+            }
             Fault::ErrorBefore => Err(err("injected failure before the operation applied")),
             Fault::ErrorAfter => {
                 apply();
@@ -200,6 +227,21 @@ impl MemStore {
                 Err(err("engine crashed (simulated) after the operation applied"))
             }
         }
+    }
+}
+
+/// Returns `Pending` this many times (waking itself), letting other tasks run.
+struct YieldNow(u32);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 == 0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 -= 1;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 
@@ -222,11 +264,11 @@ impl ObjectStore for MemStore {
                 }
             };
             Some(Object { meta: meta(key, body), body: slice })
-        })
+        }).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        self.run(OpKind::Head, "head", key, || self.objects.borrow().get(key).map(|b| meta(key, b)))
+        self.run(OpKind::Head, "head", key, || self.objects.borrow().get(key).map(|b| meta(key, b))).await
     }
 
     async fn put(&self, key: &str, body: Vec<u8>, condition: PutCondition) -> Result<PutOutcome, StoreError> {
@@ -244,7 +286,7 @@ impl ObjectStore for MemStore {
             let m = meta(key, &body);
             objects.insert(key.to_string(), body);
             PutOutcome::Stored(m)
-        })
+        }).await
     }
 
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage, StoreError> {
@@ -270,13 +312,13 @@ impl ObjectStore for MemStore {
                 page.objects.push(meta(key, body));
             }
             page
-        })
+        }).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.run(OpKind::Delete, "delete", key, || {
             self.objects.borrow_mut().remove(key);
-        })
+        }).await
     }
 }
 

@@ -1,5 +1,6 @@
-//! The crash gate (Exp 4): seeded random transactions from several replicas against the
-//! in-memory store with faults (errors before and after an operation applies) and engine
+//! The crash gate (Exp 4): seeded random transactions from several replicas, running
+//! concurrently, against the in-memory store with faults (errors before and after an
+//! operation applies, added latency that reorders the replicas' operations) and engine
 //! crashes at operation boundaries, frequent checkpoints and immediate GC; then recovery
 //! and a check against the model of what was acknowledged:
 //!
@@ -64,47 +65,66 @@ fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn engine_core::mem_store::F
     let mut txid = 0;
     let mut failed_opens = 0;
     while txid < TRANSACTIONS {
-        let r = rng.below(REPLICAS as u64) as usize;
-        if replicas[r].is_none() {
-            // (Re)start this replica; opening can fail or crash too.
-            // A small cache forces lazy reads and evictions.
-            match try_open(&store, "gate", config(), 64 << 10) {
-                Ok(db) => {
-                    replicas[r] = Some(db);
-                    failed_opens = 0;
-                }
-                Err(e) => {
-                    if store.crashed() {
-                        store.restart();
+        // This round's replicas run their transactions concurrently; delayed operations
+        // make their store calls interleave.
+        let mut order: Vec<usize> = (0..REPLICAS).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        order.truncate(1 + rng.below(REPLICAS as u64) as usize);
+        let mut round: Vec<(usize, u64, Vec<Statement>)> = Vec::new();
+        for &r in &order {
+            if replicas[r].is_none() {
+                // (Re)start this replica with a small cache (lazy reads, evictions);
+                // opening can fail or crash too.
+                match try_open(&store, "gate", config(), 64 << 10) {
+                    Ok(db) => {
+                        replicas[r] = Some(db);
+                        failed_opens = 0;
                     }
-                    // Injected faults make some opens fail; a durable state that cannot
-                    // be opened at all fails the gate.
-                    failed_opens += 1;
-                    if failed_opens > 30 {
-                        return Err(format!("the database cannot be opened: {e}"));
+                    Err(e) => {
+                        if store.crashed() {
+                            store.restart();
+                        }
+                        // Injected faults make some opens fail; a durable state that
+                        // cannot be opened at all fails the gate.
+                        failed_opens += 1;
+                        if failed_opens > 30 {
+                            return Err(format!("the database cannot be opened: {e}"));
+                        }
+                        continue;
                     }
-                    continue;
                 }
+            }
+            if txid < TRANSACTIONS {
+                txid += 1;
+                let rows = 1 + rng.below(3);
+                model.attempted.insert(txid, rows);
+                round.push((r, txid, transaction(txid, rows)));
             }
         }
-        txid += 1;
-        let rows = 1 + rng.below(3);
-        model.attempted.insert(txid, rows);
-        let db = replicas[r].as_mut().expect("opened");
-        let result = block_on(db.transact(&transaction(txid, rows)));
-        match result {
-            Ok(_) => {
-                model.acked.insert(txid);
+        let runs = replicas.iter_mut().enumerate().filter_map(|(r, db)| {
+            let (_, id, stmts) = round.iter().find(|t| t.0 == r)?;
+            let db = db.as_mut()?;
+            Some(async move { (*id, db.transact(stmts).await) })
+        });
+        for (id, result) in block_on(futures::future::join_all(runs)) {
+            match result {
+                Ok(_) => {
+                    model.acked.insert(id);
+                }
+                Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) if !store.crashed() => {
+                    return Err(format!("tx {id}: unexpected {e}"));
+                }
+                Err(_) => {}
             }
-            Err(EngineError::CommitUnknown(_) | EngineError::Storage(_) | EngineError::Conflict { .. }) => {}
-            Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) if !store.crashed() => {
-                return Err(format!("tx {txid}: unexpected {e}"));
-            }
-            Err(_) => {}
         }
         if store.crashed() {
-            // The engine process died: its memory is gone, R2 keeps what it has.
-            replicas[r] = None;
+            // The process hosting this round's replicas died: their memory is gone, R2
+            // keeps what it has.
+            for (r, _, _) in &round {
+                replicas[*r] = None;
+            }
             store.restart();
         }
         // Occasionally a replica is simply dropped (isolate evicted).
@@ -173,7 +193,7 @@ fn check(model: &Model, state: &State) -> Result<(), String> {
 }
 
 fn seeded(seed: u64) -> Box<dyn engine_core::mem_store::FaultInjector> {
-    Box::new(SeededFaults::new(seed ^ 0x5EED, 0.04, 0.04, 0.02))
+    Box::new(SeededFaults::new(seed ^ 0x5EED, 0.04, 0.04, 0.02).with_delay(0.2))
 }
 
 #[test]
