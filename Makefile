@@ -23,6 +23,7 @@ dev: worker
 # Every test: native unit and simulation tests, the wasm build, end-to-end tests in workerd.
 test: tools
 	cargo test --quiet
+	cargo test --quiet -p worker-engine --lib
 	$(MAKE) --no-print-directory worker
 	$(MAKE) --no-print-directory test-e2e
 

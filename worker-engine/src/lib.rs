@@ -10,6 +10,7 @@
 //! `TWILL_CHECKPOINT_BYTES`, `TWILL_GC_RETENTION_MS`, `TWILL_MAX_STALENESS_MS`. A request may
 //! lower or raise its own staleness bound with the `x-twill-max-staleness-ms` header.
 
+mod auth;
 mod registry;
 pub mod wire;
 
@@ -81,6 +82,12 @@ fn db_config(env: &Env) -> DbConfig {
 async fn route(req: &mut Request, env: &Env, started: f64) -> Result<(Value, Option<String>), ApiError> {
     let url = req.url().map_err(|_| ApiError::bad_request("INVALID_REQUEST", "unparseable URL"))?;
     let segments: Vec<&str> = url.path().trim_matches('/').split('/').collect();
+    let rules = auth::parse_rules(
+        env.secret("TWILL_TOKENS").ok().map(|v| v.to_string()).or_else(|| env.var("TWILL_TOKENS").ok().map(|v| v.to_string())),
+    )?;
+    let authorization = req.headers().get("authorization").ok().flatten();
+    // With tokens configured, nothing answers without one; scope is checked per database.
+    auth::authorize(&rules, authorization.as_deref(), None)?;
     let (name, endpoint) = match segments.as_slice() {
         [""] => {
             return match req.method() {
@@ -100,6 +107,7 @@ async fn route(req: &mut Request, env: &Env, started: f64) -> Result<(Value, Opt
         return Err(method_not_allowed(if matches!(endpoint, Endpoint::Stats) { "GET" } else { "POST" }));
     }
     validate_db_name(name)?;
+    let access = auth::authorize(&rules, authorization.as_deref(), Some(name))?;
     let config = db_config(env);
     let cache = registry::cache(env_number(env, "TWILL_CACHE_BYTES").map_or(DEFAULT_CACHE_BYTES, |v| v as usize));
     if matches!(endpoint, Endpoint::Stats) {
@@ -110,6 +118,9 @@ async fn route(req: &mut Request, env: &Env, started: f64) -> Result<(Value, Opt
         Endpoint::Query => vec![wire::parse_query(&body)?],
         _ => wire::parse_batch(&body)?,
     };
+    if access == auth::Access::Read {
+        auth::check_read_only(&statements)?;
+    }
     let staleness = match req.headers().get(STALENESS_HEADER).ok().flatten() {
         Some(v) => v.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
             ApiError::bad_request("INVALID_REQUEST", format!("{STALENESS_HEADER} must be a non-negative number of ms"))

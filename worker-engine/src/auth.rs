@@ -1,0 +1,125 @@
+//! Bearer-token access control.
+//!
+//! Tokens come from the `TWILL_TOKENS` secret (or var): a JSON array of
+//! `{"token": "...", "access": "write" | "read", "databases": ["name", ...]}` (`databases`
+//! optional: all databases if absent). With no tokens configured every request is
+//! allowed (the local `wrangler dev` default); with tokens configured, no endpoint answers
+//! without a valid one. Read tokens may only run statements that read.
+
+use engine_core::guard::{check_statement, StatementKind};
+use engine_core::Statement;
+use md5::{Digest, Md5};
+use serde::Deserialize;
+
+use crate::wire::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRule {
+    pub token: String,
+    pub access: Access,
+    #[serde(default)]
+    pub databases: Option<Vec<String>>,
+}
+
+/// Parses `TWILL_TOKENS`. A malformed setting refuses every request rather than opening up.
+pub fn parse_rules(raw: Option<String>) -> Result<Vec<TokenRule>, ApiError> {
+    let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let rules: Vec<TokenRule> = serde_json::from_str(&raw).map_err(|e| ApiError {
+        status: 500,
+        code: "MISCONFIGURED",
+        message: format!("TWILL_TOKENS is not a valid token list: {e}"),
+    })?;
+    if rules.iter().any(|r| r.token.len() < 16) {
+        return Err(ApiError { status: 500, code: "MISCONFIGURED", message: "tokens must be at least 16 characters".into() });
+    }
+    Ok(rules)
+}
+
+/// Equality that takes the same time wherever the inputs differ (digests hide lengths).
+fn same_secret(a: &str, b: &str) -> bool {
+    let (da, db) = (Md5::digest(a.as_bytes()), Md5::digest(b.as_bytes()));
+    da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The access the request's `Authorization` header grants on `database` (`None`: any
+/// valid token, for routes that name no database).
+pub fn authorize(rules: &[TokenRule], authorization: Option<&str>, database: Option<&str>) -> Result<Access, ApiError> {
+    if rules.is_empty() {
+        return Ok(Access::Write);
+    }
+    let unauthorized = |m: &str| ApiError { status: 401, code: "UNAUTHORIZED", message: m.to_string() };
+    let Some(header) = authorization else {
+        return Err(unauthorized("missing Authorization: Bearer <token>"));
+    };
+    let token = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).unwrap_or("").trim();
+    // Compare against every rule so timing does not reveal which one matched.
+    let mut matched: Option<&TokenRule> = None;
+    for rule in rules {
+        if same_secret(&rule.token, token) && matched.is_none() {
+            matched = Some(rule);
+        }
+    }
+    let Some(rule) = matched else {
+        return Err(unauthorized("invalid token"));
+    };
+    if let (Some(dbs), Some(database)) = (&rule.databases, database) {
+        if !dbs.iter().any(|d| d == database) {
+            return Err(ApiError {
+                status: 403,
+                code: "FORBIDDEN",
+                message: format!("this token has no access to database {database:?}"),
+            });
+        }
+    }
+    Ok(rule.access)
+}
+
+/// Refuses statements a read-only token may not run.
+pub fn check_read_only(statements: &[Statement]) -> Result<(), ApiError> {
+    for s in statements {
+        if check_statement(&s.sql)? != StatementKind::Read {
+            return Err(ApiError {
+                status: 403,
+                code: "READ_ONLY",
+                message: "this token is read-only and the statement may write".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_grant_what_they_say() {
+        let rules = parse_rules(Some(
+            r#"[{"token":"full-token-0123456789","access":"write"},
+                {"token":"read-token-0123456789","access":"read","databases":["a"]}]"#
+                .into(),
+        ))
+        .unwrap();
+        assert_eq!(authorize(&rules, Some("Bearer full-token-0123456789"), Some("x")).unwrap(), Access::Write);
+        assert_eq!(authorize(&rules, Some("Bearer read-token-0123456789"), Some("a")).unwrap(), Access::Read);
+        assert_eq!(authorize(&rules, Some("Bearer read-token-0123456789"), Some("b")).unwrap_err().status, 403);
+        assert_eq!(authorize(&rules, Some("Bearer nope"), Some("a")).unwrap_err().status, 401);
+        assert_eq!(authorize(&rules, None, Some("a")).unwrap_err().status, 401);
+        assert_eq!(authorize(&[], None, Some("a")).unwrap(), Access::Write);
+        assert_eq!(authorize(&rules, Some("Bearer read-token-0123456789"), None).unwrap(), Access::Read);
+        assert!(parse_rules(Some(r#"[{"token":"short","access":"read"}]"#.into())).is_err());
+        assert!(check_read_only(&[Statement::new("SELECT 1")]).is_ok());
+        assert!(check_read_only(&[Statement::new("INSERT INTO t VALUES (1)")]).is_err());
+        assert!(check_read_only(&[Statement::new("PRAGMA foreign_keys = off")]).is_err());
+    }
+}
