@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TOOLS_DIR="${TWILL_TOOLS_DIR:-$HOME/.cache/twilldb-tools}"
+TOOLS_DIR="${TWILL_TOOLS_DIR:-${HOME:-/root}/.cache/twilldb-tools}"
 WASM_SYSROOT_LIB=/usr/lib/rustlib/wasm32-unknown-unknown/lib
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

@@ -3,7 +3,7 @@
 # bootstrap.sh), its wasm-bindgen glue, and the entry module bundled by esbuild.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TOOLS_DIR="${TWILL_TOOLS_DIR:-$HOME/.cache/twilldb-tools}"
+TOOLS_DIR="${TWILL_TOOLS_DIR:-${HOME:-/root}/.cache/twilldb-tools}"
 OUT=build/worker
 TARGET_DIR=target/wasm
 
