@@ -24,13 +24,14 @@ use futures::future::join_all;
 use crate::cache::{PageCache, DEFAULT_CACHE_BYTES};
 use crate::chunk_file::CheckpointView;
 use crate::error::EngineError;
-use crate::guard::check_statement;
+use crate::guard::{check_script_statement, check_statement};
 use crate::io::{now_millis, random_bytes};
 use crate::layout::Layout;
 use crate::local::{ExecLimits, LocalDb};
 use crate::log_record::{Frame, LogRecord};
 use crate::manifest::{Garbage, Manifest};
 use crate::store::{ByteRange, ObjectStore, PutCondition, PutOutcome, StoreError, MAX_LIST_LIMIT};
+use crate::script::{Action, ScriptOutcome, Step, StepOutcome};
 use crate::value::{ExecStats, Statement, StatementResult};
 
 #[derive(Debug, Clone, Copy)]
@@ -91,8 +92,47 @@ enum Publish {
     Unknown(String),
 }
 
-/// One request of a group: its statements and what became of them.
-type Outcome = Result<Vec<StatementResult>, EngineError>;
+/// What one request asks of the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// Statements run as one transaction that the engine begins and commits: all or nothing.
+    Transaction(Vec<Statement>),
+    /// Steps with conditions; the script controls transactions itself.
+    Script(Vec<Step>),
+}
+
+/// What became of one request's work.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Transaction(Vec<StatementResult>),
+    Script(ScriptOutcome),
+}
+
+impl Reply {
+    fn statement_results(&self) -> impl Iterator<Item = &StatementResult> {
+        let (tx, script) = match self {
+            Reply::Transaction(results) => (Some(results.iter()), None),
+            Reply::Script(outcome) => (
+                None,
+                Some(outcome.steps.iter().filter_map(|s| match s {
+                    StepOutcome::Executed(r) => Some(r),
+                    _ => None,
+                })),
+            ),
+        };
+        tx.into_iter().flatten().chain(script.into_iter().flatten())
+    }
+}
+
+/// A request's reply, durable, with its counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Done {
+    pub reply: Reply,
+    pub stats: ExecStats,
+}
+
+/// One request of a group: what became of it.
+type Outcome = Result<Reply, EngineError>;
 
 pub struct Database {
     layout: Layout,
@@ -444,25 +484,56 @@ impl Database {
     /// Runs several requests, each its own transaction, committing all their writes with
     /// one log record. Each request gets its own result; one failing does not fail others.
     pub async fn transact_group(&mut self, requests: Vec<Vec<Statement>>) -> Vec<Result<TxResult, EngineError>> {
+        let work = requests.into_iter().map(Work::Transaction).collect();
+        self.perform(work)
+            .await
+            .into_iter()
+            .map(|done| {
+                let done = done?;
+                match done.reply {
+                    Reply::Transaction(results) => Ok(TxResult { results, stats: done.stats }),
+                    Reply::Script(_) => Err(EngineError::Internal("a transaction got a script's reply".into())),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs one script and makes what it committed durable before returning.
+    pub async fn run_script(&mut self, steps: Vec<Step>) -> Result<(ScriptOutcome, ExecStats), EngineError> {
+        let done = self.perform(vec![Work::Script(steps)]).await.pop().expect("one result per request")?;
+        match done.reply {
+            Reply::Script(outcome) => Ok((outcome, done.stats)),
+            Reply::Transaction(_) => Err(EngineError::Internal("a script got a transaction's reply".into())),
+        }
+    }
+
+    /// Runs several requests (a group), committing all their writes with one log record
+    /// before any reply is returned. One request failing does not fail the others.
+    pub async fn perform(&mut self, work: Vec<Work>) -> Vec<Result<Done, EngineError>> {
         let mut stats = ExecStats::default();
-        let checked: Vec<Result<(), EngineError>> =
-            requests.iter().map(|stmts| stmts.iter().try_for_each(|s| check_statement(&s.sql).map(|_| ()))).collect();
-        let outcome = self.run_group(&requests, &checked, &mut stats).await;
+        let checked: Vec<Result<(), EngineError>> = work
+            .iter()
+            .map(|w| match w {
+                Work::Transaction(stmts) => stmts.iter().try_for_each(|s| check_statement(&s.sql).map(|_| ())),
+                Work::Script(_) => Ok(()),
+            })
+            .collect();
+        let outcome = self.run_group(&work, &checked, &mut stats).await;
         if let Some(local) = &self.local {
             local.clear_pins();
         }
         let outcomes = match outcome {
             Ok(outcomes) => outcomes,
-            Err(e) => return requests.iter().map(|_| Err(e.clone())).collect(),
+            Err(e) => return work.iter().map(|_| Err(e.clone())).collect(),
         };
         outcomes
             .into_iter()
             .map(|o| {
-                o.map(|results| {
+                o.map(|reply| {
                     let mut s = stats;
-                    s.rows_read = results.iter().map(|r| r.rows_read).sum();
-                    s.rows_written = results.iter().map(|r| r.rows_written).sum();
-                    TxResult { results, stats: s }
+                    s.rows_read = reply.statement_results().map(|r| r.rows_read).sum();
+                    s.rows_written = reply.statement_results().map(|r| r.rows_written).sum();
+                    Done { reply, stats: s }
                 })
             })
             .collect()
@@ -470,7 +541,7 @@ impl Database {
 
     async fn run_group(
         &mut self,
-        requests: &[Vec<Statement>],
+        requests: &[Work],
         checked: &[Result<(), EngineError>],
         stats: &mut ExecStats,
     ) -> Result<Vec<Outcome>, EngineError> {
@@ -484,10 +555,11 @@ impl Database {
             // Run every request locally, fetching missing pages and starting over as needed.
             let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
             let mut missing = None;
-            for (stmts, check) in requests.iter().zip(checked) {
-                let outcome = match check {
-                    Err(e) => Err(e.clone()),
-                    Ok(()) => self.run_local(stmts),
+            for (work, check) in requests.iter().zip(checked) {
+                let outcome = match (check, work) {
+                    (Err(e), _) => Err(e.clone()),
+                    (Ok(()), Work::Transaction(stmts)) => self.run_local(stmts).map(Reply::Transaction),
+                    (Ok(()), Work::Script(steps)) => self.run_script_local(steps).map(Reply::Script),
                 };
                 if let Err(EngineError::PagesMissing(pages)) = &outcome {
                     missing = Some(pages.clone());
@@ -568,9 +640,10 @@ impl Database {
 
     /// BEGIN, the statements, COMMIT, all locally. Leaves no transaction open; a failure
     /// rolls back this request only.
-    fn run_local(&mut self, statements: &[Statement]) -> Outcome {
+    fn run_local(&mut self, statements: &[Statement]) -> Result<Vec<StatementResult>, EngineError> {
         let limits = self.config.limits;
         let local = self.local();
+        local.start_request(&limits);
         local.exec_control("BEGIN").map_err(|e| local.missing_or(e))?;
         let mut results = Vec::with_capacity(statements.len());
         let rollback = |local: &LocalDb, e: EngineError| {
@@ -601,6 +674,60 @@ impl Database {
             return Err(EngineError::PagesMissing(missed));
         }
         Ok(results)
+    }
+
+    /// Runs a script's steps locally. Step failures are part of its outcome; an error that
+    /// is not the client's (or pages to fetch) fails the whole script, and the caller
+    /// discards its local effects. Leaves no transaction open.
+    fn run_script_local(&mut self, steps: &[Step]) -> Result<ScriptOutcome, EngineError> {
+        let limits = self.config.limits;
+        let local = self.local();
+        local.start_request(&limits);
+        let mut outcomes: Vec<StepOutcome> = Vec::with_capacity(steps.len());
+        let mut opened_at = None;
+        for (i, step) in steps.iter().enumerate() {
+            let autocommit = !local.in_transaction();
+            if !step.condition.as_ref().is_none_or(|c| c.holds(&outcomes, autocommit)) {
+                outcomes.push(StepOutcome::Skipped);
+                continue;
+            }
+            let result = match &step.action {
+                Action::Execute(statement) => check_script_statement(&statement.sql)
+                    .and_then(|_| local.execute(statement, &limits))
+                    .map(StepOutcome::Executed),
+                Action::Sequence(sql) => local
+                    .execute_sequence(sql, &limits, |text| check_script_statement(text).map(|_| ()))
+                    .map(|()| StepOutcome::Sequenced),
+                Action::Describe(sql) => local.describe(sql).map(StepOutcome::Described),
+                Action::GetAutocommit => Ok(StepOutcome::Autocommit(autocommit)),
+            };
+            let outcome = match result {
+                Ok(outcome) => outcome,
+                Err(e) => match local.missing_or(e) {
+                    e if e.is_client_error() => StepOutcome::Failed(e),
+                    e => {
+                        if local.in_transaction() {
+                            let _ = local.exec_control("ROLLBACK");
+                        }
+                        return Err(e);
+                    }
+                },
+            };
+            match (autocommit, local.in_transaction()) {
+                (true, true) => opened_at = Some(i),
+                (_, false) => opened_at = None,
+                (false, true) => {}
+            }
+            outcomes.push(outcome);
+        }
+        if local.in_transaction() {
+            local.exec_control("ROLLBACK").map_err(|e| local.missing_or(e))?;
+        }
+        let missed = local.take_wanted();
+        if !missed.is_empty() {
+            return Err(EngineError::PagesMissing(missed));
+        }
+        Ok(ScriptOutcome { steps: outcomes, rolled_back_from: opened_at })
     }
 
     /// Makes `frames` durable as log record `applied_seq + 1`.

@@ -96,6 +96,43 @@ pub fn check_statement(sql: &str) -> Result<StatementKind, EngineError> {
     }
 }
 
+/// True for BEGIN, COMMIT/END and ROLLBACK (not ROLLBACK TO): the statements only a
+/// script may run, because a script ends every transaction it opens before it is shipped.
+pub fn is_transaction_control(sql: &str) -> bool {
+    matches!(
+        Parser::new(sql.as_bytes()).next(),
+        Some(Ok(Cmd::Stmt(Stmt::Begin { .. } | Stmt::Commit { .. } | Stmt::Rollback { savepoint_name: None, .. })))
+    )
+}
+
+/// [`check_statement`] for a step of a script, where transaction control is allowed.
+pub fn check_script_statement(sql: &str) -> Result<StatementKind, EngineError> {
+    if is_transaction_control(sql) {
+        return Ok(StatementKind::Read);
+    }
+    check_statement(sql)
+}
+
+/// The most a text of several statements may do: `Write` if any statement may write or
+/// the text does not parse (it cannot be proven read-only then).
+pub fn script_text_kind(sql: &str) -> Result<StatementKind, EngineError> {
+    let mut parser = Parser::new(sql.as_bytes());
+    let mut kind = StatementKind::Read;
+    let mut start = 0;
+    while let Some(cmd) = parser.next() {
+        if cmd.is_err() {
+            return Ok(StatementKind::Write);
+        }
+        let end = parser.offset().min(sql.len());
+        let text = sql.get(start..end).unwrap_or(sql);
+        if check_script_statement(text)? == StatementKind::Write {
+            kind = StatementKind::Write;
+        }
+        start = end;
+    }
+    Ok(kind)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +161,11 @@ mod tests {
         assert!(check_statement("SAVEPOINT a").is_ok());
         assert!(check_statement("ROLLBACK TO a").is_ok());
         assert!(check_statement("not sql at all").is_ok(), "parse errors are the engine's to report");
+        assert!(check_script_statement("BEGIN IMMEDIATE").is_ok());
+        assert!(check_script_statement("ATTACH 'x' AS y").is_err());
+        assert_eq!(script_text_kind("SELECT 1; BEGIN; SELECT 2; COMMIT;").unwrap(), StatementKind::Read);
+        assert_eq!(script_text_kind("SELECT 1; DELETE FROM t").unwrap(), StatementKind::Write);
+        assert_eq!(script_text_kind("SELECT 1; garbage").unwrap(), StatementKind::Write);
+        assert!(script_text_kind("SELECT 1; VACUUM").is_err());
     }
 }

@@ -15,11 +15,12 @@ pub mod local;
 pub mod log_record;
 pub mod manifest;
 pub mod mem_store;
+pub mod script;
 pub mod store;
 pub mod value;
 
-pub use database::{Database, DbConfig, TxResult};
+pub use database::{Database, DbConfig, Done, Reply, TxResult, Work};
 pub use error::EngineError;
 pub use layout::Layout;
 pub use store::ObjectStore;
-pub use value::{ExecStats, Params, SqlValue, Statement, StatementResult};
+pub use value::{Description, ExecStats, Params, SqlValue, Statement, StatementResult};

@@ -3,7 +3,7 @@
 //! moves WAL frames in and out; it knows nothing about the object store.
 
 use std::num::NonZero;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use turso_core::{Connection, StatementStatusCounter, StepResult, Value};
@@ -16,11 +16,14 @@ use crate::chunk_file::{CheckpointView, ChunkFile, PinnedPages, WantedPages};
 use crate::error::{sql_err, EngineError};
 use crate::io::EngineIo;
 use crate::log_record::Frame;
-use crate::value::{Params, SqlValue, Statement, StatementResult};
+use crate::value::{Description, Params, SqlValue, Statement, StatementResult};
 
 /// SQLite's WAL header and frame header sizes.
 const WAL_HEADER_LEN: u64 = 32;
 const WAL_FRAME_HEADER_LEN: usize = 24;
+
+/// VM steps between two looks at the request's budget.
+const PROGRESS_INTERVAL: u64 = 10_000;
 
 /// Distinct turso paths per open: turso keeps one `Database` per path process-wide.
 static NEXT_OPEN_ID: AtomicU64 = AtomicU64::new(1);
@@ -32,7 +35,9 @@ pub struct ExecLimits {
     pub max_result_rows: usize,
     /// Approximate bytes of one statement's result (sum of value sizes).
     pub max_result_bytes: usize,
-    /// VDBE steps one statement may take before it is interrupted (runaway queries).
+    /// VDBE steps one request (all of its statements) may take before it is interrupted:
+    /// the CPU budget that stops runaway queries. (Workers' clocks do not advance while
+    /// code runs, so work, not time, is what can be counted.)
     pub max_vm_steps: u64,
 }
 
@@ -61,6 +66,9 @@ pub struct LocalDb {
     /// WAL frames that are durable (came from, or were shipped to, the commit log).
     durable_frames: u64,
     page_size: u32,
+    /// VM steps the request in progress may still take; turso's progress handler counts
+    /// it down while statements run and interrupts them when it is spent.
+    vm_steps_left: Arc<AtomicI64>,
 }
 
 impl LocalDb {
@@ -91,7 +99,13 @@ impl LocalDb {
             Err(e) => return Err(missing_or(&base.wanted, EngineError::Internal(format!("open local database: {e}")))),
         };
         conn.wal_auto_actions_disable();
-        let mut local = LocalDb { io, base, conn, db, path, durable_frames, page_size: 4096 };
+        let mut local =
+            LocalDb { io, base, conn, db, path, durable_frames, page_size: 4096, vm_steps_left: Arc::new(AtomicI64::new(i64::MAX)) };
+        let budget = local.vm_steps_left.clone();
+        local.conn.set_progress_handler(
+            PROGRESS_INTERVAL,
+            Some(Box::new(move || budget.fetch_sub(PROGRESS_INTERVAL as i64, Ordering::Relaxed) <= PROGRESS_INTERVAL as i64)),
+        );
         local.page_size = local.query_page_size().map_err(|e| local.missing_or(e))?;
         Ok(local)
     }
@@ -181,32 +195,105 @@ impl LocalDb {
         Ok(self.conn.wal_state().map_err(sql_err)?.max_frame)
     }
 
-    /// Runs one statement (SQL text holding exactly one statement) with its parameters.
-    pub fn execute(&self, statement: &Statement, limits: &ExecLimits) -> Result<StatementResult, EngineError> {
-        let sql = statement.sql.as_str();
-        let mut stmt = self.conn.prepare(sql).map_err(sql_err)?;
-        let tail = &sql[stmt.tail_offset().min(sql.len())..];
-        if !is_blank_sql(tail) {
+    /// Starts a request: its VM-step budget is shared by all of its statements.
+    pub fn start_request(&self, limits: &ExecLimits) {
+        self.vm_steps_left.store(limits.max_vm_steps.min(i64::MAX as u64) as i64, Ordering::Relaxed);
+    }
+
+    /// Prepares the first statement of `sql`; returns it and where the next one starts.
+    fn prepare_first(&self, sql: &str) -> Result<(turso_core::Statement, usize), EngineError> {
+        let stmt = self.conn.prepare(sql).map_err(sql_err)?;
+        let tail = stmt.tail_offset().min(sql.len());
+        Ok((stmt, tail))
+    }
+
+    /// Prepares `sql`, which must hold exactly one statement.
+    fn prepare_one(&self, sql: &str) -> Result<turso_core::Statement, EngineError> {
+        let (stmt, tail) = self.prepare_first(sql)?;
+        if !is_blank_sql(&sql[tail..]) {
             return Err(EngineError::Sql(
                 "more than one statement in one SQL string; send them as separate statements of a batch".into(),
             ));
         }
-        bind_params(&mut stmt, &statement.params)?;
+        Ok(stmt)
+    }
 
+    /// Runs one statement (SQL text holding exactly one statement) with its parameters.
+    pub fn execute(&self, statement: &Statement, limits: &ExecLimits) -> Result<StatementResult, EngineError> {
+        let mut stmt = self.prepare_one(&statement.sql)?;
+        bind_params(&mut stmt, &statement.params)?;
+        self.run_prepared(stmt, &statement.sql, limits, true)
+    }
+
+    /// Runs every statement of `sql` in order, without parameters, discarding their rows.
+    /// `check` vets each statement's text before it runs.
+    pub fn execute_sequence(
+        &self,
+        sql: &str,
+        limits: &ExecLimits,
+        check: impl Fn(&str) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let mut rest = sql;
+        while !is_blank_sql(rest) {
+            // Vet the statement before turso compiles it (compiling may already act).
+            let mut parser = turso_parser::parser::Parser::new(rest.as_bytes());
+            if let Some(Ok(_)) = parser.next() {
+                check(rest.get(..parser.offset()).unwrap_or(rest))?;
+            }
+            let (stmt, tail) = self.prepare_first(rest)?;
+            let text = &rest[..tail];
+            if stmt.parameters_count() > 0 {
+                return Err(EngineError::Params("statements of a sequence cannot take parameters".into()));
+            }
+            self.run_prepared(stmt, text, limits, false)?;
+            rest = &rest[tail..];
+        }
+        Ok(())
+    }
+
+    /// What a statement takes and returns, without running it.
+    pub fn describe(&self, sql: &str) -> Result<Description, EngineError> {
+        let stmt = self.prepare_one(sql)?;
+        let params = (1..=stmt.parameters_count())
+            .map(|i| stmt.parameters().name(NonZero::new(i).expect("i >= 1")))
+            .collect();
+        let columns = (0..stmt.num_columns())
+            .map(|i| (stmt.get_column_name(i).into_owned(), stmt.get_column_decltype(i)))
+            .collect();
+        let parsed = turso_parser::parser::Parser::new(sql.as_bytes()).next();
+        Ok(Description {
+            params,
+            columns,
+            is_explain: matches!(parsed, Some(Ok(turso_parser::ast::Cmd::Explain(_) | turso_parser::ast::Cmd::ExplainQueryPlan { .. }))),
+            is_readonly: crate::guard::check_script_statement(sql)? == crate::guard::StatementKind::Read,
+        })
+    }
+
+    fn run_prepared(
+        &self,
+        mut stmt: turso_core::Statement,
+        sql: &str,
+        limits: &ExecLimits,
+        keep_rows: bool,
+    ) -> Result<StatementResult, EngineError> {
         let columns: Vec<String> = (0..stmt.num_columns()).map(|i| stmt.get_column_name(i).into_owned()).collect();
         let decltypes = (0..stmt.num_columns()).map(|i| stmt.get_column_decltype(i)).collect();
         let rowid_before = self.conn.last_insert_rowid();
         let mut rows = Vec::new();
         let mut result_bytes = 0usize;
+        let interrupted = || {
+            EngineError::Interrupted(format!(
+                "query interrupted: the request used up its budget of {} VM steps (VM_STEPS limit); the statement changed nothing",
+                limits.max_vm_steps
+            ))
+        };
         loop {
-            if stmt.stmt_status(StatementStatusCounter::VmStep) > limits.max_vm_steps {
-                stmt.interrupt();
-                return Err(EngineError::Interrupted(format!(
-                    "statement interrupted after {} VM steps (limit {}); the database is unchanged",
-                    limits.max_vm_steps, limits.max_vm_steps
-                )));
-            }
-            match stmt.step().map_err(sql_err)? {
+            let step = match stmt.step() {
+                Err(_) if self.vm_steps_left.load(Ordering::Relaxed) <= 0 => return Err(interrupted()),
+                other => other.map_err(sql_err)?,
+            };
+            match step {
+                StepResult::Row if !keep_rows => {}
                 StepResult::Row => {
                     let row = stmt.row().ok_or_else(|| EngineError::Internal("row missing after Row step".into()))?;
                     let values: Vec<SqlValue> = row.get_values().map(|v| from_turso(v)).collect();
@@ -229,7 +316,7 @@ impl LocalDb {
                 StepResult::IO | StepResult::Yield | StepResult::Sleep { .. } => {
                     stmt._io().step().map_err(sql_err)?;
                 }
-                StepResult::Interrupt => return Err(EngineError::Interrupted("statement interrupted".into())),
+                StepResult::Interrupt => return Err(interrupted()),
                 StepResult::Busy => return Err(EngineError::Internal("database busy".into())),
             }
         }
@@ -304,9 +391,9 @@ impl LocalDb {
     /// If reopening needs pages that are not cached, the error carries what is needed to
     /// try again once they are fetched.
     pub fn discard_unshipped(self) -> Result<Self, (EngineError, Reopen)> {
-        let LocalDb { io, base, conn, db, path, durable_frames, page_size } = self;
+        let LocalDb { io, base, conn, db, path, durable_frames, page_size, vm_steps_left } = self;
         if conn.wal_state().map(|s| s.max_frame).unwrap_or(u64::MAX) == durable_frames && conn.get_auto_commit() {
-            return Ok(LocalDb { io, base, conn, db, path, durable_frames, page_size });
+            return Ok(LocalDb { io, base, conn, db, path, durable_frames, page_size, vm_steps_left });
         }
         drop(conn);
         drop(db);

@@ -50,6 +50,17 @@ pub struct StatementResult {
     pub last_insert_rowid: Option<i64>,
 }
 
+/// What a statement takes and returns, found by preparing it without running it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Description {
+    /// Parameter names in index order (`None` for `?`).
+    pub params: Vec<Option<String>>,
+    /// Result columns: name and declared type.
+    pub columns: Vec<(String, Option<String>)>,
+    pub is_explain: bool,
+    pub is_readonly: bool,
+}
+
 /// Per-request counters for `meta` and `Server-Timing`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ExecStats {

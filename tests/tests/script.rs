@@ -1,0 +1,133 @@
+//! Scripts (what Hrana pipelines and batches become): conditions, transaction control
+//! owned by the script, sequences, describe, and the rule that no transaction outlives
+//! its request.
+
+use std::rc::Rc;
+
+use engine_core::mem_store::MemStore;
+use engine_core::script::{Action, Cond, Step, StepOutcome};
+use engine_core::{EngineError, SqlValue, Statement};
+use twill_tests::{block_on, open, query_ints};
+
+fn exec_step(sql: &str) -> Step {
+    Step::always(Action::Execute(Statement::new(sql)))
+}
+
+fn when(cond: Cond, sql: &str) -> Step {
+    Step { condition: Some(cond), action: Action::Execute(Statement::new(sql)) }
+}
+
+/// The shape `@libsql/client` sends for `batch()`: BEGIN, statements each conditioned on
+/// the one before, COMMIT, and ROLLBACK unless the COMMIT succeeded.
+fn libsql_batch(statements: &[&str]) -> Vec<Step> {
+    let mut steps = vec![exec_step("BEGIN IMMEDIATE")];
+    for (i, sql) in statements.iter().enumerate() {
+        steps.push(when(Cond::And(vec![Cond::Ok(i), Cond::Not(Box::new(Cond::IsAutocommit))]), sql));
+    }
+    let last = statements.len();
+    steps.push(when(Cond::And(vec![Cond::Ok(last), Cond::Not(Box::new(Cond::IsAutocommit))]), "COMMIT"));
+    steps.push(when(Cond::Not(Box::new(Cond::Ok(last + 1))), "ROLLBACK"));
+    steps
+}
+
+#[test]
+fn conditional_batches_commit_all_or_roll_back_all() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "s");
+    let (ok, _) = block_on(db.run_script(libsql_batch(&[
+        "CREATE TABLE t(x INTEGER PRIMARY KEY)",
+        "INSERT INTO t VALUES (1)",
+        "INSERT INTO t VALUES (2)",
+    ])))
+    .unwrap();
+    assert!(ok.steps[..5].iter().all(StepOutcome::succeeded), "{:?}", ok.steps);
+    assert_eq!(ok.steps[5], StepOutcome::Skipped, "no rollback after a commit");
+    assert_eq!(ok.rolled_back_from, None);
+
+    let (failed, _) =
+        block_on(db.run_script(libsql_batch(&["INSERT INTO t VALUES (3)", "INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (4)"])))
+            .unwrap();
+    assert!(failed.steps[1].succeeded());
+    assert!(matches!(failed.steps[2], StepOutcome::Failed(EngineError::Sql(_))), "{:?}", failed.steps[2]);
+    assert_eq!(failed.steps[3], StepOutcome::Skipped);
+    assert_eq!(failed.steps[4], StepOutcome::Skipped, "no commit");
+    assert!(failed.steps[5].succeeded(), "rollback ran");
+    assert_eq!(query_ints(&mut db, "SELECT x FROM t ORDER BY x"), vec![1, 2]);
+
+    // Durable: a fresh replica sees exactly the committed batch.
+    let mut other = open(&store, "s");
+    assert_eq!(query_ints(&mut other, "SELECT x FROM t ORDER BY x"), vec![1, 2]);
+}
+
+#[test]
+fn autocommit_steps_fail_alone_and_open_transactions_never_outlive_the_script() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "s");
+    let (out, stats) = block_on(db.run_script(vec![
+        exec_step("CREATE TABLE t(x INTEGER PRIMARY KEY)"),
+        exec_step("INSERT INTO t VALUES (1)"),
+        exec_step("INSERT INTO t VALUES (1)"),
+        exec_step("INSERT INTO t VALUES (2)"),
+        when(Cond::Error(2), "INSERT INTO t VALUES (3)"),
+        Step::always(Action::GetAutocommit),
+        exec_step("BEGIN"),
+        Step::always(Action::GetAutocommit),
+        exec_step("INSERT INTO t VALUES (100)"),
+    ]))
+    .unwrap();
+    assert!(matches!(out.steps[2], StepOutcome::Failed(_)));
+    assert_eq!(out.steps[5], StepOutcome::Autocommit(true));
+    assert_eq!(out.steps[7], StepOutcome::Autocommit(false));
+    assert_eq!(out.rolled_back_from, Some(6), "the transaction begun at step 6 was left open");
+    assert_eq!(stats.records_committed, 1, "every local commit of a script ships as one record");
+    assert_eq!(query_ints(&mut db, "SELECT x FROM t ORDER BY x"), vec![1, 2, 3]);
+    let mut other = open(&store, "s");
+    assert_eq!(query_ints(&mut other, "SELECT x FROM t ORDER BY x"), vec![1, 2, 3]);
+}
+
+#[test]
+fn sequences_describe_and_guards() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "s");
+    let (out, _) = block_on(db.run_script(vec![
+        Step::always(Action::Sequence(
+            "CREATE TABLE a(x); INSERT INTO a VALUES (1); -- comment\n INSERT INTO a VALUES (2);".into(),
+        )),
+        Step::always(Action::Describe("SELECT x AS v FROM a WHERE x > :min AND x < ?".into())),
+        Step::always(Action::Sequence("INSERT INTO a VALUES (3); ATTACH 'x' AS y".into())),
+        exec_step("VACUUM"),
+        Step::always(Action::Sequence("INSERT INTO a VALUES (?)".into())),
+        Step::always(Action::Describe("DELETE FROM a".into())),
+    ]))
+    .unwrap();
+    assert_eq!(out.steps[0], StepOutcome::Sequenced);
+    let StepOutcome::Described(d) = &out.steps[1] else { panic!("{:?}", out.steps[1]) };
+    assert_eq!(d.params, vec![Some(":min".to_string()), None]);
+    assert_eq!(d.columns[0].0, "v");
+    assert!(d.is_readonly && !d.is_explain);
+    assert!(matches!(&out.steps[2], StepOutcome::Failed(EngineError::NotAllowed(_))), "{:?}", out.steps[2]);
+    assert!(matches!(&out.steps[3], StepOutcome::Failed(EngineError::NotAllowed(_))));
+    assert!(matches!(&out.steps[4], StepOutcome::Failed(EngineError::Params(_))));
+    let StepOutcome::Described(d) = &out.steps[5] else { panic!() };
+    assert!(!d.is_readonly);
+    // The sequence stopped at ATTACH; the INSERT before it (autocommit) stands.
+    assert_eq!(query_ints(&mut db, "SELECT x FROM a ORDER BY x"), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_runaway_query_is_interrupted_and_changes_nothing() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "s");
+    twill_tests::exec(&mut db, "CREATE TABLE t(x)", vec![]);
+    db.config_mut().limits.max_vm_steps = 200_000;
+    let err = block_on(db.transact(&[
+        Statement::new("INSERT INTO t VALUES (1)"),
+        Statement::new("WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT max(x) FROM r"),
+    ]))
+    .unwrap_err();
+    assert_eq!(err.code(), "QUERY_INTERRUPTED", "{err}");
+    // The budget is per request: the next request runs normally.
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM t"), vec![0]);
+    let r = twill_tests::exec(&mut db, "SELECT ?", vec![SqlValue::Integer(7)]);
+    assert_eq!(r.rows, vec![vec![SqlValue::Integer(7)]]);
+}
