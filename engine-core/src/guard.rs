@@ -133,6 +133,11 @@ pub fn script_text_kind(sql: &str) -> Result<StatementKind, EngineError> {
     Ok(kind)
 }
 
+/// Statements in a text of several (those that parse).
+pub fn count_statements(sql: &str) -> usize {
+    Parser::new(sql.as_bytes()).filter(|cmd| cmd.is_ok()).count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,14 +88,14 @@ pub fn authorize(rules: &[TokenRule], authorization: Option<&str>, database: Opt
 pub fn check_read_only(statements: &[Statement]) -> Result<(), ApiError> {
     for s in statements {
         if check_statement(&s.sql)? != StatementKind::Read {
-            return Err(ApiError {
-                status: 403,
-                code: "READ_ONLY",
-                message: "this token is read-only and the statement may write".into(),
-            });
+            return Err(read_only_error());
         }
     }
     Ok(())
+}
+
+pub fn read_only_error() -> ApiError {
+    ApiError { status: 403, code: "READ_ONLY", message: "this token is read-only and the statement may write".into() }
 }
 
 #[cfg(test)]

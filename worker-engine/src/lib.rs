@@ -11,11 +11,14 @@
 //! lower or raise its own staleness bound with the `x-twill-max-staleness-ms` header.
 
 mod auth;
+pub mod hrana;
 mod registry;
+mod rpc;
 pub mod wire;
 
 use engine_core::cache::DEFAULT_CACHE_BYTES;
-use engine_core::{DbConfig, TxResult};
+use engine_core::guard::StatementKind;
+use engine_core::{DbConfig, Done, Reply, Work};
 use serde_json::{json, Value};
 use wire::{result_to_json, validate_db_name, ApiError, LIMITS};
 use worker::{event, Context, Env, Method, Request, Response};
@@ -32,8 +35,10 @@ fn start() {
 async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
     let started = js_sys::Date::now();
     let answer = route(&mut req, &env, started).await;
+    let hrana_route = req.url().map(|u| is_hrana_path(u.path())).unwrap_or(false);
     let (status, body, timing) = match answer {
         Ok((body, timing)) => (200, body, timing),
+        Err(e) if hrana_route => (e.status, e.hrana_body(), None),
         Err(e) => (e.status, e.body(), None),
     };
     let elapsed = js_sys::Date::now() - started;
@@ -52,6 +57,10 @@ enum Endpoint {
     Query,
     Batch,
     Stats,
+    /// `GET .../v2` or `.../v3`: Hrana version probe.
+    HranaVersion(u8),
+    /// `POST .../v2/pipeline` or `.../v3/pipeline`.
+    HranaPipeline,
 }
 
 /// Header naming how stale (in ms) a read-only answer may be; 0 (the default) means it
@@ -76,7 +85,108 @@ fn db_config(env: &Env) -> DbConfig {
     if let Some(v) = env_number(env, "TWILL_MAX_STALENESS_MS") {
         c.max_staleness_ms = v;
     }
+    if let Some(v) = env_number(env, "TWILL_MAX_VM_STEPS") {
+        c.limits.max_vm_steps = v as u64;
+    }
     c
+}
+
+fn not_found(message: String) -> ApiError {
+    ApiError { status: 404, code: "NOT_FOUND", message }
+}
+
+/// Finds the endpoint and database a path names.
+fn endpoint<'a>(segments: &[&'a str], path: &str) -> Result<(&'a str, Endpoint), ApiError> {
+    Ok(match segments {
+        ["v1", "db", "v2" | "v3" | "v3-protobuf", ..] if segments.len() <= 4 => {
+            return Err(not_found(
+                "a libSQL client URL must name the database and end with '/': http://<host>/v1/db/<name>/".into(),
+            ))
+        }
+        ["v1", "db", name, "query"] => (*name, Endpoint::Query),
+        ["v1", "db", name, "batch"] => (*name, Endpoint::Batch),
+        ["v1", "db", name, "stats"] => (*name, Endpoint::Stats),
+        ["v1", "db", name, "v2"] => (*name, Endpoint::HranaVersion(2)),
+        ["v1", "db", name, "v3"] => (*name, Endpoint::HranaVersion(3)),
+        ["v1", "db", name, "v2" | "v3", "pipeline"] => (*name, Endpoint::HranaPipeline),
+        ["v1", "db", _, "v3-protobuf", ..] => {
+            return Err(not_found("Hrana's protobuf encoding is not supported; use JSON (v2 or v3)".into()))
+        }
+        ["v1", "db", _, "v3", "cursor"] => {
+            return Err(not_found("Hrana cursors are not supported; use v3/pipeline".into()))
+        }
+        _ => return Err(not_found(format!("no route for {path}"))),
+    })
+}
+
+/// True for Hrana routes, whose errors are shaped `{"message", "code"}` for libSQL clients.
+fn is_hrana_path(path: &str) -> bool {
+    path.split('/').any(|s| matches!(s, "v2" | "v3" | "v3-protobuf"))
+}
+
+/// Everything a database request needs once it is authorized.
+struct DbRequest {
+    name: String,
+    access: auth::Access,
+    config: DbConfig,
+    cache: std::sync::Arc<engine_core::cache::PageCache>,
+    staleness_ms: f64,
+    bucket: worker::Bucket,
+}
+
+/// A request's durable reply with its `meta` and `Server-Timing` entry.
+struct Performed {
+    done: Done,
+    meta: Value,
+    timing: String,
+}
+
+fn isolate_cache(env: &Env) -> std::sync::Arc<engine_core::cache::PageCache> {
+    registry::cache(env_number(env, "TWILL_CACHE_BYTES").map_or(DEFAULT_CACHE_BYTES, |v| v as usize))
+}
+
+impl DbRequest {
+    /// For database `name` (already validated), with the caller's access and, optionally,
+    /// its own staleness bound (the header's text).
+    fn new(env: &Env, name: &str, access: auth::Access, staleness: Option<&str>) -> Result<Self, ApiError> {
+        let config = db_config(env);
+        let staleness_ms = match staleness {
+            Some(v) => v.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
+                ApiError::bad_request("INVALID_REQUEST", format!("{STALENESS_HEADER} must be a non-negative number of ms"))
+            })?,
+            None => config.max_staleness_ms,
+        };
+        let bucket = env.bucket(BUCKET_BINDING).map_err(|_| ApiError {
+            status: 500,
+            code: "MISCONFIGURED",
+            message: format!("R2 binding {BUCKET_BINDING} is missing"),
+        })?;
+        Ok(DbRequest { name: name.to_string(), access, config, cache: isolate_cache(env), staleness_ms, bucket })
+    }
+
+    /// Runs `work` (grouped with concurrent requests) and measures it.
+    async fn perform(self, work: Work, started: f64) -> Result<Performed, ApiError> {
+        let slot = registry::slot(&self.name, self.bucket);
+        let cache_before = self.cache.stats();
+        let (done, r2) = slot.submit(&self.name, self.config, self.cache.clone(), work, self.staleness_ms).await?;
+        let cache_after = self.cache.stats();
+        let meta = json!({
+            "duration_ms": js_sys::Date::now() - started,
+            "rows_read": done.stats.rows_read,
+            "rows_written": done.stats.rows_written,
+            "log_records_applied": done.stats.records_applied,
+            "log_records_committed": done.stats.records_committed,
+            "commit_retries": done.stats.retries,
+            "r2_reads": r2.reads,
+            "r2_writes": r2.writes,
+            "r2_bytes_read": r2.bytes_read,
+            "r2_bytes_written": r2.bytes_written,
+            "cache_hits": cache_after.hits - cache_before.hits,
+            "cache_misses": cache_after.misses - cache_before.misses,
+        });
+        let timing = format!("r2;desc=\"{} reads, {} writes\"", r2.reads, r2.writes);
+        Ok(Performed { done, meta, timing })
+    }
 }
 
 async fn route(req: &mut Request, env: &Env, started: f64) -> Result<(Value, Option<String>), ApiError> {
@@ -88,70 +198,60 @@ async fn route(req: &mut Request, env: &Env, started: f64) -> Result<(Value, Opt
     let authorization = req.headers().get("authorization").ok().flatten();
     // With tokens configured, nothing answers without one; scope is checked per database.
     auth::authorize(&rules, authorization.as_deref(), None)?;
-    let (name, endpoint) = match segments.as_slice() {
-        [""] => {
-            return match req.method() {
-                Method::Get | Method::Head => Ok((service_description(), None)),
-                _ => Err(method_not_allowed("GET")),
-            }
-        }
-        ["v1", "db", name, "query"] => (*name, Endpoint::Query),
-        ["v1", "db", name, "batch"] => (*name, Endpoint::Batch),
-        ["v1", "db", name, "stats"] => (*name, Endpoint::Stats),
-        _ => {
-            return Err(ApiError { status: 404, code: "NOT_FOUND", message: format!("no route for {}", url.path()) })
-        }
+    if segments == [""] {
+        return match req.method() {
+            Method::Get | Method::Head => Ok((service_description(), None)),
+            _ => Err(method_not_allowed("GET")),
+        };
+    }
+    let (name, endpoint) = endpoint(&segments, url.path())?;
+    let wanted = match endpoint {
+        Endpoint::Stats | Endpoint::HranaVersion(_) => Method::Get,
+        _ => Method::Post,
     };
-    let wanted_method = if matches!(endpoint, Endpoint::Stats) { Method::Get } else { Method::Post };
-    if req.method() != wanted_method {
-        return Err(method_not_allowed(if matches!(endpoint, Endpoint::Stats) { "GET" } else { "POST" }));
+    if req.method() != wanted {
+        return Err(method_not_allowed(if wanted == Method::Get { "GET" } else { "POST" }));
     }
     validate_db_name(name)?;
     let access = auth::authorize(&rules, authorization.as_deref(), Some(name))?;
-    let config = db_config(env);
-    let cache = registry::cache(env_number(env, "TWILL_CACHE_BYTES").map_or(DEFAULT_CACHE_BYTES, |v| v as usize));
-    if matches!(endpoint, Endpoint::Stats) {
-        return Ok((stats(name, &cache).await, None));
+    match endpoint {
+        Endpoint::Stats => return Ok((stats(name, &isolate_cache(env)).await, None)),
+        Endpoint::HranaVersion(v) => return Ok((json!({ "protocol": "hrana", "version": v, "encoding": "json" }), None)),
+        _ => {}
     }
+    let staleness = req.headers().get(STALENESS_HEADER).ok().flatten();
+    let db = DbRequest::new(env, name, access, staleness.as_deref())?;
     let body = read_body(req).await?;
-    let statements = match endpoint {
-        Endpoint::Query => vec![wire::parse_query(&body)?],
-        _ => wire::parse_batch(&body)?,
-    };
-    if access == auth::Access::Read {
-        auth::check_read_only(&statements)?;
+    match endpoint {
+        Endpoint::HranaPipeline => {
+            let plan = hrana::plan(&body)?;
+            if db.access == auth::Access::Read && plan.kind()? != StatementKind::Read {
+                return Err(auth::read_only_error());
+            }
+            let steps = plan.steps.clone();
+            let performed = db.perform(Work::Script(steps), started).await?;
+            let Reply::Script(outcome) = &performed.done.reply else {
+                return Err(ApiError { status: 500, code: "INTERNAL_ERROR", message: "script answered as a transaction".into() });
+            };
+            let mut body = hrana::respond(&plan, outcome);
+            body["meta"] = performed.meta;
+            Ok((body, Some(performed.timing)))
+        }
+        _ => {
+            let statements = match endpoint {
+                Endpoint::Query => vec![wire::parse_query(&body)?],
+                _ => wire::parse_batch(&body)?,
+            };
+            if db.access == auth::Access::Read {
+                auth::check_read_only(&statements)?;
+            }
+            let performed = db.perform(Work::Transaction(statements), started).await?;
+            let Reply::Transaction(results) = performed.done.reply else {
+                return Err(ApiError { status: 500, code: "INTERNAL_ERROR", message: "transaction answered as a script".into() });
+            };
+            Ok((respond(endpoint, results, performed.meta), Some(performed.timing)))
+        }
     }
-    let staleness = match req.headers().get(STALENESS_HEADER).ok().flatten() {
-        Some(v) => v.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
-            ApiError::bad_request("INVALID_REQUEST", format!("{STALENESS_HEADER} must be a non-negative number of ms"))
-        })?,
-        None => config.max_staleness_ms,
-    };
-    let bucket = env
-        .bucket(BUCKET_BINDING)
-        .map_err(|_| ApiError { status: 500, code: "MISCONFIGURED", message: format!("R2 binding {BUCKET_BINDING} is missing") })?;
-    let slot = registry::slot(name, bucket);
-    let cache_before = cache.stats();
-    let (tx, r2) = slot.submit(name, config, cache.clone(), statements, staleness).await?;
-    let cache_after = cache.stats();
-
-    let duration_ms = js_sys::Date::now() - started;
-    let meta = json!({
-        "duration_ms": duration_ms,
-        "rows_read": tx.stats.rows_read,
-        "rows_written": tx.stats.rows_written,
-        "log_records_applied": tx.stats.records_applied,
-        "log_records_committed": tx.stats.records_committed,
-        "commit_retries": tx.stats.retries,
-        "r2_reads": r2.reads,
-        "r2_writes": r2.writes,
-        "r2_bytes_read": r2.bytes_read,
-        "r2_bytes_written": r2.bytes_written,
-        "cache_hits": cache_after.hits - cache_before.hits,
-        "cache_misses": cache_after.misses - cache_before.misses,
-    });
-    let timing = Some(format!("r2;desc=\"{} reads, {} writes\"", r2.reads, r2.writes));
-    Ok((respond(endpoint, tx, meta), timing))
 }
 
 async fn stats(name: &str, cache: &engine_core::cache::PageCache) -> Value {
@@ -175,15 +275,15 @@ async fn stats(name: &str, cache: &engine_core::cache::PageCache) -> Value {
     })
 }
 
-fn respond(endpoint: Endpoint, tx: TxResult, meta: Value) -> Value {
+fn respond(endpoint: Endpoint, results: Vec<engine_core::StatementResult>, meta: Value) -> Value {
     match endpoint {
-        Endpoint::Query | Endpoint::Stats => {
-            let mut body = result_to_json(&tx.results[0]);
+        Endpoint::Query => {
+            let mut body = result_to_json(&results[0]);
             body["meta"] = meta;
             body
         }
-        Endpoint::Batch => json!({
-            "results": tx.results.iter().map(result_to_json).collect::<Vec<_>>(),
+        _ => json!({
+            "results": results.iter().map(result_to_json).collect::<Vec<_>>(),
             "meta": meta,
         }),
     }
@@ -217,6 +317,8 @@ fn service_description() -> Value {
         "routes": {
             "POST /v1/db/{name}/query": {"sql": "...", "params": "[...] or {...}"},
             "POST /v1/db/{name}/batch": {"statements": [{"sql": "...", "params": "..."}]},
+            "GET /v1/db/{name}/stats": {},
+            "libSQL (Hrana over HTTP, JSON)": "client URL http(s)://<host>/v1/db/{name}/ (POST v2/pipeline, v3/pipeline)",
         }
     })
 }

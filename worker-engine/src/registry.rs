@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use engine_core::cache::PageCache;
 use engine_core::store::{CountingStore, StoreCounts};
-use engine_core::{Database, DbConfig, EngineError, Layout, ObjectStore, Statement, TxResult};
+use engine_core::{Database, DbConfig, Done, EngineError, Layout, ObjectStore, Work};
 use r2_backend::R2Store;
 
 /// Open databases kept per isolate (their pages share one cache).
@@ -25,7 +25,7 @@ const MAX_OPEN_DATABASES: usize = 16;
 const MAX_GROUP: usize = 64;
 
 /// What one request gets back: its result and the R2 operations of its group.
-pub type Answer = Result<(TxResult, StoreCounts), EngineError>;
+pub type Answer = Result<(Done, StoreCounts), EngineError>;
 
 /// How often a waiting request looks for its result.
 const POLL: std::time::Duration = std::time::Duration::from_millis(1);
@@ -33,7 +33,7 @@ const POLL: std::time::Duration = std::time::Duration::from_millis(1);
 type Reply = Rc<RefCell<Option<Answer>>>;
 
 struct Pending {
-    statements: Vec<Statement>,
+    work: Work,
     max_staleness_ms: f64,
     reply: Reply,
 }
@@ -98,17 +98,17 @@ fn drops_state(e: &EngineError) -> bool {
 }
 
 impl DbSlot {
-    /// Runs `statements` as one transaction, grouped with whatever else is waiting.
+    /// Runs `work` (one transaction or one script), grouped with whatever else is waiting.
     pub async fn submit(
         &self,
         name: &str,
         config: DbConfig,
         cache: Arc<PageCache>,
-        statements: Vec<Statement>,
+        work: Work,
         max_staleness_ms: f64,
     ) -> Answer {
         let reply: Reply = Rc::new(RefCell::new(None));
-        self.pending.borrow_mut().push(Pending { statements, max_staleness_ms, reply: reply.clone() });
+        self.pending.borrow_mut().push(Pending { work, max_staleness_ms, reply: reply.clone() });
         loop {
             if let Some(answer) = reply.borrow_mut().take() {
                 return answer;
@@ -155,8 +155,8 @@ impl DbSlot {
         }
         let database = db.as_mut().expect("opened above");
         database.config_mut().max_staleness_ms = group.iter().map(|p| p.max_staleness_ms).fold(f64::INFINITY, f64::min);
-        let (statements, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|p| (p.statements, p.reply)).unzip();
-        let results = database.transact_group(statements).await;
+        let (work, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|p| (p.work, p.reply)).unzip();
+        let results = database.perform(work).await;
         if results.iter().any(|r| matches!(r, Err(e) if drops_state(e))) {
             db = None;
         }

@@ -42,6 +42,11 @@ impl ApiError {
     pub fn body(&self) -> Value {
         json!({ "error": { "code": self.code, "message": self.message } })
     }
+
+    /// The body for Hrana routes: libSQL clients read `message` and `code` at the top.
+    pub fn hrana_body(&self) -> Value {
+        json!({ "message": self.message, "code": self.code, "error": { "code": self.code, "message": self.message } })
+    }
 }
 
 impl From<EngineError> for ApiError {

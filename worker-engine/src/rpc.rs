@@ -1,0 +1,249 @@
+//! The service-binding RPC entry: another Worker that binds this one calls
+//! `query(database, sql, params)`, `batch(database, statements)` and `exec(database, sql)`
+//! on the entrypoint (ts/src/worker-entry.ts), which forwards here.
+//!
+//! Values cross the boundary through serde-wasm-bindgen as JavaScript values: integers as
+//! numbers when they fit in 2^53 − 1 and as `BigInt` beyond (parameters accept either),
+//! blobs as `Uint8Array` (parameters: `Uint8Array` or `ArrayBuffer`), booleans bind as 1/0.
+//! Database errors are returned as `{ error: { code, message } }` rather than thrown, so
+//! their codes survive the RPC boundary; the TypeScript client throws them.
+//!
+//! A service binding is configured by the owner of both Workers, so RPC needs no token.
+
+use engine_core::guard::script_text_kind;
+use engine_core::script::{Action, Step, StepOutcome};
+use engine_core::{Params, Reply, SqlValue, Statement, StatementResult, Work};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::json;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use worker::Env;
+
+use crate::auth::Access;
+use crate::wire::{validate_db_name, ApiError, LIMITS};
+use crate::{DbRequest, Performed};
+
+#[derive(Deserialize)]
+struct RpcStatement {
+    sql: String,
+    #[serde(default, with = "serde_wasm_bindgen::preserve")]
+    params: JsValue,
+}
+
+/// Entry point for the entrypoint class's RPC methods. Never throws for bad input.
+#[wasm_bindgen]
+pub async fn rpc(method: String, database: JsValue, payload: JsValue, params: JsValue, env: JsValue) -> JsValue {
+    let started = js_sys::Date::now();
+    let env: Env = env.unchecked_into();
+    let answer = match run(&method, database, payload, params, &env, started).await {
+        Ok(v) => v,
+        Err(e) => to_js(&json!({ "error": { "code": e.code, "message": e.message } })),
+    };
+    answer
+}
+
+fn to_js<T: Serialize + ?Sized>(v: &T) -> JsValue {
+    let serializer =
+        serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true).serialize_large_number_types_as_bigints(true);
+    v.serialize(&serializer).unwrap_or_else(|e| JsValue::from_str(&format!("serialization failed: {e}")))
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("INVALID_REQUEST", message)
+}
+
+async fn run(
+    method: &str,
+    database: JsValue,
+    payload: JsValue,
+    params: JsValue,
+    env: &Env,
+    started: f64,
+) -> Result<JsValue, ApiError> {
+    let name = database.as_string().ok_or_else(|| bad("the database name must be a string"))?;
+    validate_db_name(&name)?;
+    let db = DbRequest::new(env, &name, Access::Write, None)?;
+    match method {
+        "query" => {
+            let sql = payload.as_string().ok_or_else(|| bad("sql must be a string"))?;
+            let statement = statement(sql, &params)?;
+            let Performed { done, meta, .. } = db.perform(Work::Transaction(vec![statement]), started).await?;
+            let Reply::Transaction(results) = done.reply else { return Err(internal()) };
+            Ok(to_js(&ResultOut { result: &results[0], meta: Some(&meta) }))
+        }
+        "batch" => {
+            let list: Vec<RpcStatement> =
+                serde_wasm_bindgen::from_value(payload).map_err(|e| bad(format!("statements: {e}")))?;
+            if list.is_empty() {
+                return Err(bad("a batch needs at least one statement"));
+            }
+            if list.len() > LIMITS.max_statements {
+                return Err(ApiError::bad_request(
+                    "LIMIT_EXCEEDED",
+                    format!("a batch may hold at most {} statements (BATCH_STATEMENTS limit)", LIMITS.max_statements),
+                ));
+            }
+            let statements = list.into_iter().map(|s| statement(s.sql, &s.params)).collect::<Result<Vec<_>, _>>()?;
+            let Performed { done, meta, .. } = db.perform(Work::Transaction(statements), started).await?;
+            let Reply::Transaction(results) = done.reply else { return Err(internal()) };
+            let results: Vec<ResultOut> = results.iter().map(|r| ResultOut { result: r, meta: None }).collect();
+            Ok(to_js(&json_with(&results, &meta)))
+        }
+        "exec" => {
+            let sql = payload.as_string().ok_or_else(|| bad("sql must be a string"))?;
+            check_sql_length(&sql)?;
+            // Counted before running: a text that does not parse fails in the engine anyway.
+            script_text_kind(&sql)?;
+            let count = engine_core::guard::count_statements(&sql);
+            let Performed { done, meta, .. } =
+                db.perform(Work::Script(vec![Step::always(Action::Sequence(sql))]), started).await?;
+            let Reply::Script(outcome) = done.reply else { return Err(internal()) };
+            match &outcome.steps[0] {
+                StepOutcome::Failed(e) => Err(e.clone().into()),
+                _ => Ok(to_js(&json!({ "count": count, "duration": meta["duration_ms"], "meta": meta }))),
+            }
+        }
+        other => Err(ApiError { status: 404, code: "NOT_FOUND", message: format!("no RPC method {other:?}") }),
+    }
+}
+
+fn internal() -> ApiError {
+    ApiError { status: 500, code: "INTERNAL_ERROR", message: "unexpected reply kind".into() }
+}
+
+fn check_sql_length(sql: &str) -> Result<(), ApiError> {
+    if sql.len() > LIMITS.max_sql_bytes {
+        return Err(ApiError::bad_request(
+            "LIMIT_EXCEEDED",
+            format!("SQL text may be at most {} bytes (SQL_LENGTH limit)", LIMITS.max_sql_bytes),
+        ));
+    }
+    Ok(())
+}
+
+
+/// `{ results: [...], meta }` where results serialize through serde-wasm-bindgen.
+fn json_with<'a>(results: &'a [ResultOut<'a>], meta: &'a serde_json::Value) -> BatchOut<'a> {
+    BatchOut { results, meta }
+}
+
+#[derive(Serialize)]
+struct BatchOut<'a> {
+    results: &'a [ResultOut<'a>],
+    meta: &'a serde_json::Value,
+}
+
+struct ResultOut<'a> {
+    result: &'a StatementResult,
+    meta: Option<&'a serde_json::Value>,
+}
+
+impl Serialize for ResultOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.result;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("columns", &r.columns)?;
+        map.serialize_entry("rows", &Rows(&r.rows))?;
+        map.serialize_entry("rows_affected", &r.rows_affected)?;
+        map.serialize_entry("rows_read", &r.rows_read)?;
+        map.serialize_entry("rows_written", &r.rows_written)?;
+        map.serialize_entry("last_insert_rowid", &r.last_insert_rowid)?;
+        if let Some(meta) = self.meta {
+            map.serialize_entry("meta", meta)?;
+        }
+        map.end()
+    }
+}
+
+struct Rows<'a>(&'a [Vec<SqlValue>]);
+
+impl Serialize for Rows<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut rows = s.serialize_seq(Some(self.0.len()))?;
+        for row in self.0 {
+            rows.serialize_element(&row.iter().map(Cell).collect::<Vec<_>>())?;
+        }
+        rows.end()
+    }
+}
+
+struct Cell<'a>(&'a SqlValue);
+
+impl Serialize for Cell<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            SqlValue::Null => s.serialize_none(),
+            // serde-wasm-bindgen writes i64 beyond ±(2^53 − 1) as BigInt (see `to_js`).
+            SqlValue::Integer(i) => s.serialize_i64(*i),
+            SqlValue::Real(f) => s.serialize_f64(*f),
+            SqlValue::Text(t) => s.serialize_str(t),
+            SqlValue::Blob(b) => s.serialize_bytes(b),
+        }
+    }
+}
+
+fn statement(sql: String, params: &JsValue) -> Result<Statement, ApiError> {
+    check_sql_length(&sql)?;
+    let params = if params.is_null() || params.is_undefined() {
+        Params::None
+    } else if let Some(list) = params.dyn_ref::<js_sys::Array>() {
+        check_params(list.length() as usize)?;
+        Params::Positional(list.iter().map(|v| value(&v)).collect::<Result<_, _>>()?)
+    } else if params.is_object() && !params.is_function() {
+        let entries = js_sys::Object::entries(params.unchecked_ref());
+        check_params(entries.length() as usize)?;
+        Params::Named(
+            entries
+                .iter()
+                .map(|pair| {
+                    let pair: js_sys::Array = pair.unchecked_into();
+                    let name = pair.get(0).as_string().unwrap_or_default();
+                    Ok((name, value(&pair.get(1))?))
+                })
+                .collect::<Result<_, ApiError>>()?,
+        )
+    } else {
+        return Err(ApiError::bad_request("INVALID_PARAMS", "params must be an array or an object"));
+    };
+    Ok(Statement { sql, params })
+}
+
+fn check_params(n: usize) -> Result<(), ApiError> {
+    if n > LIMITS.max_params {
+        return Err(ApiError::bad_request(
+            "LIMIT_EXCEEDED",
+            format!("a statement may bind at most {} parameters (PARAMS limit)", LIMITS.max_params),
+        ));
+    }
+    Ok(())
+}
+
+/// One JavaScript value as a SQL value, exactly (never through a lossy conversion).
+fn value(v: &JsValue) -> Result<SqlValue, ApiError> {
+    let bad = |m: String| ApiError::bad_request("INVALID_PARAMS", m);
+    if v.is_null() || v.is_undefined() {
+        return Ok(SqlValue::Null);
+    }
+    if let Some(b) = v.as_bool() {
+        return Ok(SqlValue::Integer(b as i64));
+    }
+    if let Some(f) = v.as_f64() {
+        let exact_int = f.fract() == 0.0 && f.abs() <= crate::wire::MAX_SAFE_INTEGER as f64;
+        return Ok(if exact_int { SqlValue::Integer(f as i64) } else { SqlValue::Real(f) });
+    }
+    if v.is_bigint() {
+        let text = js_sys::BigInt::from(v.clone()).to_string(10).map(String::from).unwrap_or_default();
+        return text.parse::<i64>().map(SqlValue::Integer).map_err(|_| bad(format!("BigInt {text} does not fit in 64 signed bits")));
+    }
+    if let Some(s) = v.as_string() {
+        return Ok(SqlValue::Text(s));
+    }
+    if let Some(bytes) = v.dyn_ref::<js_sys::Uint8Array>() {
+        return Ok(SqlValue::Blob(bytes.to_vec()));
+    }
+    if let Some(buffer) = v.dyn_ref::<js_sys::ArrayBuffer>() {
+        return Ok(SqlValue::Blob(js_sys::Uint8Array::new(buffer).to_vec()));
+    }
+    Err(bad("parameter values are null, booleans, numbers, BigInts, strings, Uint8Arrays or ArrayBuffers".into()))
+}
