@@ -30,7 +30,9 @@ test: tools
 test-native:
 	cargo test
 
+# The TypeScript client (type-checked, with declarations in ts/dist), then the e2e tests.
 test-e2e:
+	cd ts && npx tsc -p tsconfig.json
 	cd ts && node --test --test-concurrency=1 e2e/
 
 clean:

@@ -26,20 +26,30 @@ fi
 
 # 2. The wasm32 standard library, built once from Debian's sources (with embedded
 #    bitcode so LTO works) and installed into Debian's sysroot.
-if ! ls "$WASM_SYSROOT_LIB"/libstd-*.rlib >/dev/null 2>&1; then
-  log "building the wasm32 standard library (about a minute)"
+#    One change to the sources: on wasm32-unknown-unknown, std's clocks panic ("time not
+#    implemented on this platform"), and turso_core reads them (its temp database's WAL,
+#    datetime('now')). A panic would kill the isolate, so `Instant::now` and
+#    `SystemTime::now` instead call `__twill_wasm_now_ms`, which the Worker defines (JS
+#    `Date.now()`; see worker-engine/src/lib.rs). The stamp file names this change.
+STD_STAMP="wasm-time-shim-1"
+if ! ls "$WASM_SYSROOT_LIB"/libstd-*.rlib >/dev/null 2>&1 || [ "$(cat "$WASM_SYSROOT_LIB/.twill-std" 2>/dev/null)" != "$STD_STAMP" ]; then
+  log "building the wasm32 standard library (about two minutes)"
   work=$(mktemp -d)
+  cp -r /usr/lib/rustlib/src/rust/library "$work/library"
+  python3 scripts/patch-wasm-std-time.py "$work/library/std/src/sys/time/unsupported.rs"
   (
     cd "$work"
     PATH=/usr/bin:$PATH /usr/bin/cargo init -q --lib --name twill_std_probe
-    RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C embed-bitcode=yes" \
+    __CARGO_TESTS_ONLY_SRC_ROOT="$work/library" RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C embed-bitcode=yes" \
       CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-19 PATH=/usr/bin:$PATH \
       /usr/bin/cargo build -q --release --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort
   )
+  $SUDO rm -f "$WASM_SYSROOT_LIB"/lib*.rlib
   $SUDO mkdir -p "$WASM_SYSROOT_LIB"
   for f in "$work"/target/wasm32-unknown-unknown/release/deps/lib*.rlib; do
     case "$f" in *twill_std_probe*) ;; *) $SUDO cp "$f" "$WASM_SYSROOT_LIB/" ;; esac
   done
+  echo "$STD_STAMP" | $SUDO tee "$WASM_SYSROOT_LIB/.twill-std" >/dev/null
   rm -rf "$work"
 fi
 

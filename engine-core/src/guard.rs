@@ -74,6 +74,11 @@ pub fn check_statement(sql: &str) -> Result<StatementKind, EngineError> {
             "ATTACH and DETACH are not allowed: each database is its own durable lane".into(),
         )),
         Stmt::Vacuum { .. } => Err(EngineError::NotAllowed("VACUUM is not supported".into())),
+        Stmt::CreateTable { temporary: true, .. }
+        | Stmt::CreateView { temporary: true, .. }
+        | Stmt::CreateTrigger { temporary: true, .. } => Err(EngineError::NotAllowed(
+            "TEMP tables, views and triggers are not supported: they would live in one isolate's memory beyond the request".into(),
+        )),
         Stmt::Pragma { name, body } => {
             let pragma = name.name.as_str().to_ascii_lowercase();
             let pragma = pragma.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']');
@@ -133,9 +138,10 @@ pub fn script_text_kind(sql: &str) -> Result<StatementKind, EngineError> {
     Ok(kind)
 }
 
-/// Statements in a text of several (those that parse).
+/// Statements in a text of several, up to the first that does not parse (the parser does
+/// not advance past an error, so counting must stop there).
 pub fn count_statements(sql: &str) -> usize {
-    Parser::new(sql.as_bytes()).filter(|cmd| cmd.is_ok()).count()
+    Parser::new(sql.as_bytes()).take_while(|cmd| cmd.is_ok()).count()
 }
 
 #[cfg(test)]
@@ -159,6 +165,8 @@ mod tests {
             "pragma wal_checkpoint(TRUNCATE)",
             "PRAGMA cache_size = 10",
             "VACUUM",
+            "CREATE TEMP TABLE x(a)",
+            "create temporary view v as select 1",
         ] {
             let e = check_statement(bad).unwrap_err();
             assert_eq!(e.code(), "STATEMENT_NOT_ALLOWED", "{bad}");
@@ -172,5 +180,7 @@ mod tests {
         assert_eq!(script_text_kind("SELECT 1; DELETE FROM t").unwrap(), StatementKind::Write);
         assert_eq!(script_text_kind("SELECT 1; garbage").unwrap(), StatementKind::Write);
         assert!(script_text_kind("SELECT 1; VACUUM").is_err());
+        assert_eq!(count_statements("SELECT 1; SELECT 2"), 2);
+        assert_eq!(count_statements("WITH RECURSIVE WHERE /* x ? SELECT 1e999"), 0, "terminates on a parse error");
     }
 }

@@ -18,6 +18,7 @@ pub mod wire;
 
 use engine_core::cache::DEFAULT_CACHE_BYTES;
 use engine_core::guard::StatementKind;
+use engine_core::script::{Action, Step, StepOutcome};
 use engine_core::{DbConfig, Done, Reply, Work};
 use serde_json::{json, Value};
 use wire::{result_to_json, validate_db_name, ApiError, LIMITS};
@@ -25,6 +26,15 @@ use worker::{event, Context, Env, Method, Request, Response};
 
 /// The R2 binding holding every database.
 const BUCKET_BINDING: &str = "BUCKET";
+
+/// The clock std reads on wasm32 (see scripts/patch-wasm-std-time.py): without it std's
+/// `Instant::now`/`SystemTime::now` panic, and turso_core calls them (its temp database,
+/// `datetime('now')`).
+#[cfg(target_arch = "wasm32")]
+#[no_mangle]
+pub extern "C" fn __twill_wasm_now_ms() -> f64 {
+    js_sys::Date::now()
+}
 
 #[event(start)]
 fn start() {
@@ -56,6 +66,7 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
 enum Endpoint {
     Query,
     Batch,
+    Exec,
     Stats,
     /// `GET .../v2` or `.../v3`: Hrana version probe.
     HranaVersion(u8),
@@ -105,6 +116,7 @@ fn endpoint<'a>(segments: &[&'a str], path: &str) -> Result<(&'a str, Endpoint),
         }
         ["v1", "db", name, "query"] => (*name, Endpoint::Query),
         ["v1", "db", name, "batch"] => (*name, Endpoint::Batch),
+        ["v1", "db", name, "exec"] => (*name, Endpoint::Exec),
         ["v1", "db", name, "stats"] => (*name, Endpoint::Stats),
         ["v1", "db", name, "v2"] => (*name, Endpoint::HranaVersion(2)),
         ["v1", "db", name, "v3"] => (*name, Endpoint::HranaVersion(3)),
@@ -187,6 +199,23 @@ impl DbRequest {
         let timing = format!("r2;desc=\"{} reads, {} writes\"", r2.reads, r2.writes);
         Ok(Performed { done, meta, timing })
     }
+
+    /// Runs statements separated by semicolons, each committed as it runs (D1's exec):
+    /// `{count, duration, meta}`. Stops at the first failing statement.
+    async fn exec(self, sql: String, started: f64) -> Result<Value, ApiError> {
+        // Refuse what may not run before anything runs.
+        engine_core::guard::script_text_kind(&sql)?;
+        let count = engine_core::guard::count_statements(&sql);
+        let Performed { done, meta, .. } =
+            self.perform(Work::Script(vec![Step::always(Action::Sequence(sql))]), started).await?;
+        let Reply::Script(outcome) = done.reply else {
+            return Err(ApiError { status: 500, code: "INTERNAL_ERROR", message: "script answered as a transaction".into() });
+        };
+        match &outcome.steps[0] {
+            StepOutcome::Failed(e) => Err(e.clone().into()),
+            _ => Ok(json!({ "count": count, "duration": meta["duration_ms"], "meta": meta })),
+        }
+    }
 }
 
 async fn route(req: &mut Request, env: &Env, started: f64) -> Result<(Value, Option<String>), ApiError> {
@@ -236,6 +265,13 @@ async fn route(req: &mut Request, env: &Env, started: f64) -> Result<(Value, Opt
             let mut body = hrana::respond(&plan, outcome);
             body["meta"] = performed.meta;
             Ok((body, Some(performed.timing)))
+        }
+        Endpoint::Exec => {
+            let sql = wire::parse_exec(&body)?;
+            if db.access == auth::Access::Read && engine_core::guard::script_text_kind(&sql)? != StatementKind::Read {
+                return Err(auth::read_only_error());
+            }
+            Ok((db.exec(sql, started).await?, None))
         }
         _ => {
             let statements = match endpoint {
@@ -317,6 +353,7 @@ fn service_description() -> Value {
         "routes": {
             "POST /v1/db/{name}/query": {"sql": "...", "params": "[...] or {...}"},
             "POST /v1/db/{name}/batch": {"statements": [{"sql": "...", "params": "..."}]},
+            "POST /v1/db/{name}/exec": {"sql": "statements separated by semicolons"},
             "GET /v1/db/{name}/stats": {},
             "libSQL (Hrana over HTTP, JSON)": "client URL http(s)://<host>/v1/db/{name}/ (POST v2/pipeline, v3/pipeline)",
         }

@@ -10,8 +10,6 @@
 //!
 //! A service binding is configured by the owner of both Workers, so RPC needs no token.
 
-use engine_core::guard::script_text_kind;
-use engine_core::script::{Action, Step, StepOutcome};
 use engine_core::{Params, Reply, SqlValue, Statement, StatementResult, Work};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
@@ -21,7 +19,7 @@ use wasm_bindgen::JsCast;
 use worker::Env;
 
 use crate::auth::Access;
-use crate::wire::{validate_db_name, ApiError, LIMITS};
+use crate::wire::{check_sql_length, validate_db_name, ApiError, LIMITS};
 use crate::{DbRequest, Performed};
 
 #[derive(Deserialize)]
@@ -93,16 +91,7 @@ async fn run(
         "exec" => {
             let sql = payload.as_string().ok_or_else(|| bad("sql must be a string"))?;
             check_sql_length(&sql)?;
-            // Counted before running: a text that does not parse fails in the engine anyway.
-            script_text_kind(&sql)?;
-            let count = engine_core::guard::count_statements(&sql);
-            let Performed { done, meta, .. } =
-                db.perform(Work::Script(vec![Step::always(Action::Sequence(sql))]), started).await?;
-            let Reply::Script(outcome) = done.reply else { return Err(internal()) };
-            match &outcome.steps[0] {
-                StepOutcome::Failed(e) => Err(e.clone().into()),
-                _ => Ok(to_js(&json!({ "count": count, "duration": meta["duration_ms"], "meta": meta }))),
-            }
+            Ok(to_js(&db.exec(sql, started).await?))
         }
         other => Err(ApiError { status: 404, code: "NOT_FOUND", message: format!("no RPC method {other:?}") }),
     }
@@ -111,17 +100,6 @@ async fn run(
 fn internal() -> ApiError {
     ApiError { status: 500, code: "INTERNAL_ERROR", message: "unexpected reply kind".into() }
 }
-
-fn check_sql_length(sql: &str) -> Result<(), ApiError> {
-    if sql.len() > LIMITS.max_sql_bytes {
-        return Err(ApiError::bad_request(
-            "LIMIT_EXCEEDED",
-            format!("SQL text may be at most {} bytes (SQL_LENGTH limit)", LIMITS.max_sql_bytes),
-        ));
-    }
-    Ok(())
-}
-
 
 /// `{ results: [...], meta }` where results serialize through serde-wasm-bindgen.
 fn json_with<'a>(results: &'a [ResultOut<'a>], meta: &'a serde_json::Value) -> BatchOut<'a> {

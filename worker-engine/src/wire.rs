@@ -84,6 +84,28 @@ pub fn parse_query(body: &[u8]) -> Result<Statement, ApiError> {
     statement_from(parse_json::<StatementJson>(body)?)
 }
 
+/// `/exec`: `{"sql": "<statements separated by semicolons>"}`, no parameters.
+pub fn parse_exec(body: &[u8]) -> Result<String, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ExecJson {
+        sql: String,
+    }
+    let sql = parse_json::<ExecJson>(body)?.sql;
+    check_sql_length(&sql)?;
+    Ok(sql)
+}
+
+pub fn check_sql_length(sql: &str) -> Result<(), ApiError> {
+    if sql.len() > LIMITS.max_sql_bytes {
+        return Err(ApiError::bad_request(
+            "LIMIT_EXCEEDED",
+            format!("SQL text may be at most {} bytes (SQL_LENGTH limit)", LIMITS.max_sql_bytes),
+        ));
+    }
+    Ok(())
+}
+
 pub fn parse_batch(body: &[u8]) -> Result<Vec<Statement>, ApiError> {
     let batch: BatchJson = parse_json(body)?;
     if batch.statements.is_empty() {
@@ -99,12 +121,7 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Statement>, ApiError> {
 }
 
 fn statement_from(s: StatementJson) -> Result<Statement, ApiError> {
-    if s.sql.len() > LIMITS.max_sql_bytes {
-        return Err(ApiError::bad_request(
-            "LIMIT_EXCEEDED",
-            format!("SQL text may be at most {} bytes (SQL_LENGTH limit)", LIMITS.max_sql_bytes),
-        ));
-    }
+    check_sql_length(&s.sql)?;
     if s.sql.trim().is_empty() {
         return Err(ApiError::bad_request("INVALID_REQUEST", "sql is empty"));
     }
@@ -211,6 +228,8 @@ pub fn result_to_json(r: &StatementResult) -> Value {
         "columns": r.columns,
         "rows": r.rows.iter().map(|row| row.iter().map(value_to_json).collect::<Vec<_>>()).collect::<Vec<_>>(),
         "rows_affected": r.rows_affected,
+        "rows_read": r.rows_read,
+        "rows_written": r.rows_written,
         "last_insert_rowid": r.last_insert_rowid.map(|id| value_to_json(&SqlValue::Integer(id))),
     })
 }

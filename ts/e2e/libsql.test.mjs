@@ -1,0 +1,137 @@
+// The real @libsql/client (HTTP URL) and Drizzle ORM against the Worker in workerd with
+// miniflare's R2: every value type, batches in write and read mode, executeMultiple,
+// rollback of a failing batch, interactive transactions refused clearly, auth tokens.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { createClient } from "@libsql/client";
+import { drizzle } from "drizzle-orm/libsql";
+import { migrate } from "drizzle-orm/libsql/migrator";
+import { sqliteTable, integer, text, blob } from "drizzle-orm/sqlite-core";
+import { eq, gt, sql } from "drizzle-orm";
+import { startEngine } from "./harness.mjs";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+let engine;
+before(async () => {
+  engine = await startEngine();
+});
+after(async () => engine?.stop());
+
+const client = (db, opts = {}) => createClient({ url: `${engine.url}/v1/db/${db}/`, intMode: "bigint", ...opts });
+
+test("execute: every value type, including 2^63-1 and blobs", async () => {
+  const c = client("libsql-values");
+  await c.execute("CREATE TABLE v(i INTEGER, r REAL, t TEXT, b BLOB, n)");
+  const blob = new Uint8Array([0, 1, 2, 254, 255]);
+  const ins = await c.execute({
+    sql: "INSERT INTO v VALUES (?, ?, ?, ?, ?)",
+    args: [9223372036854775807n, 0.5, "héllo ☃", blob, null],
+  });
+  assert.equal(ins.rowsAffected, 1);
+  assert.equal(ins.lastInsertRowid, 1n);
+  await c.execute({ sql: "INSERT INTO v VALUES (:i, :r, :t, :b, :n)", args: { i: -9223372036854775808n, r: -1e300, t: "", b: new Uint8Array(), n: null } });
+  const rs = await c.execute("SELECT i, r, t, b, n FROM v ORDER BY rowid");
+  assert.deepEqual(rs.columns, ["i", "r", "t", "b", "n"]);
+  assert.deepEqual(rs.columnTypes, ["INTEGER", "REAL", "TEXT", "BLOB", ""]);
+  assert.equal(rs.rows[0].i, 9223372036854775807n);
+  assert.equal(rs.rows[0].r, 0.5);
+  assert.equal(rs.rows[0].t, "héllo ☃");
+  assert.deepEqual(new Uint8Array(rs.rows[0].b), blob);
+  assert.equal(rs.rows[0].n, null);
+  assert.equal(rs.rows[1].i, -9223372036854775808n);
+  assert.equal(rs.rows[1].r, -1e300);
+  assert.equal(new Uint8Array(rs.rows[1].b).length, 0);
+  c.close();
+});
+
+test("batch in write and read mode; a failing batch rolls back; executeMultiple", async () => {
+  const c = client("libsql-batch");
+  const created = await c.batch(
+    ["CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER NOT NULL CHECK (bal >= 0))",
+     { sql: "INSERT INTO acct VALUES (1, ?), (2, ?)", args: [100, 0] }],
+    "write",
+  );
+  assert.equal(created.length, 2);
+  assert.equal(created[1].rowsAffected, 2);
+  await assert.rejects(
+    c.batch(["UPDATE acct SET bal = bal + 50 WHERE id = 2", "UPDATE acct SET bal = bal - 500 WHERE id = 1"], "write"),
+    /CHECK|constraint/i,
+  );
+  const read = await c.batch(["SELECT bal FROM acct WHERE id = 1", "SELECT bal FROM acct WHERE id = 2"], "read");
+  assert.deepEqual(read.map((r) => r.rows[0].bal), [100n, 0n], "the failed batch changed nothing");
+  await c.executeMultiple("INSERT INTO acct VALUES (3, 3); INSERT INTO acct VALUES (4, 4); -- done");
+  assert.equal((await c.execute("SELECT count(*) AS n FROM acct")).rows[0].n, 4n);
+  await assert.rejects(c.batch(["INSERT INTO acct VALUES (9, 9)"], "read"), /read|not allowed|readonly/i);
+  c.close();
+});
+
+test("interactive transactions are refused with a clear error and leave nothing behind", async () => {
+  const c = client("libsql-tx");
+  await c.execute("CREATE TABLE t(x)");
+  const tx = await c.transaction("write");
+  await assert.rejects(tx.execute("INSERT INTO t VALUES (1)"), (e) => {
+    assert.match(e.message, /interactive transactions/);
+    assert.equal(e.code, "TRANSACTION_NOT_SUPPORTED");
+    return true;
+  });
+  tx.close();
+  assert.equal((await c.execute("SELECT count(*) AS n FROM t")).rows[0].n, 0n);
+  c.close();
+});
+
+test("URLs without the database and trailing slash get a clear error", async () => {
+  const c = createClient({ url: `${engine.url}/v1/db/libsql-values` });
+  await assert.rejects(c.execute("SELECT 1"), /must name the database and end with '\/'/);
+  c.close();
+});
+
+test("authToken: refused without it, accepted with it, read-only tokens cannot write", async () => {
+  const tokens = [
+    { token: "libsql-full-token-0123", access: "write" },
+    { token: "libsql-read-token-0123", access: "read" },
+  ];
+  const secured = await startEngine({ extra: { bindings: { TWILL_TOKENS: JSON.stringify(tokens) } } });
+  try {
+    const url = `${secured.url}/v1/db/auth-db/`;
+    await assert.rejects(createClient({ url }).execute("SELECT 1"), /token|Authorization/i);
+    await assert.rejects(createClient({ url, authToken: "wrong-token-000000000" }).execute("SELECT 1"), /invalid token/);
+    const full = createClient({ url, authToken: tokens[0].token });
+    await full.execute("CREATE TABLE t(x)");
+    const ro = createClient({ url, authToken: tokens[1].token });
+    assert.equal((await ro.execute("SELECT count(*) AS n FROM t")).rows[0].n, 0);
+    await assert.rejects(ro.execute("INSERT INTO t VALUES (1)"), /read-only/);
+  } finally {
+    await secured.stop();
+  }
+});
+
+test("Drizzle ORM: schema, migration and queries through drizzle-orm/libsql", async () => {
+  const users = sqliteTable("users", {
+    id: integer("id").primaryKey({ autoIncrement: true }),
+    name: text("name").notNull(),
+    age: integer("age"),
+    avatar: blob("avatar", { mode: "buffer" }),
+  });
+  const c = client("drizzle", { intMode: "number" });
+  const db = drizzle(c);
+  await migrate(db, { migrationsFolder: path.join(here, "fixtures/drizzle") });
+  await migrate(db, { migrationsFolder: path.join(here, "fixtures/drizzle") }); // idempotent
+  const inserted = await db.insert(users).values([
+    { name: "ada", age: 36, avatar: Buffer.from([1, 2, 3]) },
+    { name: "alan", age: 41 },
+    { name: "grace", age: 85 },
+  ]).returning({ id: users.id });
+  assert.deepEqual(inserted.map((r) => r.id), [1, 2, 3]);
+  await db.update(users).set({ age: 42 }).where(eq(users.name, "alan"));
+  const older = await db.select({ name: users.name }).from(users).where(gt(users.age, 40)).orderBy(users.name);
+  assert.deepEqual(older.map((r) => r.name), ["alan", "grace"]);
+  const [ada] = await db.select().from(users).where(eq(users.id, 1));
+  assert.deepEqual([...ada.avatar], [1, 2, 3]);
+  const [{ n }] = await db.all(sql`SELECT count(*) AS n FROM __drizzle_migrations`);
+  assert.equal(n, 1);
+  await db.batch([db.delete(users).where(eq(users.id, 3)), db.insert(users).values({ name: "edsger", age: 72 })]);
+  assert.deepEqual((await db.select({ name: users.name }).from(users).orderBy(users.id)).map((r) => r.name), ["ada", "alan", "edsger"]);
+  c.close();
+});

@@ -1,0 +1,76 @@
+// Every documented limit triggers its documented error, a runaway query is interrupted by
+// the per-request VM-step budget while the isolate keeps serving, and SQL that reads the
+// clock or opens turso's temp database works in workerd (no wasm panic).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startEngine, post, query, batch } from "./harness.mjs";
+
+let engine, base;
+before(async () => {
+  engine = await startEngine();
+  base = engine.url;
+});
+after(async () => engine?.stop());
+
+const expectError = (r, status, code, messagePart) => {
+  assert.equal(r.status, status, JSON.stringify(r.body));
+  assert.equal(r.body.error.code, code);
+  if (messagePart) assert.match(r.body.error.message, messagePart);
+};
+
+test("each request limit answers with its code and names the limit", async () => {
+  expectError(await query(base, "lim", "SELECT '" + "x".repeat(100_001) + "'"), 400, "LIMIT_EXCEEDED", /SQL_LENGTH/);
+  expectError(await batch(base, "lim", Array.from({ length: 101 }, () => ({ sql: "SELECT 1" }))), 400, "LIMIT_EXCEEDED", /BATCH_STATEMENTS/);
+  expectError(await query(base, "lim", "SELECT 1", Array(1001).fill(1)), 400, "LIMIT_EXCEEDED", /PARAMS/);
+  expectError(await post(`${base}/v1/db/lim/query`, JSON.stringify({ sql: "SELECT ?", params: ["x".repeat(1 << 20)] })), 413, "PAYLOAD_TOO_LARGE", /BODY_SIZE/);
+  expectError(
+    await query(base, "lim", "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r LIMIT 100001) SELECT x FROM r"),
+    400, "LIMIT_EXCEEDED", /RESULT_ROWS/,
+  );
+  expectError(
+    await query(base, "lim", "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r LIMIT 20) SELECT randomblob(1000000) FROM r"),
+    400, "LIMIT_EXCEEDED", /RESULT_BYTES/,
+  );
+});
+
+test("a runaway query is interrupted, changes nothing, and the next request succeeds", async () => {
+  await query(base, "runaway", "CREATE TABLE t(x)");
+  const started = Date.now();
+  const r = await batch(base, "runaway", [
+    { sql: "INSERT INTO t VALUES (1)" },
+    { sql: "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT max(x) FROM r" },
+  ]);
+  const elapsed = Date.now() - started;
+  expectError(r, 400, "QUERY_INTERRUPTED", /VM_STEPS/);
+  console.log(`runaway query interrupted after ${elapsed} ms`);
+  const next = await query(base, "runaway", "SELECT count(*) FROM t");
+  assert.equal(next.status, 200);
+  assert.deepEqual(next.body.rows, [[0]]);
+  // Over Hrana too: the pipeline's step fails, the stream goes on.
+  const h = await post(`${base}/v1/db/runaway/v2/pipeline`, { requests: [
+    { type: "execute", stmt: { sql: "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT max(x) FROM r" } },
+    { type: "close" },
+  ] });
+  assert.equal(h.status, 200);
+  assert.equal(h.body.results[0].error.code, "QUERY_INTERRUPTED");
+});
+
+test("clock functions and BEGIN IMMEDIATE work in workerd; TEMP objects are refused", async () => {
+  const now = await query(base, "clock", "SELECT datetime('now') AS d, CURRENT_TIMESTAMP AS t, unixepoch() AS u");
+  assert.equal(now.status, 200, JSON.stringify(now.body));
+  const [d, , u] = now.body.rows[0];
+  assert.match(d, /^20\d\d-\d\d-\d\d \d\d:\d\d:\d\d$/);
+  assert.ok(Math.abs(u * 1000 - Date.now()) < 120_000, `unixepoch ${u} is close to now`);
+  const h = await post(`${base}/v1/db/clock/v2/pipeline`, { requests: [
+    { type: "execute", stmt: { sql: "BEGIN IMMEDIATE" } },
+    { type: "execute", stmt: { sql: "CREATE TABLE IF NOT EXISTS kept(x)" } },
+    { type: "execute", stmt: { sql: "INSERT INTO kept VALUES (1)" } },
+    { type: "execute", stmt: { sql: "COMMIT" } },
+    { type: "close" },
+  ] });
+  assert.equal(h.status, 200, JSON.stringify(h.body));
+  for (const r of h.body.results) assert.equal(r.type, "ok", JSON.stringify(r));
+  expectError(await query(base, "clock", "CREATE TEMP TABLE scratch(x)"), 400, "STATEMENT_NOT_ALLOWED", /TEMP/);
+  const still = await query(base, "clock", "SELECT count(*) FROM kept");
+  assert.deepEqual(still.body.rows, [[1]]);
+});

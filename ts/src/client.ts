@@ -1,0 +1,287 @@
+// A D1-compatible client for TwillDB Edge: `prepare(sql).bind(...).first/all/run/raw`,
+// `batch([...])` (atomic) and `exec(sql)`, with results shaped like D1's. It talks to the
+// database over a service binding (RPC) or over HTTP; code written for D1 can switch by
+// changing where its database object comes from.
+//
+// Differences from D1, on purpose: integers beyond ±(2^53 − 1) come back as `bigint`
+// (D1 rounds them to the nearest double), and errors carry a `code`.
+
+/** A value bound to a statement. Integers beyond 2^53 must be `bigint`; booleans bind as 1/0. */
+export type SqlValue = null | number | bigint | string | boolean | Uint8Array | ArrayBuffer;
+/** A value in a result row. Blobs come back as arrays of byte values, as in D1. */
+export type ResultValue = null | number | bigint | string | number[];
+
+/** A statement's raw result, as both transports deliver it. */
+export interface RawResult {
+  columns: string[];
+  rows: unknown[][];
+  rows_affected: number;
+  rows_read: number;
+  rows_written: number;
+  last_insert_rowid: number | bigint | null;
+  meta?: RawMeta;
+}
+
+/** Counters the server reports for a request. */
+export interface RawMeta {
+  duration_ms: number;
+  rows_read: number;
+  rows_written: number;
+  r2_reads: number;
+  r2_writes: number;
+  r2_bytes_read: number;
+  r2_bytes_written: number;
+  cache_hits: number;
+  cache_misses: number;
+  [key: string]: unknown;
+}
+
+type Failure = { error: { code: string; message: string } };
+
+/** How the client reaches the database: the Worker's RPC methods or its HTTP API. */
+export interface Transport {
+  query(database: string, sql: string, params?: SqlValue[]): Promise<RawResult | Failure>;
+  batch(
+    database: string,
+    statements: { sql: string; params?: SqlValue[] }[],
+  ): Promise<{ results: RawResult[]; meta: RawMeta } | Failure>;
+  exec(database: string, sql: string): Promise<{ count: number; duration: number } | Failure>;
+}
+
+/** A database error, with the server's code (e.g. SQL_ERROR, LIMIT_EXCEEDED, READ_ONLY). */
+export class TwillError extends Error {
+  readonly code: string;
+  readonly status?: number;
+  constructor(code: string, message: string, status?: number) {
+    super(`${code}: ${message}`);
+    this.name = "TwillError";
+    this.code = code;
+    this.status = status;
+  }
+}
+
+/** D1's meta, plus TwillDB's storage counters under `twill`. */
+export interface D1Meta {
+  duration: number;
+  changes: number;
+  last_row_id: number | bigint;
+  rows_read: number;
+  rows_written: number;
+  changed_db: boolean;
+  size_after: number;
+  twill?: RawMeta;
+}
+
+export interface D1Result<T = Record<string, ResultValue>> {
+  success: true;
+  results: T[];
+  meta: D1Meta;
+}
+
+export interface D1ExecResult {
+  count: number;
+  duration: number;
+}
+
+function unwrap<T>(answer: T | Failure): T {
+  if (answer !== null && typeof answer === "object" && "error" in answer) {
+    const { code, message } = (answer as Failure).error;
+    throw new TwillError(code, message);
+  }
+  return answer as T;
+}
+
+function resultValue(v: unknown): ResultValue {
+  if (v instanceof Uint8Array) return Array.from(v);
+  return v as ResultValue;
+}
+
+function toD1<T>(raw: RawResult, meta: RawMeta | undefined): D1Result<T> {
+  const results = raw.rows.map((row) => {
+    const object: Record<string, ResultValue> = {};
+    raw.columns.forEach((c, i) => (object[c] = resultValue(row[i])));
+    return object as T;
+  });
+  return {
+    success: true,
+    results,
+    meta: {
+      duration: meta?.duration_ms ?? 0,
+      changes: raw.rows_affected,
+      last_row_id: raw.last_insert_rowid ?? 0,
+      rows_read: raw.rows_read,
+      rows_written: raw.rows_written,
+      changed_db: raw.rows_written > 0,
+      size_after: 0,
+      twill: meta,
+    },
+  };
+}
+
+export class TwillPreparedStatement {
+  constructor(
+    private readonly db: TwillDatabase,
+    readonly sql: string,
+    readonly params: SqlValue[] = [],
+  ) {}
+
+  /** A copy with these values bound to `?`/`?NNN` in order (as D1's bind). */
+  bind(...values: SqlValue[]): TwillPreparedStatement {
+    return new TwillPreparedStatement(this.db, this.sql, values);
+  }
+
+  private async raw_(): Promise<RawResult> {
+    return unwrap(await this.db.transport.query(this.db.name, this.sql, this.params));
+  }
+
+  async all<T = Record<string, ResultValue>>(): Promise<D1Result<T>> {
+    const raw = await this.raw_();
+    return toD1<T>(raw, raw.meta);
+  }
+
+  async run<T = Record<string, ResultValue>>(): Promise<D1Result<T>> {
+    return this.all<T>();
+  }
+
+  /** The first row (or one column of it), or null when there are no rows. */
+  async first<T = Record<string, ResultValue>>(column?: string): Promise<T | null> {
+    const raw = await this.raw_();
+    if (column !== undefined && !raw.columns.includes(column)) {
+      throw new TwillError("COLUMN_NOT_FOUND", `no column ${JSON.stringify(column)} in the result`);
+    }
+    if (raw.rows.length === 0) return null;
+    const row = toD1<Record<string, ResultValue>>({ ...raw, rows: [raw.rows[0]] }, raw.meta).results[0];
+    return (column === undefined ? row : row[column]) as T;
+  }
+
+  /** Rows as arrays; with `columnNames: true` the first array holds the column names. */
+  async raw<T = ResultValue[]>(options?: { columnNames?: boolean }): Promise<T[]> {
+    const raw = await this.raw_();
+    const rows = raw.rows.map((r) => r.map(resultValue)) as T[];
+    return options?.columnNames ? [raw.columns as T, ...rows] : rows;
+  }
+}
+
+export class TwillDatabase {
+  constructor(
+    readonly transport: Transport,
+    readonly name: string,
+  ) {}
+
+  prepare(sql: string): TwillPreparedStatement {
+    return new TwillPreparedStatement(this, sql);
+  }
+
+  /** Runs the statements as one transaction: all commit, or none do and this throws. */
+  async batch<T = Record<string, ResultValue>>(statements: TwillPreparedStatement[]): Promise<D1Result<T>[]> {
+    const answer = unwrap(
+      await this.transport.batch(
+        this.name,
+        statements.map((s) => ({ sql: s.sql, params: s.params })),
+      ),
+    );
+    return answer.results.map((r) => toD1<T>(r, answer.meta));
+  }
+
+  /** Statements separated by semicolons, without parameters, each committed as it runs. */
+  async exec(sql: string): Promise<D1ExecResult> {
+    const { count, duration } = unwrap(await this.transport.exec(this.name, sql));
+    return { count, duration };
+  }
+}
+
+/** The engine Worker's RPC methods, as seen through a service binding. */
+export interface TwillBinding {
+  query(database: string, sql: string, params?: SqlValue[]): Promise<unknown>;
+  batch(database: string, statements: { sql: string; params?: SqlValue[] }[]): Promise<unknown>;
+  exec(database: string, sql: string): Promise<unknown>;
+}
+
+/** Database `name` through a service binding to the TwillDB Edge Worker. */
+export function fromBinding(binding: TwillBinding, name: string): TwillDatabase {
+  const transport: Transport = {
+    query: async (db, sql, params) => (await binding.query(db, sql, params)) as RawResult | Failure,
+    batch: async (db, statements) => (await binding.batch(db, statements)) as { results: RawResult[]; meta: RawMeta },
+    exec: async (db, sql) => (await binding.exec(db, sql)) as { count: number; duration: number },
+  };
+  return new TwillDatabase(transport, name);
+}
+
+function toWire(v: SqlValue): unknown {
+  if (typeof v === "bigint") return { int: v.toString() };
+  if (typeof v === "number" && !Number.isFinite(v)) {
+    if (Number.isNaN(v)) return null;
+    return { real: v > 0 ? "Infinity" : "-Infinity" };
+  }
+  if (v instanceof ArrayBuffer) v = new Uint8Array(v);
+  if (v instanceof Uint8Array) {
+    let binary = "";
+    for (const b of v) binary += String.fromCharCode(b);
+    return { base64: btoa(binary) };
+  }
+  return v;
+}
+
+function fromWire(v: unknown): unknown {
+  if (v === null || typeof v !== "object") return v;
+  const o = v as Record<string, string>;
+  if ("int" in o) return BigInt(o.int);
+  if ("base64" in o) return Uint8Array.from(atob(o.base64), (c) => c.charCodeAt(0));
+  if ("real" in o) return o.real.startsWith("-") ? -Infinity : Infinity;
+  return v;
+}
+
+function fromWireResult(r: any): RawResult {
+  return {
+    columns: r.columns,
+    rows: r.rows.map((row: unknown[]) => row.map(fromWire)),
+    rows_affected: r.rows_affected,
+    rows_read: r.rows_read,
+    rows_written: r.rows_written,
+    last_insert_rowid: fromWire(r.last_insert_rowid) as number | bigint | null,
+    meta: r.meta,
+  };
+}
+
+/** Database `name` over TwillDB Edge's HTTP API at `url` (e.g. https://db.example.com). */
+export function overHttp(
+  url: string,
+  name: string,
+  options: { token?: string; fetch?: typeof fetch } = {},
+): TwillDatabase {
+  const doFetch = options.fetch ?? fetch;
+  const base = url.replace(/\/+$/, "");
+  async function call(path: string, body: unknown): Promise<any> {
+    const headers: Record<string, string> = { "content-type": "application/json" };
+    if (options.token) headers.authorization = `Bearer ${options.token}`;
+    const res = await doFetch(`${base}/v1/db/${encodeURIComponent(name)}/${path}`, {
+      method: "POST",
+      headers,
+      body: JSON.stringify(body),
+    });
+    const answer: any = await res.json();
+    if (!res.ok) {
+      throw new TwillError(answer?.error?.code ?? "HTTP_ERROR", answer?.error?.message ?? `HTTP ${res.status}`, res.status);
+    }
+    return answer;
+  }
+  const transport: Transport = {
+    async query(_db, sql, params) {
+      return fromWireResult(await call("query", { sql, params: (params ?? []).map(toWire) }));
+    },
+    async batch(_db, statements) {
+      const answer = await call("batch", {
+        statements: statements.map((s) => ({ sql: s.sql, params: (s.params ?? []).map(toWire) })),
+      });
+      return {
+        meta: answer.meta,
+        results: answer.results.map(fromWireResult),
+      };
+    },
+    async exec(_db, sql) {
+      const answer = await call("exec", { sql });
+      return { count: answer.count, duration: answer.duration };
+    },
+  };
+  return new TwillDatabase(transport, name);
+}
