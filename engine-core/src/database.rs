@@ -24,7 +24,7 @@ use futures::future::join_all;
 use crate::cache::{PageCache, DEFAULT_CACHE_BYTES};
 use crate::chunk_file::CheckpointView;
 use crate::error::EngineError;
-use crate::guard::{check_script_statement, check_statement};
+use crate::guard::{begins_read_only, check_script_statement, check_statement, StatementKind};
 use crate::io::{now_millis, random_bytes};
 use crate::layout::Layout;
 use crate::local::{ExecLimits, LocalDb};
@@ -685,18 +685,29 @@ impl Database {
         local.start_request(&limits);
         let mut outcomes: Vec<StepOutcome> = Vec::with_capacity(steps.len());
         let mut opened_at = None;
+        let mut read_only_tx = false;
+        let writes_refused = || {
+            EngineError::NotAllowed("this is a read-only transaction (BEGIN READONLY); the statement may write".into())
+        };
         for (i, step) in steps.iter().enumerate() {
             let autocommit = !local.in_transaction();
+            if autocommit {
+                read_only_tx = false;
+            }
             if !step.condition.as_ref().is_none_or(|c| c.holds(&outcomes, autocommit)) {
                 outcomes.push(StepOutcome::Skipped);
                 continue;
             }
             let result = match &step.action {
                 Action::Execute(statement) => check_script_statement(&statement.sql)
+                    .and_then(|kind| if read_only_tx && kind == StatementKind::Write { Err(writes_refused()) } else { Ok(()) })
                     .and_then(|_| local.execute(statement, &limits))
                     .map(StepOutcome::Executed),
                 Action::Sequence(sql) => local
-                    .execute_sequence(sql, &limits, |text| check_script_statement(text).map(|_| ()))
+                    .execute_sequence(sql, &limits, |text| match check_script_statement(text)? {
+                        StatementKind::Write if read_only_tx => Err(writes_refused()),
+                        _ => Ok(()),
+                    })
                     .map(|()| StepOutcome::Sequenced),
                 Action::Describe(sql) => local.describe(sql).map(StepOutcome::Described),
                 Action::GetAutocommit => Ok(StepOutcome::Autocommit(autocommit)),
@@ -714,7 +725,10 @@ impl Database {
                 },
             };
             match (autocommit, local.in_transaction()) {
-                (true, true) => opened_at = Some(i),
+                (true, true) => {
+                    opened_at = Some(i);
+                    read_only_tx = matches!(&step.action, Action::Execute(s) if begins_read_only(&s.sql));
+                }
                 (_, false) => opened_at = None,
                 (false, true) => {}
             }

@@ -110,6 +110,15 @@ pub fn is_transaction_control(sql: &str) -> bool {
     )
 }
 
+/// True for `BEGIN [TRANSACTION] READONLY` (libSQL's read-only transaction, which the
+/// engine enforces: turso reads READONLY as a transaction name).
+pub fn begins_read_only(sql: &str) -> bool {
+    matches!(
+        Parser::new(sql.as_bytes()).next(),
+        Some(Ok(Cmd::Stmt(Stmt::Begin { name: Some(name), .. }))) if name.as_str().eq_ignore_ascii_case("readonly")
+    )
+}
+
 /// [`check_statement`] for a step of a script, where transaction control is allowed.
 pub fn check_script_statement(sql: &str) -> Result<StatementKind, EngineError> {
     if is_transaction_control(sql) {
@@ -175,6 +184,7 @@ mod tests {
         assert!(check_statement("ROLLBACK TO a").is_ok());
         assert!(check_statement("not sql at all").is_ok(), "parse errors are the engine's to report");
         assert!(check_script_statement("BEGIN IMMEDIATE").is_ok());
+        assert!(begins_read_only("BEGIN TRANSACTION READONLY") && !begins_read_only("BEGIN"));
         assert!(check_script_statement("ATTACH 'x' AS y").is_err());
         assert_eq!(script_text_kind("SELECT 1; BEGIN; SELECT 2; COMMIT;").unwrap(), StatementKind::Read);
         assert_eq!(script_text_kind("SELECT 1; DELETE FROM t").unwrap(), StatementKind::Write);

@@ -43,7 +43,7 @@ pub struct ExecLimits {
 
 impl Default for ExecLimits {
     fn default() -> Self {
-        ExecLimits { max_result_rows: 100_000, max_result_bytes: 16 << 20, max_vm_steps: 50_000_000 }
+        ExecLimits { max_result_rows: 100_000, max_result_bytes: 16 << 20, max_vm_steps: 10_000_000 }
     }
 }
 

@@ -48,7 +48,7 @@ async function send(path, body, contentType = "application/json") {
 const sqlWord = fc.constantFrom(
   "SELECT", "INSERT INTO scratch VALUES (?, ?)", "FROM", "scratch", "WHERE", "1", "?", ":a", "'text'", "x'00ff'",
   "(", ")", ",", ";", "--", "/*", "*/", "NULL", "ORDER BY", "LIMIT", "UNION", "WITH RECURSIVE", "BEGIN", "COMMIT",
-  "ATTACH", "PRAGMA", "VACUUM", "DROP TABLE keep", "DELETE FROM keep", "sqlite_master", "randomblob(10)", "9223372036854775807",
+  "ATTACH", "PRAGMA", "VACUUM", "DROP TABLE scratch", "DELETE FROM scratch", "UPDATE scratch SET a = 1", "sqlite_master", "randomblob(10)", "9223372036854775807",
   "-9223372036854775809", "1e999", "zeroblob(100)", "json('[1')", "CREATE TABLE", "\u0000", "☃", "\"",
 );
 const randomSql = fc.oneof(

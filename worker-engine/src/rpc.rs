@@ -19,7 +19,7 @@ use wasm_bindgen::JsCast;
 use worker::Env;
 
 use crate::auth::Access;
-use crate::wire::{check_sql_length, validate_db_name, ApiError, LIMITS};
+use crate::wire::{check_sql_length, validate_db_name, ApiError, LIMITS, MAX_SAFE_INTEGER};
 use crate::{DbRequest, Performed};
 
 #[derive(Deserialize)]
@@ -42,8 +42,7 @@ pub async fn rpc(method: String, database: JsValue, payload: JsValue, params: Js
 }
 
 fn to_js<T: Serialize + ?Sized>(v: &T) -> JsValue {
-    let serializer =
-        serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true).serialize_large_number_types_as_bigints(true);
+    let serializer = serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true).serialize_missing_as_null(true);
     v.serialize(&serializer).unwrap_or_else(|e| JsValue::from_str(&format!("serialization failed: {e}")))
 }
 
@@ -126,7 +125,7 @@ impl Serialize for ResultOut<'_> {
         map.serialize_entry("rows_affected", &r.rows_affected)?;
         map.serialize_entry("rows_read", &r.rows_read)?;
         map.serialize_entry("rows_written", &r.rows_written)?;
-        map.serialize_entry("last_insert_rowid", &r.last_insert_rowid)?;
+        map.serialize_entry("last_insert_rowid", &r.last_insert_rowid.map(SqlValue::Integer).as_ref().map(Cell))?;
         if let Some(meta) = self.meta {
             map.serialize_entry("meta", meta)?;
         }
@@ -152,8 +151,9 @@ impl Serialize for Cell<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.0 {
             SqlValue::Null => s.serialize_none(),
-            // serde-wasm-bindgen writes i64 beyond ±(2^53 − 1) as BigInt (see `to_js`).
-            SqlValue::Integer(i) => s.serialize_i64(*i),
+            SqlValue::Integer(i) if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(i) => s.serialize_i64(*i),
+            // Beyond ±(2^53 − 1) a number would round: hand JavaScript a BigInt.
+            SqlValue::Integer(i) => serde_wasm_bindgen::preserve::serialize(&JsValue::from(js_sys::BigInt::from(*i)), s),
             SqlValue::Real(f) => s.serialize_f64(*f),
             SqlValue::Text(t) => s.serialize_str(t),
             SqlValue::Blob(b) => s.serialize_bytes(b),
@@ -207,7 +207,7 @@ fn value(v: &JsValue) -> Result<SqlValue, ApiError> {
         return Ok(SqlValue::Integer(b as i64));
     }
     if let Some(f) = v.as_f64() {
-        let exact_int = f.fract() == 0.0 && f.abs() <= crate::wire::MAX_SAFE_INTEGER as f64;
+        let exact_int = f.fract() == 0.0 && f.abs() <= MAX_SAFE_INTEGER as f64;
         return Ok(if exact_int { SqlValue::Integer(f as i64) } else { SqlValue::Real(f) });
     }
     if v.is_bigint() {
