@@ -19,7 +19,7 @@ use wasm_bindgen::JsCast;
 use worker::Env;
 
 use crate::auth::Access;
-use crate::wire::{check_sql_length, validate_db_name, ApiError, LIMITS, MAX_SAFE_INTEGER};
+use crate::wire::{check_param_count, check_sql_length, validate_db_name, ApiError, LIMITS, MAX_SAFE_INTEGER};
 use crate::{DbRequest, Performed};
 
 #[derive(Deserialize)]
@@ -166,11 +166,11 @@ fn statement(sql: String, params: &JsValue) -> Result<Statement, ApiError> {
     let params = if params.is_null() || params.is_undefined() {
         Params::None
     } else if let Some(list) = params.dyn_ref::<js_sys::Array>() {
-        check_params(list.length() as usize)?;
+        check_param_count(list.length() as usize)?;
         Params::Positional(list.iter().map(|v| value(&v)).collect::<Result<_, _>>()?)
     } else if params.is_object() && !params.is_function() {
         let entries = js_sys::Object::entries(params.unchecked_ref());
-        check_params(entries.length() as usize)?;
+        check_param_count(entries.length() as usize)?;
         Params::Named(
             entries
                 .iter()
@@ -185,16 +185,6 @@ fn statement(sql: String, params: &JsValue) -> Result<Statement, ApiError> {
         return Err(ApiError::bad_request("INVALID_PARAMS", "params must be an array or an object"));
     };
     Ok(Statement { sql, params })
-}
-
-fn check_params(n: usize) -> Result<(), ApiError> {
-    if n > LIMITS.max_params {
-        return Err(ApiError::bad_request(
-            "LIMIT_EXCEEDED",
-            format!("a statement may bind at most {} parameters (PARAMS limit)", LIMITS.max_params),
-        ));
-    }
-    Ok(())
 }
 
 /// One JavaScript value as a SQL value, exactly (never through a lossy conversion).

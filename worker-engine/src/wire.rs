@@ -147,7 +147,7 @@ fn statement_from(s: StatementJson) -> Result<Statement, ApiError> {
     Ok(Statement { sql: s.sql, params })
 }
 
-fn check_param_count(n: usize) -> Result<(), ApiError> {
+pub fn check_param_count(n: usize) -> Result<(), ApiError> {
     if n > LIMITS.max_params {
         return Err(ApiError::bad_request(
             "LIMIT_EXCEEDED",
