@@ -152,6 +152,9 @@ pub struct Database {
     records: Vec<(u64, u64, u64)>,
     /// When local state was last proven current (ms since the epoch).
     validated_ms: f64,
+    /// A LIST during the request in progress showed no log record at this seq (the next
+    /// one): its freshness probe then needs only the manifest HEAD, not a GET.
+    listed_absent: Option<u64>,
 }
 
 impl Database {
@@ -160,8 +163,33 @@ impl Database {
         Self::open_with_cache(store, layout, config, Arc::new(PageCache::new(DEFAULT_CACHE_BYTES))).await
     }
 
-    /// Opens a database sharing `cache` (one cache per isolate, across databases).
+    /// Opens a database sharing `cache` (one cache per isolate, across databases). It is
+    /// not yet proven current: the first request's freshness probe does that, or its
+    /// commit's conditional PUT fences it.
     pub async fn open_with_cache(
+        store: Rc<dyn ObjectStore>,
+        layout: Layout,
+        config: DbConfig,
+        cache: Arc<PageCache>,
+    ) -> Result<Self, EngineError> {
+        let mut db = Self::open_from_list(store, layout, config, cache).await?;
+        db.listed_absent = None;
+        Ok(db)
+    }
+
+    /// [`Self::open_with_cache`] for requests that are already waiting: the LIST made while
+    /// opening happens during them, so it stands in for the GET of their freshness probe
+    /// (one R2 read less on a cold start). The next [`Self::perform`] must be theirs.
+    pub async fn open_for_waiting_requests(
+        store: Rc<dyn ObjectStore>,
+        layout: Layout,
+        config: DbConfig,
+        cache: Arc<PageCache>,
+    ) -> Result<Self, EngineError> {
+        Self::open_from_list(store, layout, config, cache).await
+    }
+
+    async fn open_from_list(
         store: Rc<dyn ObjectStore>,
         layout: Layout,
         config: DbConfig,
@@ -180,11 +208,10 @@ impl Database {
             base_etag,
             records: Vec::new(),
             validated_ms: 0.0,
+            listed_absent: None,
         };
         db.local = Some(db.create_local().await?);
         db.replay_listed_log().await?;
-        let mut stats = ExecStats::default();
-        db.refresh(&mut stats).await?;
         Ok(db)
     }
 
@@ -365,7 +392,10 @@ impl Database {
             }
             match page.next_start_after {
                 Some(next) => start_after = Some(next),
-                None => return Ok(()),
+                None => {
+                    self.listed_absent = Some(self.applied_seq + 1);
+                    return Ok(());
+                }
             }
         }
     }
@@ -397,7 +427,10 @@ impl Database {
                     self.applied_seq + 1
                 )));
             }
-            loop {
+            // Absent at the LIST, which (like a GET) counts only if the manifest below is
+            // unchanged: then no record after it can have existed and been collected.
+            let listed_absent = round == 0 && self.listed_absent.take() == Some(self.applied_seq + 1);
+            while !listed_absent {
                 let seq = self.applied_seq + 1;
                 match self.store.get(&self.layout.log_key(seq), None).await? {
                     Some(obj) => {
@@ -522,6 +555,8 @@ impl Database {
         if let Some(local) = &self.local {
             local.clear_pins();
         }
+        // A LIST proves absence only within the request that made it.
+        self.listed_absent = None;
         let outcomes = match outcome {
             Ok(outcomes) => outcomes,
             Err(e) => return work.iter().map(|_| Err(e.clone())).collect(),

@@ -464,12 +464,14 @@ impl Reopen {
     }
 }
 
+/// Takes the wanted pages with it, so the next attempt reports only what it misses itself
+/// (a stale entry would make every later round fetch its page group again).
 fn missing_or(wanted: &WantedPages, e: EngineError) -> EngineError {
-    let wanted = wanted.lock().unwrap_or_else(|p| p.into_inner());
+    let wanted = std::mem::take(&mut *wanted.lock().unwrap_or_else(|p| p.into_inner()));
     if wanted.is_empty() {
         e
     } else {
-        EngineError::PagesMissing(wanted.iter().copied().collect())
+        EngineError::PagesMissing(wanted.into_iter().collect())
     }
 }
 

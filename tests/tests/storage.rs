@@ -166,6 +166,8 @@ fn bounded_staleness_skips_the_probe_and_default_sees_everything() {
     exec(&mut a, "CREATE TABLE t (x)", vec![]);
     let stale_cfg = DbConfig { max_staleness_ms: 60_000.0, ..DbConfig::default() };
     let mut b = open_with(&store, "s", stale_cfg, 32 << 20);
+    // Opening proves nothing; b's first request probes, and the bound counts from there.
+    assert_eq!(query_ints(&mut b, "SELECT count(*) FROM t"), [0]);
     exec(&mut a, "INSERT INTO t VALUES (1)", vec![]);
     let reads = store.counts().gets + store.counts().heads;
     assert_eq!(query_ints(&mut b, "SELECT count(*) FROM t"), [0], "within the staleness bound");

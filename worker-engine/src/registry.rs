@@ -143,7 +143,7 @@ impl DbSlot {
         let before = self.store.counts();
         if db.is_none() {
             let store: Rc<dyn ObjectStore> = self.store.clone();
-            match Database::open_with_cache(store, Layout::new("", name), config, cache).await {
+            match Database::open_for_waiting_requests(store, Layout::new("", name), config, cache).await {
                 Ok(opened) => db = Some(opened),
                 Err(e) => {
                     for p in group {

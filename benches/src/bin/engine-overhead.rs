@@ -1,0 +1,277 @@
+//! Engine overhead (native): the same operations on the same data through raw `turso_core`
+//! (its in-memory IO), through `engine-core` with a warm cache over the in-memory object
+//! store (the whole commit protocol, minus network latency), and through C SQLite
+//! (`rusqlite`, the anchor). Every engine prepares each statement anew, as `engine-core`
+//! does for every request, and binds its parameters.
+//!
+//! Writes a markdown section to stdout and target figures as JSON lines to `$TWILL_BENCH_TARGETS`.
+
+use std::num::NonZero;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine_core::mem_store::MemStore;
+use engine_core::{Database, DbConfig, Layout, ObjectStore, SqlValue, Statement};
+use futures::executor::block_on;
+use turso_core::{StepResult, Value};
+use twill_benches::{scale, write_target, Percentiles};
+
+const SCHEMA: [&str; 2] = [
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, v TEXT NOT NULL)",
+    "CREATE INDEX items_k ON items (k)",
+];
+const POINT: &str = "SELECT v FROM items WHERE id = ?";
+const RANGE: &str = "SELECT id, v FROM items WHERE k >= ? ORDER BY k LIMIT 100";
+const INSERT: &str = "INSERT INTO items (id, k, v) VALUES (?, ?, ?)";
+/// Loads rows `[?1, ?2)`; `k` is a permutation of the ids (7 is coprime to 100,000).
+const LOAD: &str = "WITH RECURSIVE s(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM s WHERE i + 1 < ?2) \
+                    INSERT INTO items SELECT i, (i * 7) % 100000, 'value-' || i FROM s";
+const ROWS: i64 = 100_000;
+
+/// One engine under test. Every call is one statement or one transaction, checked.
+trait Engine {
+    fn name(&self) -> &'static str;
+    fn exec(&mut self, sql: &str, params: &[SqlValue]) -> usize;
+    /// Runs `statements` as one transaction.
+    fn transaction(&mut self, statements: &[(&str, Vec<SqlValue>)]);
+}
+
+fn int(i: i64) -> SqlValue {
+    SqlValue::Integer(i)
+}
+
+fn insert_params(id: i64) -> Vec<SqlValue> {
+    vec![int(id), int(id), SqlValue::Text(format!("new-{id}"))]
+}
+
+// ---- raw turso_core on its in-memory IO ----
+
+struct RawTurso {
+    conn: Arc<turso_core::Connection>,
+    _db: Arc<turso_core::Database>,
+}
+
+impl RawTurso {
+    fn new() -> Self {
+        let io: Arc<dyn turso_core::IO> = Arc::new(turso_core::MemoryIO::new());
+        let db = turso_core::Database::open_file(io, "raw-turso.db", Arc::new(turso_core::SqliteDialect)).expect("open turso");
+        let conn = db.connect().expect("connect");
+        RawTurso { conn, _db: db }
+    }
+}
+
+impl Engine for RawTurso {
+    fn name(&self) -> &'static str {
+        "raw turso_core (MemoryIO)"
+    }
+    fn exec(&mut self, sql: &str, params: &[SqlValue]) -> usize {
+        let mut stmt = self.conn.prepare(sql).expect("prepare");
+        for (i, p) in params.iter().enumerate() {
+            let v = match p {
+                SqlValue::Integer(i) => Value::from_i64(*i),
+                SqlValue::Text(t) => Value::build_text(t.clone()),
+                other => panic!("unused parameter type {other:?}"),
+            };
+            stmt.bind_at(NonZero::new(i + 1).unwrap(), v).expect("bind");
+        }
+        let mut rows = 0;
+        loop {
+            match stmt.step().expect("step") {
+                StepResult::Row => {
+                    let row = stmt.row().expect("row");
+                    std::hint::black_box(row.get_values().count());
+                    rows += 1;
+                }
+                StepResult::Done => return rows,
+                StepResult::IO | StepResult::Yield => stmt._io().step().expect("io"),
+                other => panic!("unexpected step result {other:?}"),
+            }
+        }
+    }
+    fn transaction(&mut self, statements: &[(&str, Vec<SqlValue>)]) {
+        self.exec("BEGIN", &[]);
+        for (sql, params) in statements {
+            self.exec(sql, params);
+        }
+        self.exec("COMMIT", &[]);
+    }
+}
+
+// ---- engine-core over the in-memory object store ----
+
+struct EngineCore {
+    db: Database,
+    label: &'static str,
+}
+
+impl EngineCore {
+    fn new(max_staleness_ms: f64, label: &'static str) -> Self {
+        let store: Rc<dyn ObjectStore> = Rc::new(MemStore::new());
+        let mut config = DbConfig { max_staleness_ms, ..DbConfig::default() };
+        config.limits.max_vm_steps = 100_000_000;
+        let db = block_on(Database::open(store, Layout::new("", "bench"), config)).expect("open");
+        EngineCore { db, label }
+    }
+}
+
+impl Engine for EngineCore {
+    fn name(&self) -> &'static str {
+        self.label
+    }
+    fn exec(&mut self, sql: &str, params: &[SqlValue]) -> usize {
+        let r = block_on(self.db.transact(&[Statement::with_params(sql, params.to_vec())])).expect("transact");
+        r.results[0].rows.len()
+    }
+    fn transaction(&mut self, statements: &[(&str, Vec<SqlValue>)]) {
+        let stmts: Vec<Statement> = statements.iter().map(|(sql, p)| Statement::with_params(*sql, p.clone())).collect();
+        block_on(self.db.transact(&stmts)).expect("transact");
+    }
+}
+
+// ---- C SQLite ----
+
+struct Sqlite {
+    conn: rusqlite::Connection,
+}
+
+impl Sqlite {
+    fn new() -> Self {
+        let conn = rusqlite::Connection::open_in_memory().expect("open sqlite");
+        Sqlite { conn }
+    }
+}
+
+impl Engine for Sqlite {
+    fn name(&self) -> &'static str {
+        "C SQLite (rusqlite, in memory)"
+    }
+    fn exec(&mut self, sql: &str, params: &[SqlValue]) -> usize {
+        let mut stmt = self.conn.prepare(sql).expect("prepare");
+        let values: Vec<rusqlite::types::Value> = params
+            .iter()
+            .map(|p| match p {
+                SqlValue::Integer(i) => rusqlite::types::Value::Integer(*i),
+                SqlValue::Text(t) => rusqlite::types::Value::Text(t.clone()),
+                other => panic!("unused parameter type {other:?}"),
+            })
+            .collect();
+        let mut rows = stmt.query(rusqlite::params_from_iter(values)).expect("query");
+        let mut n = 0;
+        while let Some(row) = rows.next().expect("row") {
+            std::hint::black_box(row.get_ref(0).expect("column"));
+            n += 1;
+        }
+        n
+    }
+    fn transaction(&mut self, statements: &[(&str, Vec<SqlValue>)]) {
+        self.exec("BEGIN", &[]);
+        for (sql, params) in statements {
+            self.exec(sql, params);
+        }
+        self.exec("COMMIT", &[]);
+    }
+}
+
+// ---- the workload ----
+
+fn load(e: &mut dyn Engine) {
+    for sql in SCHEMA {
+        e.exec(sql, &[]);
+    }
+    let step = 10_000;
+    for from in (0..ROWS).step_by(step as usize) {
+        e.transaction(&[(LOAD, vec![int(from), int(from + step)])]);
+    }
+    assert_eq!(e.exec("SELECT id FROM items WHERE id = ?", &[int(ROWS - 1)]), 1, "{}: data loaded", e.name());
+}
+
+/// Times `iterations` calls of `op` (after a tenth as many untimed ones).
+fn measure(iterations: usize, mut op: impl FnMut(usize)) -> Percentiles {
+    for i in 0..iterations / 10 {
+        op(i);
+    }
+    let mut samples: Vec<Duration> = Vec::with_capacity(iterations);
+    for i in 0..iterations {
+        let t = Instant::now();
+        op(iterations / 10 + i);
+        samples.push(t.elapsed());
+    }
+    Percentiles::of(&samples)
+}
+
+struct Row {
+    engine: &'static str,
+    op: &'static str,
+    p: Percentiles,
+}
+
+fn run(e: &mut dyn Engine, rows: &mut Vec<Row>) {
+    load(e);
+    let name = e.name();
+    let n_point = scale(20_000, 200);
+    let n_range = scale(4_000, 40);
+    let n_insert = scale(4_000, 40);
+    let n_batch = scale(30, 3);
+    // Pseudo-random keys, the same sequence for every engine.
+    let key = |i: usize| ((i as i64).wrapping_mul(48_271) % ROWS).abs();
+    let p = measure(n_point, |i| assert_eq!(e.exec(POINT, &[int(key(i))]), 1));
+    rows.push(Row { engine: name, op: "point select by key", p });
+    let p = measure(n_range, |i| assert_eq!(e.exec(RANGE, &[int(key(i) % (ROWS - 100))]), 100));
+    rows.push(Row { engine: name, op: "index range scan, 100 rows", p });
+    let mut next_id = ROWS;
+    let p = measure(n_insert, |_| {
+        e.exec(INSERT, &insert_params(next_id));
+        next_id += 1;
+    });
+    rows.push(Row { engine: name, op: "single-row insert (autocommit)", p });
+    let p = measure(n_batch, |_| {
+        let stmts: Vec<(&str, Vec<SqlValue>)> = (0..1000).map(|j| (INSERT, insert_params(next_id + j))).collect();
+        e.transaction(&stmts);
+        next_id += 1000;
+    });
+    rows.push(Row { engine: name, op: "1,000-row insert transaction", p });
+    assert_eq!(e.exec("SELECT id FROM items WHERE id = ?", &[int(next_id - 1)]), 1, "{name}: inserts landed");
+}
+
+fn main() {
+    let mut rows = Vec::new();
+    let mut engines: Vec<Box<dyn Engine>> = vec![
+        Box::new(Sqlite::new()),
+        Box::new(RawTurso::new()),
+        Box::new(EngineCore::new(0.0, "engine-core, warm cache, MemStore")),
+        Box::new(EngineCore::new(60_000.0, "engine-core, bounded staleness 60 s")),
+    ];
+    for e in engines.iter_mut() {
+        run(e.as_mut(), &mut rows);
+    }
+    let ops: Vec<&str> = rows.iter().filter(|r| r.engine == rows[0].engine).map(|r| r.op).collect();
+    println!("Same data in every engine: 100,000 rows `items(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)` with an index on `k`.");
+    println!("Latency per operation in µs (p50 / p99 / mean) and ratios of the means; each statement is prepared anew.");
+    println!("`engine-core` includes the commit protocol over the in-memory object store: every read probes freshness");
+    println!("(GET of the next log record + HEAD of the manifest), every commit encodes a log record, PUTs it and checkpoints every 32.");
+    println!("The bounded-staleness row skips the read probe (`x-twill-max-staleness-ms`).");
+    println!();
+    println!("| operation | engine | p50 µs | p99 µs | mean µs | ops/s | × C SQLite | × raw turso |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for op in &ops {
+        let anchor = rows.iter().find(|r| r.op == *op && r.engine == rows[0].engine).unwrap().p.mean;
+        let turso = rows.iter().find(|r| r.op == *op && r.engine.starts_with("raw turso")).unwrap().p.mean;
+        for r in rows.iter().filter(|r| r.op == *op) {
+            println!(
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} |",
+                r.op,
+                r.engine,
+                r.p.p50 * 1e3,
+                r.p.p99 * 1e3,
+                r.p.mean * 1e3,
+                1e3 / r.p.mean,
+                r.p.mean / anchor,
+                r.p.mean / turso
+            );
+        }
+    }
+    let mean = |engine: &str, op: &str| rows.iter().find(|r| r.engine == engine && r.op == op).unwrap().p.mean;
+    let ratio = mean("engine-core, warm cache, MemStore", "point select by key") / mean("raw turso_core (MemoryIO)", "point select by key");
+    write_target("engine-core warm point select ≤ 1.25× raw turso_core", format!("{ratio:.2}×"), ratio <= 1.25);
+}
