@@ -34,6 +34,14 @@ use crate::store::{ByteRange, ObjectStore, PutCondition, PutOutcome, StoreError,
 use crate::script::{Action, ScriptOutcome, Step, StepOutcome};
 use crate::value::{ExecStats, Statement, StatementResult};
 
+/// What a transaction request is, as far as running it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// One statement that only reads.
+    SingleRead,
+    Other,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct DbConfig {
     /// Times a group runs before a lost commit race is reported as a conflict.
@@ -544,11 +552,14 @@ impl Database {
     /// before any reply is returned. One request failing does not fail the others.
     pub async fn perform(&mut self, work: Vec<Work>) -> Vec<Result<Done, EngineError>> {
         let mut stats = ExecStats::default();
-        let checked: Vec<Result<(), EngineError>> = work
+        let checked: Vec<Result<Shape, EngineError>> = work
             .iter()
             .map(|w| match w {
-                Work::Transaction(stmts) => stmts.iter().try_for_each(|s| check_statement(&s.sql).map(|_| ())),
-                Work::Script(_) => Ok(()),
+                Work::Transaction(stmts) => {
+                    let kinds = stmts.iter().map(|s| check_statement(&s.sql)).collect::<Result<Vec<_>, _>>()?;
+                    Ok(if kinds == [StatementKind::Read] { Shape::SingleRead } else { Shape::Other })
+                }
+                Work::Script(_) => Ok(Shape::Other),
             })
             .collect();
         let outcome = self.run_group(&work, &checked, &mut stats).await;
@@ -577,7 +588,7 @@ impl Database {
     async fn run_group(
         &mut self,
         requests: &[Work],
-        checked: &[Result<(), EngineError>],
+        checked: &[Result<Shape, EngineError>],
         stats: &mut ExecStats,
     ) -> Result<Vec<Outcome>, EngineError> {
         if self.local.is_none() {
@@ -593,8 +604,8 @@ impl Database {
             for (work, check) in requests.iter().zip(checked) {
                 let outcome = match (check, work) {
                     (Err(e), _) => Err(e.clone()),
-                    (Ok(()), Work::Transaction(stmts)) => self.run_local(stmts).map(Reply::Transaction),
-                    (Ok(()), Work::Script(steps)) => self.run_script_local(steps).map(Reply::Script),
+                    (Ok(shape), Work::Transaction(stmts)) => self.run_local(stmts, *shape).map(Reply::Transaction),
+                    (Ok(_), Work::Script(steps)) => self.run_script_local(steps).map(Reply::Script),
                 };
                 if let Err(EngineError::PagesMissing(pages)) = &outcome {
                     missing = Some(pages.clone());
@@ -675,10 +686,23 @@ impl Database {
 
     /// BEGIN, the statements, COMMIT, all locally. Leaves no transaction open; a failure
     /// rolls back this request only.
-    fn run_local(&mut self, statements: &[Statement]) -> Result<Vec<StatementResult>, EngineError> {
+    fn run_local(&mut self, statements: &[Statement], shape: Shape) -> Result<Vec<StatementResult>, EngineError> {
         let limits = self.config.limits;
         let local = self.local();
         local.start_request(&limits);
+        if shape == Shape::SingleRead {
+            // One read needs no explicit transaction (it is its own), and BEGIN and COMMIT
+            // would cost two more statements to prepare on the hottest path.
+            let result = local.execute(&statements[0], &limits).map_err(|e| local.missing_or(e));
+            let missed = local.take_wanted();
+            if !missed.is_empty() {
+                return Err(EngineError::PagesMissing(missed));
+            }
+            if local.in_transaction() {
+                return Err(EngineError::Internal("a read left a transaction open".into()));
+            }
+            return result.map(|r| vec![r]);
+        }
         local.exec_control("BEGIN").map_err(|e| local.missing_or(e))?;
         let mut results = Vec::with_capacity(statements.len());
         let rollback = |local: &LocalDb, e: EngineError| {

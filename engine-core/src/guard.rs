@@ -49,9 +49,35 @@ pub enum StatementKind {
     Write,
 }
 
+/// SQL texts whose verdict is remembered (applications send the same few statements over
+/// and over; parsing each twice, here and in turso, showed up in profiles).
+const VERDICT_CACHE_ENTRIES: usize = 256;
+/// Longer texts are checked every time, so the memo stays small (≤ 1 MiB of SQL).
+const VERDICT_CACHE_MAX_SQL: usize = 4096;
+
+type Verdict = Result<StatementKind, EngineError>;
+
+thread_local! {
+    static VERDICTS: std::cell::RefCell<lru::LruCache<String, Verdict>> = std::cell::RefCell::new(
+        lru::LruCache::new(std::num::NonZeroUsize::new(VERDICT_CACHE_ENTRIES).expect("non-zero")),
+    );
+}
+
 /// Checks one statement's SQL. Parse errors are left to the engine (it reports them with
 /// better messages); this only refuses statements that parse and are not allowed.
-pub fn check_statement(sql: &str) -> Result<StatementKind, EngineError> {
+pub fn check_statement(sql: &str) -> Verdict {
+    if sql.len() > VERDICT_CACHE_MAX_SQL {
+        return judge_statement(sql);
+    }
+    if let Some(v) = VERDICTS.with(|c| c.borrow_mut().get(sql).cloned()) {
+        return v;
+    }
+    let verdict = judge_statement(sql);
+    VERDICTS.with(|c| c.borrow_mut().put(sql.to_string(), verdict.clone()));
+    verdict
+}
+
+fn judge_statement(sql: &str) -> Verdict {
     let mut parser = Parser::new(sql.as_bytes());
     let cmd = match parser.next() {
         Some(Ok(cmd)) => cmd,

@@ -125,7 +125,7 @@ pub struct MemStoreCounts {
 
 #[derive(Default)]
 pub struct MemStore {
-    objects: RefCell<BTreeMap<String, Vec<u8>>>,
+    objects: RefCell<BTreeMap<String, Stored>>,
     injector: RefCell<Option<Box<dyn FaultInjector>>>,
     crashed: Cell<bool>,
     counts: Cell<MemStoreCounts>,
@@ -159,11 +159,11 @@ impl MemStore {
     }
 
     pub fn raw_get(&self, key: &str) -> Option<Vec<u8>> {
-        self.objects.borrow().get(key).cloned()
+        self.objects.borrow().get(key).map(|o| o.body.clone())
     }
 
     pub fn raw_put(&self, key: &str, body: Vec<u8>) {
-        self.objects.borrow_mut().insert(key.to_string(), body);
+        self.objects.borrow_mut().insert(key.to_string(), Stored::new(body));
     }
 
     pub fn raw_delete(&self, key: &str) {
@@ -171,7 +171,7 @@ impl MemStore {
     }
 
     pub fn total_bytes(&self) -> u64 {
-        self.objects.borrow().values().map(|v| v.len() as u64).sum()
+        self.objects.borrow().values().map(|o| o.body.len() as u64).sum()
     }
 
     fn count(&self, op: OpKind) {
@@ -245,8 +245,21 @@ impl std::future::Future for YieldNow {
     }
 }
 
-fn meta(key: &str, body: &[u8]) -> ObjectMeta {
-    ObjectMeta { key: key.to_string(), size: body.len() as u64, etag: content_etag(body) }
+/// An object and its etag, computed once when it is stored (as R2 does).
+struct Stored {
+    body: Vec<u8>,
+    etag: String,
+}
+
+impl Stored {
+    fn new(body: Vec<u8>) -> Self {
+        let etag = content_etag(&body);
+        Stored { body, etag }
+    }
+
+    fn meta(&self, key: &str) -> ObjectMeta {
+        ObjectMeta { key: key.to_string(), size: self.body.len() as u64, etag: self.etag.clone() }
+    }
 }
 
 #[async_trait(?Send)]
@@ -254,7 +267,8 @@ impl ObjectStore for MemStore {
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Object>, StoreError> {
         self.run(OpKind::Get, "get", key, || {
             let objects = self.objects.borrow();
-            let body = objects.get(key)?;
+            let stored = objects.get(key)?;
+            let body = &stored.body;
             let slice = match range {
                 None => body.clone(),
                 Some(r) => {
@@ -263,12 +277,12 @@ impl ObjectStore for MemStore {
                     body[start..end].to_vec()
                 }
             };
-            Some(Object { meta: meta(key, body), body: slice })
+            Some(Object { meta: stored.meta(key), body: slice })
         }).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        self.run(OpKind::Head, "head", key, || self.objects.borrow().get(key).map(|b| meta(key, b))).await
+        self.run(OpKind::Head, "head", key, || self.objects.borrow().get(key).map(|o| o.meta(key))).await
     }
 
     async fn put(&self, key: &str, body: Vec<u8>, condition: PutCondition) -> Result<PutOutcome, StoreError> {
@@ -277,14 +291,15 @@ impl ObjectStore for MemStore {
             let allowed = match (&condition, objects.get(key)) {
                 (PutCondition::Unconditional, _) => true,
                 (PutCondition::CreateOnly, existing) => existing.is_none(),
-                (PutCondition::EtagMatches(etag), Some(existing)) => &content_etag(existing) == etag,
+                (PutCondition::EtagMatches(etag), Some(existing)) => &existing.etag == etag,
                 (PutCondition::EtagMatches(_), None) => false,
             };
             if !allowed {
                 return PutOutcome::PreconditionFailed;
             }
-            let m = meta(key, &body);
-            objects.insert(key.to_string(), body);
+            let stored = Stored::new(body);
+            let m = stored.meta(key);
+            objects.insert(key.to_string(), stored);
             PutOutcome::Stored(m)
         }).await
     }
@@ -298,7 +313,7 @@ impl ObjectStore for MemStore {
                 Some(after) => std::ops::Bound::Excluded(after.to_string()),
                 None => std::ops::Bound::Included(prefix.to_string()),
             };
-            for (key, body) in objects.range((lower, std::ops::Bound::Unbounded)) {
+            for (key, stored) in objects.range((lower, std::ops::Bound::Unbounded)) {
                 if !key.starts_with(prefix) {
                     if key.as_str() > prefix {
                         break;
@@ -309,7 +324,7 @@ impl ObjectStore for MemStore {
                     page.next_start_after = page.objects.last().map(|m| m.key.clone());
                     break;
                 }
-                page.objects.push(meta(key, body));
+                page.objects.push(stored.meta(key));
             }
             page
         }).await

@@ -235,6 +235,15 @@ fn run(e: &mut dyn Engine, rows: &mut Vec<Row>) {
 }
 
 fn main() {
+    if std::env::var("TWILL_BENCH_PROFILE").is_ok_and(|v| v == "point") {
+        // For `perf record`: engine-core point selects and nothing else after loading.
+        let mut e = EngineCore::new(0.0, "engine-core");
+        load(&mut e);
+        for i in 0..200_000i64 {
+            assert_eq!(e.exec(POINT, &[int(i * 48_271 % ROWS)]), 1);
+        }
+        return;
+    }
     let mut rows = Vec::new();
     let mut engines: Vec<Box<dyn Engine>> = vec![
         Box::new(Sqlite::new()),
