@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export WRANGLER_SEND_METRICS := false
 export CARGO_TERM_COLOR := never
 
-.PHONY: dev test tools worker test-native test-e2e bench clean
+.PHONY: dev test tools worker test-native test-e2e bench bench-smoke clean
 
 tools:
 	@bash scripts/bootstrap.sh
@@ -26,6 +26,15 @@ test: tools
 	cargo test --quiet -p worker-engine --lib
 	$(MAKE) --no-print-directory worker
 	$(MAKE) --no-print-directory test-e2e
+	$(MAKE) --no-print-directory bench-smoke
+
+# Every benchmark, bounded in time, loopback only: writes benches/RESULTS.md.
+bench: worker
+	bash benches/run.sh
+
+# A tiny run of the whole benchmark harness (part of `make test`, so it cannot rot).
+bench-smoke:
+	TWILL_BENCH_SMOKE=1 bash benches/run.sh
 
 test-native:
 	cargo test

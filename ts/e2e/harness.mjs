@@ -2,6 +2,7 @@
 // R2 implementation persisted to a directory, so a test can stop the runtime and start a
 // new one on the same data.
 import { Miniflare } from "miniflare";
+export { Miniflare };
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";

@@ -17,6 +17,11 @@ use futures::executor::block_on;
 use turso_core::{StepResult, Value};
 use twill_benches::{scale, write_target, Percentiles};
 
+/// Rows loaded (fewer in the smoke run; `k` stays distinct either way).
+fn rows() -> i64 {
+    scale(100_000, 10_000)
+}
+
 const SCHEMA: [&str; 2] = [
     "CREATE TABLE items (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, v TEXT NOT NULL)",
     "CREATE INDEX items_k ON items (k)",
@@ -27,7 +32,6 @@ const INSERT: &str = "INSERT INTO items (id, k, v) VALUES (?, ?, ?)";
 /// Loads rows `[?1, ?2)`; `k` is a permutation of the ids (7 is coprime to 100,000).
 const LOAD: &str = "WITH RECURSIVE s(i) AS (SELECT ?1 UNION ALL SELECT i + 1 FROM s WHERE i + 1 < ?2) \
                     INSERT INTO items SELECT i, (i * 7) % 100000, 'value-' || i FROM s";
-const ROWS: i64 = 100_000;
 
 /// One engine under test. Every call is one statement or one transaction, checked.
 trait Engine {
@@ -180,10 +184,10 @@ fn load(e: &mut dyn Engine) {
         e.exec(sql, &[]);
     }
     let step = 10_000;
-    for from in (0..ROWS).step_by(step as usize) {
+    for from in (0..rows()).step_by(step as usize) {
         e.transaction(&[(LOAD, vec![int(from), int(from + step)])]);
     }
-    assert_eq!(e.exec("SELECT id FROM items WHERE id = ?", &[int(ROWS - 1)]), 1, "{}: data loaded", e.name());
+    assert_eq!(e.exec("SELECT id FROM items WHERE id = ?", &[int(rows() - 1)]), 1, "{}: data loaded", e.name());
 }
 
 /// Times `iterations` calls of `op` (after a tenth as many untimed ones).
@@ -214,12 +218,12 @@ fn run(e: &mut dyn Engine, rows: &mut Vec<Row>) {
     let n_insert = scale(4_000, 40);
     let n_batch = scale(30, 3);
     // Pseudo-random keys, the same sequence for every engine.
-    let key = |i: usize| ((i as i64).wrapping_mul(48_271) % ROWS).abs();
+    let key = |i: usize| ((i as i64).wrapping_mul(48_271) % rows()).abs();
     let p = measure(n_point, |i| assert_eq!(e.exec(POINT, &[int(key(i))]), 1));
     rows.push(Row { engine: name, op: "point select by key", p });
-    let p = measure(n_range, |i| assert_eq!(e.exec(RANGE, &[int(key(i) % (ROWS - 100))]), 100));
+    let p = measure(n_range, |i| assert_eq!(e.exec(RANGE, &[int(key(i) % (rows() - 100))]), 100));
     rows.push(Row { engine: name, op: "index range scan, 100 rows", p });
-    let mut next_id = ROWS;
+    let mut next_id = 1_000_000;
     let p = measure(n_insert, |_| {
         e.exec(INSERT, &insert_params(next_id));
         next_id += 1;
@@ -240,7 +244,7 @@ fn main() {
         let mut e = EngineCore::new(0.0, "engine-core");
         load(&mut e);
         for i in 0..200_000i64 {
-            assert_eq!(e.exec(POINT, &[int(i * 48_271 % ROWS)]), 1);
+            assert_eq!(e.exec(POINT, &[int(i * 48_271 % rows())]), 1);
         }
         return;
     }
@@ -255,7 +259,10 @@ fn main() {
         run(e.as_mut(), &mut rows);
     }
     let ops: Vec<&str> = rows.iter().filter(|r| r.engine == rows[0].engine).map(|r| r.op).collect();
-    println!("Same data in every engine: 100,000 rows `items(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)` with an index on `k`.");
+    println!("C SQLite {} (bundled by rusqlite), turso_core 0.8.3.", rusqlite::version());
+    println!();
+    print!("Same data in every engine: {} rows", rows());
+    println!(" `items(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)` with an index on `k`.");
     println!("Latency per operation in µs (p50 / p99 / mean) and ratios of the means; each statement is prepared anew.");
     println!("`engine-core` includes the commit protocol over the in-memory object store: every read probes freshness");
     println!("(GET of the next log record + HEAD of the manifest), every commit encodes a log record, PUTs it and checkpoints every 32.");

@@ -1,0 +1,317 @@
+// Benchmarks in workerd (through miniflare, loopback only): throughput and latency of TwillDB
+// Edge over HTTP and over a service binding, side by side with a D1 Worker and a Durable
+// Object SQLite Worker (Exp 2 in the Worker), R2 writes per commit, and cold starts (Exp 5).
+//
+//   node benches/workerd/bench.mjs > out.md     (TWILL_BENCH_SMOKE=1: a tiny run)
+//
+// Writes markdown to stdout and target figures as JSON lines to $TWILL_BENCH_TARGETS.
+import { appendFileSync, readFileSync, statSync, readdirSync } from "node:fs";
+import path from "node:path";
+import { gzipSync } from "node:zlib";
+import { Miniflare, engineWorker, buildDir, tempDir, removeDir } from "../../ts/e2e/harness.mjs";
+import { SCHEMA, POINT, INSERT, LOAD, d1Worker, doWorker, bindingWorker, helloWorker } from "./workers.mjs";
+
+const SMOKE = process.env.TWILL_BENCH_SMOKE === "1";
+const scale = (full, smoke) => (SMOKE ? smoke : full);
+const ROWS = scale(100_000, 2_000);
+const LOAD_STEP = 10_000;
+const CELL_MS = scale(2_500, 200);
+const CELL_MAX = scale(20_000, 40);
+const COLD_SIZES_MIB = scale([1, 64, 256], [1]);
+const COMPAT = "2026-04-01";
+
+const out = (line = "") => process.stdout.write(line + "\n");
+function target(name, value, met) {
+  const line = JSON.stringify({ target: name, value, met });
+  process.stderr.write(`target: ${line}\n`);
+  if (process.env.TWILL_BENCH_TARGETS) appendFileSync(process.env.TWILL_BENCH_TARGETS, line + "\n");
+}
+
+function percentile(sorted, p) {
+  return sorted[Math.min(sorted.length, Math.max(1, Math.ceil(p * sorted.length))) - 1];
+}
+
+async function json(url, init) {
+  const res = await fetch(url, init);
+  const text = await res.text();
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    throw new Error(`${url}: non-JSON answer ${res.status}: ${text.slice(0, 300)}`);
+  }
+  if (!res.ok || body.error) throw new Error(`${url}: ${res.status} ${text.slice(0, 300)}`);
+  return body;
+}
+
+/**
+ * Runs `concurrency` loops of requests for at most CELL_MS and CELL_MAX requests in all.
+ * `request(i)` returns [url, init]; `check(body)` throws on a wrong answer.
+ */
+async function loadCell(request, check, concurrency) {
+  const latencies = [];
+  let next = 0;
+  const started = performance.now();
+  const end = started + CELL_MS;
+  async function loop() {
+    while (performance.now() < end && next < CELL_MAX) {
+      const i = next++;
+      const [url, init] = request(i);
+      const t = performance.now();
+      check(await json(url, init));
+      latencies.push(performance.now() - t);
+    }
+  }
+  await Promise.all(Array.from({ length: concurrency }, loop));
+  const seconds = (performance.now() - started) / 1000;
+  latencies.sort((a, b) => a - b);
+  return { n: latencies.length, rps: latencies.length / seconds, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99) };
+}
+
+const postJson = (body, headers = {}) => ({ method: "POST", headers: { "content-type": "application/json", ...headers }, body: JSON.stringify(body) });
+// Pseudo-random existing keys, the same sequence for every system.
+const key = (i) => (i * 48271) % ROWS;
+
+/** A system under test: how to reach it, load it and ask it the two questions. */
+function jsSystem(name, base) {
+  return {
+    name,
+    setup: () => json(`${base}/setup`),
+    load: (from, to) => json(`${base}/load?from=${from}&to=${to}`),
+    point: (i) => [`${base}/point?id=${key(i)}`],
+    insert: (id) => [`${base}/insert?id=${id}`],
+  };
+}
+
+function httpSystem(name, base, headers = {}) {
+  const q = (sql, params) => [`${base}/v1/db/bench/query`, postJson({ sql, params }, headers)];
+  return {
+    name,
+    setup: () => json(`${base}/v1/db/bench/batch`, postJson({ statements: SCHEMA.map((sql) => ({ sql })) })),
+    load: (from, to) => json(...q(LOAD, [from, to])),
+    point: (i) => q(POINT, [key(i)]),
+    insert: (id) => q(INSERT, [id, id, `new-${id}`]),
+  };
+}
+
+const pointOk = (b) => {
+  const row = b.row ?? b.rows?.[0];
+  if (!row) throw new Error(`point select found no row: ${JSON.stringify(b).slice(0, 200)}`);
+};
+const insertOk = (b) => {
+  if (!((b.changes ?? b.rows_affected) >= 1)) throw new Error(`insert changed no row: ${JSON.stringify(b).slice(0, 200)}`);
+};
+
+async function loadData(sys) {
+  await sys.setup();
+  for (let from = 0; from < ROWS; from += LOAD_STEP) await sys.load(from, Math.min(ROWS, from + LOAD_STEP));
+}
+
+async function start(workers, extra = {}) {
+  const mf = new Miniflare({ host: "127.0.0.1", port: 0, workers, ...extra });
+  const url = (await mf.ready).toString().replace(/\/$/, "");
+  return { mf, url };
+}
+
+const engine = (extra) => engineWorker("engine", extra);
+const jsWorker = (name, script, extra = {}) => ({ name, modules: true, script, compatibilityDate: COMPAT, ...extra });
+
+async function stats(url) {
+  return json(`${url}/v1/db/bench/stats`);
+}
+
+// ---------------------------------------------------------------- throughput and latency
+
+async function throughput() {
+  const rows = [];
+  const r2 = {};
+  let nextId = 1_000_000;
+  const measure = async (sys, ops, onInsert) => {
+    for (const op of ops) {
+      for (const c of [1, 16]) {
+        let cell;
+        if (op === "point select") {
+          cell = await loadCell(sys.point, pointOk, c);
+        } else {
+          const base = nextId;
+          nextId += CELL_MAX;
+          const before = onInsert ? await onInsert() : null;
+          cell = await loadCell((i) => sys.insert(base + i), insertOk, c);
+          if (onInsert) r2[c] = { before, after: await onInsert(), commits: cell.n };
+        }
+        rows.push({ system: sys.name, op, c, ...cell });
+      }
+    }
+  };
+
+  // TwillDB Edge over HTTP (the data is loaded once, in R2 persisted to a directory, and
+  // reused by the service-binding run below).
+  const dir = tempDir("twill-bench-");
+  try {
+    let rt = await start([engine()], { r2Persist: dir });
+    const http = httpSystem("TwillDB Edge, HTTP", rt.url);
+    await loadData(http);
+    await measure(http, ["point select", "single-row insert"], () => stats(rt.url));
+    await measure(httpSystem("TwillDB Edge, HTTP, staleness ≤ 1 s", rt.url, { "x-twill-max-staleness-ms": "1000" }), ["point select"]);
+    await rt.mf.dispose();
+
+    rt = await start([jsWorker("consumer", bindingWorker, { serviceBindings: { TWILL: "engine" } }), engine()], { r2Persist: dir });
+    await measure(jsSystem("TwillDB Edge, service binding (RPC)", rt.url), ["point select", "single-row insert"]);
+    await rt.mf.dispose();
+  } finally {
+    removeDir(dir);
+  }
+
+  let rt = await start([jsWorker("d1", d1Worker, { d1Databases: { D1: "bench-d1" } })]);
+  const d1 = jsSystem("D1 Worker (miniflare local D1)", rt.url);
+  await loadData(d1);
+  await measure(d1, ["point select", "single-row insert"]);
+  await rt.mf.dispose();
+
+  rt = await start([jsWorker("do", doWorker, { durableObjects: { BENCH: { className: "BenchDO", useSQLite: true } } })]);
+  const dobj = jsSystem("Durable Object SQLite Worker", rt.url);
+  await loadData(dobj);
+  await measure(dobj, ["point select", "single-row insert"]);
+  await rt.mf.dispose();
+
+  out(`Same schema and ${ROWS.toLocaleString("en")} rows in every system (\`items(id INTEGER PRIMARY KEY, k, v)\`, index on \`k\`). ` +
+      `Node's fetch on loopback; each cell runs ${CELL_MS / 1000} s or ${CELL_MAX.toLocaleString("en")} requests, whichever ends first; ` +
+      `a wrong or failed answer aborts the run. The D1 and Durable Object Workers and the service-binding consumer are one hop ` +
+      `(HTTP → JS Worker → binding); "HTTP" reaches the TwillDB Edge Worker directly. Miniflare keeps R2, D1 and DO storage on local disk/memory: ` +
+      `these figures compare engines and protocol work, not Cloudflare's network.`);
+  out();
+  out("| operation | concurrency | system | requests | req/s | p50 ms | p99 ms | × D1 req/s |");
+  out("|---|---|---|---|---|---|---|---|");
+  for (const op of ["point select", "single-row insert"]) {
+    for (const c of [1, 16]) {
+      const d1Row = rows.find((r) => r.op === op && r.c === c && r.system.startsWith("D1"));
+      for (const r of rows.filter((r) => r.op === op && r.c === c)) {
+        out(`| ${op} | ${c} | ${r.system} | ${r.n} | ${r.rps.toFixed(0)} | ${r.p50.toFixed(2)} | ${r.p99.toFixed(2)} | ${(r.rps / d1Row.rps).toFixed(2)} |`);
+      }
+    }
+  }
+  out();
+  for (const c of [1, 16]) {
+    const ours = rows.find((r) => r.op === "point select" && r.c === c && r.system === "TwillDB Edge, HTTP");
+    const d1Row = rows.find((r) => r.op === "point select" && r.c === c && r.system.startsWith("D1"));
+    const ratio = ours.rps / d1Row.rps;
+    target(`Worker point-select throughput over HTTP ≥ 1.0× the D1 Worker (concurrency ${c})`, `${ratio.toFixed(2)}×`, ratio >= 1.0);
+  }
+
+  // R2 writes per commit, from the engine's own counters around the insert cells.
+  out("**R2 writes per commit in the Worker** (counted by the engine around the HTTP insert cells, one isolate): log records are the");
+  out("commit path (one create-only PUT each); all writes add the checkpoints (chunks, manifest, GC deletes) amortized over the commits.");
+  out();
+  out("| concurrent writers | commits | log records | log PUTs per commit | all R2 writes per commit |");
+  out("|---|---|---|---|---|");
+  for (const c of [1, 16]) {
+    const { before, after, commits } = r2[c];
+    const records = after.applied_seq - before.applied_seq;
+    const writes = after.r2.writes - before.r2.writes;
+    out(`| ${c} | ${commits} | ${records} | ${(records / commits).toFixed(3)} | ${(writes / commits).toFixed(3)} |`);
+    if (c === 1) target("exactly 1 R2 write (log PUT) per commit with 1 writer", `${(records / commits).toFixed(3)} (all writes incl. checkpoints ${(writes / commits).toFixed(3)})`, records === commits);
+    else target("≤ 0.2 R2 writes per commit with 16 concurrent writers", `${(records / commits).toFixed(3)} (all writes incl. checkpoints ${(writes / commits).toFixed(3)})`, writes / commits <= 0.2);
+  }
+  out();
+}
+
+// ---------------------------------------------------------------- cold start
+
+function wasmSize() {
+  const file = readdirSync(buildDir).find((f) => f.endsWith(".wasm"));
+  const bytes = readFileSync(path.join(buildDir, file));
+  const entry = statSync(path.join(buildDir, "index.mjs")).size;
+  return { raw: bytes.length, gzip: gzipSync(bytes, { level: 9 }).length, entry };
+}
+
+async function coldStart() {
+  const size = wasmSize();
+  const mb = (n) => (n / 1e6).toFixed(2);
+  out(`**Module size** (after \`wasm-opt -Oz\` from npm's binaryen, as built by \`make worker\`): wasm ${mb(size.raw)} MB raw, ` +
+      `**${mb(size.gzip)} MB gzip -9**; JS entry and glue ${(size.entry / 1e3).toFixed(1)} kB.`);
+  out();
+  target("wasm module ≤ 3 MB gzip (free plan); aim ≤ 2 MB", `${mb(size.gzip)} MB`, size.gzip <= 3e6);
+
+  // Time from a fresh runtime (a new workerd process) to the first answer.
+  const timeFresh = async (workers, extra, request, check) => {
+    const t0 = performance.now();
+    const rt = await start(workers, extra);
+    const t1 = performance.now();
+    const body = await json(...request(rt.url));
+    const t2 = performance.now();
+    check(body);
+    const t = performance.now();
+    await json(...request(rt.url));
+    const warm = performance.now() - t;
+    await rt.mf.dispose();
+    return { startup: t1 - t0, first: t2 - t1, warm, body };
+  };
+  const rows = [];
+  const hello = await timeFresh([jsWorker("hello", helloWorker)], {}, (u) => [`${u}/`], () => {});
+  rows.push({ what: "JS Worker that does nothing (anchor)", ...hello });
+
+  const d1Dir = tempDir("twill-bench-d1-");
+  try {
+    let rt = await start([jsWorker("d1", d1Worker, { d1Databases: { D1: "bench-d1" } })], { d1Persist: d1Dir });
+    await loadData(jsSystem("d1", rt.url));
+    await rt.mf.dispose();
+    const d1 = await timeFresh([jsWorker("d1", d1Worker, { d1Databases: { D1: "bench-d1" } })], { d1Persist: d1Dir }, (u) => [`${u}/point?id=7`], pointOk);
+    rows.push({ what: `D1 Worker, point select (${ROWS.toLocaleString("en")} rows)`, ...d1 });
+  } finally {
+    removeDir(d1Dir);
+  }
+
+  const cold = [];
+  for (const mib of COLD_SIZES_MIB) {
+    const dir = tempDir("twill-bench-cold-");
+    try {
+      let rt = await start([engine()], { r2Persist: dir });
+      const q = (sql, params) => json(`${rt.url}/v1/db/cold/query`, postJson({ sql, params }));
+      await q("CREATE TABLE kv (id INTEGER PRIMARY KEY, pad BLOB NOT NULL)");
+      const rowsTotal = Math.floor((mib * 1048576) / 1000);
+      const loadStarted = performance.now();
+      for (let from = 0; from < rowsTotal; from += 2000) {
+        await q("WITH RECURSIVE s(v) AS (SELECT ? UNION ALL SELECT v + 1 FROM s WHERE v < ?) INSERT INTO kv SELECT v, randomblob(1000) FROM s", [from, Math.min(rowsTotal, from + 2000) - 1]);
+      }
+      const loadSeconds = (performance.now() - loadStarted) / 1000;
+      await rt.mf.dispose();
+      const id = Math.floor(rowsTotal / 2) + 7;
+      const r = await timeFresh([engine()], { r2Persist: dir }, (u) => [`${u}/v1/db/cold/query`, postJson({ sql: "SELECT length(pad) AS n FROM kv WHERE id = ?", params: [id] })], (b) => {
+        if (b.rows?.[0]?.[0] !== 1000) throw new Error(`cold point query answered ${JSON.stringify(b).slice(0, 200)}`);
+      });
+      rows.push({ what: `TwillDB Edge, point select, ${mib} MiB database`, ...r });
+      cold.push({ mib, rows: rowsTotal, loadSeconds, meta: r.body.meta });
+    } finally {
+      removeDir(dir);
+    }
+  }
+
+  out("**Cold start**: a new workerd process (miniflare) on existing data, then one request. The anchor is a JS Worker that does nothing.");
+  out();
+  out("| Worker | runtime start ms | first answer ms | × anchor (first answer) | next answer ms |");
+  out("|---|---|---|---|---|");
+  for (const r of rows) {
+    out(`| ${r.what} | ${r.startup.toFixed(0)} | ${r.first.toFixed(1)} | ${(r.first / hello.first).toFixed(1)} | ${r.warm.toFixed(1)} |`);
+  }
+  out();
+  out("**R2 cost of the first point query on a cold isolate** (the engine's own counters, from the answer's `meta`; 1,000-byte rows, " +
+      "4 KiB pages, page groups of 64 KiB):");
+  out();
+  out("| database | rows | R2 reads | R2 bytes read | load time s (HTTP, 2,000 rows per request) |");
+  out("|---|---|---|---|---|");
+  for (const c of cold) {
+    out(`| ${c.mib} MiB | ${c.rows.toLocaleString("en")} | ${c.meta.r2_reads} | ${c.meta.r2_bytes_read.toLocaleString("en")} | ${c.loadSeconds.toFixed(1)} |`);
+  }
+  out();
+  const biggest = cold[cold.length - 1];
+  target(`cold point query on a ${biggest.mib} MiB database: ≤ 4 R2 reads and ≤ 1 MiB`,
+    `${biggest.meta.r2_reads} reads, ${(biggest.meta.r2_bytes_read / 1048576).toFixed(2)} MiB`,
+    biggest.meta.r2_reads <= 4 && biggest.meta.r2_bytes_read <= 1048576);
+}
+
+out("### In the Worker (workerd via miniflare)");
+out();
+await throughput();
+out("### Cold start (Exp 5)");
+out();
+await coldStart();
