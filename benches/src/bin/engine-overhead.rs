@@ -18,7 +18,7 @@ use turso_core::{StepResult, Value};
 use twill_benches::{scale, write_target, Percentiles};
 
 /// Rows loaded (fewer in the smoke run; `k` stays distinct either way).
-fn rows() -> i64 {
+fn row_count() -> i64 {
     scale(100_000, 10_000)
 }
 
@@ -184,10 +184,10 @@ fn load(e: &mut dyn Engine) {
         e.exec(sql, &[]);
     }
     let step = 10_000;
-    for from in (0..rows()).step_by(step as usize) {
+    for from in (0..row_count()).step_by(step as usize) {
         e.transaction(&[(LOAD, vec![int(from), int(from + step)])]);
     }
-    assert_eq!(e.exec("SELECT id FROM items WHERE id = ?", &[int(rows() - 1)]), 1, "{}: data loaded", e.name());
+    assert_eq!(e.exec("SELECT id FROM items WHERE id = ?", &[int(row_count() - 1)]), 1, "{}: data loaded", e.name());
 }
 
 /// Times `iterations` calls of `op` (after a tenth as many untimed ones).
@@ -218,10 +218,10 @@ fn run(e: &mut dyn Engine, rows: &mut Vec<Row>) {
     let n_insert = scale(4_000, 40);
     let n_batch = scale(30, 3);
     // Pseudo-random keys, the same sequence for every engine.
-    let key = |i: usize| ((i as i64).wrapping_mul(48_271) % rows()).abs();
+    let key = |i: usize| ((i as i64).wrapping_mul(48_271) % row_count()).abs();
     let p = measure(n_point, |i| assert_eq!(e.exec(POINT, &[int(key(i))]), 1));
     rows.push(Row { engine: name, op: "point select by key", p });
-    let p = measure(n_range, |i| assert_eq!(e.exec(RANGE, &[int(key(i) % (rows() - 100))]), 100));
+    let p = measure(n_range, |i| assert_eq!(e.exec(RANGE, &[int(key(i) % (row_count() - 100))]), 100));
     rows.push(Row { engine: name, op: "index range scan, 100 rows", p });
     let mut next_id = 1_000_000;
     let p = measure(n_insert, |_| {
@@ -244,7 +244,7 @@ fn main() {
         let mut e = EngineCore::new(0.0, "engine-core");
         load(&mut e);
         for i in 0..200_000i64 {
-            assert_eq!(e.exec(POINT, &[int(i * 48_271 % rows())]), 1);
+            assert_eq!(e.exec(POINT, &[int(i * 48_271 % row_count())]), 1);
         }
         return;
     }
@@ -261,7 +261,7 @@ fn main() {
     let ops: Vec<&str> = rows.iter().filter(|r| r.engine == rows[0].engine).map(|r| r.op).collect();
     println!("C SQLite {} (bundled by rusqlite), turso_core 0.8.3.", rusqlite::version());
     println!();
-    print!("Same data in every engine: {} rows", rows());
+    print!("Same data in every engine: {} rows", row_count());
     println!(" `items(id INTEGER PRIMARY KEY, k INTEGER, v TEXT)` with an index on `k`.");
     println!("Latency per operation in µs (p50 / p99 / mean) and ratios of the means; each statement is prepared anew.");
     println!("`engine-core` includes the commit protocol over the in-memory object store: every read probes freshness");
