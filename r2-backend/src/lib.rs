@@ -9,11 +9,25 @@ use worker::{Bucket, Conditional, Range};
 
 pub struct R2Store {
     bucket: Bucket,
+    emulated_latency_ms: u64,
 }
 
 impl R2Store {
     pub fn new(bucket: Bucket) -> Self {
-        R2Store { bucket }
+        R2Store { bucket, emulated_latency_ms: 0 }
+    }
+
+    /// Waits `ms` before every call: local runs (miniflare's R2 answers in about a
+    /// millisecond) can then behave like production, where each call is a round trip.
+    pub fn with_emulated_latency(mut self, ms: u64) -> Self {
+        self.emulated_latency_ms = ms;
+        self
+    }
+
+    async fn emulate_latency(&self) {
+        if self.emulated_latency_ms > 0 {
+            worker::Delay::from(std::time::Duration::from_millis(self.emulated_latency_ms)).await;
+        }
     }
 }
 
@@ -28,6 +42,7 @@ fn meta_of(o: &worker::Object) -> ObjectMeta {
 #[async_trait(?Send)]
 impl ObjectStore for R2Store {
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Object>, StoreError> {
+        self.emulate_latency().await;
         let mut req = self.bucket.get(key);
         if let Some(r) = range {
             req = req.range(Range::OffsetWithLength { offset: r.offset, length: r.length });
@@ -44,10 +59,12 @@ impl ObjectStore for R2Store {
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.emulate_latency().await;
         Ok(self.bucket.head(key).await.map_err(|e| store_error("head", key, e))?.as_ref().map(meta_of))
     }
 
     async fn put(&self, key: &str, body: Vec<u8>, condition: PutCondition) -> Result<PutOutcome, StoreError> {
+        self.emulate_latency().await;
         let mut req = self.bucket.put(key, body);
         match condition {
             PutCondition::Unconditional => {}
@@ -66,6 +83,7 @@ impl ObjectStore for R2Store {
     }
 
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage, StoreError> {
+        self.emulate_latency().await;
         let mut req = self.bucket.list().prefix(prefix).limit(limit.clamp(1, MAX_LIST_LIMIT) as u32);
         if let Some(after) = start_after {
             req = req.start_after(after);
@@ -77,10 +95,12 @@ impl ObjectStore for R2Store {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.emulate_latency().await;
         self.bucket.delete(key).await.map_err(|e| store_error("delete", key, e))
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.emulate_latency().await;
         for batch in keys.chunks(MAX_LIST_LIMIT) {
             let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
             self.bucket

@@ -7,7 +7,8 @@
 //! * `GET /`: a short description of the service.
 //!
 //! Settings (Worker vars, all optional): `TWILL_CACHE_BYTES`, `TWILL_CHECKPOINT_RECORDS`,
-//! `TWILL_CHECKPOINT_BYTES`, `TWILL_GC_RETENTION_MS`, `TWILL_MAX_STALENESS_MS`. A request may
+//! `TWILL_CHECKPOINT_BYTES`, `TWILL_GC_RETENTION_MS`, `TWILL_MAX_STALENESS_MS`, `TWILL_MAX_VM_STEPS`,
+//! `TWILL_EMULATE_R2_LATENCY_MS` (local runs only). A request may
 //! lower or raise its own staleness bound with the `x-twill-max-staleness-ms` header.
 
 mod auth;
@@ -144,6 +145,8 @@ struct DbRequest {
     cache: std::sync::Arc<engine_core::cache::PageCache>,
     staleness_ms: f64,
     bucket: worker::Bucket,
+    /// `TWILL_EMULATE_R2_LATENCY_MS`, for local runs only (see `R2Store::with_emulated_latency`).
+    emulated_r2_latency_ms: u64,
 }
 
 /// A request's durable reply with its `meta` and `Server-Timing` entry.
@@ -173,12 +176,13 @@ impl DbRequest {
             code: "MISCONFIGURED",
             message: format!("R2 binding {BUCKET_BINDING} is missing"),
         })?;
-        Ok(DbRequest { name: name.to_string(), access, config, cache: isolate_cache(env), staleness_ms, bucket })
+        let emulated_r2_latency_ms = env_number(env, "TWILL_EMULATE_R2_LATENCY_MS").unwrap_or(0.0).min(10_000.0) as u64;
+        Ok(DbRequest { name: name.to_string(), access, config, cache: isolate_cache(env), staleness_ms, bucket, emulated_r2_latency_ms })
     }
 
     /// Runs `work` (grouped with concurrent requests) and measures it.
     async fn perform(self, work: Work, started: f64) -> Result<Performed, ApiError> {
-        let slot = registry::slot(&self.name, self.bucket);
+        let slot = registry::slot(&self.name, self.bucket, self.emulated_r2_latency_ms);
         let cache_before = self.cache.stats();
         let (done, r2) = slot.submit(&self.name, self.config, self.cache.clone(), work, self.staleness_ms).await?;
         let cache_after = self.cache.stats();

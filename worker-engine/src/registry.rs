@@ -60,7 +60,7 @@ pub fn existing_slot(name: &str) -> Option<Rc<DbSlot>> {
     OPEN.with(|open| open.borrow().get(name).cloned())
 }
 
-pub fn slot(name: &str, bucket: worker::Bucket) -> Rc<DbSlot> {
+pub fn slot(name: &str, bucket: worker::Bucket, emulated_r2_latency_ms: u64) -> Rc<DbSlot> {
     OPEN.with(|open| {
         let mut open = open.borrow_mut();
         if let Some(s) = open.get(name) {
@@ -78,7 +78,7 @@ pub fn slot(name: &str, bucket: worker::Bucket) -> Rc<DbSlot> {
                 open.remove(&k);
             }
         }
-        let r2: Rc<dyn ObjectStore> = Rc::new(R2Store::new(bucket));
+        let r2: Rc<dyn ObjectStore> = Rc::new(R2Store::new(bucket).with_emulated_latency(emulated_r2_latency_ms));
         let s = Rc::new(DbSlot {
             store: Rc::new(CountingStore::new(r2)),
             db: RefCell::new(Some(None)),
