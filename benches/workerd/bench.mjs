@@ -161,6 +161,7 @@ async function throughput() {
     // The same inserts with every R2 call delayed as if R2 were a network round trip away.
     rt = await start([engine({ bindings: { TWILL_EMULATE_R2_LATENCY_MS: String(EMULATED_R2_MS) } })], { r2Persist: dir });
     const slow = httpSystem(`TwillDB Edge, HTTP, R2 calls +${EMULATED_R2_MS} ms`, rt.url);
+    pointOk(await json(...slow.point(0))); // opens the database in this isolate, so its counters exist
     for (const c of [1, 16]) {
       const base = nextId;
       nextId += CELL_MAX;

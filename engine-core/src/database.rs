@@ -180,7 +180,7 @@ impl Database {
         config: DbConfig,
         cache: Arc<PageCache>,
     ) -> Result<Self, EngineError> {
-        let mut db = Self::open_from_list(store, layout, config, cache).await?;
+        let mut db = Self::open_for_waiting_requests(store, layout, config, cache).await?;
         db.listed_absent = None;
         Ok(db)
     }
@@ -189,15 +189,6 @@ impl Database {
     /// opening happens during them, so it stands in for the GET of their freshness probe
     /// (one R2 read less on a cold start). The next [`Self::perform`] must be theirs.
     pub async fn open_for_waiting_requests(
-        store: Rc<dyn ObjectStore>,
-        layout: Layout,
-        config: DbConfig,
-        cache: Arc<PageCache>,
-    ) -> Result<Self, EngineError> {
-        Self::open_from_list(store, layout, config, cache).await
-    }
-
-    async fn open_from_list(
         store: Rc<dyn ObjectStore>,
         layout: Layout,
         config: DbConfig,
