@@ -1,15 +1,16 @@
 //! The database file as turso sees it: the pages of a checkpoint, read lazily from the
 //! page cache. A page that is not cached is not fetched here (the isolate is
 //! single-threaded and turso sometimes waits for reads by spinning): the read fails, the
-//! page is recorded as wanted, and the engine fetches it from the object store and runs
-//! the transaction again ("fetch first and retry").
+//! page is recorded as wanted (its read stays pending, see [`StalledReads`]), and the engine
+//! fetches it from the object store and runs the transaction again ("fetch first and retry").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use turso_core::{Buffer, Completion, CompletionError, File};
+use turso_core::{Buffer, Completion, File};
 
 use crate::cache::{PageCache, PageKey};
+use crate::io::StalledReads;
 use crate::manifest::Manifest;
 
 /// Which chunk object holds each page of a checkpoint.
@@ -53,6 +54,7 @@ pub struct ChunkFile {
     cache: Arc<PageCache>,
     wanted: WantedPages,
     pinned: PinnedPages,
+    stalled: StalledReads,
     /// Pages turso wrote to the file itself. The engine disables turso's checkpoints, so
     /// this stays empty in practice; it exists so a write can never be lost or misread.
     written: Mutex<BTreeMap<u32, Vec<u8>>>,
@@ -60,9 +62,9 @@ pub struct ChunkFile {
 }
 
 impl ChunkFile {
-    pub fn new(view: CheckpointView, cache: Arc<PageCache>, wanted: WantedPages, pinned: PinnedPages) -> Self {
+    pub fn new(view: CheckpointView, cache: Arc<PageCache>, wanted: WantedPages, pinned: PinnedPages, stalled: StalledReads) -> Self {
         let size = view.page_count as u64 * view.page_size as u64;
-        ChunkFile { view, cache, wanted, pinned, written: Mutex::new(BTreeMap::new()), size: Mutex::new(size) }
+        ChunkFile { view, cache, wanted, pinned, stalled, written: Mutex::new(BTreeMap::new()), size: Mutex::new(size) }
     }
 
     fn size_now(&self) -> u64 {
@@ -122,7 +124,7 @@ impl File for ChunkFile {
         if ok {
             c.complete(len as i32);
         } else {
-            c.error(CompletionError::IOError(std::io::ErrorKind::WouldBlock, "page not cached"));
+            self.stalled.lock().unwrap_or_else(|p| p.into_inner()).push(c.clone());
         }
         Ok(c)
     }

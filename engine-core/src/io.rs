@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use turso_core::{Clock, File, MemoryIO, MonotonicInstant, OpenFlags, WallClockInstant, IO};
+use turso_core::{Clock, Completion, CompletionError, File, MemoryIO, MonotonicInstant, OpenFlags, WallClockInstant, IO};
 
 /// Milliseconds since the Unix epoch.
 #[cfg(feature = "wasm")]
@@ -33,11 +33,24 @@ pub fn random_bytes(buf: &mut [u8]) {
 pub struct EngineIo {
     files: Mutex<HashMap<String, Arc<dyn File>>>,
     file_factory: MemoryIO,
+    stalled: StalledReads,
 }
+
+/// Reads of pages that are not cached. They stay pending until the next [`IO::step`],
+/// which fails them: turso code that waits for a read gets an error then, while code
+/// that goes on without waiting (B-tree balancing marks sibling pages dirty right after
+/// asking for them) finds them still loading instead of half-loaded, and the engine
+/// abandons the statement when turso hands control back (see `LocalDb::run_prepared`).
+pub type StalledReads = Arc<Mutex<Vec<Completion>>>;
 
 impl EngineIo {
     pub fn new() -> Self {
-        EngineIo { files: Mutex::new(HashMap::new()), file_factory: MemoryIO::new() }
+        EngineIo { files: Mutex::new(HashMap::new()), file_factory: MemoryIO::new(), stalled: Default::default() }
+    }
+
+    /// Where the database file puts reads it cannot serve.
+    pub fn stalled_reads(&self) -> StalledReads {
+        self.stalled.clone()
     }
 
     /// The file at `path`, if it was ever opened.
@@ -118,6 +131,14 @@ impl IO for EngineIo {
 
     fn fill_bytes(&self, dest: &mut [u8]) {
         random_bytes(dest);
+    }
+
+    fn step(&self) -> turso_core::Result<()> {
+        let stalled = std::mem::take(&mut *self.stalled.lock().unwrap_or_else(|p| p.into_inner()));
+        for c in stalled {
+            c.error(CompletionError::IOError(std::io::ErrorKind::WouldBlock, "page not cached"));
+        }
+        Ok(())
     }
 
     fn yield_now(&self) {}

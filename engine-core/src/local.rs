@@ -86,7 +86,13 @@ impl LocalDb {
         let path = format!("twill-{}.db", NEXT_OPEN_ID.fetch_add(1, Ordering::Relaxed));
         io.register(
             &path,
-            Arc::new(ChunkFile::new(base.view.clone(), base.cache.clone(), base.wanted.clone(), base.pinned.clone())),
+            Arc::new(ChunkFile::new(
+                base.view.clone(),
+                base.cache.clone(),
+                base.wanted.clone(),
+                base.pinned.clone(),
+                io.stalled_reads(),
+            )),
         );
         Self::open_at(io, base, path, 0)
     }
@@ -113,6 +119,10 @@ impl LocalDb {
     /// `e`, unless pages were missing, in which case the (real) cause is that.
     pub fn missing_or(&self, e: EngineError) -> EngineError {
         missing_or(&self.base.wanted, e)
+    }
+
+    fn has_wanted(&self) -> bool {
+        !self.base.wanted.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 
     /// Pages turso asked for that were not cached, since the last call.
@@ -314,6 +324,12 @@ impl LocalDb {
                 }
                 StepResult::Done => break,
                 StepResult::IO | StepResult::Yield | StepResult::Sleep { .. } => {
+                    // Waiting on a page that is not cached: abandon the statement rather than
+                    // let turso go on with it (the request is rolled back and run again once
+                    // the page is fetched).
+                    if self.has_wanted() {
+                        return Err(self.missing_or(EngineError::Internal("a page is not cached".into())));
+                    }
                     stmt._io().step().map_err(sql_err)?;
                 }
                 StepResult::Interrupt => return Err(interrupted()),

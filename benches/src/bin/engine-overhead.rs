@@ -190,52 +190,72 @@ fn load(e: &mut dyn Engine) {
     assert_eq!(e.exec("SELECT id FROM items WHERE id = ?", &[int(row_count() - 1)]), 1, "{}: data loaded", e.name());
 }
 
-/// Times `iterations` calls of `op` (after a tenth as many untimed ones).
-fn measure(iterations: usize, mut op: impl FnMut(usize)) -> Percentiles {
-    for i in 0..iterations / 10 {
-        op(i);
-    }
-    let mut samples: Vec<Duration> = Vec::with_capacity(iterations);
-    for i in 0..iterations {
-        let t = Instant::now();
-        op(iterations / 10 + i);
-        samples.push(t.elapsed());
-    }
-    Percentiles::of(&samples)
-}
-
 struct Row {
     engine: &'static str,
     op: &'static str,
     p: Percentiles,
 }
 
-fn run(e: &mut dyn Engine, rows: &mut Vec<Row>) {
-    load(e);
-    let name = e.name();
-    let n_point = scale(20_000, 200);
-    let n_range = scale(4_000, 40);
-    let n_insert = scale(4_000, 40);
-    let n_batch = scale(30, 3);
+const OPS: [&str; 4] = ["point select by key", "index range scan, 100 rows", "single-row insert (autocommit)", "1,000-row insert transaction"];
+
+/// Timed calls per operation (and a tenth as many untimed ones first).
+fn iterations(op: usize) -> usize {
+    [scale(20_000, 200), scale(4_000, 40), scale(4_000, 40), scale(30, 3)][op]
+}
+
+/// The engines take turns, in this many rounds per operation, so that drift in the
+/// machine's speed during the run hits them all alike.
+const ROUNDS: usize = 10;
+
+/// One call of operation `op`; `i` picks the key, `next_id` is the engine's next free id.
+fn run_op(e: &mut dyn Engine, op: usize, i: usize, next_id: &mut i64) {
     // Pseudo-random keys, the same sequence for every engine.
-    let key = |i: usize| ((i as i64).wrapping_mul(48_271) % row_count()).abs();
-    let p = measure(n_point, |i| assert_eq!(e.exec(POINT, &[int(key(i))]), 1));
-    rows.push(Row { engine: name, op: "point select by key", p });
-    let p = measure(n_range, |i| assert_eq!(e.exec(RANGE, &[int(key(i) % (row_count() - 100))]), 100));
-    rows.push(Row { engine: name, op: "index range scan, 100 rows", p });
-    let mut next_id = 1_000_000;
-    let p = measure(n_insert, |_| {
-        e.exec(INSERT, &insert_params(next_id));
-        next_id += 1;
-    });
-    rows.push(Row { engine: name, op: "single-row insert (autocommit)", p });
-    let p = measure(n_batch, |_| {
-        let stmts: Vec<(&str, Vec<SqlValue>)> = (0..1000).map(|j| (INSERT, insert_params(next_id + j))).collect();
-        e.transaction(&stmts);
-        next_id += 1000;
-    });
-    rows.push(Row { engine: name, op: "1,000-row insert transaction", p });
-    assert_eq!(e.exec("SELECT id FROM items WHERE id = ?", &[int(next_id - 1)]), 1, "{name}: inserts landed");
+    let key = ((i as i64).wrapping_mul(48_271) % row_count()).abs();
+    match op {
+        0 => assert_eq!(e.exec(POINT, &[int(key)]), 1),
+        1 => assert_eq!(e.exec(RANGE, &[int(key % (row_count() - 100))]), 100),
+        2 => {
+            e.exec(INSERT, &insert_params(*next_id));
+            *next_id += 1;
+        }
+        _ => {
+            let stmts: Vec<(&str, Vec<SqlValue>)> = (0..1000).map(|j| (INSERT, insert_params(*next_id + j))).collect();
+            e.transaction(&stmts);
+            *next_id += 1000;
+        }
+    }
+}
+
+fn measure_all(engines: &mut [Box<dyn Engine>]) -> Vec<Row> {
+    let mut next_ids = vec![1_000_000i64; engines.len()];
+    let mut rows = Vec::new();
+    for (op, op_name) in OPS.iter().enumerate() {
+        let n = iterations(op);
+        let per_round = n.div_ceil(ROUNDS);
+        for (e, next_id) in engines.iter_mut().zip(next_ids.iter_mut()) {
+            for i in 0..n / 10 {
+                run_op(e.as_mut(), op, i, next_id);
+            }
+        }
+        let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(n); engines.len()];
+        for round in 0..ROUNDS {
+            for ((e, next_id), samples) in engines.iter_mut().zip(next_ids.iter_mut()).zip(samples.iter_mut()) {
+                for j in 0..per_round {
+                    let t = Instant::now();
+                    run_op(e.as_mut(), op, n / 10 + round * per_round + j, next_id);
+                    samples.push(t.elapsed());
+                }
+            }
+        }
+        for (e, samples) in engines.iter().zip(&samples) {
+            rows.push(Row { engine: e.name(), op: op_name, p: Percentiles::of(samples) });
+        }
+    }
+    for (e, next_id) in engines.iter_mut().zip(&next_ids) {
+        let name = e.name();
+        assert_eq!(e.exec("SELECT id FROM items WHERE id = ?", &[int(next_id - 1)]), 1, "{name}: inserts landed");
+    }
+    rows
 }
 
 fn main() {
@@ -248,7 +268,6 @@ fn main() {
         }
         return;
     }
-    let mut rows = Vec::new();
     let mut engines: Vec<Box<dyn Engine>> = vec![
         Box::new(Sqlite::new()),
         Box::new(RawTurso::new()),
@@ -256,9 +275,10 @@ fn main() {
         Box::new(EngineCore::new(60_000.0, "engine-core, bounded staleness 60 s")),
     ];
     for e in engines.iter_mut() {
-        run(e.as_mut(), &mut rows);
+        load(e.as_mut());
     }
-    let ops: Vec<&str> = rows.iter().filter(|r| r.engine == rows[0].engine).map(|r| r.op).collect();
+    let rows = measure_all(&mut engines);
+    let ops = OPS;
     println!("C SQLite {} (bundled by rusqlite), turso_core 0.8.3.", rusqlite::version());
     println!();
     print!("Same data in every engine: {} rows", row_count());
@@ -266,7 +286,7 @@ fn main() {
     println!("Latency per operation in µs (p50 / p99 / mean) and ratios of the means; each statement is prepared anew.");
     println!("`engine-core` includes the commit protocol over the in-memory object store: every read probes freshness");
     println!("(GET of the next log record + HEAD of the manifest), every commit encodes a log record, PUTs it and checkpoints every 32.");
-    println!("The bounded-staleness row skips the read probe (`x-twill-max-staleness-ms`).");
+    println!("The bounded-staleness row skips the read probe (`x-twill-max-staleness-ms`). The engines take turns in {ROUNDS} rounds per operation.");
     println!();
     println!("| operation | engine | p50 µs | p99 µs | mean µs | ops/s | × C SQLite | × raw turso |");
     println!("|---|---|---|---|---|---|---|---|");
