@@ -675,26 +675,18 @@ impl Database {
         Err(EngineError::Conflict { attempts: self.config.max_commit_attempts })
     }
 
-    /// BEGIN, the statements, COMMIT, all locally. Leaves no transaction open; a failure
-    /// rolls back this request only.
+    /// BEGIN, the statements, COMMIT, all locally (a single read runs on its own). Leaves
+    /// no transaction open; a failure rolls back this request only.
     fn run_local(&mut self, statements: &[Statement], shape: Shape) -> Result<Vec<StatementResult>, EngineError> {
         let limits = self.config.limits;
         let local = self.local();
         local.start_request(&limits);
-        if shape == Shape::SingleRead {
-            // One read needs no explicit transaction (it is its own), and BEGIN and COMMIT
-            // would cost two more statements to prepare on the hottest path.
-            let result = local.execute(&statements[0], &limits).map_err(|e| local.missing_or(e));
-            let missed = local.take_wanted();
-            if !missed.is_empty() {
-                return Err(EngineError::PagesMissing(missed));
-            }
-            if local.in_transaction() {
-                return Err(EngineError::Internal("a read left a transaction open".into()));
-            }
-            return result.map(|r| vec![r]);
+        // One read needs no explicit transaction (it is its own), and BEGIN and COMMIT
+        // would cost two more statements to prepare on the hottest path.
+        let explicit = shape != Shape::SingleRead;
+        if explicit {
+            local.exec_control("BEGIN").map_err(|e| local.missing_or(e))?;
         }
-        local.exec_control("BEGIN").map_err(|e| local.missing_or(e))?;
         let mut results = Vec::with_capacity(statements.len());
         let rollback = |local: &LocalDb, e: EngineError| {
             let e = local.missing_or(e);
@@ -708,15 +700,17 @@ impl Database {
                 Ok(r) => results.push(r),
                 Err(e) => return rollback(local, e),
             }
-            if !local.in_transaction() {
-                // A statement ended the transaction itself (the guard should have refused
-                // it). Its local commit must never ship, and neither may anything else of
-                // this group: failing the group discards all of it.
-                return Err(EngineError::Internal("a statement ended the request's transaction".into()));
+            if local.in_transaction() != explicit {
+                // A statement ended the transaction itself, or left one open (the guard
+                // should have refused it). Its effects must never ship, and neither may
+                // anything else of this group: failing the group discards all of it.
+                return Err(EngineError::Internal("a statement changed the request's transaction".into()));
             }
         }
-        if let Err(e) = local.exec_control("COMMIT") {
-            return rollback(local, e);
+        if explicit {
+            if let Err(e) = local.exec_control("COMMIT") {
+                return rollback(local, e);
+            }
         }
         let missed = local.take_wanted();
         if !missed.is_empty() {
