@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use engine_core::cache::PageCache;
 use engine_core::mem_store::MemStore;
-use engine_core::{Database, DbConfig, Layout, ObjectStore, SqlValue, Statement, StatementResult};
+use engine_core::{Database, DbConfig, DbContext, Layout, ObjectStore, SqlValue, Statement, StatementResult};
 
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     futures::executor::block_on(f)
@@ -26,7 +26,13 @@ pub fn try_open(
     cache_bytes: usize,
 ) -> Result<Database, engine_core::EngineError> {
     let store: Rc<dyn ObjectStore> = store.clone();
-    block_on(Database::open_with_cache(store, Layout::new("", name), config, Arc::new(PageCache::new(cache_bytes))))
+    let ctx = DbContext::new(store).with_cache(Arc::new(PageCache::new(cache_bytes)));
+    block_on(Database::open(ctx, Layout::new("", name), config))
+}
+
+/// [`try_open`] with a given context (a simulated host, a shared cache).
+pub fn try_open_in(ctx: DbContext, name: &str, config: DbConfig) -> Result<Database, engine_core::EngineError> {
+    block_on(Database::open(ctx, Layout::new("", name), config))
 }
 
 /// Runs one statement as its own transaction.

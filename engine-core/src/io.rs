@@ -1,36 +1,18 @@
-//! The IO turso_core runs on: in-memory files (the isolate has no filesystem), a clock that
-//! reads JS `Date` in the Worker (turso's default clock uses `std::time::Instant`, which
-//! panics on wasm32), and `sleep`/`yield_now` that never block a single-threaded isolate.
+//! The IO turso_core runs on: in-memory files (the isolate has no filesystem), the host's
+//! clock and randomness (JS `Date` and `crypto` in the Worker; turso's default clock uses
+//! `std::time::Instant`, which panics on wasm32; a seeded host in simulation), and
+//! `sleep`/`yield_now` that never block a single-threaded isolate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::host::Host;
 use turso_core::{Clock, Completion, CompletionError, File, MemoryIO, MonotonicInstant, OpenFlags, WallClockInstant, IO};
-
-/// Milliseconds since the Unix epoch.
-#[cfg(feature = "wasm")]
-pub fn now_millis() -> f64 {
-    js_sys::Date::now()
-}
-
-#[cfg(not(feature = "wasm"))]
-pub fn now_millis() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0)
-}
-
-/// Fills `buf` with random bytes (crypto.getRandomValues in the Worker).
-pub fn random_bytes(buf: &mut [u8]) {
-    // getrandom only fails when the platform has no source at all; a zeroed nonce would
-    // still be correct (nonces only disambiguate our own retries), just less unique.
-    let _ = getrandom::fill(buf);
-}
 
 /// In-memory files keyed by path. Files outlive the turso `Database` that opened them, so
 /// the engine can reopen the same bytes (e.g. after discarding unshipped WAL frames).
 pub struct EngineIo {
+    host: Arc<dyn Host>,
     files: Mutex<HashMap<String, Arc<dyn File>>>,
     file_factory: MemoryIO,
     stalled: StalledReads,
@@ -44,8 +26,8 @@ pub struct EngineIo {
 pub type StalledReads = Arc<Mutex<Vec<Completion>>>;
 
 impl EngineIo {
-    pub fn new() -> Self {
-        EngineIo { files: Mutex::new(HashMap::new()), file_factory: MemoryIO::new(), stalled: Default::default() }
+    pub fn new(host: Arc<dyn Host>) -> Self {
+        EngineIo { host, files: Mutex::new(HashMap::new()), file_factory: MemoryIO::new(), stalled: Default::default() }
     }
 
     /// Where the database file puts reads it cannot serve.
@@ -82,19 +64,13 @@ impl EngineIo {
     }
 }
 
-impl Default for EngineIo {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Clock for EngineIo {
     fn current_time_monotonic(&self) -> MonotonicInstant {
-        MonotonicInstant::from_nanos((now_millis() * 1_000_000.0) as u128)
+        MonotonicInstant::from_nanos((self.host.now_ms() * 1_000_000.0) as u128)
     }
 
     fn current_time_wall_clock(&self) -> WallClockInstant {
-        let ms = now_millis();
+        let ms = self.host.now_ms();
         let secs = (ms / 1000.0).floor();
         WallClockInstant { secs: secs as i64, micros: ((ms - secs * 1000.0) * 1000.0) as u32 }
     }
@@ -125,12 +101,12 @@ impl IO for EngineIo {
 
     fn generate_random_number(&self) -> i64 {
         let mut b = [0u8; 8];
-        random_bytes(&mut b);
+        self.host.fill_random(&mut b);
         i64::from_le_bytes(b)
     }
 
     fn fill_bytes(&self, dest: &mut [u8]) {
-        random_bytes(dest);
+        self.host.fill_random(dest);
     }
 
     fn step(&self) -> turso_core::Result<()> {

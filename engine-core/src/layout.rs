@@ -40,6 +40,20 @@ impl Layout {
         format!("{}chunk/{:012}-{:08}-{}", self.prefix, generation, index, nonce)
     }
 
+    pub fn chunk_prefix(&self) -> String {
+        format!("{}chunk/", self.prefix)
+    }
+
+    /// The checkpoint generation a key produced by [`Self::chunk_key`] belongs to.
+    pub fn chunk_generation_of(&self, key: &str) -> Option<u64> {
+        let rest = key.strip_prefix(&self.chunk_prefix())?;
+        let digits = rest.get(..12)?;
+        if rest.as_bytes().get(12) != Some(&b'-') {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
     /// Parses a key produced by [`Self::log_key`].
     pub fn log_seq_of(&self, key: &str) -> Option<u64> {
         let digits = key.strip_prefix(&self.log_prefix())?;
@@ -62,5 +76,7 @@ mod tests {
         assert_eq!(l.log_seq_of(&l.log_key(123)), Some(123));
         assert_eq!(l.log_seq_of("db/app/log/12"), None);
         assert_eq!(l.log_seq_of("db/other/log/00000000000000000001"), None);
+        assert_eq!(l.chunk_generation_of(&l.chunk_key(42, 7, "abc")), Some(42));
+        assert_eq!(l.chunk_generation_of("db/app/chunk/xyz"), None);
     }
 }

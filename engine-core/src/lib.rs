@@ -7,6 +7,8 @@
 pub mod cache;
 pub mod chunk_file;
 pub mod database;
+pub mod dst;
+pub mod host;
 pub mod error;
 pub mod guard;
 pub mod io;
@@ -19,7 +21,7 @@ pub mod script;
 pub mod store;
 pub mod value;
 
-pub use database::{Database, DbConfig, Done, Reply, TxResult, Work};
+pub use database::{Database, DbConfig, DbContext, Done, Reply, TxResult, Work};
 pub use error::EngineError;
 pub use layout::Layout;
 pub use store::ObjectStore;

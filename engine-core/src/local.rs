@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use crate::cache::PageCache;
 use crate::chunk_file::{CheckpointView, ChunkFile, PinnedPages, WantedPages};
 use crate::error::{sql_err, EngineError};
+use crate::host::Host;
 use crate::io::EngineIo;
 use crate::log_record::Frame;
 use crate::value::{Description, Params, SqlValue, Statement, StatementResult};
@@ -75,14 +76,14 @@ impl LocalDb {
     /// A database whose file is the checkpoint `view` (empty if it has no pages) and whose
     /// WAL is empty. Fails with [`EngineError::PagesMissing`] if turso needs pages that are
     /// not cached yet: fetch them and call again.
-    pub fn create(view: CheckpointView, cache: Arc<PageCache>) -> Result<Self, EngineError> {
+    pub fn create(view: CheckpointView, cache: Arc<PageCache>, host: Arc<dyn Host>) -> Result<Self, EngineError> {
         let base = Base {
             view,
             cache,
             wanted: Arc::new(Mutex::new(Default::default())),
             pinned: Arc::new(Mutex::new(HashMap::new())),
         };
-        let io = Arc::new(EngineIo::new());
+        let io = Arc::new(EngineIo::new(host));
         let path = format!("twill-{}.db", NEXT_OPEN_ID.fetch_add(1, Ordering::Relaxed));
         io.register(
             &path,
@@ -205,9 +206,19 @@ impl LocalDb {
         Ok(self.conn.wal_state().map_err(sql_err)?.max_frame)
     }
 
-    /// Starts a request: its VM-step budget is shared by all of its statements.
+    /// Starts a request: its VM-step budget is shared by all of its statements, and the
+    /// connection's settings are back at their defaults whatever an earlier request on
+    /// this isolate set (foreign keys are enforced, as in D1; a request may turn them off
+    /// for itself with `PRAGMA foreign_keys = OFF`).
     pub fn start_request(&self, limits: &ExecLimits) {
         self.vm_steps_left.store(limits.max_vm_steps.min(i64::MAX as u64) as i64, Ordering::Relaxed);
+        // Only when it changed: setting it invalidates every prepared statement.
+        if !self.conn.foreign_keys_enabled() {
+            self.conn.set_foreign_keys_enabled(true);
+        }
+        if self.conn.check_constraints_ignored() {
+            self.conn.set_check_constraints_ignored(false);
+        }
     }
 
     /// Prepares the first statement of `sql`; returns it and where the next one starts.
@@ -407,13 +418,21 @@ impl LocalDb {
     /// If reopening needs pages that are not cached, the error carries what is needed to
     /// try again once they are fetched.
     pub fn discard_unshipped(self) -> Result<Self, (EngineError, Reopen)> {
+        let durable = self.durable_frames;
+        self.rewind(durable)
+    }
+
+    /// Drops the WAL frames after `keep_frames` (at least the durable ones are kept): what
+    /// was committed locally since then is undone. Any open transaction is lost.
+    pub fn rewind(self, keep_frames: u64) -> Result<Self, (EngineError, Reopen)> {
+        let keep_frames = keep_frames.max(self.durable_frames);
         let LocalDb { io, base, conn, db, path, durable_frames, page_size, vm_steps_left } = self;
-        if conn.wal_state().map(|s| s.max_frame).unwrap_or(u64::MAX) == durable_frames && conn.get_auto_commit() {
+        if conn.wal_state().map(|s| s.max_frame).unwrap_or(u64::MAX) == keep_frames && conn.get_auto_commit() {
             return Ok(LocalDb { io, base, conn, db, path, durable_frames, page_size, vm_steps_left });
         }
         drop(conn);
         drop(db);
-        let reopen = Reopen { io, base, path, durable_frames, page_size };
+        let reopen = Reopen { io, base, path, durable_frames, keep_frames, page_size };
         if let Err(e) = reopen.truncate_wal() {
             return Err((e, reopen));
         }
@@ -421,22 +440,24 @@ impl LocalDb {
     }
 }
 
-/// A local database closed for reopening (see [`LocalDb::discard_unshipped`]).
+/// A local database closed for reopening (see [`LocalDb::rewind`]).
 pub struct Reopen {
     io: Arc<EngineIo>,
     base: Base,
     path: String,
     durable_frames: u64,
+    /// The WAL frames to keep.
+    keep_frames: u64,
     page_size: u32,
 }
 
 impl Reopen {
     fn truncate_wal(&self) -> Result<(), EngineError> {
         if let Some(wal) = self.io.file(&format!("{}-wal", self.path)) {
-            let len = if self.durable_frames == 0 {
+            let len = if self.keep_frames == 0 {
                 0
             } else {
-                WAL_HEADER_LEN + self.durable_frames * (WAL_FRAME_HEADER_LEN as u64 + self.page_size as u64)
+                WAL_HEADER_LEN + self.keep_frames * (WAL_FRAME_HEADER_LEN as u64 + self.page_size as u64)
             };
             let c = turso_core::Completion::new_trunc(|_| {});
             let c = wal.truncate(len, c).map_err(|e| EngineError::Internal(format!("truncate wal: {e}")))?;
@@ -448,25 +469,24 @@ impl Reopen {
     /// Opens turso again on the same files, under a fresh path (turso keeps one
     /// `Database` per path process-wide).
     pub fn open(self) -> Result<LocalDb, (EngineError, Reopen)> {
-        let Reopen { io, base, path, durable_frames, page_size } = self;
+        let Reopen { io, base, path, durable_frames, keep_frames, page_size } = self;
         let wal_path = format!("{path}-wal");
         let new_path = format!("twill-{}.db", NEXT_OPEN_ID.fetch_add(1, Ordering::Relaxed));
         io.alias(&path, &new_path);
         io.alias(&wal_path, &format!("{new_path}-wal"));
         io.forget(&path);
         io.forget(&wal_path);
+        let retry = |path| Reopen { io: io.clone(), base: base.clone(), path, durable_frames, keep_frames, page_size };
         match LocalDb::open_at(io.clone(), base.clone(), new_path.clone(), durable_frames) {
             Ok(reopened) => match reopened.wal_frames() {
-                Ok(frames) if frames == durable_frames => Ok(reopened),
+                Ok(frames) if frames == keep_frames => Ok(reopened),
                 Ok(frames) => Err((
-                    EngineError::Internal(format!(
-                        "after discarding unshipped frames the WAL holds {frames} frames, expected {durable_frames}"
-                    )),
-                    Reopen { io, base, path: new_path, durable_frames, page_size },
+                    EngineError::Internal(format!("after rewinding the WAL holds {frames} frames, expected {keep_frames}")),
+                    retry(new_path),
                 )),
-                Err(e) => Err((e, Reopen { io, base, path: new_path, durable_frames, page_size })),
+                Err(e) => Err((e, retry(new_path))),
             },
-            Err(e) => Err((e, Reopen { io, base, path: new_path, durable_frames, page_size })),
+            Err(e) => Err((e, retry(new_path))),
         }
     }
 

@@ -3,11 +3,14 @@
 //!
 //! Format (little endian):
 //! ```text
-//! magic "TWLR" | version u8 = 1 | reserved [u8; 3]
-//! seq u64 | page_size u32 | frame_count u32 | nonce [u8; 16]
+//! magic "TWLR" | version u8 = 2 | reserved [u8; 3]
+//! seq u64 | page_size u32 | frame_count u32 | nonce [u8; 16] | committed_ms u64
 //! frame_count × (page_no u32 | db_size_after u32 | page bytes [page_size])
 //! crc32 u32 over everything before it
 //! ```
+//! Version 1 lacks `committed_ms` (read as 0). `committed_ms` is the commit time: never
+//! earlier than the previous record's, so times sort in log order (history looks commits
+//! up by time).
 //! `db_size_after` is non-zero only on the last frame of each committed transaction (as in
 //! SQLite's WAL). The nonce makes every attempt's bytes unique, so after an ambiguous PUT
 //! the writer can tell its own record from another writer's by reading it back.
@@ -15,8 +18,9 @@
 use thiserror::Error;
 
 const MAGIC: &[u8; 4] = b"TWLR";
-const VERSION: u8 = 1;
-const HEADER_LEN: usize = 4 + 1 + 3 + 8 + 4 + 4 + 16;
+const VERSION: u8 = 2;
+const V1_HEADER_LEN: usize = 4 + 1 + 3 + 8 + 4 + 4 + 16;
+const HEADER_LEN: usize = V1_HEADER_LEN + 8;
 const FRAME_HEADER_LEN: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +36,8 @@ pub struct LogRecord {
     pub seq: u64,
     pub page_size: u32,
     pub nonce: [u8; 16],
+    /// Commit time, ms since the Unix epoch (0 in version-1 records).
+    pub committed_ms: u64,
     pub frames: Vec<Frame>,
 }
 
@@ -39,8 +45,10 @@ pub struct LogRecord {
 pub enum RecordError {
     #[error("log record is truncated or has trailing bytes")]
     Length,
-    #[error("log record has a bad magic number or version")]
+    #[error("log record has a bad magic number")]
     Magic,
+    #[error("log record has format version {0}, newer than this server reads (up to {VERSION}); upgrade the Worker")]
+    NewerVersion(u8),
     #[error("log record checksum mismatch")]
     Checksum,
     #[error("log record is malformed: {0}")]
@@ -58,6 +66,7 @@ impl LogRecord {
         out.extend_from_slice(&self.page_size.to_le_bytes());
         out.extend_from_slice(&(self.frames.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.nonce);
+        out.extend_from_slice(&self.committed_ms.to_le_bytes());
         for f in &self.frames {
             debug_assert_eq!(f.page.len(), page_size);
             out.extend_from_slice(&f.page_no.to_le_bytes());
@@ -70,32 +79,43 @@ impl LogRecord {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        if bytes.len() < HEADER_LEN + 4 {
+        if bytes.len() < V1_HEADER_LEN + 4 {
             return Err(RecordError::Length);
         }
         let (body, crc) = bytes.split_at(bytes.len() - 4);
-        if &body[0..4] != MAGIC || body[4] != VERSION {
+        if &body[0..4] != MAGIC {
             return Err(RecordError::Magic);
+        }
+        let header_len = match body[4] {
+            1 => V1_HEADER_LEN,
+            VERSION => HEADER_LEN,
+            0 => return Err(RecordError::Magic),
+            newer => return Err(RecordError::NewerVersion(newer)),
+        };
+        if body.len() < header_len {
+            return Err(RecordError::Length);
         }
         if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().map_err(|_| RecordError::Length)?) {
             return Err(RecordError::Checksum);
         }
         let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"));
-        let seq = u64::from_le_bytes(body[8..16].try_into().expect("8 bytes"));
+        let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+        let seq = u64_at(8);
         let page_size = u32_at(16);
         let frame_count = u32_at(20) as usize;
         let mut nonce = [0u8; 16];
         nonce.copy_from_slice(&body[24..40]);
+        let committed_ms = if header_len == HEADER_LEN { u64_at(40) } else { 0 };
         if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
             return Err(RecordError::Malformed("page size"));
         }
         let frame_len = FRAME_HEADER_LEN + page_size as usize;
-        if body.len() != HEADER_LEN + frame_count * frame_len {
+        if frame_count.checked_mul(frame_len).and_then(|n| n.checked_add(header_len)) != Some(body.len()) {
             return Err(RecordError::Length);
         }
         let mut frames = Vec::with_capacity(frame_count);
         for i in 0..frame_count {
-            let at = HEADER_LEN + i * frame_len;
+            let at = header_len + i * frame_len;
             let page_no = u32_at(at);
             if page_no == 0 {
                 return Err(RecordError::Malformed("page number 0"));
@@ -110,7 +130,7 @@ impl LogRecord {
             Some(last) if last.db_size_after > 0 => {}
             _ => return Err(RecordError::Malformed("does not end with a commit frame")),
         }
-        Ok(LogRecord { seq, page_size, nonce, frames })
+        Ok(LogRecord { seq, page_size, nonce, committed_ms, frames })
     }
 }
 
@@ -123,6 +143,7 @@ mod tests {
             seq: 42,
             page_size: 512,
             nonce: [7; 16],
+            committed_ms: 1_767_225_600_123,
             frames: vec![
                 Frame { page_no: 1, db_size_after: 0, page: vec![1; 512] },
                 Frame { page_no: 3, db_size_after: 3, page: vec![2; 512] },
@@ -146,5 +167,20 @@ mod tests {
         let mut no_commit = sample();
         no_commit.frames[1].db_size_after = 0;
         assert_eq!(LogRecord::decode(&no_commit.encode()), Err(RecordError::Malformed("does not end with a commit frame")));
+        let mut newer = sample().encode();
+        newer[4] = 3;
+        assert_eq!(LogRecord::decode(&newer), Err(RecordError::NewerVersion(3)));
+    }
+
+    #[test]
+    fn reads_version_1_records() {
+        let r = sample();
+        let mut v1 = r.encode();
+        v1.drain(40..48);
+        v1[4] = 1;
+        let body_len = v1.len() - 4;
+        let crc = crc32fast::hash(&v1[..body_len]);
+        v1[body_len..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(LogRecord::decode(&v1).unwrap(), LogRecord { committed_ms: 0, ..r });
     }
 }

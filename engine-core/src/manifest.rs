@@ -18,6 +18,9 @@ pub struct Manifest {
     pub generation: u64,
     /// Every log record with seq <= this is folded into the chunks.
     pub checkpoint_seq: u64,
+    /// Commit time of record `checkpoint_seq` (ms since the Unix epoch; 0 if unknown).
+    #[serde(default)]
+    pub committed_ms: u64,
     pub page_size: u32,
     /// Database size in pages at the checkpoint.
     pub page_count: u32,
@@ -28,6 +31,10 @@ pub struct Manifest {
     /// retention window (readers of older manifests may still be using them).
     #[serde(default)]
     pub garbage: Vec<Garbage>,
+    /// When objects no manifest references (left by failed uploads, ambiguous PUTs,
+    /// failed deletes, zombie writers) were last swept (ms since the Unix epoch).
+    #[serde(default)]
+    pub last_sweep_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,11 +57,13 @@ impl Manifest {
             version: Self::VERSION,
             generation: 0,
             checkpoint_seq: 0,
+            committed_ms: 0,
             page_size: 0,
             page_count: 0,
             pages_per_chunk: DEFAULT_PAGES_PER_CHUNK,
             chunks: Vec::new(),
             garbage: Vec::new(),
+            last_sweep_ms: 0.0,
         }
     }
 

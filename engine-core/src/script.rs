@@ -4,9 +4,9 @@
 //! engine begins and commits instead.
 //!
 //! A script is one unit of durability: whatever it commits locally (one or several
-//! transactions) ships as one log record before any of its results are returned, and a
-//! transaction it leaves open is rolled back at its end (transactions never span requests,
-//! because the next request may reach another isolate).
+//! transactions) ships as one log record before any of its results are returned. A
+//! transaction it leaves open is rolled back at its end (or, for Hrana's interactive
+//! transactions, carried to the next request by the caller).
 
 use crate::error::EngineError;
 use crate::value::{Description, Statement, StatementResult};
@@ -38,6 +38,24 @@ pub enum Action {
     GetAutocommit,
 }
 
+/// Steps, and which runs of them are all-or-nothing units (Hrana batches).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Script {
+    pub steps: Vec<Step>,
+    /// Ranges of step indexes, in order and disjoint. If a step of a unit fails after the
+    /// unit committed something (its own `COMMIT`, or a statement run in autocommit after
+    /// the unit's transaction ended early, e.g. by the client's own `ROLLBACK`), everything
+    /// the unit committed is undone: a batch the client sees fail leaves nothing behind.
+    pub atomic_units: Vec<std::ops::Range<usize>>,
+}
+
+impl Script {
+    /// Steps with no all-or-nothing units.
+    pub fn new(steps: Vec<Step>) -> Self {
+        Script { steps, atomic_units: Vec::new() }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     pub condition: Option<Cond>,
@@ -60,11 +78,14 @@ pub enum StepOutcome {
     Described(Description),
     Autocommit(bool),
     Failed(EngineError),
+    /// It ran, but its all-or-nothing unit failed later and everything the unit did was
+    /// undone; the error says which step failed.
+    Undone(EngineError),
 }
 
 impl StepOutcome {
     pub fn succeeded(&self) -> bool {
-        !matches!(self, StepOutcome::Skipped | StepOutcome::Failed(_))
+        !matches!(self, StepOutcome::Skipped | StepOutcome::Failed(_) | StepOutcome::Undone(_))
     }
 }
 
@@ -82,7 +103,7 @@ impl Cond {
     pub fn holds(&self, done: &[StepOutcome], autocommit: bool) -> bool {
         match self {
             Cond::Ok(n) => done.get(*n).is_some_and(StepOutcome::succeeded),
-            Cond::Error(n) => matches!(done.get(*n), Some(StepOutcome::Failed(_))),
+            Cond::Error(n) => matches!(done.get(*n), Some(StepOutcome::Failed(_) | StepOutcome::Undone(_))),
             Cond::Not(c) => !c.holds(done, autocommit),
             Cond::And(cs) => cs.iter().all(|c| c.holds(done, autocommit)),
             Cond::Or(cs) => cs.iter().any(|c| c.holds(done, autocommit)),

@@ -5,7 +5,7 @@
 use std::rc::Rc;
 
 use engine_core::mem_store::MemStore;
-use engine_core::script::{Action, Cond, Step, StepOutcome};
+use engine_core::script::{Action, Cond, Script, Step, StepOutcome};
 use engine_core::{EngineError, SqlValue, Statement};
 use twill_tests::{block_on, open, query_ints};
 
@@ -19,7 +19,7 @@ fn when(cond: Cond, sql: &str) -> Step {
 
 /// The shape `@libsql/client` sends for `batch()`: BEGIN, statements each conditioned on
 /// the one before, COMMIT, and ROLLBACK unless the COMMIT succeeded.
-fn libsql_batch(statements: &[&str]) -> Vec<Step> {
+fn libsql_batch(statements: &[&str]) -> Script {
     let mut steps = vec![exec_step("BEGIN IMMEDIATE")];
     for (i, sql) in statements.iter().enumerate() {
         steps.push(when(Cond::And(vec![Cond::Ok(i), Cond::Not(Box::new(Cond::IsAutocommit))]), sql));
@@ -27,7 +27,7 @@ fn libsql_batch(statements: &[&str]) -> Vec<Step> {
     let last = statements.len();
     steps.push(when(Cond::And(vec![Cond::Ok(last), Cond::Not(Box::new(Cond::IsAutocommit))]), "COMMIT"));
     steps.push(when(Cond::Not(Box::new(Cond::Ok(last + 1))), "ROLLBACK"));
-    steps
+    Script { atomic_units: vec![0..steps.len()], steps }
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn conditional_batches_commit_all_or_roll_back_all() {
 fn autocommit_steps_fail_alone_and_open_transactions_never_outlive_the_script() {
     let store = Rc::new(MemStore::new());
     let mut db = open(&store, "s");
-    let (out, stats) = block_on(db.run_script(vec![
+    let (out, stats) = block_on(db.run_script(Script::new(vec![
         exec_step("CREATE TABLE t(x INTEGER PRIMARY KEY)"),
         exec_step("INSERT INTO t VALUES (1)"),
         exec_step("INSERT INTO t VALUES (1)"),
@@ -73,7 +73,7 @@ fn autocommit_steps_fail_alone_and_open_transactions_never_outlive_the_script() 
         exec_step("BEGIN"),
         Step::always(Action::GetAutocommit),
         exec_step("INSERT INTO t VALUES (100)"),
-    ]))
+    ])))
     .unwrap();
     assert!(matches!(out.steps[2], StepOutcome::Failed(_)));
     assert_eq!(out.steps[5], StepOutcome::Autocommit(true));
@@ -89,7 +89,7 @@ fn autocommit_steps_fail_alone_and_open_transactions_never_outlive_the_script() 
 fn sequences_describe_and_guards() {
     let store = Rc::new(MemStore::new());
     let mut db = open(&store, "s");
-    let (out, _) = block_on(db.run_script(vec![
+    let (out, _) = block_on(db.run_script(Script::new(vec![
         Step::always(Action::Sequence(
             "CREATE TABLE a(x); INSERT INTO a VALUES (1); -- comment\n INSERT INTO a VALUES (2);".into(),
         )),
@@ -98,7 +98,7 @@ fn sequences_describe_and_guards() {
         exec_step("VACUUM"),
         Step::always(Action::Sequence("INSERT INTO a VALUES (?)".into())),
         Step::always(Action::Describe("DELETE FROM a".into())),
-    ]))
+    ])))
     .unwrap();
     assert_eq!(out.steps[0], StepOutcome::Sequenced);
     let StepOutcome::Described(d) = &out.steps[1] else { panic!("{:?}", out.steps[1]) };

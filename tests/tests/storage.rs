@@ -185,3 +185,59 @@ fn an_idle_database_makes_no_store_operations() {
     assert_eq!(store.counts(), before);
     assert!(try_open(&store, "idle", DbConfig::default(), 1 << 20).is_ok());
 }
+
+/// A zombie writer's record can outlive its failed fence check at a key GC already
+/// collected. A replica that later reads it (as "another writer's record") must not answer
+/// from the mix of that record and the real ones after it (crash-gate seed 17816).
+#[test]
+fn a_zombie_record_left_behind_is_never_read_as_real() {
+    let store = Rc::new(MemStore::new());
+    let manual = DbConfig { checkpoint_records: 1_000, gc_retention_ms: 0.0, ..DbConfig::default() };
+    let mut a = open_with(&store, "zr", manual, 32 << 20);
+    exec(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT)", vec![]);
+    exec(&mut a, "CREATE TABLE u (id INTEGER PRIMARY KEY)", vec![]);
+    assert!(block_on(a.checkpoint()).unwrap());
+    // The zombie-to-be reads everything it will need, then stalls at the checkpoint.
+    let mut z = open_with(&store, "zr", manual, 32 << 20);
+    assert_eq!(query_ints(&mut z, "SELECT (SELECT count(*) FROM t) + (SELECT count(*) FROM u)"), [0]);
+    let stalled_at = z.applied_seq();
+    // The next record is folded alone, then collected by the checkpoint after.
+    exec(&mut a, "INSERT INTO u VALUES (1)", vec![]);
+    assert!(block_on(a.checkpoint()).unwrap());
+    for _ in 0..3 {
+        exec(&mut a, "INSERT INTO t (who) VALUES ('a')", vec![]);
+    }
+    assert!(block_on(a.checkpoint()).unwrap());
+    let zombie_key = format!("db/zr/log/{:020}", stalled_at + 1);
+    assert!(store.raw_get(&zombie_key).is_none(), "collected");
+    assert!(store.raw_get(&format!("db/zr/log/{:020}", stalled_at + 2)).is_some(), "retired, still there");
+
+    // The zombie's PUT lands where the record was; its fence check fails with an error.
+    let fail_once = |kind: OpKind| {
+        let mut armed = true;
+        ScriptedFaults(move |op, key: &str| {
+            if op == kind && key.ends_with("/manifest") && std::mem::take(&mut armed) {
+                Fault::ErrorBefore
+            } else {
+                Fault::None
+            }
+        })
+    };
+    store.set_faults(Some(Box::new(fail_once(OpKind::Head))));
+    let e = block_on(z.transact(&[Statement::new("INSERT INTO t (who) VALUES ('zombie')")])).unwrap_err();
+    assert_eq!(e.code(), "COMMIT_OUTCOME_UNKNOWN");
+    assert!(store.raw_get(&zombie_key).is_some(), "the zombie's record stayed behind");
+    // Its next write loses the race to its own record, reads it and the real records
+    // after it, and fails reading the manifest that would expose it.
+    store.set_faults(Some(Box::new(fail_once(OpKind::Get))));
+    let e = block_on(z.transact(&[Statement::new("INSERT INTO t (who) VALUES ('z2')")])).unwrap_err();
+    assert_eq!(e.code(), "STORAGE_UNAVAILABLE");
+    store.set_faults(None);
+    // Every answer from now on reflects the real history.
+    assert_eq!(query_ints(&mut z, "SELECT count(*) FROM u"), [1], "the real record's row");
+    assert_eq!(query_ints(&mut z, "SELECT count(*) FROM t WHERE who = 'zombie'"), [0]);
+    exec(&mut z, "INSERT INTO t (who) VALUES ('z3')", vec![]);
+    let mut check = open_with(&store, "zr", manual, 32 << 20);
+    assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t"), [4]);
+    assert_eq!(query_ints(&mut check, "SELECT count(*) FROM u"), [1]);
+}

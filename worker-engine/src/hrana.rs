@@ -17,7 +17,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STAN
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use engine_core::guard::{check_script_statement, script_text_kind, StatementKind};
-use engine_core::script::{Action, Cond, ScriptOutcome, Step, StepOutcome};
+use engine_core::script::{Action, Cond, Script, ScriptOutcome, Step, StepOutcome};
 use engine_core::{Description, EngineError, Params, SqlValue, Statement, StatementResult};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -157,7 +157,7 @@ enum Planned {
 
 /// A pipeline ready to run: the script, how to answer, and the stream's state after it.
 pub struct Plan {
-    pub steps: Vec<Step>,
+    pub script: Script,
     planned: Vec<Planned>,
     stored: BTreeMap<i32, String>,
     closed: bool,
@@ -167,7 +167,7 @@ impl Plan {
     /// The most the script may do: a read-only token may run it only if this is `Read`.
     pub fn kind(&self) -> Result<StatementKind, ApiError> {
         let mut kind = StatementKind::Read;
-        for step in &self.steps {
+        for step in &self.script.steps {
             let k = match &step.action {
                 Action::Execute(s) => check_script_statement(&s.sql)?,
                 Action::Sequence(sql) => script_text_kind(sql)?,
@@ -193,7 +193,7 @@ pub fn plan(body: &[u8]) -> Result<Plan, ApiError> {
         Some(baton) => decode_baton(baton)?,
         None => BTreeMap::new(),
     };
-    let mut plan = Plan { steps: Vec::new(), planned: Vec::new(), stored: BTreeMap::new(), closed: false };
+    let mut plan = Plan { script: Script::default(), planned: Vec::new(), stored: BTreeMap::new(), closed: false };
     for request in body.requests {
         if plan.closed {
             plan.planned.push(Planned::Failed(HError::new("STREAM_CLOSED", "the stream was closed by an earlier request")));
@@ -222,20 +222,20 @@ pub fn plan(body: &[u8]) -> Result<Plan, ApiError> {
                 Planned::Stored("close_sql")
             }
             StreamRequest::GetAutocommit => {
-                plan.steps.push(Step::always(Action::GetAutocommit));
-                Planned::GetAutocommit(plan.steps.len() - 1)
+                plan.script.steps.push(Step::always(Action::GetAutocommit));
+                Planned::GetAutocommit(plan.script.steps.len() - 1)
             }
             StreamRequest::Sequence { sql, sql_id } => match sql_text(&stored, sql, sql_id) {
                 Ok(sql) => {
-                    plan.steps.push(Step::always(Action::Sequence(sql)));
-                    Planned::Sequence(plan.steps.len() - 1)
+                    plan.script.steps.push(Step::always(Action::Sequence(sql)));
+                    Planned::Sequence(plan.script.steps.len() - 1)
                 }
                 Err(e) => Planned::Failed(e),
             },
             StreamRequest::Describe { sql, sql_id } => match sql_text(&stored, sql, sql_id) {
                 Ok(sql) => {
-                    plan.steps.push(Step::always(Action::Describe(sql)));
-                    Planned::Describe(plan.steps.len() - 1)
+                    plan.script.steps.push(Step::always(Action::Describe(sql)));
+                    Planned::Describe(plan.script.steps.len() - 1)
                 }
                 Err(e) => Planned::Failed(e),
             },
@@ -243,23 +243,25 @@ pub fn plan(body: &[u8]) -> Result<Plan, ApiError> {
                 let want_rows = stmt.want_rows.unwrap_or(true);
                 match statement(&stored, stmt) {
                     Ok(s) => {
-                        plan.steps.push(Step::always(Action::Execute(s)));
-                        Planned::Execute { step: plan.steps.len() - 1, want_rows }
+                        plan.script.steps.push(Step::always(Action::Execute(s)));
+                        Planned::Execute { step: plan.script.steps.len() - 1, want_rows }
                     }
                     Err(e) => Planned::Failed(e),
                 }
             }
-            StreamRequest::Batch { batch } => match batch_steps(&stored, batch, plan.steps.len()) {
+            StreamRequest::Batch { batch } => match batch_steps(&stored, batch, plan.script.steps.len()) {
                 Ok((steps, want_rows)) => {
-                    let first = plan.steps.len();
-                    plan.steps.extend(steps);
+                    let first = plan.script.steps.len();
+                    plan.script.steps.extend(steps);
+                    // A batch is all or nothing (see `Script::atomic_units`).
+                    plan.script.atomic_units.push(first..plan.script.steps.len());
                     Planned::Batch { first, want_rows }
                 }
                 Err(e) => Planned::Failed(e),
             },
         };
         plan.planned.push(planned);
-        if plan.steps.len() > MAX_STEPS {
+        if plan.script.steps.len() > MAX_STEPS {
             return Err(ApiError::bad_request(
                 "LIMIT_EXCEEDED",
                 format!("a pipeline may hold at most {MAX_STEPS} statements and steps (HRANA_STEPS limit)"),
@@ -436,7 +438,7 @@ pub fn respond(plan: &Plan, outcome: &ScriptOutcome) -> Value {
 
 fn answer(planned: &Planned, outcome: &ScriptOutcome) -> Result<Value, HError> {
     let failed = |o: &StepOutcome| match o {
-        StepOutcome::Failed(e) => Err(HError::from(e)),
+        StepOutcome::Failed(e) | StepOutcome::Undone(e) => Err(HError::from(e)),
         _ => Err(HError::new("INTERNAL_ERROR", format!("unexpected step outcome {o:?}"))),
     };
     Ok(match planned {
@@ -469,7 +471,7 @@ fn answer(planned: &Planned, outcome: &ScriptOutcome) -> Result<Value, HError> {
                         Ok(v) => (v, Value::Null),
                         Err(e) => (Value::Null, e.json()),
                     },
-                    Ok(StepOutcome::Failed(e)) => (Value::Null, HError::from(e).json()),
+                    Ok(StepOutcome::Failed(e) | StepOutcome::Undone(e)) => (Value::Null, HError::from(e).json()),
                     Ok(_) => (Value::Null, Value::Null),
                 };
                 step_results.push(result);
@@ -512,9 +514,10 @@ mod tests {
                 {"type":"get_autocommit"}]}"#,
         )
         .unwrap();
-        assert_eq!(plan.steps.len(), 4);
-        assert_eq!(plan.steps[2].condition, Some(Cond::Ok(1)), "batch steps are renumbered script-wide");
-        let Action::Execute(s) = &plan.steps[0].action else { panic!() };
+        assert_eq!(plan.script.steps.len(), 4);
+        assert_eq!(plan.script.steps[2].condition, Some(Cond::Ok(1)), "batch steps are renumbered script-wide");
+        assert_eq!(plan.script.atomic_units, vec![1..3], "a batch is one all-or-nothing unit");
+        let Action::Execute(s) = &plan.script.steps[0].action else { panic!() };
         assert_eq!(s.params, Params::Positional(vec![SqlValue::Integer(i64::MAX)]));
         assert!(matches!(plan.planned[3], Planned::Failed(_)), "unknown sql_id fails that request only");
         let baton = encode_baton(&plan.stored);

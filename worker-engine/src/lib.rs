@@ -19,7 +19,7 @@ pub mod wire;
 
 use engine_core::cache::DEFAULT_CACHE_BYTES;
 use engine_core::guard::StatementKind;
-use engine_core::script::{Action, Step, StepOutcome};
+use engine_core::script::{Action, Script, Step, StepOutcome};
 use engine_core::{DbConfig, Done, Reply, Work};
 use serde_json::{json, Value};
 use wire::{result_to_json, validate_db_name, ApiError, LIMITS};
@@ -211,7 +211,7 @@ impl DbRequest {
         engine_core::guard::script_text_kind(&sql)?;
         let count = engine_core::guard::count_statements(&sql);
         let Performed { done, meta, .. } =
-            self.perform(Work::Script(vec![Step::always(Action::Sequence(sql))]), started).await?;
+            self.perform(Work::Script(Script::new(vec![Step::always(Action::Sequence(sql))])), started).await?;
         let Reply::Script(outcome) = done.reply else {
             return Err(ApiError { status: 500, code: "INTERNAL_ERROR", message: "script answered as a transaction".into() });
         };
@@ -261,8 +261,7 @@ async fn route(req: &mut Request, env: &Env, started: f64) -> Result<(Value, Opt
             if db.access == auth::Access::Read && plan.kind()? != StatementKind::Read {
                 return Err(auth::read_only_error());
             }
-            let steps = plan.steps.clone();
-            let performed = db.perform(Work::Script(steps), started).await?;
+            let performed = db.perform(Work::Script(plan.script.clone()), started).await?;
             let Reply::Script(outcome) = &performed.done.reply else {
                 return Err(ApiError { status: 500, code: "INTERNAL_ERROR", message: "script answered as a transaction".into() });
             };

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use engine_core::cache::PageCache;
 use engine_core::store::{CountingStore, StoreCounts};
-use engine_core::{Database, DbConfig, Done, EngineError, Layout, ObjectStore, Work};
+use engine_core::{Database, DbConfig, DbContext, Done, EngineError, Layout, ObjectStore, Work};
 use r2_backend::R2Store;
 
 /// Open databases kept per isolate (their pages share one cache).
@@ -143,7 +143,8 @@ impl DbSlot {
         let before = self.store.counts();
         if db.is_none() {
             let store: Rc<dyn ObjectStore> = self.store.clone();
-            match Database::open_for_waiting_requests(store, Layout::new("", name), config, cache).await {
+            let ctx = DbContext { store, cache, host: engine_core::host::system() };
+            match Database::open_for_waiting_requests(ctx, Layout::new("", name), config).await {
                 Ok(opened) => db = Some(opened),
                 Err(e) => {
                     for p in group {

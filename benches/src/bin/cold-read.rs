@@ -11,7 +11,7 @@ use std::sync::Arc;
 use engine_core::cache::PageCache;
 use engine_core::mem_store::MemStore;
 use engine_core::store::{CountingStore, StoreCounts};
-use engine_core::{Database, DbConfig, Layout, ObjectStore, SqlValue, Statement};
+use engine_core::{Database, DbConfig, DbContext, Layout, ObjectStore, SqlValue, Statement};
 use futures::executor::block_on;
 use twill_benches::{Latency, SimStore};
 
@@ -22,7 +22,7 @@ type Store = CountingStore<SimStore<MemStore>>;
 
 fn open(store: &Rc<Store>) -> Database {
     let s: Rc<dyn ObjectStore> = store.clone();
-    block_on(Database::open_for_waiting_requests(s, Layout::new("", "bench"), DbConfig::default(), Arc::new(PageCache::new(32 << 20))))
+    block_on(Database::open_for_waiting_requests(DbContext::new(s).with_cache(Arc::new(PageCache::new(32 << 20))), Layout::new("", "bench"), DbConfig::default()))
         .expect("open")
 }
 

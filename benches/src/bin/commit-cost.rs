@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use engine_core::mem_store::MemStore;
 use engine_core::store::CountingStore;
-use engine_core::{Database, DbConfig, EngineError, Layout, ObjectStore, SqlValue, Statement, Work};
+use engine_core::{Database, DbConfig, DbContext, EngineError, Layout, ObjectStore, SqlValue, Statement, Work};
 use tokio::sync::{oneshot, Notify};
 use twill_benches::{scale, write_target, Latency, Percentiles, SimStore};
 
@@ -42,7 +42,7 @@ impl Lane {
     async fn start(store: Rc<Store>, name: &str) -> Rc<Lane> {
         let lane = Rc::new(Lane { queue: RefCell::new(Vec::new()), wake: Notify::new(), stop: Cell::new(false) });
         let s: Rc<dyn ObjectStore> = store;
-        let mut db = Database::open(s, Layout::new("", name), DbConfig::default()).await.expect("open");
+        let mut db = Database::open(DbContext::new(s), Layout::new("", name), DbConfig::default()).await.expect("open");
         let l = lane.clone();
         tokio::task::spawn_local(async move {
             while !l.stop.get() {
@@ -193,7 +193,7 @@ async fn contention(writers: usize, shared: bool, run_for: Duration, max_per_wri
     let expected: Vec<u64> = if shared { vec![ok] } else { per_db };
     for (w, want) in expected.iter().enumerate() {
         let s: Rc<dyn ObjectStore> = store.clone();
-        let mut db = Database::open(s, Layout::new("", &name(w)), DbConfig::default()).await.unwrap();
+        let mut db = Database::open(DbContext::new(s), Layout::new("", &name(w)), DbConfig::default()).await.unwrap();
         let r = db.transact(&[Statement::new("SELECT n FROM c WHERE id = 1")]).await.unwrap();
         assert_eq!(r.results[0].rows, vec![vec![SqlValue::Integer(*want as i64)]], "acknowledged increments all present");
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine_core::mem_store::MemStore;
-use engine_core::{Database, DbConfig, Layout, ObjectStore, SqlValue, Statement};
+use engine_core::{Database, DbConfig, DbContext, Layout, ObjectStore, SqlValue, Statement};
 use futures::executor::block_on;
 use turso_core::{StepResult, Value};
 use twill_benches::{scale, write_target, Percentiles};
@@ -114,7 +114,7 @@ impl EngineCore {
         let store: Rc<dyn ObjectStore> = Rc::new(MemStore::new());
         let mut config = DbConfig { max_staleness_ms, ..DbConfig::default() };
         config.limits.max_vm_steps = 100_000_000;
-        let db = block_on(Database::open(store, Layout::new("", "bench"), config)).expect("open");
+        let db = block_on(Database::open(DbContext::new(store), Layout::new("", "bench"), config)).expect("open");
         EngineCore { db, label }
     }
 }

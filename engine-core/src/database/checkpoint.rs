@@ -1,0 +1,176 @@
+//! Checkpoints: folding the log since the last checkpoint into new immutable chunk objects
+//! and moving the manifest onto them by compare-and-swap.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::future::join_all;
+
+use crate::error::EngineError;
+use crate::manifest::{Garbage, Manifest};
+use crate::store::{ByteRange, PutCondition, PutOutcome};
+
+use super::Database;
+
+/// A chunk the checkpoint writes: its index and its bytes.
+struct NewChunk {
+    index: u32,
+    body: Vec<u8>,
+}
+
+impl Database {
+    /// The log records after the base checkpoint: how many and how many bytes.
+    fn log_since_checkpoint(&self) -> (u64, u64) {
+        let records = self.records.iter().filter(|r| r.seq > self.base.checkpoint_seq);
+        records.fold((0, 0), |(n, b), r| (n + 1, b + r.bytes))
+    }
+
+    pub(super) async fn maybe_checkpoint(&mut self) -> Result<(), EngineError> {
+        let (n, bytes) = self.log_since_checkpoint();
+        if n >= self.config.checkpoint_records.max(1) || bytes >= self.config.checkpoint_bytes {
+            self.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    /// Folds the log since the base checkpoint into new chunk objects and moves the
+    /// manifest by compare-and-swap; deletes garbage older than the retention window.
+    /// Returns false if there was nothing to fold or another checkpoint won the race
+    /// (nothing is lost either way).
+    pub async fn checkpoint(&mut self) -> Result<bool, EngineError> {
+        if self.applied_seq == self.base.checkpoint_seq || self.unverified_records {
+            return Ok(false);
+        }
+        let (dirty, db_size) = self.local()?.durable_pages()?;
+        let old = self.view();
+        let page_size = self.local()?.page_size();
+        let ppc = self.base.pages_per_chunk;
+        let page_count = if db_size > 0 { db_size } else { old.page_count };
+        let chunk_count = page_count.div_ceil(ppc);
+        let generation = self.base.generation + 1;
+        let nonce = crate::host::random_hex(self.host.as_ref(), 6);
+
+        let mut chunks: Vec<String> = self.base.chunks.iter().take(chunk_count as usize).cloned().collect();
+        let mut new_chunks: Vec<NewChunk> = Vec::new();
+        let touched: BTreeSet<u32> = dirty.keys().map(|p| (p - 1) / ppc).filter(|c| *c < chunk_count).collect();
+        let mut superseded = Vec::new();
+        for c in touched.iter().copied() {
+            let first = c * ppc + 1;
+            let last = ((c + 1) * ppc).min(page_count);
+            // Old pages of this chunk that the log did not replace.
+            let needed: Vec<u32> =
+                (first..=last).filter(|p| !dirty.contains_key(p) && old.page_key(*p).is_some()).collect();
+            // One range GET for the span of old pages still needed.
+            let mut old_span: Option<(u32, Vec<u8>)> = None;
+            if let (Some(&lowest), Some(&highest)) = (needed.first(), needed.last()) {
+                let key = old.chunks[c as usize].clone();
+                let offset = (lowest - first) as u64 * page_size as u64;
+                let length = (highest - lowest + 1) as u64 * page_size as u64;
+                let Some(obj) = self.store.get(&key, Some(ByteRange { offset, length })).await? else {
+                    return Err(EngineError::BaseGone(key.to_string()));
+                };
+                if obj.body.len() as u64 != length {
+                    return Err(EngineError::Corrupt(format!(
+                        "chunk {key} answered {} bytes at offset {offset}, expected {length}",
+                        obj.body.len()
+                    )));
+                }
+                old_span = Some((lowest, obj.body));
+            }
+            let old_page = |p: u32| {
+                let (lowest, bytes) = old_span.as_ref()?;
+                if p < *lowest || !needed.contains(&p) {
+                    return None;
+                }
+                let at = ((p - lowest) as usize) * page_size as usize;
+                bytes.get(at..at + page_size as usize)
+            };
+            let mut body = Vec::with_capacity(((last - first + 1) * page_size) as usize);
+            for p in first..=last {
+                match dirty.get(&p).map(Vec::as_slice).or_else(|| old_page(p)) {
+                    Some(page) => body.extend_from_slice(page),
+                    None => body.resize(body.len() + page_size as usize, 0),
+                }
+            }
+            new_chunks.push(NewChunk { index: c, body });
+            let key = self.layout.chunk_key(generation, c, &nonce);
+            if let Some(old_key) = self.base.chunks.get(c as usize) {
+                superseded.push(old_key.clone());
+            }
+            if (c as usize) < chunks.len() {
+                chunks[c as usize] = key;
+            } else {
+                chunks.push(key);
+            }
+        }
+        superseded.extend(self.base.chunks.iter().skip(chunk_count as usize).cloned());
+        if chunks.len() != chunk_count as usize {
+            return Err(EngineError::Internal("checkpoint left a chunk unassigned".into()));
+        }
+
+        for batch in new_chunks.chunks(self.config.fetch_concurrency.max(1)) {
+            let puts = batch.iter().map(|chunk| {
+                let key = chunks[chunk.index as usize].clone();
+                let store = self.store.clone();
+                let body = chunk.body.clone();
+                async move { store.put(&key, body, PutCondition::CreateOnly).await }
+            });
+            for r in join_all(puts).await {
+                if !matches!(r?, PutOutcome::Stored(_)) {
+                    return Ok(false);
+                }
+            }
+        }
+
+        let now = self.now_ms();
+        let sweep = self.sweep_due(now);
+        let mut garbage = self.collect_expired_garbage(now).await?;
+        garbage.push(Garbage {
+            retired_ms: now,
+            chunks: superseded,
+            log_from: self.base.checkpoint_seq + 1,
+            log_to: self.applied_seq,
+        });
+        let manifest = Manifest {
+            version: Manifest::VERSION,
+            generation,
+            checkpoint_seq: self.applied_seq,
+            committed_ms: self.last_commit_ms,
+            page_size,
+            page_count,
+            pages_per_chunk: ppc,
+            chunks,
+            garbage,
+            last_sweep_ms: if sweep { now } else { self.base.last_sweep_ms },
+        };
+        let condition = match &self.base_etag {
+            Some(etag) => PutCondition::EtagMatches(etag.clone()),
+            None => PutCondition::CreateOnly,
+        };
+        let etag = match self.store.put(&self.layout.manifest_key(), manifest.encode(), condition).await {
+            Ok(PutOutcome::Stored(meta)) => meta.etag,
+            Ok(PutOutcome::PreconditionFailed) => {
+                // Another isolate checkpointed first: ours was never referenced.
+                let keys: Vec<String> = new_chunks.iter().map(|c| manifest.chunks[c.index as usize].clone()).collect();
+                let _ = self.store.delete_many(&keys).await;
+                return Ok(false);
+            }
+            // Ambiguous: the next manifest check will tell; if it did not land, the new
+            // chunks are orphans that a later sweep collects.
+            Err(e) => return Err(e.into()),
+        };
+        // The pages just written are hot: keep them cached under their new keys.
+        for chunk in &new_chunks {
+            let key: Arc<str> = Arc::from(manifest.chunks[chunk.index as usize].as_str());
+            for (i, page) in chunk.body.chunks(page_size as usize).enumerate() {
+                self.cache.insert((key.clone(), i as u32), page.into());
+            }
+        }
+        if sweep {
+            // Best effort: whatever it misses, the next sweep finds.
+            let _ = self.sweep_orphans(&manifest).await;
+        }
+        self.rebase(manifest, Some(etag)).await?;
+        Ok(true)
+    }
+}

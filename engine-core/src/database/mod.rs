@@ -1,0 +1,428 @@
+//! A durable database: the local turso database kept in step with the objects in the
+//! store (see ARCHITECTURE.md). One module per concern:
+//!
+//! * this file: the [`Database`] handle, opening, and running a group of requests;
+//! * [`run`]: executing requests on the local database (transactions and scripts);
+//! * [`pages`]: lazy page reads (fetch first and retry) and rebuilding the local database;
+//! * [`replay`]: applying log records, freshness probes, moving onto newer checkpoints;
+//! * [`commit`]: publishing a log record (the single-writer fence, the zombie fence);
+//! * [`checkpoint`]: folding the log into chunk objects and moving the manifest;
+//! * [`gc`]: deleting what no manifest a reader may use still references.
+
+mod checkpoint;
+mod commit;
+mod gc;
+mod pages;
+mod replay;
+mod run;
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::cache::{PageCache, DEFAULT_CACHE_BYTES};
+use crate::error::EngineError;
+use crate::guard::{check_statement, StatementKind};
+use crate::host::Host;
+use crate::layout::Layout;
+use crate::local::{ExecLimits, LocalDb};
+use crate::manifest::Manifest;
+use crate::script::{Script, ScriptOutcome, StepOutcome};
+use crate::store::ObjectStore;
+use crate::value::{ExecStats, Statement, StatementResult};
+
+use commit::Publish;
+use replay::Freshness;
+
+#[derive(Debug, Clone, Copy)]
+pub struct DbConfig {
+    /// Times a group runs before a lost commit race is reported as a conflict.
+    pub max_commit_attempts: u32,
+    /// Times an ambiguous PUT is resolved (read back, re-PUT) before giving up.
+    pub put_resolve_attempts: u32,
+    /// Objects fetched at once (Workers allow 6 open connections per request).
+    pub fetch_concurrency: usize,
+    /// Pages fetched together on a cache miss (an aligned group within one chunk).
+    pub fetch_group_pages: u32,
+    /// Checkpoint once this many log records follow the last checkpoint...
+    pub checkpoint_records: u64,
+    /// ...or once they hold this many bytes.
+    pub checkpoint_bytes: u64,
+    /// Superseded objects are deleted only this long after they stopped being referenced.
+    pub gc_retention_ms: f64,
+    /// Objects nothing references are swept for at most this often (at a checkpoint).
+    pub orphan_sweep_interval_ms: f64,
+    /// Read-only requests skip the freshness probe if the last one (or the last commit)
+    /// was less than this long ago. 0 = every request sees every earlier commit.
+    pub max_staleness_ms: f64,
+    pub limits: ExecLimits,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        DbConfig {
+            max_commit_attempts: 5,
+            put_resolve_attempts: 4,
+            fetch_concurrency: 6,
+            fetch_group_pages: 16,
+            checkpoint_records: 32,
+            checkpoint_bytes: 1 << 20,
+            gc_retention_ms: 10.0 * 60.0 * 1000.0,
+            orphan_sweep_interval_ms: gc::ORPHAN_SWEEP_INTERVAL_MS,
+            max_staleness_ms: 0.0,
+            limits: ExecLimits::default(),
+        }
+    }
+}
+
+/// What a database needs from the world: its store, the isolate's page cache, the host.
+#[derive(Clone)]
+pub struct DbContext {
+    pub store: Rc<dyn ObjectStore>,
+    pub cache: Arc<PageCache>,
+    pub host: Arc<dyn Host>,
+}
+
+impl DbContext {
+    /// The platform's clock and randomness, a cache of its own.
+    pub fn new(store: Rc<dyn ObjectStore>) -> Self {
+        DbContext { store, cache: Arc::new(PageCache::new(DEFAULT_CACHE_BYTES)), host: crate::host::system() }
+    }
+
+    pub fn with_cache(mut self, cache: Arc<PageCache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    pub fn with_host(mut self, host: Arc<dyn Host>) -> Self {
+        self.host = host;
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxResult {
+    pub results: Vec<StatementResult>,
+    pub stats: ExecStats,
+}
+
+/// What one request asks of the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// Statements run as one transaction that the engine begins and commits: all or nothing.
+    Transaction(Vec<Statement>),
+    /// Steps with conditions; the script controls transactions itself.
+    Script(Script),
+}
+
+/// What became of one request's work.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Transaction(Vec<StatementResult>),
+    Script(ScriptOutcome),
+}
+
+impl Reply {
+    fn statement_results(&self) -> Box<dyn Iterator<Item = &StatementResult> + '_> {
+        match self {
+            Reply::Transaction(results) => Box::new(results.iter()),
+            Reply::Script(outcome) => Box::new(outcome.steps.iter().filter_map(|s| match s {
+                StepOutcome::Executed(r) => Some(r),
+                _ => None,
+            })),
+        }
+    }
+}
+
+/// A request's reply, durable, with its counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Done {
+    pub reply: Reply,
+    pub stats: ExecStats,
+}
+
+/// One request of a group: what became of it.
+type Outcome = Result<Reply, EngineError>;
+
+/// What a transaction request is, as far as running it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// One statement that only reads: it runs as its own implicit transaction.
+    SingleRead,
+    Other,
+}
+
+/// A log record reflected in the local WAL after the base checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AppliedRecord {
+    seq: u64,
+    /// The last local WAL frame holding this record's frames.
+    end_frame: u64,
+    /// The record object's size.
+    bytes: u64,
+    committed_ms: u64,
+}
+
+pub struct Database {
+    layout: Layout,
+    store: Rc<dyn ObjectStore>,
+    cache: Arc<PageCache>,
+    host: Arc<dyn Host>,
+    config: DbConfig,
+    /// `None` only after a rebuild failed; the next request rebuilds it from the store.
+    local: Option<LocalDb>,
+    /// The manifest `local` is based on, and its etag (`None`: absent).
+    base: Manifest,
+    base_etag: Option<String>,
+    /// Highest log record reflected in `local` (all durable).
+    applied_seq: u64,
+    /// The applied records after the base checkpoint, in order.
+    records: Vec<AppliedRecord>,
+    /// Commit time of record `applied_seq` (of the checkpoint if no record follows it).
+    last_commit_ms: u64,
+    /// Log records were applied (read by GET or LIST) since the manifest was last checked.
+    /// Until a manifest read made after them shows no checkpoint covering them they are not
+    /// trusted: a record key below a checkpoint can be collected and re-created by a zombie
+    /// writer, and only the manifest tells the real record from such a one.
+    unverified_records: bool,
+    /// When local state was last proven current (ms since the epoch).
+    validated_ms: f64,
+    /// A LIST during the request in progress showed no log record at this seq (the next
+    /// one): its freshness probe then needs only the manifest HEAD, not a GET.
+    listed_absent: Option<u64>,
+}
+
+/// Page-fetch rounds one group may take (each round fetches at least one new page group).
+const MAX_FETCH_ROUNDS: u32 = 10_000;
+
+impl Database {
+    /// Opens a database from the object store alone. It is not yet proven current: the
+    /// first request's freshness probe does that, or its commit's conditional PUT fences it.
+    pub async fn open(ctx: DbContext, layout: Layout, config: DbConfig) -> Result<Self, EngineError> {
+        let mut db = Self::open_for_waiting_requests(ctx, layout, config).await?;
+        db.listed_absent = None;
+        Ok(db)
+    }
+
+    /// [`Self::open`] for requests that are already waiting: the LIST made while opening
+    /// happens during them, so it stands in for the GET of their freshness probe (one R2
+    /// read less on a cold start). The next [`Self::perform`] must be theirs.
+    pub async fn open_for_waiting_requests(ctx: DbContext, layout: Layout, config: DbConfig) -> Result<Self, EngineError> {
+        let (base, base_etag) = replay::read_manifest(&ctx.store, &layout).await?;
+        let mut db = Database {
+            layout,
+            store: ctx.store,
+            cache: ctx.cache,
+            host: ctx.host,
+            config,
+            local: None,
+            applied_seq: base.checkpoint_seq,
+            last_commit_ms: base.committed_ms,
+            base,
+            base_etag,
+            records: Vec::new(),
+            unverified_records: false,
+            validated_ms: f64::NEG_INFINITY,
+            listed_absent: None,
+        };
+        db.local = Some(db.create_local().await?);
+        db.replay_listed_log().await?;
+        Ok(db)
+    }
+
+    pub fn applied_seq(&self) -> u64 {
+        self.applied_seq
+    }
+
+    pub fn checkpoint_seq(&self) -> u64 {
+        self.base.checkpoint_seq
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn cache(&self) -> &Arc<PageCache> {
+        &self.cache
+    }
+
+    pub fn config_mut(&mut self) -> &mut DbConfig {
+        &mut self.config
+    }
+
+    fn now_ms(&self) -> f64 {
+        self.host.now_ms()
+    }
+
+    fn local(&self) -> Result<&LocalDb, EngineError> {
+        self.local.as_ref().ok_or_else(lost_local)
+    }
+
+    fn local_mut(&mut self) -> Result<&mut LocalDb, EngineError> {
+        self.local.as_mut().ok_or_else(lost_local)
+    }
+
+    /// Runs `statements` as one transaction and makes it durable before returning.
+    pub async fn transact(&mut self, statements: &[Statement]) -> Result<TxResult, EngineError> {
+        self.transact_group(vec![statements.to_vec()]).await.pop().unwrap_or_else(|| Err(no_reply()))
+    }
+
+    /// Runs several requests, each its own transaction, committing all their writes with
+    /// one log record. Each request gets its own result; one failing does not fail others.
+    pub async fn transact_group(&mut self, requests: Vec<Vec<Statement>>) -> Vec<Result<TxResult, EngineError>> {
+        let work = requests.into_iter().map(Work::Transaction).collect();
+        self.perform(work)
+            .await
+            .into_iter()
+            .map(|done| {
+                let done = done?;
+                match done.reply {
+                    Reply::Transaction(results) => Ok(TxResult { results, stats: done.stats }),
+                    Reply::Script(_) => Err(EngineError::Internal("a transaction got a script's reply".into())),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs one script and makes what it committed durable before returning.
+    pub async fn run_script(&mut self, script: Script) -> Result<(ScriptOutcome, ExecStats), EngineError> {
+        let done = self.perform(vec![Work::Script(script)]).await.pop().unwrap_or_else(|| Err(no_reply()))?;
+        match done.reply {
+            Reply::Script(outcome) => Ok((outcome, done.stats)),
+            Reply::Transaction(_) => Err(EngineError::Internal("a script got a transaction's reply".into())),
+        }
+    }
+
+    /// Runs several requests (a group), committing all their writes with one log record
+    /// before any reply is returned. One request failing does not fail the others.
+    pub async fn perform(&mut self, work: Vec<Work>) -> Vec<Result<Done, EngineError>> {
+        let mut stats = ExecStats::default();
+        let checked: Vec<Result<Shape, EngineError>> = work
+            .iter()
+            .map(|w| match w {
+                Work::Transaction(stmts) => {
+                    let kinds = stmts.iter().map(|s| check_statement(&s.sql)).collect::<Result<Vec<_>, _>>()?;
+                    Ok(if kinds == [StatementKind::Read] { Shape::SingleRead } else { Shape::Other })
+                }
+                Work::Script(_) => Ok(Shape::Other),
+            })
+            .collect();
+        let outcome = self.run_group(&work, &checked, &mut stats).await;
+        if let Some(local) = &self.local {
+            local.clear_pins();
+        }
+        // A LIST proves absence only within the request that made it.
+        self.listed_absent = None;
+        let outcomes = match outcome {
+            Ok(outcomes) => outcomes,
+            Err(e) => return work.iter().map(|_| Err(e.clone())).collect(),
+        };
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.map(|reply| {
+                    let mut s = stats;
+                    s.rows_read = reply.statement_results().map(|r| r.rows_read).sum();
+                    s.rows_written = reply.statement_results().map(|r| r.rows_written).sum();
+                    Done { reply, stats: s }
+                })
+            })
+            .collect()
+    }
+
+    async fn run_group(
+        &mut self,
+        requests: &[Work],
+        checked: &[Result<Shape, EngineError>],
+        stats: &mut ExecStats,
+    ) -> Result<Vec<Outcome>, EngineError> {
+        if self.local.is_none() {
+            // An earlier rebuild failed: start again from the store.
+            self.reload().await?;
+        }
+        if self.unverified_records {
+            // An earlier call applied records and failed before checking the manifest.
+            self.verify_records().await?;
+        }
+        let mut fetch_rounds = 0;
+        let mut attempt = 1;
+        while attempt <= self.config.max_commit_attempts {
+            // Run every request locally, fetching missing pages and starting over as needed.
+            let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
+            let mut missing = None;
+            for (work, check) in requests.iter().zip(checked) {
+                let outcome = match (check, work) {
+                    (Err(e), _) => Err(e.clone()),
+                    (Ok(shape), Work::Transaction(stmts)) => self.run_local(stmts, *shape).map(Reply::Transaction),
+                    (Ok(_), Work::Script(script)) => self.run_script_local(script).map(Reply::Script),
+                };
+                if let Err(EngineError::PagesMissing(pages)) = &outcome {
+                    missing = Some(pages.clone());
+                    break;
+                }
+                outcomes.push(outcome);
+            }
+            if let Some(pages) = missing {
+                fetch_rounds += 1;
+                if fetch_rounds > MAX_FETCH_ROUNDS {
+                    return Err(EngineError::Internal("transaction kept missing pages".into()));
+                }
+                self.discard_local().await?;
+                self.fetch_for_retry(&pages).await?;
+                continue;
+            }
+            if let Some(Err(e)) = outcomes.iter().find(|o| matches!(o, Err(e) if !e.is_client_error())) {
+                let e = e.clone();
+                self.discard_local().await?;
+                return Err(e);
+            }
+
+            let frames = self.local()?.unshipped_frames()?;
+            if frames.is_empty() {
+                let within_bound = self.config.max_staleness_ms > 0.0
+                    && (self.now_ms() - self.validated_ms) < self.config.max_staleness_ms;
+                let only_reads_ok = outcomes.iter().all(|o| o.is_ok());
+                if within_bound && only_reads_ok {
+                    return Ok(outcomes);
+                }
+                match self.refresh(stats).await? {
+                    Freshness::Current => return Ok(outcomes),
+                    Freshness::Moved => {
+                        attempt += 1;
+                        stats.retries += 1;
+                        continue;
+                    }
+                }
+            }
+            match self.publish(frames).await {
+                Publish::Published => {
+                    stats.records_committed += 1;
+                    self.validated_ms = self.now_ms();
+                    // The commit is durable and is acknowledged whatever happens next: a
+                    // failed checkpoint only delays folding (and a broken local copy is
+                    // rebuilt by the next request).
+                    let _ = self.maybe_checkpoint().await;
+                    return Ok(outcomes);
+                }
+                Publish::Stale => {
+                    self.discard_local().await?;
+                    self.refresh(stats).await?;
+                    attempt += 1;
+                    stats.retries += 1;
+                }
+                Publish::Unknown(why) => {
+                    self.discard_local().await?;
+                    return Err(EngineError::CommitUnknown(why));
+                }
+            }
+        }
+        Err(EngineError::Conflict { attempts: self.config.max_commit_attempts })
+    }
+}
+
+fn lost_local() -> EngineError {
+    EngineError::Internal("the local database was lost by a failed rebuild; the next request rebuilds it".into())
+}
+
+fn no_reply() -> EngineError {
+    EngineError::Internal("the engine returned no reply for a request".into())
+}

@@ -1,0 +1,148 @@
+//! Lazy page reads ("fetch first and retry") and (re)building the local database on its
+//! checkpoint. A page turso needs that is not cached fails the request locally; its aligned
+//! page group is fetched with one range GET (six at a time) and the request runs again.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::future::join_all;
+
+use crate::chunk_file::CheckpointView;
+use crate::error::EngineError;
+use crate::local::LocalDb;
+use crate::store::ByteRange;
+
+use super::{Database, MAX_FETCH_ROUNDS};
+
+/// A run of pages inside one chunk object, fetched with one range GET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct PageRun {
+    chunk: u32,
+    /// Index of the first page within the chunk.
+    start: u32,
+    count: u32,
+}
+
+impl Database {
+    pub(super) fn view(&self) -> CheckpointView {
+        let mut view = CheckpointView::from_manifest(&self.base);
+        if view.page_size == 0 {
+            view.page_size = 4096;
+        }
+        view
+    }
+
+    /// A local database on the base checkpoint with an empty WAL.
+    pub(super) async fn create_local(&self) -> Result<LocalDb, EngineError> {
+        for _ in 0..MAX_FETCH_ROUNDS {
+            match LocalDb::create(self.view(), self.cache.clone(), self.host.clone()) {
+                Ok(local) => return Ok(local),
+                Err(EngineError::PagesMissing(pages)) => {
+                    self.fetch_page_bytes(&pages).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(EngineError::Internal("opening the database kept missing pages".into()))
+    }
+
+    /// Drops local frames that are not durable. If that fails, the local copy is rebuilt
+    /// from the store; if that fails too, the next request rebuilds it.
+    pub(super) async fn discard_local(&mut self) -> Result<(), EngineError> {
+        let Some(local) = self.local.take() else {
+            return self.reload().await;
+        };
+        let mut attempt = local.discard_unshipped();
+        for _ in 0..MAX_FETCH_ROUNDS {
+            match attempt {
+                Ok(local) => {
+                    self.local = Some(local);
+                    return Ok(());
+                }
+                Err((EngineError::PagesMissing(_), reopen)) => {
+                    let wanted = reopen.take_wanted();
+                    for (page_no, bytes) in self.fetch_page_bytes(&wanted).await? {
+                        reopen.pin(page_no, bytes);
+                    }
+                    attempt = reopen.open();
+                }
+                Err(_) => break,
+            }
+        }
+        self.reload().await
+    }
+
+    /// After a request missed `pages`: fetches their groups and pins them to the local
+    /// database for the retry. A page outside the checkpoint, or a chunk that is gone,
+    /// moves onto the newest manifest instead.
+    pub(super) async fn fetch_for_retry(&mut self, pages: &[u32]) -> Result<(), EngineError> {
+        match self.fetch_page_bytes(pages).await {
+            Ok(fetched) if fetched.is_empty() => Err(EngineError::Corrupt(format!(
+                "pages {pages:?} are needed but are not part of checkpoint {}",
+                self.base.generation
+            ))),
+            Ok(fetched) => {
+                let local = self.local()?;
+                for (page_no, bytes) in fetched {
+                    local.pin(page_no, bytes);
+                }
+                Ok(())
+            }
+            Err(EngineError::BaseGone(_)) => self.reload().await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches the page groups holding `pages` into the cache; returns every page fetched.
+    pub(super) async fn fetch_page_bytes(&self, pages: &[u32]) -> Result<Vec<(u32, Arc<[u8]>)>, EngineError> {
+        let view = self.view();
+        let group = self.config.fetch_group_pages.clamp(1, view.pages_per_chunk.max(1));
+        let mut runs = BTreeSet::new();
+        for &page_no in pages {
+            if page_no == 0 || page_no > view.page_count {
+                continue;
+            }
+            let idx = page_no - 1;
+            let chunk = idx / view.pages_per_chunk;
+            let first_in_chunk = chunk * view.pages_per_chunk;
+            let start = (idx - first_in_chunk) / group * group;
+            let count = group.min(view.page_count - first_in_chunk - start);
+            runs.insert(PageRun { chunk, start, count });
+        }
+        let runs: Vec<PageRun> = runs.into_iter().collect();
+        let page_size = view.page_size as u64;
+        let mut fetched = Vec::new();
+        for batch in runs.chunks(self.config.fetch_concurrency.max(1)) {
+            let fetches = batch.iter().map(|run| {
+                let key = view.chunks[run.chunk as usize].clone();
+                let store = self.store.clone();
+                let range = ByteRange { offset: run.start as u64 * page_size, length: run.count as u64 * page_size };
+                async move {
+                    let got = store.get(&key, Some(range)).await;
+                    (key, got)
+                }
+            });
+            for (run, (key, got)) in batch.iter().zip(join_all(fetches).await) {
+                let Some(obj) = got? else {
+                    return Err(EngineError::BaseGone(key.to_string()));
+                };
+                if obj.body.len() as u64 != run.count as u64 * page_size {
+                    return Err(EngineError::Corrupt(format!(
+                        "chunk {key} answered {} bytes for pages {}..{}, expected {}",
+                        obj.body.len(),
+                        run.start,
+                        run.start + run.count,
+                        run.count as u64 * page_size
+                    )));
+                }
+                for (i, page) in obj.body.chunks_exact(page_size as usize).enumerate() {
+                    let bytes: Arc<[u8]> = page.into();
+                    let index = run.start + i as u32;
+                    self.cache.insert((key.clone(), index), bytes.clone());
+                    fetched.push((run.chunk * view.pages_per_chunk + index + 1, bytes));
+                }
+            }
+        }
+        Ok(fetched)
+    }
+}

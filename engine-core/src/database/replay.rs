@@ -1,0 +1,258 @@
+//! Keeping the local database in step with the store: applying log records other writers
+//! committed, proving freshness, and moving onto newer checkpoints.
+//!
+//! The rule that keeps replicas from answering from a torn state: a log record read by GET
+//! or LIST is trusted only once a manifest read made after it shows no checkpoint covering
+//! it. Below a published checkpoint, GC may delete a record and a zombie writer may create
+//! its key again (its own fence check then fails, but its record may stay behind); only
+//! the manifest tells the real record from such a one. Records a newer checkpoint covers
+//! are dropped by moving onto that checkpoint, so whatever remains is real.
+
+use std::rc::Rc;
+
+use futures::future::join_all;
+
+use crate::error::EngineError;
+use crate::layout::Layout;
+use crate::log_record::{Frame, LogRecord};
+use crate::manifest::Manifest;
+use crate::store::{ObjectStore, MAX_LIST_LIMIT};
+use crate::value::ExecStats;
+
+use super::{AppliedRecord, Database};
+
+/// Times one refresh may move onto a newer checkpoint before giving up.
+const MAX_MANIFEST_ROUNDS: u32 = 16;
+
+/// What a freshness probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Freshness {
+    /// Nothing was committed that the local state lacks: answers computed before the probe
+    /// reflect a state that was current during it.
+    Current,
+    /// Newer commits were applied: answers must be computed again.
+    Moved,
+}
+
+pub(super) async fn read_manifest(
+    store: &Rc<dyn ObjectStore>,
+    layout: &Layout,
+) -> Result<(Manifest, Option<String>), EngineError> {
+    Ok(match store.get(&layout.manifest_key(), None).await? {
+        Some(obj) => (Manifest::decode(&obj.body)?, Some(obj.meta.etag)),
+        None => (Manifest::empty(), None),
+    })
+}
+
+impl Database {
+    /// Applies every log record after `applied_seq`, found by listing (used on open, where
+    /// many records may be missing; fetches them concurrently).
+    pub(super) async fn replay_listed_log(&mut self) -> Result<(), EngineError> {
+        let prefix = self.layout.log_prefix();
+        let mut start_after = Some(self.layout.log_key(self.applied_seq));
+        loop {
+            let page = self.store.list(&prefix, start_after.as_deref(), MAX_LIST_LIMIT).await?;
+            let mut seqs = Vec::with_capacity(page.objects.len());
+            for m in &page.objects {
+                match self.layout.log_seq_of(&m.key) {
+                    Some(seq) => seqs.push(seq),
+                    None => return Err(EngineError::Corrupt(format!("unexpected object {} in the log", m.key))),
+                }
+            }
+            for batch in seqs.chunks(self.config.fetch_concurrency.max(1)) {
+                let fetches = batch.iter().map(|seq| {
+                    let key = self.layout.log_key(*seq);
+                    let store = self.store.clone();
+                    async move { store.get(&key, None).await }
+                });
+                let bodies = join_all(fetches).await;
+                for (seq, body) in batch.iter().zip(bodies) {
+                    if *seq != self.applied_seq + 1 {
+                        return Err(EngineError::Corrupt(format!(
+                            "log record {} is missing (found {} next)",
+                            self.applied_seq + 1,
+                            seq
+                        )));
+                    }
+                    let Some(obj) = body? else {
+                        return Err(EngineError::Corrupt(format!("log record {seq} was listed but is gone")));
+                    };
+                    self.apply_record(*seq, &obj.body)?;
+                }
+            }
+            match page.next_start_after {
+                Some(next) => start_after = Some(next),
+                None => {
+                    self.listed_absent = Some(self.applied_seq + 1);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Applies a record read from the store (not yet trusted: see the module comment).
+    fn apply_record(&mut self, seq: u64, body: &[u8]) -> Result<(), EngineError> {
+        let record = LogRecord::decode(body)?;
+        if record.seq != seq {
+            return Err(EngineError::Corrupt(format!("object for log record {seq} holds record {}", record.seq)));
+        }
+        self.unverified_records = true;
+        self.apply_frames(seq, &record.frames, record.page_size, body.len() as u64, record.committed_ms)
+    }
+
+    pub(super) fn apply_frames(
+        &mut self,
+        seq: u64,
+        frames: &[Frame],
+        page_size: u32,
+        bytes: u64,
+        committed_ms: u64,
+    ) -> Result<(), EngineError> {
+        let local = self.local_mut()?;
+        local.apply_frames(frames, page_size)?;
+        let end_frame = local.durable_frames();
+        self.note_applied(seq, end_frame, bytes, committed_ms);
+        Ok(())
+    }
+
+    /// Record `seq` is now the newest one reflected locally, ending at WAL frame `end_frame`.
+    pub(super) fn note_applied(&mut self, seq: u64, end_frame: u64, bytes: u64, committed_ms: u64) {
+        self.applied_seq = seq;
+        // Version-1 records carry no time; keep the newest time known.
+        self.last_commit_ms = self.last_commit_ms.max(committed_ms);
+        self.records.push(AppliedRecord { seq, end_frame, bytes, committed_ms });
+    }
+
+    /// Applies records other writers committed, then checks the manifest: proves the
+    /// local state current, or brings it up to date.
+    pub(super) async fn refresh(&mut self, stats: &mut ExecStats) -> Result<Freshness, EngineError> {
+        let mut freshness = Freshness::Current;
+        for round in 0.. {
+            if round == MAX_MANIFEST_ROUNDS {
+                return Err(EngineError::Corrupt(format!(
+                    "the manifest covers log record {} but does not move this replica past it",
+                    self.applied_seq + 1
+                )));
+            }
+            // Absent at the LIST, which (like a GET) counts only if the manifest below is
+            // unchanged: then no record after it can have existed and been collected.
+            let listed_absent = round == 0 && self.listed_absent.take() == Some(self.applied_seq + 1);
+            while !listed_absent {
+                let seq = self.applied_seq + 1;
+                match self.store.get(&self.layout.log_key(seq), None).await? {
+                    Some(obj) => {
+                        self.apply_record(seq, &obj.body)?;
+                        stats.records_applied += 1;
+                        freshness = Freshness::Moved;
+                    }
+                    None => break,
+                }
+            }
+            // Only after seeing the next record absent: if the manifest is still the one
+            // we know, no checkpoint could have let GC delete that record, so "absent" is
+            // real. If a newer checkpoint covers it, move onto that checkpoint and go on.
+            if self.check_manifest(self.applied_seq + 1).await? {
+                break;
+            }
+            freshness = Freshness::Moved;
+        }
+        self.validated_ms = self.now_ms();
+        Ok(freshness)
+    }
+
+    /// Checks the manifest after records were applied by a call that then failed.
+    pub(super) async fn verify_records(&mut self) -> Result<(), EngineError> {
+        self.check_manifest(self.applied_seq + 1).await.map(|_| ())
+    }
+
+    /// Looks at the manifest, moving onto a newer checkpoint if there is one. Returns
+    /// false if a checkpoint now covers `seq` (so a log record at `seq` would never be
+    /// read). Afterwards every applied record is trusted.
+    pub(super) async fn check_manifest(&mut self, seq: u64) -> Result<bool, EngineError> {
+        let key = self.layout.manifest_key();
+        let etag = self.store.head(&key).await?.map(|m| m.etag);
+        if etag == self.base_etag {
+            self.unverified_records = false;
+            return Ok(self.base.checkpoint_seq < seq);
+        }
+        let (m, etag) = read_manifest(&self.store, &self.layout).await?;
+        let covers = m.checkpoint_seq >= seq;
+        if m.generation > self.base.generation {
+            self.rebase(m, etag).await?;
+        } else if m.generation == self.base.generation {
+            self.base_etag = etag;
+        } else {
+            return Err(EngineError::Corrupt(format!(
+                "the manifest went back from generation {} to {}",
+                self.base.generation, m.generation
+            )));
+        }
+        self.unverified_records = false;
+        Ok(!covers)
+    }
+
+    /// Moves local state onto a newer checkpoint: a fresh local database on its chunks,
+    /// plus the frames of records after it that this replica already has. The current
+    /// local database is replaced only once the new one is built.
+    pub(super) async fn rebase(&mut self, m: Manifest, etag: Option<String>) -> Result<(), EngineError> {
+        struct Kept {
+            record: AppliedRecord,
+            frames: Vec<Frame>,
+        }
+        let mut keep = Vec::new();
+        let mut page_size = m.page_size;
+        if let Some(local) = &self.local {
+            page_size = local.page_size();
+            let mut prev_end = 0;
+            for record in &self.records {
+                if record.seq > m.checkpoint_seq {
+                    keep.push(Kept { record: *record, frames: local.frames(prev_end + 1, record.end_frame)? });
+                }
+                prev_end = record.end_frame;
+            }
+        }
+        let old_base = std::mem::replace(&mut self.base, m);
+        let fresh = match self.create_local().await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                self.base = old_base;
+                return Err(e);
+            }
+        };
+        self.base_etag = etag;
+        self.local = Some(fresh);
+        self.records.clear();
+        self.applied_seq = self.base.checkpoint_seq;
+        self.last_commit_ms = self.base.committed_ms;
+        for kept in keep {
+            let AppliedRecord { seq, bytes, committed_ms, .. } = kept.record;
+            if let Err(e) = self.apply_frames(seq, &kept.frames, page_size, bytes, committed_ms) {
+                // The new base with part of the records is a consistent older state, but
+                // it is simpler to start over from the store than to reason about it.
+                self.local = None;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reloads everything from the newest manifest (after objects of an older checkpoint
+    /// this replica was using were collected, or its local database was lost).
+    pub(super) async fn reload(&mut self) -> Result<(), EngineError> {
+        let (m, etag) = read_manifest(&self.store, &self.layout).await?;
+        let old_base = std::mem::replace(&mut self.base, m);
+        let fresh = match self.create_local().await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                self.base = old_base;
+                return Err(e);
+            }
+        };
+        self.base_etag = etag;
+        self.local = Some(fresh);
+        self.records.clear();
+        self.applied_seq = self.base.checkpoint_seq;
+        self.last_commit_ms = self.base.committed_ms;
+        self.replay_listed_log().await
+    }
+}

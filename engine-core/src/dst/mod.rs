@@ -1,0 +1,66 @@
+//! Deterministic simulation: a host whose clock and randomness come from a seed, so that a
+//! simulated run (the crash gate) replays exactly, store operation for store operation.
+//! The seeded fault injector lives with the in-memory store ([`crate::mem_store`]).
+
+use std::sync::Mutex;
+
+use crate::host::Host;
+use crate::mem_store::SplitMix64;
+
+/// 2026-01-01T00:00:00Z: simulated clocks start here, so times look like real ones.
+pub const SIM_EPOCH_MS: f64 = 1_767_225_600_000.0;
+
+/// A seeded clock and random source. Every reading of the clock moves it forward by
+/// `tick_ms` (code never observes the same instant twice, as on a real machine), and
+/// [`SimHost::advance`] jumps it (a stall, a retention window passing).
+pub struct SimHost {
+    inner: Mutex<SimState>,
+}
+
+struct SimState {
+    now_ms: f64,
+    tick_ms: f64,
+    rng: SplitMix64,
+}
+
+impl SimHost {
+    pub fn new(seed: u64) -> Self {
+        SimHost { inner: Mutex::new(SimState { now_ms: SIM_EPOCH_MS, tick_ms: 1.0, rng: SplitMix64(seed ^ 0x7157_D0B5) }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the clock forward by `ms`.
+    pub fn advance(&self, ms: f64) {
+        self.lock().now_ms += ms;
+    }
+
+    /// How far each reading moves the clock (0 freezes it, as Workers' clock is frozen
+    /// between I/O events).
+    pub fn set_tick(&self, ms: f64) {
+        self.lock().tick_ms = ms;
+    }
+
+    /// The current time without moving the clock.
+    pub fn peek_ms(&self) -> f64 {
+        self.lock().now_ms
+    }
+}
+
+impl Host for SimHost {
+    fn now_ms(&self) -> f64 {
+        let mut s = self.lock();
+        s.now_ms += s.tick_ms;
+        s.now_ms
+    }
+
+    fn fill_random(&self, buf: &mut [u8]) {
+        let mut s = self.lock();
+        for chunk in buf.chunks_mut(8) {
+            let bytes = s.rng.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
