@@ -131,3 +131,99 @@ fn a_runaway_query_is_interrupted_and_changes_nothing() {
     let r = twill_tests::exec(&mut db, "SELECT ?", vec![SqlValue::Integer(7)]);
     assert_eq!(r.rows, vec![vec![SqlValue::Integer(7)]]);
 }
+
+/// `@libsql/client`'s batch as Hrana v2 sends it: statements conditioned only on the one
+/// before (v3 adds "not autocommit", which a v2 server cannot evaluate).
+fn libsql_batch_v2(statements: &[&str]) -> Script {
+    let mut steps = vec![exec_step("BEGIN DEFERRED")];
+    for (i, sql) in statements.iter().enumerate() {
+        steps.push(when(Cond::Ok(i), sql));
+    }
+    let last = statements.len();
+    steps.push(when(Cond::Ok(last), "COMMIT"));
+    steps.push(when(Cond::Not(Box::new(Cond::Ok(last + 1))), "ROLLBACK"));
+    Script { atomic_units: vec![0..steps.len()], steps }
+}
+
+fn undone(outcome: &StepOutcome) -> bool {
+    matches!(outcome, StepOutcome::Undone(_))
+}
+
+#[test]
+fn a_batch_with_the_clients_own_rollback_or_commit_commits_nothing() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "b");
+    twill_tests::exec(&mut db, "CREATE TABLE t(x INTEGER PRIMARY KEY)", vec![]);
+
+    // The user's ROLLBACK ends the batch's transaction; the statement after it would run
+    // in autocommit and commit, while the batch's COMMIT fails.
+    let (out, _) = block_on(db.run_script(libsql_batch_v2(&["INSERT INTO t VALUES (1)", "ROLLBACK", "INSERT INTO t VALUES (2)"])))
+        .unwrap();
+    assert!(matches!(out.steps[4], StepOutcome::Failed(_)), "the batch's COMMIT failed: {:?}", out.steps[4]);
+    assert!(undone(&out.steps[3]), "the INSERT after ROLLBACK was undone: {:?}", out.steps[3]);
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM t"), [0]);
+
+    // The user's own COMMIT in the middle: the batch fails later, so nothing stays.
+    let (out, _) = block_on(db.run_script(libsql_batch_v2(&["INSERT INTO t VALUES (3)", "COMMIT", "INSERT INTO t VALUES (4)"])))
+        .unwrap();
+    assert!(undone(&out.steps[1]) && undone(&out.steps[3]), "{:?}", out.steps);
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM t"), [0]);
+
+    // INSERT OR ROLLBACK that fails ends the transaction; unconditioned steps after it
+    // would run in autocommit.
+    twill_tests::exec(&mut db, "INSERT INTO t VALUES (9)", vec![]);
+    let steps = vec![
+        exec_step("BEGIN"),
+        exec_step("INSERT INTO t VALUES (5)"),
+        exec_step("INSERT OR ROLLBACK INTO t VALUES (9)"),
+        exec_step("INSERT INTO t VALUES (6)"),
+        exec_step("COMMIT"),
+    ];
+    let (out, _) = block_on(db.run_script(Script { atomic_units: vec![0..steps.len()], steps })).unwrap();
+    assert!(matches!(out.steps[2], StepOutcome::Failed(_)), "{:?}", out.steps[2]);
+    assert_eq!(query_ints(&mut db, "SELECT x FROM t ORDER BY x"), [9]);
+
+    // Every replica agrees: nothing of the failed batches was ever shipped.
+    let mut other = open(&store, "b");
+    assert_eq!(query_ints(&mut other, "SELECT x FROM t ORDER BY x"), [9]);
+}
+
+#[test]
+fn a_batch_that_handles_an_error_with_a_condition_still_commits() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "b");
+    twill_tests::exec(&mut db, "CREATE TABLE t(x INTEGER PRIMARY KEY, n INTEGER)", vec![]);
+    twill_tests::exec(&mut db, "INSERT INTO t VALUES (1, 0)", vec![]);
+    // Insert, or if that fails, update: the failure comes before anything committed.
+    let steps = vec![exec_step("INSERT INTO t VALUES (1, 0)"), when(Cond::Error(0), "UPDATE t SET n = n + 1 WHERE x = 1")];
+    let (out, _) = block_on(db.run_script(Script { atomic_units: vec![0..2], steps })).unwrap();
+    assert!(out.steps[1].succeeded());
+    assert_eq!(query_ints(&mut db, "SELECT n FROM t"), [1]);
+    // Two transactions in one batch, both fine.
+    let (out, _) = block_on(db.run_script(libsql_batch_v2(&["INSERT INTO t VALUES (2, 0)"]))).unwrap();
+    assert!(out.steps[..3].iter().all(StepOutcome::succeeded), "{:?}", out.steps);
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM t"), [2]);
+}
+
+#[test]
+fn connection_settings_never_leak_from_one_request_to_the_next() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "fk");
+    twill_tests::exec(&mut db, "CREATE TABLE p(id INTEGER PRIMARY KEY)", vec![]);
+    twill_tests::exec(&mut db, "CREATE TABLE c(id INTEGER PRIMARY KEY, p INTEGER REFERENCES p(id) ON DELETE CASCADE)", vec![]);
+    // Enforced by default.
+    let e = block_on(db.transact(&[Statement::new("INSERT INTO c VALUES (1, 42)")])).unwrap_err();
+    assert_eq!(e.code(), "SQL_ERROR", "{e}");
+    // A request may turn enforcement off for itself...
+    block_on(db.run_script(Script::new(vec![exec_step("PRAGMA foreign_keys = OFF"), exec_step("INSERT INTO c VALUES (1, 42)")])))
+        .map(|(out, _)| assert!(out.steps.iter().all(StepOutcome::succeeded), "{:?}", out.steps))
+        .unwrap();
+    // ...and the next request on this replica starts from the default again.
+    let e = block_on(db.transact(&[Statement::new("INSERT INTO c VALUES (2, 43)")])).unwrap_err();
+    assert_eq!(e.code(), "SQL_ERROR", "{e}");
+    // Cascades work.
+    twill_tests::exec(&mut db, "INSERT INTO p VALUES (7)", vec![]);
+    twill_tests::exec(&mut db, "INSERT INTO c VALUES (3, 7)", vec![]);
+    twill_tests::exec(&mut db, "DELETE FROM p WHERE id = 7", vec![]);
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM c WHERE p = 7"), [0]);
+}
