@@ -1,15 +1,110 @@
-//! Every error the engine reports, each with a stable code for the wire.
+//! Every error the engine reports, each with a stable code for the wire, and SQL failures
+//! with SQLite's result code (what libSQL clients and ORMs branch on).
 
 use thiserror::Error;
 
 use crate::log_record::RecordError;
 use crate::store::StoreError;
 
+/// A SQLite result code: a primary code, or an extended one where the engine knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqliteCode {
+    Error,
+    Abort,
+    Busy,
+    ReadOnly,
+    Interrupt,
+    Corrupt,
+    Full,
+    TooBig,
+    Constraint,
+    ConstraintCheck,
+    ConstraintForeignKey,
+    ConstraintNotNull,
+    ConstraintPrimaryKey,
+    ConstraintTrigger,
+    ConstraintUnique,
+    Mismatch,
+    Range,
+    NotADb,
+}
+
+impl SqliteCode {
+    /// The name of the code itself (extended where known), e.g. `SQLITE_CONSTRAINT_UNIQUE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SqliteCode::Error => "SQLITE_ERROR",
+            SqliteCode::Abort => "SQLITE_ABORT",
+            SqliteCode::Busy => "SQLITE_BUSY",
+            SqliteCode::ReadOnly => "SQLITE_READONLY",
+            SqliteCode::Interrupt => "SQLITE_INTERRUPT",
+            SqliteCode::Corrupt => "SQLITE_CORRUPT",
+            SqliteCode::Full => "SQLITE_FULL",
+            SqliteCode::TooBig => "SQLITE_TOOBIG",
+            SqliteCode::Constraint => "SQLITE_CONSTRAINT",
+            SqliteCode::ConstraintCheck => "SQLITE_CONSTRAINT_CHECK",
+            SqliteCode::ConstraintForeignKey => "SQLITE_CONSTRAINT_FOREIGNKEY",
+            SqliteCode::ConstraintNotNull => "SQLITE_CONSTRAINT_NOTNULL",
+            SqliteCode::ConstraintPrimaryKey => "SQLITE_CONSTRAINT_PRIMARYKEY",
+            SqliteCode::ConstraintTrigger => "SQLITE_CONSTRAINT_TRIGGER",
+            SqliteCode::ConstraintUnique => "SQLITE_CONSTRAINT_UNIQUE",
+            SqliteCode::Mismatch => "SQLITE_MISMATCH",
+            SqliteCode::Range => "SQLITE_RANGE",
+            SqliteCode::NotADb => "SQLITE_NOTADB",
+        }
+    }
+
+    /// The primary code's name (what sqld puts in a Hrana error's `code`).
+    pub fn primary_name(self) -> &'static str {
+        match self.raw() & 0xff {
+            19 => "SQLITE_CONSTRAINT",
+            _ => self.name(),
+        }
+    }
+
+    /// The numeric (extended) result code, as `sqlite3_extended_errcode` returns it.
+    pub fn raw(self) -> i32 {
+        match self {
+            SqliteCode::Error => 1,
+            SqliteCode::Abort => 4,
+            SqliteCode::Busy => 5,
+            SqliteCode::ReadOnly => 8,
+            SqliteCode::Interrupt => 9,
+            SqliteCode::Corrupt => 11,
+            SqliteCode::Full => 13,
+            SqliteCode::TooBig => 18,
+            SqliteCode::Constraint => 19,
+            SqliteCode::ConstraintCheck => 275,
+            SqliteCode::ConstraintForeignKey => 787,
+            SqliteCode::ConstraintNotNull => 1299,
+            SqliteCode::ConstraintPrimaryKey => 1555,
+            SqliteCode::ConstraintTrigger => 1811,
+            SqliteCode::ConstraintUnique => 2067,
+            SqliteCode::Mismatch => 20,
+            SqliteCode::Range => 25,
+            SqliteCode::NotADb => 26,
+        }
+    }
+}
+
+/// A statement that failed in the SQL engine: SQLite's message and result code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlFailure {
+    pub message: String,
+    pub code: SqliteCode,
+}
+
+impl std::fmt::Display for SqlFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum EngineError {
     /// The SQL failed (syntax, constraint, type...). The database is unchanged.
     #[error("{0}")]
-    Sql(String),
+    Sql(SqlFailure),
     /// The parameters do not fit the statement.
     #[error("{0}")]
     Params(String),
@@ -17,8 +112,12 @@ pub enum EngineError {
     #[error("{0}")]
     NotAllowed(String),
     /// Another writer kept committing first; the transaction was not committed.
-    #[error("write conflict: another writer committed first {attempts} times in a row; the transaction was not committed")]
-    Conflict { attempts: u32 },
+    #[error("write conflict: other writers kept committing first ({attempts} attempts in {elapsed_ms} ms); the transaction was not committed")]
+    Conflict { attempts: u32, elapsed_ms: u64 },
+    /// An interactive transaction cannot continue: what it read has changed since (or it
+    /// used values that differ on replay). Nothing of it was committed; run it again.
+    #[error("transaction conflict: {0}; nothing of the transaction was committed, run it again")]
+    TxConflict(String),
     /// The commit may or may not be durable (the store failed and the outcome could not be
     /// resolved). It was not acknowledged; read the data to find out.
     #[error("commit outcome unknown: {0}")]
@@ -32,6 +131,9 @@ pub enum EngineError {
     /// A resource limit was hit.
     #[error("{0}")]
     Limit(String),
+    /// A bookmark that names no commit of this database.
+    #[error("{0}")]
+    InvalidBookmark(String),
     /// The statement was interrupted (time or work budget).
     #[error("{0}")]
     Interrupted(String),
@@ -47,6 +149,11 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// A SQL error with SQLite's generic code.
+    pub fn sql(message: impl Into<String>) -> Self {
+        EngineError::Sql(SqlFailure { message: message.into(), code: SqliteCode::Error })
+    }
+
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
@@ -54,12 +161,26 @@ impl EngineError {
             EngineError::Params(_) => "INVALID_PARAMS",
             EngineError::NotAllowed(_) => "STATEMENT_NOT_ALLOWED",
             EngineError::Conflict { .. } => "WRITE_CONFLICT",
+            EngineError::TxConflict(_) => "TRANSACTION_CONFLICT",
             EngineError::CommitUnknown(_) => "COMMIT_OUTCOME_UNKNOWN",
             EngineError::Storage(_) => "STORAGE_UNAVAILABLE",
             EngineError::Corrupt(_) => "CORRUPT_STATE",
             EngineError::Limit(_) => "LIMIT_EXCEEDED",
+            EngineError::InvalidBookmark(_) => "INVALID_BOOKMARK",
             EngineError::Interrupted(_) => "QUERY_INTERRUPTED",
             EngineError::Internal(_) | EngineError::PagesMissing(_) | EngineError::BaseGone(_) => "INTERNAL_ERROR",
+        }
+    }
+
+    /// SQLite's result code for this error, where SQLite has one.
+    pub fn sqlite_code(&self) -> Option<SqliteCode> {
+        match self {
+            EngineError::Sql(f) => Some(f.code),
+            EngineError::Params(_) => Some(SqliteCode::Range),
+            EngineError::Interrupted(_) => Some(SqliteCode::Interrupt),
+            EngineError::Conflict { .. } | EngineError::TxConflict(_) => Some(SqliteCode::Busy),
+            EngineError::Limit(_) => Some(SqliteCode::TooBig),
+            _ => None,
         }
     }
 
@@ -67,7 +188,13 @@ impl EngineError {
     pub fn is_client_error(&self) -> bool {
         matches!(
             self,
-            EngineError::Sql(_) | EngineError::Params(_) | EngineError::NotAllowed(_) | EngineError::Limit(_) | EngineError::Interrupted(_)
+            EngineError::Sql(_)
+                | EngineError::Params(_)
+                | EngineError::NotAllowed(_)
+                | EngineError::Limit(_)
+                | EngineError::InvalidBookmark(_)
+                | EngineError::Interrupted(_)
+                | EngineError::TxConflict(_)
         )
     }
 }
@@ -78,6 +205,35 @@ impl From<RecordError> for EngineError {
     }
 }
 
+/// A turso error as SQLite would report it: its message, and the result code by kind.
 pub(crate) fn sql_err(e: turso_core::LimboError) -> EngineError {
-    EngineError::Sql(e.to_string())
+    use turso_core::LimboError as L;
+    let message = e.to_string();
+    let code = match &e {
+        L::Constraint(m) if m.starts_with("UNIQUE constraint failed") => SqliteCode::ConstraintUnique,
+        L::Constraint(m) if m.starts_with("NOT NULL constraint failed") => SqliteCode::ConstraintNotNull,
+        L::Constraint(m) if m.starts_with("CHECK constraint failed") => SqliteCode::ConstraintCheck,
+        L::Constraint(_) => SqliteCode::Constraint,
+        L::ForeignKeyConstraint(_) => SqliteCode::ConstraintForeignKey,
+        L::Raise(turso_parser::ast::ResolveType::Abort | turso_parser::ast::ResolveType::Fail, _) => {
+            SqliteCode::ConstraintTrigger
+        }
+        L::Raise(turso_parser::ast::ResolveType::Rollback, _) => SqliteCode::ConstraintTrigger,
+        L::Corrupt(_) => SqliteCode::Corrupt,
+        L::NotADB => SqliteCode::NotADb,
+        L::DatabaseFull => SqliteCode::Full,
+        L::TooBig | L::InvalidBlobSize(_) => SqliteCode::TooBig,
+        L::Busy | L::BusySnapshot | L::TableLocked => SqliteCode::Busy,
+        L::ReadOnly => SqliteCode::ReadOnly,
+        L::Interrupt => SqliteCode::Interrupt,
+        L::InvalidColumnType => SqliteCode::Mismatch,
+        L::TxTerminated | L::StatementsInProgress(_) => SqliteCode::Abort,
+        _ => SqliteCode::Error,
+    };
+    // turso prefixes some messages where SQLite does not.
+    let message = message
+        .strip_prefix("Parse error: ")
+        .map(|m| m.to_string())
+        .unwrap_or(message);
+    EngineError::Sql(SqlFailure { message, code })
 }

@@ -55,29 +55,64 @@ const VERDICT_CACHE_ENTRIES: usize = 256;
 /// Longer texts are checked every time, so the memo stays small (≤ 1 MiB of SQL).
 const VERDICT_CACHE_MAX_SQL: usize = 4096;
 
+/// Which data-changing statement a statement is (SQLite's `changes()` counts only these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dml {
+    /// INSERT or REPLACE (an upsert too).
+    Insert,
+    UpdateOrDelete,
+    Other,
+}
+
+/// What the guard knows about one statement.
+#[derive(Debug, Clone, PartialEq)]
+struct Judgement {
+    verdict: Verdict,
+    dml: Dml,
+}
+
 type Verdict = Result<StatementKind, EngineError>;
 
 thread_local! {
-    static VERDICTS: std::cell::RefCell<lru::LruCache<String, Verdict>> = std::cell::RefCell::new(
+    static JUDGEMENTS: std::cell::RefCell<lru::LruCache<String, Judgement>> = std::cell::RefCell::new(
         lru::LruCache::new(std::num::NonZeroUsize::new(VERDICT_CACHE_ENTRIES).expect("non-zero")),
     );
+}
+
+fn judgement(sql: &str) -> Judgement {
+    if sql.len() > VERDICT_CACHE_MAX_SQL {
+        return judge_statement(sql);
+    }
+    if let Some(j) = JUDGEMENTS.with(|c| c.borrow_mut().get(sql).cloned()) {
+        return j;
+    }
+    let j = judge_statement(sql);
+    JUDGEMENTS.with(|c| c.borrow_mut().put(sql.to_string(), j.clone()));
+    j
 }
 
 /// Checks one statement's SQL. Parse errors are left to the engine (it reports them with
 /// better messages); this only refuses statements that parse and are not allowed.
 pub fn check_statement(sql: &str) -> Verdict {
-    if sql.len() > VERDICT_CACHE_MAX_SQL {
-        return judge_statement(sql);
-    }
-    if let Some(v) = VERDICTS.with(|c| c.borrow_mut().get(sql).cloned()) {
-        return v;
-    }
-    let verdict = judge_statement(sql);
-    VERDICTS.with(|c| c.borrow_mut().put(sql.to_string(), verdict.clone()));
-    verdict
+    judgement(sql).verdict
 }
 
-fn judge_statement(sql: &str) -> Verdict {
+/// Whether `sql` (one statement) is an INSERT, an UPDATE or DELETE, or neither.
+pub fn dml_of(sql: &str) -> Dml {
+    judgement(sql).dml
+}
+
+fn judge_statement(sql: &str) -> Judgement {
+    let mut parser = Parser::new(sql.as_bytes());
+    let dml = match parser.next() {
+        Some(Ok(Cmd::Stmt(Stmt::Insert { .. }))) => Dml::Insert,
+        Some(Ok(Cmd::Stmt(Stmt::Update(_) | Stmt::Delete { .. }))) => Dml::UpdateOrDelete,
+        _ => Dml::Other,
+    };
+    Judgement { verdict: judge_verdict(sql), dml }
+}
+
+fn judge_verdict(sql: &str) -> Verdict {
     let mut parser = Parser::new(sql.as_bytes());
     let cmd = match parser.next() {
         Some(Ok(cmd)) => cmd,

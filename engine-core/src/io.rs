@@ -7,12 +7,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::host::Host;
+use crate::mem_store::SplitMix64;
 use turso_core::{Clock, Completion, CompletionError, File, MemoryIO, MonotonicInstant, OpenFlags, WallClockInstant, IO};
 
 /// In-memory files keyed by path. Files outlive the turso `Database` that opened them, so
 /// the engine can reopen the same bytes (e.g. after discarding unshipped WAL frames).
 pub struct EngineIo {
     host: Arc<dyn Host>,
+    /// While an interactive transaction runs, SQL's randomness comes from a generator
+    /// seeded by the transaction, so a replay draws the same values.
+    sql_random: Mutex<Option<SplitMix64>>,
     files: Mutex<HashMap<String, Arc<dyn File>>>,
     file_factory: MemoryIO,
     stalled: StalledReads,
@@ -27,7 +31,30 @@ pub type StalledReads = Arc<Mutex<Vec<Completion>>>;
 
 impl EngineIo {
     pub fn new(host: Arc<dyn Host>) -> Self {
-        EngineIo { host, files: Mutex::new(HashMap::new()), file_factory: MemoryIO::new(), stalled: Default::default() }
+        EngineIo {
+            host,
+            sql_random: Mutex::new(None),
+            files: Mutex::new(HashMap::new()),
+            file_factory: MemoryIO::new(),
+            stalled: Default::default(),
+        }
+    }
+
+    /// Seeds SQL's randomness (`None`: the host's again).
+    pub fn seed_sql_random(&self, seed: Option<u64>) {
+        *self.sql_random.lock().unwrap_or_else(|p| p.into_inner()) = seed.map(SplitMix64);
+    }
+
+    fn random_fill(&self, dest: &mut [u8]) {
+        match self.sql_random.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(rng) => {
+                for chunk in dest.chunks_mut(8) {
+                    let bytes = rng.next_u64().to_le_bytes();
+                    chunk.copy_from_slice(&bytes[..chunk.len()]);
+                }
+            }
+            None => self.host.fill_random(dest),
+        }
     }
 
     /// Where the database file puts reads it cannot serve.
@@ -101,12 +128,12 @@ impl IO for EngineIo {
 
     fn generate_random_number(&self) -> i64 {
         let mut b = [0u8; 8];
-        self.host.fill_random(&mut b);
+        self.random_fill(&mut b);
         i64::from_le_bytes(b)
     }
 
     fn fill_bytes(&self, dest: &mut [u8]) {
-        self.host.fill_random(dest);
+        self.random_fill(dest);
     }
 
     fn step(&self) -> turso_core::Result<()> {

@@ -19,9 +19,10 @@ pub mod manifest;
 pub mod mem_store;
 pub mod script;
 pub mod store;
+pub mod txn;
 pub mod value;
 
-pub use database::{Database, DbConfig, DbContext, Done, Reply, TxResult, Work};
+pub use database::{Database, DbConfig, DbContext, Done, ReadFrom, Reply, Request, TxResult, Work};
 pub use error::EngineError;
 pub use layout::Layout;
 pub use store::ObjectStore;

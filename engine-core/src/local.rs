@@ -13,7 +13,8 @@ use std::sync::Mutex;
 
 use crate::cache::PageCache;
 use crate::chunk_file::{CheckpointView, ChunkFile, PinnedPages, WantedPages};
-use crate::error::{sql_err, EngineError};
+use crate::error::{sql_err, EngineError, SqliteCode};
+use crate::guard::Dml;
 use crate::host::Host;
 use crate::io::EngineIo;
 use crate::log_record::Frame;
@@ -206,11 +207,19 @@ impl LocalDb {
         Ok(self.conn.wal_state().map_err(sql_err)?.max_frame)
     }
 
+    /// While an interactive transaction runs: SQL sees `started_ms` as "now" and draws
+    /// randomness from `seed` (see [`crate::txn`]). `None` ends both.
+    pub fn pin_transaction(&self, pin: Option<(f64, u64)>) {
+        crate::host::pin_sql_clock(pin.map(|(ms, _)| ms));
+        self.io.seed_sql_random(pin.map(|(_, seed)| seed));
+    }
+
     /// Starts a request: its VM-step budget is shared by all of its statements, and the
     /// connection's settings are back at their defaults whatever an earlier request on
     /// this isolate set (foreign keys are enforced, as in D1; a request may turn them off
     /// for itself with `PRAGMA foreign_keys = OFF`).
     pub fn start_request(&self, limits: &ExecLimits) {
+        self.pin_transaction(None);
         self.vm_steps_left.store(limits.max_vm_steps.min(i64::MAX as u64) as i64, Ordering::Relaxed);
         // Only when it changed: setting it invalidates every prepared statement.
         if !self.conn.foreign_keys_enabled() {
@@ -232,8 +241,8 @@ impl LocalDb {
     fn prepare_one(&self, sql: &str) -> Result<turso_core::Statement, EngineError> {
         let (stmt, tail) = self.prepare_first(sql)?;
         if !is_blank_sql(&sql[tail..]) {
-            return Err(EngineError::Sql(
-                "more than one statement in one SQL string; send them as separate statements of a batch".into(),
+            return Err(EngineError::sql(
+                "more than one statement in one SQL string; send them as separate statements of a batch",
             ));
         }
         Ok(stmt)
@@ -243,7 +252,38 @@ impl LocalDb {
     pub fn execute(&self, statement: &Statement, limits: &ExecLimits) -> Result<StatementResult, EngineError> {
         let mut stmt = self.prepare_one(&statement.sql)?;
         bind_params(&mut stmt, &statement.params)?;
-        self.run_prepared(stmt, &statement.sql, limits, true)
+        self.run_prepared(stmt, &statement.sql, limits, true).map_err(|e| self.refine_error(e))
+    }
+
+    /// SQLite reports a duplicate primary key as "UNIQUE constraint failed" with the
+    /// extended code SQLITE_CONSTRAINT_PRIMARYKEY; turso does not tell the two apart, so
+    /// look at the table's primary key.
+    fn refine_error(&self, e: EngineError) -> EngineError {
+        let EngineError::Sql(mut failure) = e else { return e };
+        if failure.code != SqliteCode::ConstraintUnique {
+            return EngineError::Sql(failure);
+        }
+        let Some(columns) = failure.message.strip_prefix("UNIQUE constraint failed: ") else {
+            return EngineError::Sql(failure);
+        };
+        let columns: Vec<(&str, &str)> = columns.split(", ").filter_map(|c| c.split_once('.')).collect();
+        let Some(&(table, _)) = columns.first() else { return EngineError::Sql(failure) };
+        let pk = Statement::with_params(
+            "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk",
+            vec![SqlValue::Text(table.to_string())],
+        );
+        if let Ok(r) = self.prepare_one(&pk.sql).and_then(|mut stmt| {
+            bind_params(&mut stmt, &pk.params)?;
+            self.run_prepared(stmt, &pk.sql, &ExecLimits::default(), true)
+        }) {
+            let pk_columns: Vec<&str> =
+                r.rows.iter().filter_map(|row| match row.first() { Some(SqlValue::Text(t)) => Some(t.as_str()), _ => None }).collect();
+            let named: Vec<&str> = columns.iter().map(|(_, c)| *c).collect();
+            if !pk_columns.is_empty() && pk_columns == named {
+                failure.code = SqliteCode::ConstraintPrimaryKey;
+            }
+        }
+        EngineError::Sql(failure)
     }
 
     /// Runs every statement of `sql` in order, without parameters, discarding their rows.
@@ -318,7 +358,7 @@ impl LocalDb {
                 StepResult::Row => {
                     let row = stmt.row().ok_or_else(|| EngineError::Internal("row missing after Row step".into()))?;
                     let values: Vec<SqlValue> = row.get_values().map(|v| from_turso(v)).collect();
-                    result_bytes += values.iter().map(value_size).sum::<usize>();
+                    result_bytes += values.iter().map(SqlValue::weight).sum::<usize>();
                     rows.push(values);
                     if rows.len() > limits.max_result_rows {
                         return Err(EngineError::Limit(format!(
@@ -347,10 +387,14 @@ impl LocalDb {
                 StepResult::Busy => return Err(EngineError::Internal("database busy".into())),
             }
         }
-        let rows_affected = stmt.n_change().max(0) as u64;
+        let dml = crate::guard::dml_of(sql);
+        // SQLite's changes() counts INSERT, UPDATE and DELETE only (turso's counter also
+        // moves for other statements, e.g. window functions and DROP).
+        let rows_affected = if dml == Dml::Other { 0 } else { stmt.n_change().max(0) as u64 };
         let rows_read = stmt.stmt_status(StatementStatusCounter::RowsRead);
         let rows_written = stmt.stmt_status(StatementStatusCounter::RowsWritten);
         let rowid_after = self.conn.last_insert_rowid();
+        let is_insert = dml == Dml::Insert;
         Ok(StatementResult {
             columns,
             decltypes,
@@ -358,8 +402,10 @@ impl LocalDb {
             rows_affected,
             rows_read,
             rows_written,
-            last_insert_rowid: (rowid_after != rowid_before || (rows_affected > 0 && rowid_after != 0 && is_insert(sql)))
+            last_insert_rowid: (rowid_after != rowid_before || (rows_affected > 0 && rowid_after != 0 && is_insert))
                 .then_some(rowid_after),
+            connection_last_insert_rowid: rowid_after,
+            is_insert,
         })
     }
 
@@ -522,12 +568,6 @@ impl WaitOk for EngineIo {
     }
 }
 
-fn is_insert(sql: &str) -> bool {
-    let s = skip_blank_sql(sql);
-    let word: String = s.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
-    word.eq_ignore_ascii_case("insert") || word.eq_ignore_ascii_case("replace")
-}
-
 /// Skips whitespace and SQL comments.
 fn skip_blank_sql(mut s: &str) -> &str {
     loop {
@@ -546,14 +586,6 @@ fn skip_blank_sql(mut s: &str) -> &str {
 
 pub(crate) fn is_blank_sql(s: &str) -> bool {
     skip_blank_sql(s).is_empty()
-}
-
-fn value_size(v: &SqlValue) -> usize {
-    match v {
-        SqlValue::Null | SqlValue::Integer(_) | SqlValue::Real(_) => 8,
-        SqlValue::Text(t) => t.len() + 8,
-        SqlValue::Blob(b) => b.len() + 8,
-    }
 }
 
 pub(crate) fn from_turso(v: &Value) -> SqlValue {

@@ -9,6 +9,7 @@
 //! transactions, carried to the next request by the caller).
 
 use crate::error::EngineError;
+use crate::txn::{OpenAtEnd, TxLog};
 use crate::value::{Description, Statement, StatementResult};
 
 /// When a step runs. Steps are numbered from 0 within the script.
@@ -47,12 +48,17 @@ pub struct Script {
     /// the unit's transaction ended early, e.g. by the client's own `ROLLBACK`), everything
     /// the unit committed is undone: a batch the client sees fail leaves nothing behind.
     pub atomic_units: Vec<std::ops::Range<usize>>,
+    /// An interactive transaction an earlier request left open: it is replayed (and
+    /// checked) first, and the steps continue inside it.
+    pub resume: Option<TxLog>,
+    /// What becomes of a transaction still open after the last step.
+    pub open_at_end: OpenAtEnd,
 }
 
 impl Script {
-    /// Steps with no all-or-nothing units.
+    /// Steps with no all-or-nothing units; a transaction left open is rolled back.
     pub fn new(steps: Vec<Step>) -> Self {
-        Script { steps, atomic_units: Vec::new() }
+        Script { steps, ..Script::default() }
     }
 }
 
@@ -89,12 +95,18 @@ impl StepOutcome {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ScriptOutcome {
     pub steps: Vec<StepOutcome>,
     /// The script left a transaction open, begun at this step; the engine rolled it back,
-    /// so that step and every later one changed nothing.
+    /// so that step and every later one changed nothing ([`OpenAtEnd::RollBack`]).
     pub rolled_back_from: Option<usize>,
+    /// The transaction the script left open, to continue in the next request
+    /// ([`OpenAtEnd::Carry`]).
+    pub carried: Option<TxLog>,
+    /// The transaction to resume could not continue (it conflicts, or hit a limit): it is
+    /// over, and no step ran.
+    pub resume_failed: Option<EngineError>,
 }
 
 impl Cond {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::cache::{PageCache, DEFAULT_CACHE_BYTES};
 use crate::error::EngineError;
 use crate::guard::{check_statement, StatementKind};
-use crate::host::Host;
+use crate::host::{Host, Sleeper};
 use crate::layout::Layout;
 use crate::local::{ExecLimits, LocalDb};
 use crate::manifest::Manifest;
@@ -31,12 +31,18 @@ use crate::store::ObjectStore;
 use crate::value::{ExecStats, Statement, StatementResult};
 
 use commit::Publish;
-use replay::Freshness;
+use replay::ProbeResult;
 
 #[derive(Debug, Clone, Copy)]
 pub struct DbConfig {
-    /// Times a group runs before a lost commit race is reported as a conflict.
+    /// Times a group runs at most before a lost commit race is reported as a conflict...
     pub max_commit_attempts: u32,
+    /// ...and how long it may keep trying (ms), waiting a jittered, growing backoff
+    /// between attempts so that contending isolates spread out.
+    pub commit_budget_ms: f64,
+    /// The backoff before the n-th retry is uniform in 0..min(cap, base * 2^n) ms.
+    pub backoff_base_ms: f64,
+    pub backoff_cap_ms: f64,
     /// Times an ambiguous PUT is resolved (read back, re-PUT) before giving up.
     pub put_resolve_attempts: u32,
     /// Objects fetched at once (Workers allow 6 open connections per request).
@@ -60,7 +66,10 @@ pub struct DbConfig {
 impl Default for DbConfig {
     fn default() -> Self {
         DbConfig {
-            max_commit_attempts: 5,
+            max_commit_attempts: 64,
+            commit_budget_ms: 5_000.0,
+            backoff_base_ms: 4.0,
+            backoff_cap_ms: 128.0,
             put_resolve_attempts: 4,
             fetch_concurrency: 6,
             fetch_group_pages: 16,
@@ -74,18 +83,30 @@ impl Default for DbConfig {
     }
 }
 
-/// What a database needs from the world: its store, the isolate's page cache, the host.
+/// What a database needs from the world: its store, the isolate's page cache, the host's
+/// clock and randomness, and a way to wait.
 #[derive(Clone)]
 pub struct DbContext {
     pub store: Rc<dyn ObjectStore>,
     pub cache: Arc<PageCache>,
     pub host: Arc<dyn Host>,
+    pub sleeper: Rc<dyn Sleeper>,
 }
 
 impl DbContext {
-    /// The platform's clock and randomness, a cache of its own.
+    /// The platform's clock and randomness, a cache of its own, no waiting.
     pub fn new(store: Rc<dyn ObjectStore>) -> Self {
-        DbContext { store, cache: Arc::new(PageCache::new(DEFAULT_CACHE_BYTES)), host: crate::host::system() }
+        DbContext {
+            store,
+            cache: Arc::new(PageCache::new(DEFAULT_CACHE_BYTES)),
+            host: crate::host::system(),
+            sleeper: Rc::new(crate::host::NoSleep),
+        }
+    }
+
+    pub fn with_sleeper(mut self, sleeper: Rc<dyn Sleeper>) -> Self {
+        self.sleeper = sleeper;
+        self
     }
 
     pub fn with_cache(mut self, cache: Arc<PageCache>) -> Self {
@@ -103,6 +124,24 @@ impl DbContext {
 pub struct TxResult {
     pub results: Vec<StatementResult>,
     pub stats: ExecStats,
+}
+
+/// How fresh the state a read-only answer comes from must be.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadFrom {
+    /// Reflects every commit acknowledged before the request began (the default).
+    Latest,
+    /// A state proven current less than this many ms ago.
+    WithinMs(f64),
+    /// A state at or after this log position (a session's bookmark).
+    AtLeast(u64),
+}
+
+/// One request: what to run and how fresh its answers must be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub work: Work,
+    pub read_from: ReadFrom,
 }
 
 /// What one request asks of the engine.
@@ -167,6 +206,7 @@ pub struct Database {
     store: Rc<dyn ObjectStore>,
     cache: Arc<PageCache>,
     host: Arc<dyn Host>,
+    sleeper: Rc<dyn Sleeper>,
     config: DbConfig,
     /// `None` only after a rebuild failed; the next request rebuilds it from the store.
     local: Option<LocalDb>,
@@ -213,6 +253,7 @@ impl Database {
             store: ctx.store,
             cache: ctx.cache,
             host: ctx.host,
+            sleeper: ctx.sleeper,
             config,
             local: None,
             applied_seq: base.checkpoint_seq,
@@ -261,6 +302,15 @@ impl Database {
         self.local.as_mut().ok_or_else(lost_local)
     }
 
+    /// How fresh answers must be when the caller does not say: the configured bound.
+    fn default_read_from(&self) -> ReadFrom {
+        if self.config.max_staleness_ms > 0.0 {
+            ReadFrom::WithinMs(self.config.max_staleness_ms)
+        } else {
+            ReadFrom::Latest
+        }
+    }
+
     /// Runs `statements` as one transaction and makes it durable before returning.
     pub async fn transact(&mut self, statements: &[Statement]) -> Result<TxResult, EngineError> {
         self.transact_group(vec![statements.to_vec()]).await.pop().unwrap_or_else(|| Err(no_reply()))
@@ -269,8 +319,9 @@ impl Database {
     /// Runs several requests, each its own transaction, committing all their writes with
     /// one log record. Each request gets its own result; one failing does not fail others.
     pub async fn transact_group(&mut self, requests: Vec<Vec<Statement>>) -> Vec<Result<TxResult, EngineError>> {
-        let work = requests.into_iter().map(Work::Transaction).collect();
-        self.perform(work)
+        let read_from = self.default_read_from();
+        let requests = requests.into_iter().map(|stmts| Request { work: Work::Transaction(stmts), read_from }).collect();
+        self.perform(requests)
             .await
             .into_iter()
             .map(|done| {
@@ -285,7 +336,8 @@ impl Database {
 
     /// Runs one script and makes what it committed durable before returning.
     pub async fn run_script(&mut self, script: Script) -> Result<(ScriptOutcome, ExecStats), EngineError> {
-        let done = self.perform(vec![Work::Script(script)]).await.pop().unwrap_or_else(|| Err(no_reply()))?;
+        let request = Request { work: Work::Script(script), read_from: self.default_read_from() };
+        let done = self.perform(vec![request]).await.pop().unwrap_or_else(|| Err(no_reply()))?;
         match done.reply {
             Reply::Script(outcome) => Ok((outcome, done.stats)),
             Reply::Transaction(_) => Err(EngineError::Internal("a script got a transaction's reply".into())),
@@ -294,11 +346,11 @@ impl Database {
 
     /// Runs several requests (a group), committing all their writes with one log record
     /// before any reply is returned. One request failing does not fail the others.
-    pub async fn perform(&mut self, work: Vec<Work>) -> Vec<Result<Done, EngineError>> {
+    pub async fn perform(&mut self, requests: Vec<Request>) -> Vec<Result<Done, EngineError>> {
         let mut stats = ExecStats::default();
-        let checked: Vec<Result<Shape, EngineError>> = work
+        let checked: Vec<Result<Shape, EngineError>> = requests
             .iter()
-            .map(|w| match w {
+            .map(|r| match &r.work {
                 Work::Transaction(stmts) => {
                     let kinds = stmts.iter().map(|s| check_statement(&s.sql)).collect::<Result<Vec<_>, _>>()?;
                     Ok(if kinds == [StatementKind::Read] { Shape::SingleRead } else { Shape::Other })
@@ -306,7 +358,7 @@ impl Database {
                 Work::Script(_) => Ok(Shape::Other),
             })
             .collect();
-        let outcome = self.run_group(&work, &checked, &mut stats).await;
+        let outcome = self.run_group(&requests, &checked, &mut stats).await;
         if let Some(local) = &self.local {
             local.clear_pins();
         }
@@ -314,8 +366,9 @@ impl Database {
         self.listed_absent = None;
         let outcomes = match outcome {
             Ok(outcomes) => outcomes,
-            Err(e) => return work.iter().map(|_| Err(e.clone())).collect(),
+            Err(e) => return requests.iter().map(|_| Err(e.clone())).collect(),
         };
+        stats.bookmark = self.applied_seq;
         outcomes
             .into_iter()
             .map(|o| {
@@ -329,9 +382,25 @@ impl Database {
             .collect()
     }
 
+    /// True if every request of the group may be answered from the local state as it is,
+    /// without proving it current.
+    fn answers_may_stand(&self, requests: &[Request], outcomes: &[Outcome]) -> bool {
+        // An error is reported only after a freshness check, so that it is never the
+        // artifact of a stale state.
+        if outcomes.iter().any(|o| o.is_err()) {
+            return false;
+        }
+        let now = self.now_ms();
+        requests.iter().all(|r| match r.read_from {
+            ReadFrom::Latest => false,
+            ReadFrom::WithinMs(ms) => ms > 0.0 && now - self.validated_ms < ms,
+            ReadFrom::AtLeast(seq) => self.applied_seq >= seq,
+        })
+    }
+
     async fn run_group(
         &mut self,
-        requests: &[Work],
+        requests: &[Request],
         checked: &[Result<Shape, EngineError>],
         stats: &mut ExecStats,
     ) -> Result<Vec<Outcome>, EngineError> {
@@ -343,14 +412,24 @@ impl Database {
             // An earlier call applied records and failed before checking the manifest.
             self.verify_records().await?;
         }
+        // A request that must see at least some commit (a session's bookmark, a transaction
+        // continuing where it ran before) and is ahead of this replica: catch up first.
+        let wanted = requests.iter().filter_map(|r| match r.read_from {
+            ReadFrom::AtLeast(seq) => Some(seq),
+            _ => None,
+        });
+        if wanted.max().is_some_and(|seq| seq > self.applied_seq) {
+            self.refresh(stats).await?;
+        }
+        let started_ms = self.now_ms();
         let mut fetch_rounds = 0;
-        let mut attempt = 1;
-        while attempt <= self.config.max_commit_attempts {
+        let mut attempt: u32 = 1;
+        loop {
             // Run every request locally, fetching missing pages and starting over as needed.
             let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
             let mut missing = None;
-            for (work, check) in requests.iter().zip(checked) {
-                let outcome = match (check, work) {
+            for (request, check) in requests.iter().zip(checked) {
+                let outcome = match (check, &request.work) {
                     (Err(e), _) => Err(e.clone()),
                     (Ok(shape), Work::Transaction(stmts)) => self.run_local(stmts, *shape).map(Reply::Transaction),
                     (Ok(_), Work::Script(script)) => self.run_script_local(script).map(Reply::Script),
@@ -377,45 +456,72 @@ impl Database {
             }
 
             let frames = self.local()?.unshipped_frames()?;
-            if frames.is_empty() {
-                let within_bound = self.config.max_staleness_ms > 0.0
-                    && (self.now_ms() - self.validated_ms) < self.config.max_staleness_ms;
-                let only_reads_ok = outcomes.iter().all(|o| o.is_ok());
-                if within_bound && only_reads_ok {
+            let lost_race = if frames.is_empty() {
+                if self.answers_may_stand(requests, &outcomes) {
                     return Ok(outcomes);
                 }
                 match self.refresh(stats).await? {
-                    Freshness::Current => return Ok(outcomes),
-                    Freshness::Moved => {
-                        attempt += 1;
-                        stats.retries += 1;
-                        continue;
+                    ProbeResult::Current => {
+                        if let Some(ahead) = requests.iter().find_map(|r| match r.read_from {
+                            ReadFrom::AtLeast(seq) if seq > self.applied_seq => Some(seq),
+                            _ => None,
+                        }) {
+                            return Err(EngineError::InvalidBookmark(format!(
+                                "the bookmark names log position {ahead}, but the database's newest commit is {}: it belongs to another database, or to one deleted since",
+                                self.applied_seq
+                            )));
+                        }
+                        return Ok(outcomes);
+                    }
+                    // Newer commits arrived: run again on them (no backoff, nobody lost).
+                    ProbeResult::Moved => false,
+                }
+            } else {
+                match self.publish(frames).await {
+                    Publish::Published => {
+                        stats.records_committed += 1;
+                        self.validated_ms = self.now_ms();
+                        // The commit is durable and is acknowledged whatever happens next: a
+                        // failed checkpoint only delays folding (and a broken local copy is
+                        // rebuilt by the next request).
+                        let _ = self.maybe_checkpoint().await;
+                        return Ok(outcomes);
+                    }
+                    Publish::Stale => {
+                        self.discard_local().await?;
+                        self.refresh(stats).await?;
+                        true
+                    }
+                    Publish::Unknown(why) => {
+                        self.discard_local().await?;
+                        return Err(EngineError::CommitUnknown(why));
                     }
                 }
+            };
+            let elapsed = self.now_ms() - started_ms;
+            if attempt >= self.config.max_commit_attempts || elapsed >= self.config.commit_budget_ms {
+                return Err(EngineError::Conflict { attempts: attempt, elapsed_ms: elapsed.max(0.0) as u64 });
             }
-            match self.publish(frames).await {
-                Publish::Published => {
-                    stats.records_committed += 1;
-                    self.validated_ms = self.now_ms();
-                    // The commit is durable and is acknowledged whatever happens next: a
-                    // failed checkpoint only delays folding (and a broken local copy is
-                    // rebuilt by the next request).
-                    let _ = self.maybe_checkpoint().await;
-                    return Ok(outcomes);
-                }
-                Publish::Stale => {
-                    self.discard_local().await?;
-                    self.refresh(stats).await?;
-                    attempt += 1;
-                    stats.retries += 1;
-                }
-                Publish::Unknown(why) => {
-                    self.discard_local().await?;
-                    return Err(EngineError::CommitUnknown(why));
-                }
+            if lost_race {
+                self.back_off(attempt).await;
             }
+            attempt += 1;
+            stats.retries += 1;
         }
-        Err(EngineError::Conflict { attempts: self.config.max_commit_attempts })
+    }
+
+    /// Waits before the next attempt after losing a commit race: uniform in
+    /// `0..min(cap, base * 2^attempt)` ("full jitter"), so that contending isolates do not
+    /// retry in lockstep.
+    async fn back_off(&self, attempt: u32) {
+        let ceiling = (self.config.backoff_base_ms * 2f64.powi(attempt.min(20) as i32)).min(self.config.backoff_cap_ms);
+        let mut b = [0u8; 8];
+        self.host.fill_random(&mut b);
+        let unit = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
+        let ms = ceiling * unit;
+        if ms > 0.0 {
+            self.sleeper.sleep(ms).await;
+        }
     }
 }
 

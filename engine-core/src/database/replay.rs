@@ -26,7 +26,7 @@ const MAX_MANIFEST_ROUNDS: u32 = 16;
 
 /// What a freshness probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Freshness {
+pub(super) enum ProbeResult {
     /// Nothing was committed that the local state lacks: answers computed before the probe
     /// reflect a state that was current during it.
     Current,
@@ -125,8 +125,8 @@ impl Database {
 
     /// Applies records other writers committed, then checks the manifest: proves the
     /// local state current, or brings it up to date.
-    pub(super) async fn refresh(&mut self, stats: &mut ExecStats) -> Result<Freshness, EngineError> {
-        let mut freshness = Freshness::Current;
+    pub(super) async fn refresh(&mut self, stats: &mut ExecStats) -> Result<ProbeResult, EngineError> {
+        let mut freshness = ProbeResult::Current;
         for round in 0.. {
             if round == MAX_MANIFEST_ROUNDS {
                 return Err(EngineError::Corrupt(format!(
@@ -143,7 +143,7 @@ impl Database {
                     Some(obj) => {
                         self.apply_record(seq, &obj.body)?;
                         stats.records_applied += 1;
-                        freshness = Freshness::Moved;
+                        freshness = ProbeResult::Moved;
                     }
                     None => break,
                 }
@@ -154,7 +154,7 @@ impl Database {
             if self.check_manifest(self.applied_seq + 1).await? {
                 break;
             }
-            freshness = Freshness::Moved;
+            freshness = ProbeResult::Moved;
         }
         self.validated_ms = self.now_ms();
         Ok(freshness)

@@ -4,7 +4,9 @@
 
 use std::sync::Mutex;
 
-use crate::host::Host;
+use async_trait::async_trait;
+
+use crate::host::{Host, Sleeper};
 use crate::mem_store::SplitMix64;
 
 /// 2026-01-01T00:00:00Z: simulated clocks start here, so times look like real ones.
@@ -62,5 +64,28 @@ impl Host for SimHost {
             let bytes = s.rng.next_u64().to_le_bytes();
             chunk.copy_from_slice(&bytes[..chunk.len()]);
         }
+    }
+}
+
+/// Sleeping in simulation moves the clock and lets other simulated tasks run once.
+#[async_trait(?Send)]
+impl Sleeper for SimHost {
+    async fn sleep(&self, ms: f64) {
+        self.advance(ms);
+        YieldOnce(false).await;
+    }
+}
+
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
