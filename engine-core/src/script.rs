@@ -132,7 +132,7 @@ mod tests {
     fn conditions_follow_earlier_outcomes() {
         let done = vec![
             StepOutcome::Sequenced,
-            StepOutcome::Failed(EngineError::Sql("x".into())),
+            StepOutcome::Failed(EngineError::sql("x")),
             StepOutcome::Skipped,
         ];
         assert!(Cond::Ok(0).holds(&done, true));

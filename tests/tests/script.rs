@@ -27,7 +27,7 @@ fn libsql_batch(statements: &[&str]) -> Script {
     let last = statements.len();
     steps.push(when(Cond::And(vec![Cond::Ok(last), Cond::Not(Box::new(Cond::IsAutocommit))]), "COMMIT"));
     steps.push(when(Cond::Not(Box::new(Cond::Ok(last + 1))), "ROLLBACK"));
-    Script { atomic_units: vec![0..steps.len()], steps }
+    Script { atomic_units: vec![0..steps.len()], steps, ..Script::default() }
 }
 
 #[test]
@@ -142,7 +142,7 @@ fn libsql_batch_v2(statements: &[&str]) -> Script {
     let last = statements.len();
     steps.push(when(Cond::Ok(last), "COMMIT"));
     steps.push(when(Cond::Not(Box::new(Cond::Ok(last + 1))), "ROLLBACK"));
-    Script { atomic_units: vec![0..steps.len()], steps }
+    Script { atomic_units: vec![0..steps.len()], steps, ..Script::default() }
 }
 
 fn undone(outcome: &StepOutcome) -> bool {
@@ -179,7 +179,7 @@ fn a_batch_with_the_clients_own_rollback_or_commit_commits_nothing() {
         exec_step("INSERT INTO t VALUES (6)"),
         exec_step("COMMIT"),
     ];
-    let (out, _) = block_on(db.run_script(Script { atomic_units: vec![0..steps.len()], steps })).unwrap();
+    let (out, _) = block_on(db.run_script(Script { atomic_units: vec![0..steps.len()], steps, ..Script::default() })).unwrap();
     assert!(matches!(out.steps[2], StepOutcome::Failed(_)), "{:?}", out.steps[2]);
     assert_eq!(query_ints(&mut db, "SELECT x FROM t ORDER BY x"), [9]);
 
@@ -196,7 +196,7 @@ fn a_batch_that_handles_an_error_with_a_condition_still_commits() {
     twill_tests::exec(&mut db, "INSERT INTO t VALUES (1, 0)", vec![]);
     // Insert, or if that fails, update: the failure comes before anything committed.
     let steps = vec![exec_step("INSERT INTO t VALUES (1, 0)"), when(Cond::Error(0), "UPDATE t SET n = n + 1 WHERE x = 1")];
-    let (out, _) = block_on(db.run_script(Script { atomic_units: vec![0..2], steps })).unwrap();
+    let (out, _) = block_on(db.run_script(Script { atomic_units: vec![0..2], steps, ..Script::default() })).unwrap();
     assert!(out.steps[1].succeeded());
     assert_eq!(query_ints(&mut db, "SELECT n FROM t"), [1]);
     // Two transactions in one batch, both fine.
