@@ -5,14 +5,19 @@ export CARGO_TERM_COLOR := never
 
 .PHONY: dev test tools worker test-native test-e2e bench bench-smoke clean
 
+.dev.vars:
+	@printf 'TWILL_ALLOW_ANONYMOUS=true\nTWILL_BATON_KEY=%s\n' "$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" > $@
+	@echo "wrote .dev.vars (local settings: anonymous access, a baton key)"
+
 tools:
 	@bash scripts/bootstrap.sh
 
 worker: tools
 	@bash scripts/build-worker.sh
 
-# Build the Worker and serve it locally with local R2 (state in .wrangler/state).
-dev: worker
+# Build the Worker and serve it locally with local R2 (state in .wrangler/state). Local
+# settings live in .dev.vars (made once): anonymous access, and a key for Hrana batons.
+dev: worker .dev.vars
 	@echo
 	@echo "TwillDB Edge on http://127.0.0.1:8787  -- try:"
 	@echo "  curl -s -X POST http://127.0.0.1:8787/v1/db/demo/query -H 'content-type: application/json' \\"

@@ -6,16 +6,18 @@ cd "$(dirname "$0")/.."
 TOOLS_DIR="${TWILL_TOOLS_DIR:-${HOME:-/root}/.cache/twilldb-tools}"
 OUT=build/worker
 TARGET_DIR=target/wasm
+# release (shipped, measured) or wasm-dev (quick local iteration; see Cargo.toml).
+PROFILE="${TWILL_WASM_PROFILE:-release}"
 
 PATH=/usr/bin:$PATH \
 RUSTFLAGS='--cfg getrandom_backend="wasm_js"' \
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-19 \
 CARGO_TARGET_DIR=$TARGET_DIR \
-  /usr/bin/cargo build --release --target wasm32-unknown-unknown -p worker-engine
+  /usr/bin/cargo build --profile "$PROFILE" --target wasm32-unknown-unknown -p worker-engine
 
 rm -rf "$OUT" && mkdir -p "$OUT"
 "$TOOLS_DIR/bin/wasm-bindgen" --target web --out-dir "$OUT" --out-name worker_engine \
-  "$TARGET_DIR/wasm32-unknown-unknown/release/worker_engine.wasm"
+  "$TARGET_DIR/wasm32-unknown-unknown/$PROFILE/worker_engine.wasm"
 # Shrink the module (npm's binaryen; Debian's is too old for this output). The free plan
 # allows 3 MB gzip for the whole Worker. TWILL_WASM_OPT=0 skips it for quick local builds.
 if [ "${TWILL_WASM_OPT:-1}" != 0 ]; then

@@ -208,10 +208,26 @@ pub fn script_text_kind(sql: &str) -> Result<StatementKind, EngineError> {
     Ok(kind)
 }
 
-/// Statements in a text of several, up to the first that does not parse (the parser does
-/// not advance past an error, so counting must stop there).
-pub fn count_statements(sql: &str) -> usize {
-    Parser::new(sql.as_bytes()).take_while(|cmd| cmd.is_ok()).count()
+/// The statements of a text of several, each with its own text. From the first one that
+/// does not parse on, the rest is one last "statement", so that running it reports the
+/// parse error (the parser does not advance past an error).
+pub fn split_statements(sql: &str) -> Vec<String> {
+    let mut parser = Parser::new(sql.as_bytes());
+    let mut out = Vec::new();
+    let mut start = 0;
+    while let Some(cmd) = parser.next() {
+        if cmd.is_err() {
+            break;
+        }
+        let end = parser.offset().min(sql.len());
+        out.push(sql.get(start..end).unwrap_or_default().to_string());
+        start = end;
+    }
+    let rest = sql.get(start..).unwrap_or_default();
+    if !crate::local::is_blank_sql(rest) {
+        out.push(rest.to_string());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -251,7 +267,8 @@ mod tests {
         assert_eq!(script_text_kind("SELECT 1; DELETE FROM t").unwrap(), StatementKind::Write);
         assert_eq!(script_text_kind("SELECT 1; garbage").unwrap(), StatementKind::Write);
         assert!(script_text_kind("SELECT 1; VACUUM").is_err());
-        assert_eq!(count_statements("SELECT 1; SELECT 2"), 2);
-        assert_eq!(count_statements("WITH RECURSIVE WHERE /* x ? SELECT 1e999"), 0, "terminates on a parse error");
+        assert_eq!(split_statements("SELECT 1; SELECT 2;").len(), 2);
+        assert_eq!(split_statements("SELECT 1; garbage here; SELECT 3").len(), 2, "the rest after an error is one");
+        assert_eq!(split_statements("WITH RECURSIVE WHERE /* x ? SELECT 1e999").len(), 1, "terminates on a parse error");
     }
 }

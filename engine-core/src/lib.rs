@@ -4,6 +4,7 @@
 //! [`local::LocalDb`] (turso_core over in-memory files) and [`log_record`] (what a commit
 //! is in the store) → [`store::ObjectStore`] (R2 in the Worker, [`mem_store`] natively).
 
+pub mod bookmark;
 pub mod cache;
 pub mod chunk_file;
 pub mod database;

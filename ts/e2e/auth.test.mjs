@@ -62,3 +62,25 @@ test("a read-only token reads but cannot write, not even with a PRAGMA", async (
   assert.ok([400, 403].includes(attach.status));
   assert.deepEqual((await q(FULL, "SELECT count(*) FROM t")).body.rows, [[1]], "nothing was written");
 });
+
+test("without tokens and without anonymous access explicitly allowed, nothing is served", async () => {
+  const closed = await startEngine({ extra: { bindings: { TWILL_ALLOW_ANONYMOUS: "" } } });
+  try {
+    for (const path of ["/", "/v1/db/any/query"]) {
+      const res = await post(`${closed.url}${path}`, { sql: "SELECT 1" });
+      assert.equal(res.status, 500, path);
+      assert.equal(res.body.error.code, "MISCONFIGURED");
+      assert.match(res.body.error.message, /TWILL_TOKENS/);
+    }
+  } finally {
+    await closed.stop();
+  }
+});
+
+test("a wrong token is never echoed, whatever its length", async () => {
+  for (const wrong of ["x".repeat(17), "secret-" + "y".repeat(300)]) {
+    const res = await q(wrong, "SELECT 1");
+    assert.equal(res.status, 401);
+    assert.ok(!JSON.stringify(res.body).includes(wrong.slice(0, 12)), JSON.stringify(res.body));
+  }
+});

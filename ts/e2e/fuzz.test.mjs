@@ -157,7 +157,7 @@ test("huge and deeply nested bodies are refused with JSON errors, and the isolat
   for (const path of ["/v1/db/fuzz/query", "/v1/db/fuzz/v2/pipeline"]) {
     const nested = await send(path, deep);
     assert.equal(nested.status, 400);
-    const huge = await send(path, JSON.stringify({ sql: "SELECT 1", params: ["x".repeat(2 << 20)] }));
+    const huge = await send(path, JSON.stringify({ sql: "SELECT 1", params: ["x".repeat(9 << 20)] }));
     assert.equal(huge.status, 413);
   }
   const r = await query(engine.url, DB, "SELECT count(*) FROM keep");

@@ -19,8 +19,14 @@ export function removeDir(dir) {
   rmSync(dir, { recursive: true, force: true });
 }
 
-/** The engine Worker's miniflare options (one entry of `workers`). */
+/** The baton key tests run with (interactive transactions need one). */
+export const TEST_BATON_KEY = "e2e-baton-key-0123456789abcdef0123456789";
+
+/** The engine Worker's miniflare options (one entry of `workers`). Local runs allow
+ * anonymous access and seal batons, as `make dev` does; `extra.bindings` add to or
+ * override that (a test of tokens sets TWILL_TOKENS, a test of the refusal unsets). */
 export function engineWorker(name = "engine", extra = {}) {
+  const { bindings, ...rest } = extra;
   return {
     name,
     modules: true,
@@ -29,7 +35,8 @@ export function engineWorker(name = "engine", extra = {}) {
     modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"] }],
     compatibilityDate: "2026-04-01",
     r2Buckets: { BUCKET: "twilldb-edge" },
-    ...extra,
+    bindings: { TWILL_ALLOW_ANONYMOUS: "true", TWILL_BATON_KEY: TEST_BATON_KEY, ...(bindings ?? {}) },
+    ...rest,
   };
 }
 

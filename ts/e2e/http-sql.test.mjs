@@ -122,7 +122,7 @@ test("routes, methods, names and bodies are checked", async () => {
   const malformed = await post(`${base}/v1/db/x/query`, "{not json");
   assert.equal(malformed.status, 400);
   assert.equal(malformed.body.error.code, "INVALID_REQUEST");
-  const huge = await post(`${base}/v1/db/x/query`, JSON.stringify({ sql: "SELECT ?", params: ["x".repeat(2 << 20)] }));
+  const huge = await post(`${base}/v1/db/x/query`, JSON.stringify({ sql: "SELECT ?", params: ["x".repeat(9 << 20)] }));
   assert.equal(huge.status, 413);
   assert.equal(huge.body.error.code, "PAYLOAD_TOO_LARGE");
   const bigInt = await post(`${base}/v1/db/x/query`, '{"sql":"SELECT ?","params":[18446744073709551615]}');

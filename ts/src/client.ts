@@ -36,27 +36,36 @@ export interface RawMeta {
   [key: string]: unknown;
 }
 
-type Failure = { error: { code: string; message: string } };
+type Failure = { error: { code: string; message: string; sqlite_code?: string } };
+
+/** Per-request options: a session's bookmark (answer from a state at or after it). */
+export interface RequestOptions {
+  bookmark?: string;
+}
 
 /** How the client reaches the database: the Worker's RPC methods or its HTTP API. */
 export interface Transport {
-  query(database: string, sql: string, params?: SqlValue[]): Promise<RawResult | Failure>;
+  query(database: string, sql: string, params?: SqlValue[], options?: RequestOptions): Promise<RawResult | Failure>;
   batch(
     database: string,
     statements: { sql: string; params?: SqlValue[] }[],
+    options?: RequestOptions,
   ): Promise<{ results: RawResult[]; meta: RawMeta } | Failure>;
-  exec(database: string, sql: string): Promise<{ count: number; duration: number } | Failure>;
+  exec(database: string, sql: string, options?: RequestOptions): Promise<{ count: number; duration: number; meta?: RawMeta } | Failure>;
 }
 
-/** A database error, with the server's code (e.g. SQL_ERROR, LIMIT_EXCEEDED, READ_ONLY). */
+/** A database error, with the server's code (e.g. SQL_ERROR, LIMIT_EXCEEDED, READ_ONLY)
+ * and, for SQL errors, SQLite's result code (e.g. SQLITE_CONSTRAINT_UNIQUE). */
 export class TwillError extends Error {
   readonly code: string;
   readonly status?: number;
-  constructor(code: string, message: string, status?: number) {
+  readonly sqliteCode?: string;
+  constructor(code: string, message: string, status?: number, sqliteCode?: string) {
     super(`${code}: ${message}`);
     this.name = "TwillError";
     this.code = code;
     this.status = status;
+    this.sqliteCode = sqliteCode;
   }
 }
 
@@ -85,8 +94,8 @@ export interface D1ExecResult {
 
 function unwrap<T>(answer: T | Failure): T {
   if (answer !== null && typeof answer === "object" && "error" in answer) {
-    const { code, message } = (answer as Failure).error;
-    throw new TwillError(code, message);
+    const { code, message, sqlite_code } = (answer as Failure).error;
+    throw new TwillError(code, message, undefined, sqlite_code);
   }
   return answer as T;
 }
@@ -131,7 +140,9 @@ export class TwillPreparedStatement {
   }
 
   private async raw_(): Promise<RawResult> {
-    return unwrap(await this.db.transport.query(this.db.name, this.sql, this.params));
+    const raw = unwrap(await this.db.transport.query(this.db.name, this.sql, this.params, this.db.requestOptions()));
+    this.db.observe(raw.meta);
+    return raw;
   }
 
   async all<T = Record<string, ResultValue>>(): Promise<D1Result<T>> {
@@ -178,31 +189,80 @@ export class TwillDatabase {
       await this.transport.batch(
         this.name,
         statements.map((s) => ({ sql: s.sql, params: s.params })),
+        this.requestOptions(),
       ),
     );
+    this.observe(answer.meta);
     return answer.results.map((r) => toD1<T>(r, answer.meta));
   }
 
   /** Statements separated by semicolons, without parameters, each committed as it runs. */
   async exec(sql: string): Promise<D1ExecResult> {
-    const { count, duration } = unwrap(await this.transport.exec(this.name, sql));
-    return { count, duration };
+    const answer = unwrap(await this.transport.exec(this.name, sql, this.requestOptions()));
+    this.observe(answer.meta);
+    return { count: answer.count, duration: answer.duration };
+  }
+
+  /**
+   * A session, as D1's `withSession`: every query is answered from a state at or after
+   * the newest commit the session has seen (its own writes included), from any isolate,
+   * without an R2 read where the isolate already holds that state. Start it from a
+   * bookmark (`meta.twill.bookmark` of an earlier answer, or `getBookmark()` of another
+   * session), or with "first-primary" (the default): the first query reads the latest.
+   */
+  withSession(start: string = "first-primary"): TwillSession {
+    const bookmark = start === "first-primary" || start === "first-unconstrained" ? undefined : start;
+    return new TwillSession(this.transport, this.name, bookmark);
+  }
+
+  /** @internal Options for the next request. */
+  requestOptions(): RequestOptions | undefined {
+    return undefined;
+  }
+
+  /** @internal Sees an answer's meta. */
+  observe(_meta: RawMeta | undefined): void {}
+}
+
+/** A database handle that carries a bookmark: read-your-writes and monotonic reads. */
+export class TwillSession extends TwillDatabase {
+  #bookmark: string | undefined;
+
+  constructor(transport: Transport, name: string, bookmark?: string) {
+    super(transport, name);
+    this.#bookmark = bookmark;
+  }
+
+  /** The newest commit this session has seen (send it to another session to continue). */
+  getBookmark(): string | null {
+    return this.#bookmark ?? null;
+  }
+
+  override requestOptions(): RequestOptions | undefined {
+    return this.#bookmark === undefined ? undefined : { bookmark: this.#bookmark };
+  }
+
+  override observe(meta: RawMeta | undefined): void {
+    const seen = meta?.bookmark;
+    // Bookmarks sort in commit order: keep the newest.
+    if (typeof seen === "string" && (this.#bookmark === undefined || seen > this.#bookmark)) this.#bookmark = seen;
   }
 }
 
 /** The engine Worker's RPC methods, as seen through a service binding. */
 export interface TwillBinding {
-  query(database: string, sql: string, params?: SqlValue[]): Promise<unknown>;
-  batch(database: string, statements: { sql: string; params?: SqlValue[] }[]): Promise<unknown>;
-  exec(database: string, sql: string): Promise<unknown>;
+  query(database: string, sql: string, params?: SqlValue[], options?: RequestOptions): Promise<unknown>;
+  batch(database: string, statements: { sql: string; params?: SqlValue[] }[], options?: RequestOptions): Promise<unknown>;
+  exec(database: string, sql: string, options?: RequestOptions): Promise<unknown>;
 }
 
 /** Database `name` through a service binding to the TwillDB Edge Worker. */
 export function fromBinding(binding: TwillBinding, name: string): TwillDatabase {
   const transport: Transport = {
-    query: async (db, sql, params) => (await binding.query(db, sql, params)) as RawResult | Failure,
-    batch: async (db, statements) => (await binding.batch(db, statements)) as { results: RawResult[]; meta: RawMeta },
-    exec: async (db, sql) => (await binding.exec(db, sql)) as { count: number; duration: number },
+    query: async (db, sql, params, options) => (await binding.query(db, sql, params, options)) as RawResult | Failure,
+    batch: async (db, statements, options) =>
+      (await binding.batch(db, statements, options)) as { results: RawResult[]; meta: RawMeta },
+    exec: async (db, sql, options) => (await binding.exec(db, sql, options)) as { count: number; duration: number },
   };
   return new TwillDatabase(transport, name);
 }
@@ -251,9 +311,10 @@ export function overHttp(
 ): TwillDatabase {
   const doFetch = options.fetch ?? fetch;
   const base = url.replace(/\/+$/, "");
-  async function call(path: string, body: unknown): Promise<any> {
+  async function call(path: string, body: unknown, request?: RequestOptions): Promise<any> {
     const headers: Record<string, string> = { "content-type": "application/json" };
     if (options.token) headers.authorization = `Bearer ${options.token}`;
+    if (request?.bookmark) headers["x-twill-bookmark"] = request.bookmark;
     const res = await doFetch(`${base}/v1/db/${encodeURIComponent(name)}/${path}`, {
       method: "POST",
       headers,
@@ -261,26 +322,33 @@ export function overHttp(
     });
     const answer: any = await res.json();
     if (!res.ok) {
-      throw new TwillError(answer?.error?.code ?? "HTTP_ERROR", answer?.error?.message ?? `HTTP ${res.status}`, res.status);
+      throw new TwillError(
+        answer?.error?.code ?? "HTTP_ERROR",
+        answer?.error?.message ?? `HTTP ${res.status}`,
+        res.status,
+        answer?.error?.sqlite_code,
+      );
     }
     return answer;
   }
   const transport: Transport = {
-    async query(_db, sql, params) {
-      return fromWireResult(await call("query", { sql, params: (params ?? []).map(toWire) }));
+    async query(_db, sql, params, request) {
+      return fromWireResult(await call("query", { sql, params: (params ?? []).map(toWire) }, request));
     },
-    async batch(_db, statements) {
-      const answer = await call("batch", {
-        statements: statements.map((s) => ({ sql: s.sql, params: (s.params ?? []).map(toWire) })),
-      });
+    async batch(_db, statements, request) {
+      const answer = await call(
+        "batch",
+        { statements: statements.map((s) => ({ sql: s.sql, params: (s.params ?? []).map(toWire) })) },
+        request,
+      );
       return {
         meta: answer.meta,
         results: answer.results.map(fromWireResult),
       };
     },
-    async exec(_db, sql) {
-      const answer = await call("exec", { sql });
-      return { count: answer.count, duration: answer.duration };
+    async exec(_db, sql, request) {
+      const answer = await call("exec", { sql }, request);
+      return { count: answer.count, duration: answer.duration, meta: answer.meta };
     },
   };
   return new TwillDatabase(transport, name);

@@ -13,6 +13,8 @@ initSync({ module: wasmModule });
 /** A SQL value: null, number, bigint (integers beyond 2^53), string, bytes, boolean (1/0). */
 export type SqlValue = null | number | bigint | string | Uint8Array | ArrayBuffer | boolean;
 export type SqlParams = SqlValue[] | Record<string, SqlValue>;
+/** Options every method takes last: a session's bookmark (answer from a state at or after it). */
+export type RpcOptions = { bookmark?: string };
 
 export default class TwillDbEdge extends WorkerEntrypoint {
   async fetch(request: Request): Promise<Response> {
@@ -20,17 +22,17 @@ export default class TwillDbEdge extends WorkerEntrypoint {
   }
 
   /** One statement as its own transaction. Errors come back as `{ error: { code, message } }`. */
-  async query(database: string, sql: string, params?: SqlParams) {
-    return rpc("query", database, sql, params, this.env);
+  async query(database: string, sql: string, params?: SqlParams, options?: RpcOptions) {
+    return rpc("query", database, sql, params, options, this.env);
   }
 
   /** Several statements as one transaction: all commit or none do. */
-  async batch(database: string, statements: { sql: string; params?: SqlParams }[]) {
-    return rpc("batch", database, statements, undefined, this.env);
+  async batch(database: string, statements: { sql: string; params?: SqlParams }[], options?: RpcOptions) {
+    return rpc("batch", database, statements, undefined, options, this.env);
   }
 
   /** Statements separated by semicolons, without parameters, each committed as it runs (like D1's exec). */
-  async exec(database: string, sql: string) {
-    return rpc("exec", database, sql, undefined, this.env);
+  async exec(database: string, sql: string, options?: RpcOptions) {
+    return rpc("exec", database, sql, undefined, options, this.env);
   }
 }

@@ -2,15 +2,17 @@
 //!
 //! Tokens come from the `TWILL_TOKENS` secret (or var): a JSON array of
 //! `{"token": "...", "access": "write" | "read", "databases": ["name", ...]}` (`databases`
-//! optional: all databases if absent). With no tokens configured every request is
-//! allowed (the local `wrangler dev` default); with tokens configured, no endpoint answers
-//! without a valid one. Read tokens may only run statements that read.
+//! optional: all databases if absent). No endpoint answers without a valid token, unless
+//! anonymous access was asked for explicitly (see `settings.rs`). Read tokens may only run
+//! statements that read. Tokens are compared by digest, in constant time and without
+//! revealing their length, and no error ever echoes what was sent.
 
 use engine_core::guard::{check_statement, StatementKind};
 use engine_core::Statement;
-use md5::{Digest, Md5};
+use sha2::{Digest, Sha256};
 use serde::Deserialize;
 
+use crate::settings::AccessRules;
 use crate::wire::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -34,30 +36,39 @@ pub fn parse_rules(raw: Option<String>) -> Result<Vec<TokenRule>, ApiError> {
     let Some(raw) = raw.filter(|r| !r.trim().is_empty()) else {
         return Ok(Vec::new());
     };
-    let rules: Vec<TokenRule> = serde_json::from_str(&raw).map_err(|e| ApiError {
-        status: 500,
-        code: "MISCONFIGURED",
-        message: format!("TWILL_TOKENS is not a valid token list: {e}"),
+    // The parser's message may quote the setting's text, tokens included: say where only.
+    let rules: Vec<TokenRule> = serde_json::from_str(&raw).map_err(|e| {
+        ApiError::new(
+            500,
+            "MISCONFIGURED",
+            format!(
+                "TWILL_TOKENS is not a valid token list (line {}, column {}): expected \
+                 [{{\"token\": \"...\", \"access\": \"read\" or \"write\", \"databases\": [...] (optional)}}]",
+                e.line(),
+                e.column()
+            ),
+        )
     })?;
     if rules.iter().any(|r| r.token.len() < 16) {
-        return Err(ApiError { status: 500, code: "MISCONFIGURED", message: "tokens must be at least 16 characters".into() });
+        return Err(ApiError::new(500, "MISCONFIGURED", "tokens must be at least 16 characters"));
     }
     Ok(rules)
 }
 
 /// Equality that takes the same time wherever the inputs differ (digests hide lengths).
 fn same_secret(a: &str, b: &str) -> bool {
-    let (da, db) = (Md5::digest(a.as_bytes()), Md5::digest(b.as_bytes()));
+    let (da, db) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
     da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The access the request's `Authorization` header grants on `database` (`None`: any
 /// valid token, for routes that name no database).
-pub fn authorize(rules: &[TokenRule], authorization: Option<&str>, database: Option<&str>) -> Result<Access, ApiError> {
-    if rules.is_empty() {
-        return Ok(Access::Write);
-    }
-    let unauthorized = |m: &str| ApiError { status: 401, code: "UNAUTHORIZED", message: m.to_string() };
+pub fn authorize(rules: &AccessRules, authorization: Option<&str>, database: Option<&str>) -> Result<Access, ApiError> {
+    let rules = match rules {
+        AccessRules::Anonymous => return Ok(Access::Write),
+        AccessRules::Tokens(rules) => rules,
+    };
+    let unauthorized = |m: &str| ApiError::new(401, "UNAUTHORIZED", m.to_string());
     let Some(header) = authorization else {
         return Err(unauthorized("missing Authorization: Bearer <token>"));
     };
@@ -74,11 +85,7 @@ pub fn authorize(rules: &[TokenRule], authorization: Option<&str>, database: Opt
     };
     if let (Some(dbs), Some(database)) = (&rule.databases, database) {
         if !dbs.iter().any(|d| d == database) {
-            return Err(ApiError {
-                status: 403,
-                code: "FORBIDDEN",
-                message: format!("this token has no access to database {database:?}"),
-            });
+            return Err(ApiError::new(403, "FORBIDDEN", format!("this token has no access to database {database:?}")));
         }
     }
     Ok(rule.access)
@@ -95,7 +102,7 @@ pub fn check_read_only(statements: &[Statement]) -> Result<(), ApiError> {
 }
 
 pub fn read_only_error() -> ApiError {
-    ApiError { status: 403, code: "READ_ONLY", message: "this token is read-only and the statement may write".into() }
+    ApiError::new(403, "READ_ONLY", "this token is read-only and the statement may write")
 }
 
 #[cfg(test)]
@@ -104,18 +111,26 @@ mod tests {
 
     #[test]
     fn tokens_grant_what_they_say() {
-        let rules = parse_rules(Some(
-            r#"[{"token":"full-token-0123456789","access":"write"},
+        let rules = AccessRules::Tokens(
+            parse_rules(Some(
+                r#"[{"token":"full-token-0123456789","access":"write"},
                 {"token":"read-token-0123456789","access":"read","databases":["a"]}]"#
-                .into(),
-        ))
-        .unwrap();
+                    .into(),
+            ))
+            .unwrap(),
+        );
         assert_eq!(authorize(&rules, Some("Bearer full-token-0123456789"), Some("x")).unwrap(), Access::Write);
         assert_eq!(authorize(&rules, Some("Bearer read-token-0123456789"), Some("a")).unwrap(), Access::Read);
         assert_eq!(authorize(&rules, Some("Bearer read-token-0123456789"), Some("b")).unwrap_err().status, 403);
         assert_eq!(authorize(&rules, Some("Bearer nope"), Some("a")).unwrap_err().status, 401);
         assert_eq!(authorize(&rules, None, Some("a")).unwrap_err().status, 401);
-        assert_eq!(authorize(&[], None, Some("a")).unwrap(), Access::Write);
+        assert_eq!(authorize(&AccessRules::Anonymous, None, Some("a")).unwrap(), Access::Write);
+        // A wrong token, however long, is never echoed back.
+        let sent = "Bearer a-very-secret-looking-token-that-must-not-leak";
+        let e = authorize(&rules, Some(sent), Some("a")).unwrap_err();
+        assert!(!e.message.contains("a-very-secret") && !e.body().to_string().contains("a-very-secret"), "{e:?}");
+        let e = parse_rules(Some(r#"[{"token":"a-very-secret-but-malformed","access":"admin"}]"#.into())).unwrap_err();
+        assert!(!e.message.contains("a-very-secret"), "{e:?}");
         assert_eq!(authorize(&rules, Some("Bearer read-token-0123456789"), None).unwrap(), Access::Read);
         assert!(parse_rules(Some(r#"[{"token":"short","access":"read"}]"#.into())).is_err());
         assert!(check_read_only(&[Statement::new("SELECT 1")]).is_ok());

@@ -4,33 +4,35 @@
 //! A pipeline becomes one engine script (see `engine_core::script`): every `execute`,
 //! `batch` step, `sequence`, `describe` and `get_autocommit` is a step, run in order on one
 //! connection, and everything the pipeline commits is durable before the answer is sent.
+//! A batch is all or nothing.
 //!
-//! Streams are stateless between HTTP requests, because the next request may reach another
-//! isolate: the baton carries the stream's stored SQL texts, nothing else. A transaction
-//! cannot span requests: if a pipeline leaves one open, the engine rolls it back and every
-//! request from the one that began it on is answered with `TRANSACTION_NOT_SUPPORTED`, so
-//! a client never believes it is inside a transaction that no longer exists.
+//! Streams live in the baton (see `baton.rs`), because the next request may reach another
+//! isolate: the stored SQL texts, and an interactive transaction left open as its
+//! replayable log (`engine_core::txn`), sealed under `TWILL_BATON_KEY`. Without the key a
+//! transaction cannot span requests: it is rolled back at the end of the pipeline, and the
+//! stream refuses every statement until the client ends it, so nothing ever runs outside
+//! the transaction the client believes it is in.
 
 use std::collections::BTreeMap;
 
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use engine_core::guard::{check_script_statement, script_text_kind, StatementKind};
+use engine_core::guard::{check_script_statement, is_transaction_control, script_text_kind, StatementKind};
 use engine_core::script::{Action, Cond, Script, ScriptOutcome, Step, StepOutcome};
+use engine_core::txn::{OpenAtEnd, TxAction};
 use engine_core::{Description, EngineError, Params, SqlValue, Statement, StatementResult};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::baton::{self, BatonKey, Stream, StreamState};
 use crate::wire::{ApiError, LIMITS};
 
-/// Steps one pipeline may hold (HRANA_STEPS limit): a batch of `max_statements`
-/// statements plus the BEGIN/COMMIT/ROLLBACK steps clients wrap around it, twice over.
-pub const MAX_STEPS: usize = 2 * (LIMITS.max_statements + 3);
+/// Steps one pipeline may hold (HRANA_STEPS limit). Pipelines are bounded by their size
+/// (BODY_SIZE) and their work (VM_STEPS) first; this only stops absurd ones.
+pub const MAX_STEPS: usize = 20_000;
 /// SQL texts one stream may keep stored (HRANA_STORED_SQL limit).
 pub const MAX_STORED_SQL: usize = 128;
-
-const BATON_PREFIX: &str = "twb1.";
 
 /// Accepts base64 with or without padding, as Hrana clients differ.
 const BASE64_ANY_PAD: GeneralPurpose = GeneralPurpose::new(
@@ -121,25 +123,47 @@ enum HValue {
     Blob { base64: String },
 }
 
-/// A request-level error in Hrana's shape.
+/// An error in Hrana's shape. SQL errors carry SQLite's primary result code in `code`
+/// (what sqld sends), with the extended code by name and number alongside.
 #[derive(Debug, Clone, PartialEq)]
 struct HError {
     code: String,
     message: String,
+    extended_code: Option<&'static str>,
+    raw_code: Option<i32>,
 }
 
 impl HError {
     fn new(code: &str, message: impl Into<String>) -> Self {
-        HError { code: code.into(), message: message.into() }
+        HError { code: code.into(), message: message.into(), extended_code: None, raw_code: None }
     }
+
     fn json(&self) -> Value {
-        json!({ "message": self.message, "code": self.code })
+        let mut v = json!({ "message": self.message, "code": self.code });
+        if let Some(extended) = self.extended_code {
+            v["extended_code"] = json!(extended);
+        }
+        if let Some(raw) = self.raw_code {
+            v["raw_code"] = json!(raw);
+        }
+        v
     }
 }
 
 impl From<&EngineError> for HError {
     fn from(e: &EngineError) -> Self {
-        HError::new(e.code(), e.to_string())
+        let code = match e {
+            EngineError::Sql(f) => f.code.primary_name(),
+            EngineError::Params(_) => "ARGS_INVALID",
+            other => other.code(),
+        };
+        let sqlite = e.sqlite_code();
+        HError {
+            code: code.into(),
+            message: e.to_string(),
+            extended_code: sqlite.map(|c| c.name()),
+            raw_code: sqlite.map(|c| c.raw()),
+        }
     }
 }
 
@@ -148,36 +172,74 @@ enum Planned {
     Close,
     Stored(&'static str),
     Failed(HError),
+    /// Answered without running anything (a ROLLBACK that ends an abandoned transaction).
+    Answered(Value),
     Execute { step: usize, want_rows: bool },
     Batch { first: usize, want_rows: Vec<bool> },
+    /// A batch refused as a whole: every step fails with this error.
+    BatchFailed { error: HError, steps: usize },
     Sequence(usize),
     Describe(usize),
     GetAutocommit(usize),
+}
+
+/// Where the stream stands while the pipeline is planned.
+enum Mode {
+    /// Requests become steps of the script.
+    Running,
+    /// The client's transaction was abandoned: its statements are refused with this
+    /// error until it sends ROLLBACK (or COMMIT, which fails).
+    Refusing(HError),
+}
+
+/// What a pipeline runs with: its database, the baton key, the time, how long an
+/// interactive transaction may stay idle.
+pub struct Context<'a> {
+    pub db: &'a str,
+    pub key: Option<&'a BatonKey>,
+    pub now_ms: f64,
+    pub tx_idle_ms: f64,
 }
 
 /// A pipeline ready to run: the script, how to answer, and the stream's state after it.
 pub struct Plan {
     pub script: Script,
     planned: Vec<Planned>,
-    stored: BTreeMap<i32, String>,
+    state: StreamState,
+    refusing_at_end: Option<HError>,
     closed: bool,
 }
 
 impl Plan {
-    /// The most the script may do: a read-only token may run it only if this is `Read`.
+    /// The most the pipeline may do, the transaction it continues included: a read-only
+    /// token may run it only if this is `Read`.
     pub fn kind(&self) -> Result<StatementKind, ApiError> {
         let mut kind = StatementKind::Read;
-        for step in &self.script.steps {
-            let k = match &step.action {
-                Action::Execute(s) => check_script_statement(&s.sql)?,
-                Action::Sequence(sql) => script_text_kind(sql)?,
-                Action::Describe(_) | Action::GetAutocommit => StatementKind::Read,
-            };
-            if k == StatementKind::Write {
-                kind = k;
+        let resumed = self.script.resume.iter().flat_map(|tx| tx.entries.iter()).map(|e| match &e.action {
+            TxAction::Execute(s) => check_script_statement(&s.sql),
+            TxAction::Sequence(sql) => script_text_kind(sql),
+        });
+        let steps = self.script.steps.iter().map(|step| match &step.action {
+            Action::Execute(s) => check_script_statement(&s.sql),
+            Action::Sequence(sql) => script_text_kind(sql),
+            Action::Describe(_) | Action::GetAutocommit => Ok(StatementKind::Read),
+        });
+        for k in resumed.chain(steps) {
+            if k? == StatementKind::Write {
+                kind = StatementKind::Write;
             }
         }
         Ok(kind)
+    }
+
+    /// True if nothing needs the engine (only stored SQL, closes, refused requests).
+    pub fn is_empty(&self) -> bool {
+        self.script.steps.is_empty() && self.script.resume.is_none()
+    }
+
+    /// The log position the pipeline must run at or after (a transaction it continues).
+    pub fn min_seq(&self) -> Option<u64> {
+        self.script.resume.as_ref().map(|tx| tx.seen_seq)
     }
 }
 
@@ -185,26 +247,44 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("HRANA_PROTO_ERROR", message)
 }
 
+fn abandoned_error(code: &str, message: &str) -> HError {
+    HError::new(code, message)
+}
+
 /// Parses a pipeline request body and turns it into a script.
-pub fn plan(body: &[u8]) -> Result<Plan, ApiError> {
+pub fn plan(body: &[u8], ctx: &Context) -> Result<Plan, ApiError> {
     let body: PipelineBody =
         serde_json::from_slice(body).map_err(|e| invalid(format!("pipeline request body: {e}")))?;
-    let mut stored = match &body.baton {
-        Some(baton) => decode_baton(baton)?,
-        None => BTreeMap::new(),
+    let mut state = match &body.baton {
+        Some(b) => baton::open(b, ctx.key, ctx.db, ctx.now_ms, ctx.tx_idle_ms)?,
+        None => StreamState::new(ctx.db, ctx.now_ms),
     };
-    let mut plan = Plan { script: Script::default(), planned: Vec::new(), stored: BTreeMap::new(), closed: false };
+    let mut script = Script {
+        open_at_end: if ctx.key.is_some() { OpenAtEnd::Carry } else { OpenAtEnd::RollBack },
+        ..Script::default()
+    };
+    let mut mode = match std::mem::replace(&mut state.stream, Stream::Idle) {
+        Stream::Idle => Mode::Running,
+        Stream::InTransaction { tx } => {
+            script.resume = Some(tx);
+            Mode::Running
+        }
+        Stream::Abandoned { code, message } => Mode::Refusing(abandoned_error(&code, &message)),
+    };
+    let stored = &mut state.sql;
+    let mut planned_all = Vec::new();
+    let mut closed = false;
     for request in body.requests {
-        if plan.closed {
-            plan.planned.push(Planned::Failed(HError::new("STREAM_CLOSED", "the stream was closed by an earlier request")));
+        if closed {
+            planned_all.push(Planned::Failed(HError::new("STREAM_CLOSED", "the stream was closed by an earlier request")));
             continue;
         }
-        let planned = match request {
-            StreamRequest::Close => {
-                plan.closed = true;
+        let planned = match (request, &mode) {
+            (StreamRequest::Close, _) => {
+                closed = true;
                 Planned::Close
             }
-            StreamRequest::StoreSql { sql_id, sql } => {
+            (StreamRequest::StoreSql { sql_id, sql }, _) => {
                 if sql.len() > LIMITS.max_sql_bytes {
                     Planned::Failed(sql_too_long())
                 } else if stored.len() >= MAX_STORED_SQL && !stored.contains_key(&sql_id) {
@@ -217,59 +297,95 @@ pub fn plan(body: &[u8]) -> Result<Plan, ApiError> {
                     Planned::Stored("store_sql")
                 }
             }
-            StreamRequest::CloseSql { sql_id } => {
+            (StreamRequest::CloseSql { sql_id }, _) => {
                 stored.remove(&sql_id);
                 Planned::Stored("close_sql")
             }
-            StreamRequest::GetAutocommit => {
-                plan.script.steps.push(Step::always(Action::GetAutocommit));
-                Planned::GetAutocommit(plan.script.steps.len() - 1)
+            (StreamRequest::GetAutocommit, Mode::Refusing(_)) => {
+                Planned::Answered(json!({"type": "get_autocommit", "is_autocommit": false}))
             }
-            StreamRequest::Sequence { sql, sql_id } => match sql_text(&stored, sql, sql_id) {
-                Ok(sql) => {
-                    plan.script.steps.push(Step::always(Action::Sequence(sql)));
-                    Planned::Sequence(plan.script.steps.len() - 1)
+            (StreamRequest::Execute { stmt }, Mode::Refusing(e)) => match sql_text(stored, stmt.sql, stmt.sql_id) {
+                Ok(sql) if ends_transaction(&sql) => {
+                    // The client ends the transaction it believes open: a ROLLBACK
+                    // succeeds (there is nothing left to undo), a COMMIT fails; either
+                    // way the stream is usable again.
+                    let answer = if is_rollback(&sql) {
+                        Planned::Answered(json!({"type": "execute", "result": stmt_result(&StatementResult::default(), true).unwrap_or(Value::Null)}))
+                    } else {
+                        Planned::Failed(e.clone())
+                    };
+                    mode = Mode::Running;
+                    answer
                 }
+                Ok(_) => Planned::Failed(e.clone()),
                 Err(e) => Planned::Failed(e),
             },
-            StreamRequest::Describe { sql, sql_id } => match sql_text(&stored, sql, sql_id) {
-                Ok(sql) => {
-                    plan.script.steps.push(Step::always(Action::Describe(sql)));
-                    Planned::Describe(plan.script.steps.len() - 1)
-                }
-                Err(e) => Planned::Failed(e),
-            },
-            StreamRequest::Execute { stmt } => {
-                let want_rows = stmt.want_rows.unwrap_or(true);
-                match statement(&stored, stmt) {
-                    Ok(s) => {
-                        plan.script.steps.push(Step::always(Action::Execute(s)));
-                        Planned::Execute { step: plan.script.steps.len() - 1, want_rows }
+            (StreamRequest::Batch { batch }, Mode::Refusing(e)) => {
+                Planned::BatchFailed { error: e.clone(), steps: batch.steps.len() }
+            }
+            (StreamRequest::Sequence { .. }, Mode::Refusing(e)) => Planned::Failed(e.clone()),
+            (StreamRequest::Describe { sql, sql_id }, _) => {
+                match sql_text(stored, sql, sql_id) {
+                    Ok(sql) => {
+                        script.steps.push(Step::always(Action::Describe(sql)));
+                        Planned::Describe(script.steps.len() - 1)
                     }
                     Err(e) => Planned::Failed(e),
                 }
             }
-            StreamRequest::Batch { batch } => match batch_steps(&stored, batch, plan.script.steps.len()) {
+            (StreamRequest::GetAutocommit, Mode::Running) => {
+                script.steps.push(Step::always(Action::GetAutocommit));
+                Planned::GetAutocommit(script.steps.len() - 1)
+            }
+            (StreamRequest::Sequence { sql, sql_id }, Mode::Running) => match sql_text(stored, sql, sql_id) {
+                Ok(sql) => {
+                    script.steps.push(Step::always(Action::Sequence(sql)));
+                    Planned::Sequence(script.steps.len() - 1)
+                }
+                Err(e) => Planned::Failed(e),
+            },
+            (StreamRequest::Execute { stmt }, Mode::Running) => {
+                let want_rows = stmt.want_rows.unwrap_or(true);
+                match statement(stored, stmt) {
+                    Ok(s) => {
+                        script.steps.push(Step::always(Action::Execute(s)));
+                        Planned::Execute { step: script.steps.len() - 1, want_rows }
+                    }
+                    Err(e) => Planned::Failed(e),
+                }
+            }
+            (StreamRequest::Batch { batch }, Mode::Running) => match batch_steps(stored, batch, script.steps.len()) {
                 Ok((steps, want_rows)) => {
-                    let first = plan.script.steps.len();
-                    plan.script.steps.extend(steps);
+                    let first = script.steps.len();
+                    script.steps.extend(steps);
                     // A batch is all or nothing (see `Script::atomic_units`).
-                    plan.script.atomic_units.push(first..plan.script.steps.len());
+                    script.atomic_units.push(first..script.steps.len());
                     Planned::Batch { first, want_rows }
                 }
                 Err(e) => Planned::Failed(e),
             },
         };
-        plan.planned.push(planned);
-        if plan.script.steps.len() > MAX_STEPS {
+        planned_all.push(planned);
+        if script.steps.len() > MAX_STEPS {
             return Err(ApiError::bad_request(
                 "LIMIT_EXCEEDED",
                 format!("a pipeline may hold at most {MAX_STEPS} statements and steps (HRANA_STEPS limit)"),
             ));
         }
     }
-    plan.stored = stored;
-    Ok(plan)
+    let refusing_at_end = match mode {
+        Mode::Refusing(e) => Some(e),
+        Mode::Running => None,
+    };
+    Ok(Plan { script, planned: planned_all, state, refusing_at_end, closed })
+}
+
+fn ends_transaction(sql: &str) -> bool {
+    is_transaction_control(sql) && !sql.trim_start().get(..5).is_some_and(|w| w.eq_ignore_ascii_case("begin"))
+}
+
+fn is_rollback(sql: &str) -> bool {
+    sql.trim_start().get(..8).is_some_and(|w| w.eq_ignore_ascii_case("rollback"))
 }
 
 fn sql_too_long() -> HError {
@@ -390,7 +506,8 @@ fn stmt_result(r: &StatementResult, want_rows: bool) -> Result<Value, HError> {
         "cols": cols,
         "rows": rows,
         "affected_row_count": r.rows_affected,
-        "last_insert_rowid": r.last_insert_rowid.map(|id| id.to_string()),
+        // As libSQL reports it: the connection's last rowid after every INSERT.
+        "last_insert_rowid": r.is_insert.then(|| r.connection_last_insert_rowid.to_string()),
         "rows_read": r.rows_read,
         "rows_written": r.rows_written,
     }))
@@ -405,19 +522,23 @@ fn describe_result(d: &Description) -> Value {
     })
 }
 
-fn rolled_back() -> HError {
+fn not_carried() -> HError {
     HError::new(
         "TRANSACTION_NOT_SUPPORTED",
-        "interactive transactions across HTTP requests are not supported: this pipeline left a transaction open, so it \
-         was rolled back; send BEGIN ... COMMIT within one pipeline (e.g. client.batch())",
+        "this pipeline left a transaction open, so it was rolled back: interactive transactions across requests need \
+         the server's TWILL_BATON_KEY; every statement of this stream is refused until the client sends ROLLBACK",
     )
 }
 
-/// The step's outcome, unless the transaction it ran in was rolled back at the end.
+/// The step's outcome, unless the transaction it ran in was rolled back at the end, or the
+/// transaction it continued could not go on.
 fn outcome_of(outcome: &ScriptOutcome, step: usize) -> Result<&StepOutcome, HError> {
+    if let Some(e) = &outcome.resume_failed {
+        return Err(HError::from(e));
+    }
     match outcome.rolled_back_from {
-        Some(from) if step >= from => Err(rolled_back()),
-        _ => Ok(&outcome.steps[step]),
+        Some(from) if step >= from => Err(not_carried()),
+        _ => outcome.steps.get(step).ok_or_else(|| HError::new("INTERNAL_ERROR", "a step has no outcome")),
     }
 }
 
@@ -429,10 +550,25 @@ fn error(e: &HError) -> Value {
     json!({"type": "error", "error": e.json()})
 }
 
-/// The pipeline's answer, given what the script did.
-pub fn respond(plan: &Plan, outcome: &ScriptOutcome) -> Value {
+/// The pipeline's answer, given what the script did (an empty outcome if nothing ran).
+pub fn respond(plan: Plan, outcome: &ScriptOutcome, ctx: &Context) -> Value {
     let results: Vec<Value> = plan.planned.iter().map(|p| answer(p, outcome).unwrap_or_else(|e| error(&e))).collect();
-    let baton = (!plan.closed).then(|| encode_baton(&plan.stored));
+    let baton = (!plan.closed).then(|| {
+        let stream = if let Some(e) = plan.refusing_at_end {
+            Stream::Abandoned { code: e.code, message: e.message }
+        } else if let Some(e) = &outcome.resume_failed {
+            let e = HError::from(e);
+            Stream::Abandoned { code: e.code, message: e.message }
+        } else if let Some(tx) = &outcome.carried {
+            Stream::InTransaction { tx: tx.clone() }
+        } else if outcome.rolled_back_from.is_some() {
+            let e = not_carried();
+            Stream::Abandoned { code: e.code, message: e.message }
+        } else {
+            Stream::Idle
+        };
+        baton::seal(&StreamState { stream, touched_ms: ctx.now_ms, ..plan.state }, ctx.key)
+    });
     json!({ "baton": baton, "base_url": null, "results": results })
 }
 
@@ -445,6 +581,7 @@ fn answer(planned: &Planned, outcome: &ScriptOutcome) -> Result<Value, HError> {
         Planned::Close => ok(json!({"type": "close"})),
         Planned::Stored(kind) => ok(json!({"type": kind})),
         Planned::Failed(e) => return Err(e.clone()),
+        Planned::Answered(v) => ok(v.clone()),
         Planned::Execute { step, want_rows } => match outcome_of(outcome, *step)? {
             StepOutcome::Executed(r) => ok(json!({"type": "execute", "result": stmt_result(r, *want_rows)?})),
             o => return failed(o),
@@ -461,6 +598,10 @@ fn answer(planned: &Planned, outcome: &ScriptOutcome) -> Result<Value, HError> {
             StepOutcome::Autocommit(a) => ok(json!({"type": "get_autocommit", "is_autocommit": a})),
             o => return failed(o),
         },
+        Planned::BatchFailed { error, steps } => {
+            let errors: Vec<Value> = (0..*steps).map(|_| error.json()).collect();
+            ok(json!({"type": "batch", "result": {"step_results": vec![Value::Null; *steps], "step_errors": errors}}))
+        }
         Planned::Batch { first, want_rows } => {
             let mut step_results = Vec::with_capacity(want_rows.len());
             let mut step_errors = Vec::with_capacity(want_rows.len());
@@ -482,25 +623,13 @@ fn answer(planned: &Planned, outcome: &ScriptOutcome) -> Result<Value, HError> {
     })
 }
 
-fn encode_baton(stored: &BTreeMap<i32, String>) -> String {
-    let body = serde_json::to_vec(stored).expect("a map of strings serializes");
-    format!("{BATON_PREFIX}{}", URL_SAFE_NO_PAD.encode(body))
-}
-
-fn decode_baton(baton: &str) -> Result<BTreeMap<i32, String>, ApiError> {
-    let bad = || ApiError::bad_request("HRANA_INVALID_BATON", "the baton was not issued by this server");
-    let body = baton.strip_prefix(BATON_PREFIX).ok_or_else(bad)?;
-    let bytes = URL_SAFE_NO_PAD.decode(body).map_err(|_| bad())?;
-    let stored: BTreeMap<i32, String> = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    if stored.len() > MAX_STORED_SQL {
-        return Err(bad());
-    }
-    Ok(stored)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ctx(key: Option<&BatonKey>) -> Context<'_> {
+        Context { db: "app", key, now_ms: 1_000.0, tx_idle_ms: baton::TX_IDLE_MS }
+    }
 
     #[test]
     fn pipelines_become_scripts_and_batons_carry_stored_sql() {
@@ -512,6 +641,7 @@ mod tests {
                     {"condition":{"type":"ok","step":0},"stmt":{"sql":"SELECT 1"}}]}},
                 {"type":"execute","stmt":{"sql_id":7}},
                 {"type":"get_autocommit"}]}"#,
+            &ctx(None),
         )
         .unwrap();
         assert_eq!(plan.script.steps.len(), 4);
@@ -520,33 +650,72 @@ mod tests {
         let Action::Execute(s) = &plan.script.steps[0].action else { panic!() };
         assert_eq!(s.params, Params::Positional(vec![SqlValue::Integer(i64::MAX)]));
         assert!(matches!(plan.planned[3], Planned::Failed(_)), "unknown sql_id fails that request only");
-        let baton = encode_baton(&plan.stored);
-        assert_eq!(decode_baton(&baton).unwrap().get(&1).map(String::as_str), Some("SELECT ?"));
-        assert!(decode_baton("forged").is_err());
+        let answer = respond(plan, &ScriptOutcome::default(), &ctx(None));
+        let baton = answer["baton"].as_str().unwrap();
+        let state = baton::open(baton, None, "app", 2_000.0, baton::TX_IDLE_MS).unwrap();
+        assert_eq!(state.sql.get(&1).map(String::as_str), Some("SELECT ?"));
+        assert!(baton::open("forged", None, "app", 2_000.0, baton::TX_IDLE_MS).is_err());
         // Conditions may only look back.
-        let p = super::plan(br#"{"requests":[{"type":"batch","batch":{"steps":[
-            {"condition":{"type":"ok","step":0},"stmt":{"sql":"SELECT 1"}}]}}]}"#)
+        let p = super::plan(
+            br#"{"requests":[{"type":"batch","batch":{"steps":[
+            {"condition":{"type":"ok","step":0},"stmt":{"sql":"SELECT 1"}}]}}]}"#,
+            &ctx(None),
+        )
         .unwrap();
         assert!(matches!(p.planned[0], Planned::Failed(_)));
         for bad in [&b"{}"[..], b"[]", b"{\"requests\":[{\"type\":\"nope\"}]}", b"\xff"] {
-            assert!(super::plan(bad).is_err());
+            assert!(super::plan(bad, &ctx(None)).is_err());
         }
     }
 
     #[test]
-    fn a_transaction_left_open_is_reported_not_silently_dropped() {
-        let plan = plan(br#"{"requests":[{"type":"execute","stmt":{"sql":"SELECT 1"}},{"type":"execute","stmt":{"sql":"BEGIN"}}]}"#)
+    fn an_abandoned_transaction_refuses_everything_until_rollback() {
+        // Without a baton key, a transaction left open is rolled back and reported.
+        let p = plan(br#"{"requests":[{"type":"execute","stmt":{"sql":"SELECT 1"}},{"type":"execute","stmt":{"sql":"BEGIN"}}]}"#, &ctx(None))
             .unwrap();
         let outcome = ScriptOutcome {
-            steps: vec![
-                StepOutcome::Executed(StatementResult::default()),
-                StepOutcome::Executed(StatementResult::default()),
-            ],
+            steps: vec![StepOutcome::Executed(StatementResult::default()), StepOutcome::Executed(StatementResult::default())],
             rolled_back_from: Some(1),
+            ..ScriptOutcome::default()
         };
-        let answer = respond(&plan, &outcome);
+        let answer = respond(p, &outcome, &ctx(None));
         assert_eq!(answer["results"][0]["type"], "ok");
         assert_eq!(answer["results"][1]["error"]["code"], "TRANSACTION_NOT_SUPPORTED");
-        assert!(answer["baton"].is_string());
+        let baton = answer["baton"].as_str().unwrap().to_string();
+
+        // The next request with that baton: statements are refused, never run in
+        // autocommit; ROLLBACK ends it and what follows runs normally.
+        let body = format!(
+            r#"{{"baton":"{baton}","requests":[
+                {{"type":"execute","stmt":{{"sql":"INSERT INTO t VALUES (1)"}}}},
+                {{"type":"batch","batch":{{"steps":[{{"stmt":{{"sql":"INSERT INTO t VALUES (2)"}}}}]}}}},
+                {{"type":"get_autocommit"}},
+                {{"type":"execute","stmt":{{"sql":"ROLLBACK"}}}},
+                {{"type":"execute","stmt":{{"sql":"SELECT 2"}}}}]}}"#
+        );
+        let p = plan(body.as_bytes(), &ctx(None)).unwrap();
+        assert_eq!(p.script.steps.len(), 1, "only the statement after ROLLBACK runs");
+        let outcome = ScriptOutcome { steps: vec![StepOutcome::Executed(StatementResult::default())], ..ScriptOutcome::default() };
+        let answer = respond(p, &outcome, &ctx(None));
+        assert_eq!(answer["results"][0]["error"]["code"], "TRANSACTION_NOT_SUPPORTED");
+        assert_eq!(answer["results"][1]["response"]["result"]["step_errors"][0]["code"], "TRANSACTION_NOT_SUPPORTED");
+        assert_eq!(answer["results"][2]["response"]["is_autocommit"], false);
+        assert_eq!(answer["results"][3]["type"], "ok");
+        assert_eq!(answer["results"][4]["type"], "ok");
+        let state = baton::open(answer["baton"].as_str().unwrap(), None, "app", 2_000.0, baton::TX_IDLE_MS).unwrap();
+        assert_eq!(state.stream, Stream::Idle);
+    }
+
+    #[test]
+    fn sql_errors_carry_sqlite_codes() {
+        let e = EngineError::Sql(engine_core::error::SqlFailure {
+            message: "UNIQUE constraint failed: t.id".into(),
+            code: engine_core::error::SqliteCode::ConstraintPrimaryKey,
+        });
+        let j = HError::from(&e).json();
+        assert_eq!(j["code"], "SQLITE_CONSTRAINT");
+        assert_eq!(j["extended_code"], "SQLITE_CONSTRAINT_PRIMARYKEY");
+        assert_eq!(j["raw_code"], 1555);
+        assert_eq!(j["message"], "UNIQUE constraint failed: t.id");
     }
 }

@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use engine_core::cache::PageCache;
 use engine_core::store::{CountingStore, StoreCounts};
-use engine_core::{Database, DbConfig, DbContext, Done, EngineError, Layout, ObjectStore, Work};
+use engine_core::host::Sleeper;
+use engine_core::{Database, DbConfig, DbContext, Done, EngineError, Layout, ObjectStore, Request};
 use r2_backend::R2Store;
 
 /// Open databases kept per isolate (their pages share one cache).
@@ -33,9 +34,18 @@ const POLL: std::time::Duration = std::time::Duration::from_millis(1);
 type Reply = Rc<RefCell<Option<Answer>>>;
 
 struct Pending {
-    work: Work,
-    max_staleness_ms: f64,
+    request: Request,
     reply: Reply,
+}
+
+/// Backoff between commit attempts waits on a Workers timer.
+struct DelaySleeper;
+
+#[async_trait::async_trait(?Send)]
+impl Sleeper for DelaySleeper {
+    async fn sleep(&self, ms: f64) {
+        worker::Delay::from(std::time::Duration::from_micros((ms * 1000.0) as u64)).await;
+    }
 }
 
 pub struct DbSlot {
@@ -98,17 +108,10 @@ fn drops_state(e: &EngineError) -> bool {
 }
 
 impl DbSlot {
-    /// Runs `work` (one transaction or one script), grouped with whatever else is waiting.
-    pub async fn submit(
-        &self,
-        name: &str,
-        config: DbConfig,
-        cache: Arc<PageCache>,
-        work: Work,
-        max_staleness_ms: f64,
-    ) -> Answer {
+    /// Runs `request` (one transaction or one script), grouped with whatever else is waiting.
+    pub async fn submit(&self, name: &str, config: DbConfig, cache: Arc<PageCache>, request: Request) -> Answer {
         let reply: Reply = Rc::new(RefCell::new(None));
-        self.pending.borrow_mut().push(Pending { work, max_staleness_ms, reply: reply.clone() });
+        self.pending.borrow_mut().push(Pending { request, reply: reply.clone() });
         loop {
             if let Some(answer) = reply.borrow_mut().take() {
                 return answer;
@@ -143,7 +146,7 @@ impl DbSlot {
         let before = self.store.counts();
         if db.is_none() {
             let store: Rc<dyn ObjectStore> = self.store.clone();
-            let ctx = DbContext { store, cache, host: engine_core::host::system() };
+            let ctx = DbContext { store, cache, host: engine_core::host::system(), sleeper: Rc::new(DelaySleeper) };
             match Database::open_for_waiting_requests(ctx, Layout::new("", name), config).await {
                 Ok(opened) => db = Some(opened),
                 Err(e) => {
@@ -154,10 +157,9 @@ impl DbSlot {
                 }
             }
         }
-        let database = db.as_mut().expect("opened above");
-        database.config_mut().max_staleness_ms = group.iter().map(|p| p.max_staleness_ms).fold(f64::INFINITY, f64::min);
-        let (work, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|p| (p.work, p.reply)).unzip();
-        let results = database.perform(work).await;
+        let Some(database) = db.as_mut() else { return None };
+        let (requests, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|p| (p.request, p.reply)).unzip();
+        let results = database.perform(requests).await;
         if results.iter().any(|r| matches!(r, Err(e) if drops_state(e))) {
             db = None;
         }

@@ -20,7 +20,7 @@ use worker::Env;
 
 use crate::auth::Access;
 use crate::wire::{check_param_count, check_sql_length, validate_db_name, ApiError, LIMITS, MAX_SAFE_INTEGER};
-use crate::{DbRequest, Performed};
+use crate::db_request::{self, DbRequest, Performed};
 
 #[derive(Deserialize)]
 struct RpcStatement {
@@ -29,16 +29,29 @@ struct RpcStatement {
     params: JsValue,
 }
 
+/// Options every RPC method takes last (all optional).
+#[derive(Deserialize, Default)]
+struct RpcOptions {
+    /// A session's bookmark: answer from a state at or after it.
+    #[serde(default)]
+    bookmark: Option<String>,
+}
+
 /// Entry point for the entrypoint class's RPC methods. Never throws for bad input.
 #[wasm_bindgen]
-pub async fn rpc(method: String, database: JsValue, payload: JsValue, params: JsValue, env: JsValue) -> JsValue {
+pub async fn rpc(method: String, database: JsValue, payload: JsValue, params: JsValue, options: JsValue, env: JsValue) -> JsValue {
     let started = js_sys::Date::now();
     let env: Env = env.unchecked_into();
-    let answer = match run(&method, database, payload, params, &env, started).await {
+    match run(&method, database, payload, params, options, &env, started).await {
         Ok(v) => v,
-        Err(e) => to_js(&json!({ "error": { "code": e.code, "message": e.message } })),
-    };
-    answer
+        Err(e) => {
+            let mut error = json!({ "code": e.code, "message": e.message });
+            if let Some(c) = e.sqlite_code {
+                error["sqlite_code"] = json!(c.name());
+            }
+            to_js(&json!({ "error": error }))
+        }
+    }
 }
 
 fn to_js<T: Serialize + ?Sized>(v: &T) -> JsValue {
@@ -55,12 +68,19 @@ async fn run(
     database: JsValue,
     payload: JsValue,
     params: JsValue,
+    options: JsValue,
     env: &Env,
     started: f64,
 ) -> Result<JsValue, ApiError> {
     let name = database.as_string().ok_or_else(|| bad("the database name must be a string"))?;
     validate_db_name(&name)?;
-    let db = DbRequest::new(env, &name, Access::Write, None)?;
+    let options: RpcOptions = if options.is_null() || options.is_undefined() {
+        RpcOptions::default()
+    } else {
+        serde_wasm_bindgen::from_value(options).map_err(|e| bad(format!("options: {e}")))?
+    };
+    let read_from = db_request::read_from(&crate::settings::db_config(env), options.bookmark.as_deref(), None)?;
+    let db = DbRequest::new(env, &name, Access::Write, read_from)?;
     match method {
         "query" => {
             let sql = payload.as_string().ok_or_else(|| bad("sql must be a string"))?;
@@ -90,14 +110,14 @@ async fn run(
         "exec" => {
             let sql = payload.as_string().ok_or_else(|| bad("sql must be a string"))?;
             check_sql_length(&sql)?;
-            Ok(to_js(&db.exec(sql, started).await?))
+            Ok(to_js(&crate::sql_api::exec(db, sql, started).await?.body))
         }
-        other => Err(ApiError { status: 404, code: "NOT_FOUND", message: format!("no RPC method {other:?}") }),
+        other => Err(ApiError::new(404, "NOT_FOUND", format!("no RPC method {other:?}"))),
     }
 }
 
 fn internal() -> ApiError {
-    ApiError { status: 500, code: "INTERNAL_ERROR", message: "unexpected reply kind".into() }
+    ApiError::new(500, "INTERNAL_ERROR", "unexpected reply kind")
 }
 
 /// `{ results: [...], meta }` where results serialize through serde-wasm-bindgen.

@@ -7,6 +7,7 @@
 //! integers of any size that fits in 64 bits.
 
 use base64::Engine as _;
+use engine_core::error::SqliteCode;
 use engine_core::{EngineError, Params, SqlValue, Statement, StatementResult};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -23,24 +24,36 @@ pub struct WireLimits {
     pub max_params: usize,
 }
 
+/// Requests are bounded by their size and their work (VM_STEPS), not by a small count:
+/// a batch of thousands of statements is fine.
 pub const LIMITS: WireLimits =
-    WireLimits { max_body_bytes: 1 << 20, max_sql_bytes: 100_000, max_statements: 100, max_params: 1_000 };
+    WireLimits { max_body_bytes: 8 << 20, max_sql_bytes: 100_000, max_statements: 10_000, max_params: 1_000 };
 
-/// An error answer: HTTP status, code and message.
+/// An error answer: HTTP status, code and message, and SQLite's result code for SQL errors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    pub sqlite_code: Option<SqliteCode>,
 }
 
 impl ApiError {
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status: 400, code, message: message.into() }
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), sqlite_code: None }
     }
 
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(400, code, message)
+    }
+
+    /// `{"error": {"code", "message", "sqlite_code"?}}`
     pub fn body(&self) -> Value {
-        json!({ "error": { "code": self.code, "message": self.message } })
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(c) = self.sqlite_code {
+            error["sqlite_code"] = json!(c.name());
+        }
+        json!({ "error": error })
     }
 
     /// The body for Hrana routes: libSQL clients read `message` and `code` at the top.
@@ -52,13 +65,21 @@ impl ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let status = match &e {
-            EngineError::Sql(_) | EngineError::Params(_) | EngineError::NotAllowed(_) | EngineError::Limit(_) => 400,
-            EngineError::Interrupted(_) => 400,
-            EngineError::Conflict { .. } => 409,
+            EngineError::Sql(_)
+            | EngineError::Params(_)
+            | EngineError::NotAllowed(_)
+            | EngineError::Limit(_)
+            | EngineError::InvalidBookmark(_)
+            | EngineError::Interrupted(_) => 400,
+            EngineError::Conflict { .. } | EngineError::TxConflict(_) => 409,
             EngineError::CommitUnknown(_) | EngineError::Storage(_) => 503,
             EngineError::Corrupt(_) | EngineError::Internal(_) | EngineError::PagesMissing(_) | EngineError::BaseGone(_) => 500,
         };
-        ApiError { status, code: e.code(), message: e.to_string() }
+        let sqlite_code = match &e {
+            EngineError::Sql(f) => Some(f.code),
+            _ => None,
+        };
+        ApiError { status, code: e.code(), message: e.to_string(), sqlite_code }
     }
 }
 
@@ -72,16 +93,37 @@ struct StatementJson {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct QueryJson {
+    sql: String,
+    #[serde(default)]
+    params: Option<Value>,
+    /// A session's bookmark: answer from a state at or after it.
+    #[serde(default)]
+    bookmark: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BatchJson {
     statements: Vec<StatementJson>,
+    #[serde(default)]
+    bookmark: Option<String>,
+}
+
+/// The statements of a `/query` or `/batch` request, and the bookmark it carried.
+pub struct Parsed {
+    pub statements: Vec<Statement>,
+    pub bookmark: Option<String>,
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("request body: {e}")))
 }
 
-pub fn parse_query(body: &[u8]) -> Result<Statement, ApiError> {
-    statement_from(parse_json::<StatementJson>(body)?)
+pub fn parse_query(body: &[u8]) -> Result<Parsed, ApiError> {
+    let q: QueryJson = parse_json(body)?;
+    let statement = statement_from(StatementJson { sql: q.sql, params: q.params })?;
+    Ok(Parsed { statements: vec![statement], bookmark: q.bookmark })
 }
 
 /// `/exec`: `{"sql": "<statements separated by semicolons>"}`, no parameters.
@@ -106,7 +148,7 @@ pub fn check_sql_length(sql: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub fn parse_batch(body: &[u8]) -> Result<Vec<Statement>, ApiError> {
+pub fn parse_batch(body: &[u8]) -> Result<Parsed, ApiError> {
     let batch: BatchJson = parse_json(body)?;
     if batch.statements.is_empty() {
         return Err(ApiError::bad_request("INVALID_REQUEST", "a batch needs at least one statement"));
@@ -117,7 +159,8 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Statement>, ApiError> {
             format!("a batch may hold at most {} statements (BATCH_STATEMENTS limit)", LIMITS.max_statements),
         ));
     }
-    batch.statements.into_iter().map(statement_from).collect()
+    let statements = batch.statements.into_iter().map(statement_from).collect::<Result<_, _>>()?;
+    Ok(Parsed { statements, bookmark: batch.bookmark })
 }
 
 fn statement_from(s: StatementJson) -> Result<Statement, ApiError> {
@@ -287,6 +330,8 @@ mod tests {
         assert!(parse_query(b"\xff\xfe").is_err());
         assert!(parse_batch(br#"{"statements":[]}"#).is_err());
         let s = parse_query(br#"{"sql":"select :a","params":{"a":{"int":"9223372036854775807"}}}"#).unwrap();
-        assert_eq!(s.params, Params::Named(vec![("a".into(), SqlValue::Integer(i64::MAX))]));
+        assert_eq!(s.statements[0].params, Params::Named(vec![("a".into(), SqlValue::Integer(i64::MAX))]));
+        let s = parse_batch(br#"{"statements":[{"sql":"select 1"}],"bookmark":"tw0000000000000001"}"#).unwrap();
+        assert_eq!(s.bookmark.as_deref(), Some("tw0000000000000001"));
     }
 }

@@ -1,0 +1,104 @@
+//! Running one request on a database: through this isolate's registry (grouped with
+//! concurrent requests), measured, with the `meta` every answer carries.
+
+use std::sync::Arc;
+
+use engine_core::bookmark::Bookmark;
+use engine_core::cache::PageCache;
+use engine_core::{DbConfig, Done, ReadFrom, Request, Work};
+use serde_json::{json, Value};
+use worker::Env;
+
+use crate::auth::Access;
+use crate::registry;
+use crate::settings;
+use crate::wire::ApiError;
+
+/// Header naming how stale (in ms) a read-only answer may be; 0 (the default) means it
+/// reflects every commit acknowledged before the request began.
+pub const STALENESS_HEADER: &str = "x-twill-max-staleness-ms";
+
+/// Everything a database request needs once it is authorized.
+pub struct DbRequest {
+    pub name: String,
+    pub access: Access,
+    config: DbConfig,
+    cache: Arc<PageCache>,
+    /// How fresh read-only answers must be, unless the work says otherwise.
+    pub read_from: ReadFrom,
+    bucket: worker::Bucket,
+    emulated_r2_latency_ms: u64,
+}
+
+/// A request's durable reply with its `meta` and `Server-Timing` entry.
+pub struct Performed {
+    pub done: Done,
+    pub meta: Value,
+    pub timing: String,
+}
+
+impl Performed {
+    pub fn bookmark(&self) -> String {
+        Bookmark(self.done.stats.bookmark).to_string()
+    }
+}
+
+/// The freshness a request asks for: a session's bookmark (header or body), else a
+/// staleness bound (header), else the Worker's default.
+pub fn read_from(config: &DbConfig, bookmark: Option<&str>, staleness: Option<&str>) -> Result<ReadFrom, ApiError> {
+    if let Some(b) = bookmark {
+        let b: Bookmark = b.trim().parse().map_err(ApiError::from)?;
+        return Ok(ReadFrom::AtLeast(b.seq()));
+    }
+    if let Some(v) = staleness {
+        let ms = v.trim().parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0).ok_or_else(|| {
+            ApiError::bad_request("INVALID_REQUEST", format!("{STALENESS_HEADER} must be a non-negative number of ms"))
+        })?;
+        return Ok(if ms > 0.0 { ReadFrom::WithinMs(ms) } else { ReadFrom::Latest });
+    }
+    Ok(if config.max_staleness_ms > 0.0 { ReadFrom::WithinMs(config.max_staleness_ms) } else { ReadFrom::Latest })
+}
+
+impl DbRequest {
+    /// For database `name` (already validated), with the caller's access and freshness.
+    pub fn new(env: &Env, name: &str, access: Access, read_from: ReadFrom) -> Result<Self, ApiError> {
+        let bucket = env.bucket(settings::BUCKET_BINDING).map_err(|_| {
+            ApiError::new(500, "MISCONFIGURED", format!("R2 binding {} is missing", settings::BUCKET_BINDING))
+        })?;
+        Ok(DbRequest {
+            name: name.to_string(),
+            access,
+            config: settings::db_config(env),
+            cache: registry::cache(settings::cache_bytes(env)),
+            read_from,
+            bucket,
+            emulated_r2_latency_ms: settings::emulated_r2_latency_ms(env),
+        })
+    }
+
+    /// Runs `work` (grouped with concurrent requests) and measures it.
+    pub async fn perform(self, work: Work, started: f64) -> Result<Performed, ApiError> {
+        let slot = registry::slot(&self.name, self.bucket, self.emulated_r2_latency_ms);
+        let cache_before = self.cache.stats();
+        let request = Request { work, read_from: self.read_from };
+        let (done, r2) = slot.submit(&self.name, self.config, self.cache.clone(), request).await?;
+        let cache_after = self.cache.stats();
+        let meta = json!({
+            "duration_ms": js_sys::Date::now() - started,
+            "bookmark": Bookmark(done.stats.bookmark).to_string(),
+            "rows_read": done.stats.rows_read,
+            "rows_written": done.stats.rows_written,
+            "log_records_applied": done.stats.records_applied,
+            "log_records_committed": done.stats.records_committed,
+            "commit_retries": done.stats.retries,
+            "r2_reads": r2.reads,
+            "r2_writes": r2.writes,
+            "r2_bytes_read": r2.bytes_read,
+            "r2_bytes_written": r2.bytes_written,
+            "cache_hits": cache_after.hits - cache_before.hits,
+            "cache_misses": cache_after.misses - cache_before.misses,
+        });
+        let timing = format!("r2;desc=\"{} reads, {} writes\"", r2.reads, r2.writes);
+        Ok(Performed { done, meta, timing })
+    }
+}

@@ -1,0 +1,106 @@
+//! Which endpoint a request's method and path name.
+
+use worker::Method;
+
+use crate::wire::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /`
+    Describe,
+    Query,
+    Batch,
+    Exec,
+    Stats,
+    /// `GET .../v2` or `.../v3`: Hrana version probe.
+    HranaVersion(u8),
+    /// `POST .../v2/pipeline` or `.../v3/pipeline`.
+    HranaPipeline,
+}
+
+impl Endpoint {
+    fn method(self) -> Method {
+        match self {
+            Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) => Method::Get,
+            Endpoint::Query | Endpoint::Batch | Endpoint::Exec | Endpoint::HranaPipeline => Method::Post,
+        }
+    }
+
+}
+
+/// What a request asks for: an endpoint, and the database it names (if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub endpoint: Endpoint,
+    pub database: Option<String>,
+}
+
+fn not_found(message: impl Into<String>) -> ApiError {
+    ApiError::new(404, "NOT_FOUND", message)
+}
+
+/// True if the path is one libSQL clients use, so that even its routing errors take
+/// Hrana's shape.
+pub fn looks_like_hrana(path: &str) -> bool {
+    path.split('/').any(|s| matches!(s, "v2" | "v3" | "v3-protobuf"))
+}
+
+/// Finds the endpoint a method and path name. Database names are validated by the caller.
+pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (endpoint, database) = match segments.as_slice() {
+        [""] => (Endpoint::Describe, None),
+        ["v1", "db", name, rest @ ..] => {
+            let endpoint = match rest {
+                ["query"] => Endpoint::Query,
+                ["batch"] => Endpoint::Batch,
+                ["exec"] => Endpoint::Exec,
+                ["stats"] => Endpoint::Stats,
+                ["v2"] => Endpoint::HranaVersion(2),
+                ["v3"] => Endpoint::HranaVersion(3),
+                ["v2" | "v3", "pipeline"] => Endpoint::HranaPipeline,
+                ["v3-protobuf", ..] => {
+                    return Err(not_found("Hrana's protobuf encoding is not supported; use JSON (v2 or v3)"))
+                }
+                ["v3", "cursor"] => return Err(not_found("Hrana cursors are not supported; use v3/pipeline")),
+                // A libSQL client given .../v1/db/<name> without the trailing slash.
+                ["pipeline"] | [] => {
+                    return Err(not_found(format!(
+                        "no route for {path}: a libSQL client URL must name the database and end with '/': http://<host>/v1/db/<name>/"
+                    )))
+                }
+                _ => return Err(not_found(format!("no route for {path}"))),
+            };
+            (endpoint, Some(name.to_string()))
+        }
+        _ => return Err(not_found(format!("no route for {path}"))),
+    };
+    let wanted = endpoint.method();
+    let allowed = wanted == *method || (wanted == Method::Get && *method == Method::Head);
+    if !allowed {
+        let name = if wanted == Method::Get { "GET" } else { "POST" };
+        return Err(ApiError::new(405, "METHOD_NOT_ALLOWED", format!("this route accepts {name} only")));
+    }
+    Ok(Route { endpoint, database })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_database_name_reaches_its_routes() {
+        // Names that look like route words are databases like any other.
+        for name in ["app", "v2", "v3", "query", "stats"] {
+            let r = route(&Method::Post, &format!("/v1/db/{name}/query")).unwrap();
+            assert_eq!((r.endpoint, r.database.as_deref()), (Endpoint::Query, Some(name)));
+            let r = route(&Method::Post, &format!("/v1/db/{name}/v2/pipeline")).unwrap();
+            assert_eq!((r.endpoint, r.database.as_deref()), (Endpoint::HranaPipeline, Some(name)));
+        }
+        assert_eq!(route(&Method::Get, "/v1/db/v3/v3").unwrap().endpoint, Endpoint::HranaVersion(3));
+        assert_eq!(route(&Method::Get, "/v1/db/app/query").unwrap_err().status, 405);
+        assert_eq!(route(&Method::Post, "/v1/db/app").unwrap_err().status, 404);
+        assert_eq!(route(&Method::Post, "/v1/db/app/v3-protobuf/pipeline").unwrap_err().status, 404);
+        assert_eq!(route(&Method::Get, "/").unwrap().endpoint, Endpoint::Describe);
+    }
+}

@@ -1,0 +1,210 @@
+//! The HTTP endpoints: authorizing, reading the body, and answering `/query`, `/batch`,
+//! `/exec`, `/stats` and Hrana pipelines.
+
+use engine_core::guard::{check_script_statement, StatementKind};
+use engine_core::script::{Action, Script, ScriptOutcome, Step, StepOutcome};
+use engine_core::{ReadFrom, Reply, Work};
+use serde_json::{json, Value};
+use worker::{Env, Request};
+
+use crate::auth::{self, Access};
+use crate::db_request::{self, DbRequest, STALENESS_HEADER};
+use crate::routes::{self, Endpoint};
+use crate::wire::{self, result_to_json, validate_db_name, ApiError, LIMITS};
+use crate::{hrana, registry, settings, Answer, BOOKMARK_HEADER};
+
+fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers().get(name).ok().flatten()
+}
+
+pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer, ApiError> {
+    let rules = settings::access_rules(env)?;
+    let authorization = header(req, "authorization");
+    // Nothing answers without a valid token; scope is checked per database below.
+    auth::authorize(&rules, authorization.as_deref(), None)?;
+    let route = routes::route(&req.method(), &req.path())?;
+    let Some(name) = route.database else {
+        return Ok(Answer::json(crate::describe_service()));
+    };
+    validate_db_name(&name)?;
+    let access = auth::authorize(&rules, authorization.as_deref(), Some(&name))?;
+    match route.endpoint {
+        Endpoint::Stats => return Ok(Answer::json(stats(&name, env))),
+        Endpoint::HranaVersion(v) => {
+            return Ok(Answer::json(json!({ "protocol": "hrana", "version": v, "encoding": "json" })))
+        }
+        _ => {}
+    }
+    let body = read_body(req).await?;
+    let config = settings::db_config(env);
+    let bookmark = header(req, BOOKMARK_HEADER);
+    let staleness = header(req, STALENESS_HEADER);
+    match route.endpoint {
+        Endpoint::HranaPipeline => {
+            let read_from = db_request::read_from(&config, bookmark.as_deref(), staleness.as_deref())?;
+            hrana_pipeline(DbRequest::new(env, &name, access, read_from)?, env, &body, started).await
+        }
+        Endpoint::Exec => {
+            let sql = wire::parse_exec(&body)?;
+            let read_from = db_request::read_from(&config, bookmark.as_deref(), staleness.as_deref())?;
+            exec(DbRequest::new(env, &name, access, read_from)?, sql, started).await
+        }
+        Endpoint::Query | Endpoint::Batch => {
+            let parsed = if route.endpoint == Endpoint::Query { wire::parse_query(&body)? } else { wire::parse_batch(&body)? };
+            let bookmark = bookmark.or(parsed.bookmark);
+            let read_from = db_request::read_from(&config, bookmark.as_deref(), staleness.as_deref())?;
+            let db = DbRequest::new(env, &name, access, read_from)?;
+            if db.access == Access::Read {
+                auth::check_read_only(&parsed.statements)?;
+            }
+            let performed = db.perform(Work::Transaction(parsed.statements), started).await?;
+            let bookmark = performed.bookmark();
+            let Reply::Transaction(results) = performed.done.reply else {
+                return Err(crate::internal("a transaction was answered as a script"));
+            };
+            let body = if route.endpoint == Endpoint::Query {
+                let mut body = result_to_json(&results[0]);
+                body["meta"] = performed.meta;
+                body
+            } else {
+                json!({ "results": results.iter().map(result_to_json).collect::<Vec<_>>(), "meta": performed.meta })
+            };
+            Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark) })
+        }
+        Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) => Err(crate::internal("unreachable route")),
+    }
+}
+
+async fn hrana_pipeline(mut db: DbRequest, env: &Env, body: &[u8], started: f64) -> Result<Answer, ApiError> {
+    let key = settings::baton_key(env)?;
+    let tx_idle_ms = settings::number(env, "TWILL_TX_IDLE_MS").unwrap_or(crate::baton::TX_IDLE_MS);
+    let ctx = hrana::Context { db: &db.name, key: key.as_ref(), now_ms: started, tx_idle_ms };
+    let plan = hrana::plan(body, &ctx)?;
+    if db.access == Access::Read && plan.kind()? != StatementKind::Read {
+        return Err(auth::read_only_error());
+    }
+    if plan.is_empty() {
+        // Only stored SQL, closes or refused statements: nothing for the engine.
+        return Ok(Answer::json(hrana::respond(plan, &ScriptOutcome::default(), &ctx)));
+    }
+    // A transaction continues on a state at least as new as the one it last ran on.
+    if let Some(seen) = plan.min_seq() {
+        db.read_from = match db.read_from {
+            ReadFrom::AtLeast(b) => ReadFrom::AtLeast(b.max(seen)),
+            _ => ReadFrom::AtLeast(seen),
+        };
+    }
+    let name = db.name.clone();
+    let performed = db.perform(Work::Script(plan.script.clone()), started).await?;
+    let bookmark = performed.bookmark();
+    let Reply::Script(outcome) = &performed.done.reply else {
+        return Err(crate::internal("a script was answered as a transaction"));
+    };
+    let ctx = hrana::Context { db: &name, key: key.as_ref(), now_ms: started, tx_idle_ms };
+    let mut body = hrana::respond(plan, outcome, &ctx);
+    body["meta"] = performed.meta;
+    Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark) })
+}
+
+/// Statements separated by semicolons, each committed as it runs (D1's exec):
+/// `{count, duration, meta}`. Stops at the first failing statement; if earlier ones
+/// committed, the error says how many (`EXEC_PARTIAL`), never that nothing changed.
+pub(crate) async fn exec(db: DbRequest, sql: String, started: f64) -> Result<Answer, ApiError> {
+    let statements = engine_core::guard::split_statements(&sql);
+    // Refuse what may not run before anything runs.
+    for s in &statements {
+        let kind = check_script_statement(s)?;
+        if db.access == Access::Read && kind != StatementKind::Read {
+            return Err(auth::read_only_error());
+        }
+    }
+    if statements.is_empty() {
+        return Err(ApiError::bad_request("INVALID_REQUEST", "sql holds no statement"));
+    }
+    let count = statements.len();
+    let steps = statements
+        .into_iter()
+        .enumerate()
+        .map(|(i, sql)| {
+            let action = Action::Execute(engine_core::Statement::new(sql));
+            // Each statement runs only if the one before it succeeded.
+            let condition = (i > 0).then(|| engine_core::script::Cond::Ok(i - 1));
+            Step { condition, action }
+        })
+        .collect();
+    let performed = db.perform(Work::Script(Script::new(steps)), started).await?;
+    let bookmark = performed.bookmark();
+    let Reply::Script(outcome) = &performed.done.reply else {
+        return Err(crate::internal("a script was answered as a transaction"));
+    };
+    if let Some((i, e)) = outcome.steps.iter().enumerate().find_map(|(i, s)| match s {
+        StepOutcome::Failed(e) => Some((i, e)),
+        _ => None,
+    }) {
+        let mut error = ApiError::from(e.clone());
+        if i > 0 {
+            error.code = "EXEC_PARTIAL";
+            error.message = format!(
+                "statement {} failed: {}; the {i} statement(s) before it ran and are committed",
+                i + 1,
+                error.message
+            );
+        }
+        return Err(error);
+    }
+    let body = json!({ "count": count, "duration": performed.meta["duration_ms"], "meta": performed.meta });
+    Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark) })
+}
+
+fn stats(name: &str, env: &Env) -> Value {
+    let c = registry::cache(settings::cache_bytes(env)).stats();
+    let cache = json!({
+        "bytes": c.bytes, "budget_bytes": c.budget, "entries": c.entries,
+        "hits": c.hits, "misses": c.misses, "evictions": c.evictions,
+    });
+    let Some(slot) = registry::existing_slot(name) else {
+        return json!({ "database": name, "open_in_this_isolate": false, "cache": cache });
+    };
+    let r2 = slot.store.counts();
+    let (applied, checkpoint) = slot.positions().unwrap_or((0, 0));
+    json!({
+        "database": name,
+        "open_in_this_isolate": true,
+        "applied_seq": applied,
+        "checkpoint_seq": checkpoint,
+        "r2": { "reads": r2.reads, "writes": r2.writes, "bytes_read": r2.bytes_read, "bytes_written": r2.bytes_written },
+        "cache": cache,
+    })
+}
+
+async fn read_body(req: &mut Request) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            413,
+            "PAYLOAD_TOO_LARGE",
+            format!("request bodies may be at most {} bytes (BODY_SIZE limit)", LIMITS.max_body_bytes),
+        )
+    };
+    let declared_too_large =
+        header(req, "content-length").is_some_and(|len| len.parse::<usize>().map_or(true, |n| n > LIMITS.max_body_bytes));
+    // Read in chunks and stop keeping bytes past the limit, but read to the end: a client
+    // still sending when the answer goes out sees a reset connection, not the 413.
+    // A request without a body reads as an empty one (the body parsers say what is missing).
+    let Ok(mut stream) = req.stream() else { return Ok(Vec::new()) };
+    let mut body = Vec::new();
+    let mut over = declared_too_large;
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("reading body: {e}")))?;
+        if !over && body.len() + chunk.len() > LIMITS.max_body_bytes {
+            over = true;
+            body = Vec::new();
+        }
+        if !over {
+            body.extend_from_slice(&chunk);
+        }
+    }
+    if over {
+        return Err(too_large());
+    }
+    Ok(body)
+}
