@@ -17,6 +17,9 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 log() { echo "bootstrap: $*" >&2; }
 
+# 0. The patched turso crates the workspace builds with (see patches/).
+bash scripts/patch-crates.sh
+
 # 1. Debian's Rust toolchain with std sources, and the wasm linker.
 if [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ] || [ ! -d /usr/lib/rustlib/src/rust/library ] || ! command -v wasm-ld-19 >/dev/null; then
   log "installing Debian's rustc-web, cargo-web, rust-web-src and lld-19"

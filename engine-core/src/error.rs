@@ -54,14 +54,6 @@ impl SqliteCode {
         }
     }
 
-    /// The primary code's name (what sqld puts in a Hrana error's `code`).
-    pub fn primary_name(self) -> &'static str {
-        match self.raw() & 0xff {
-            19 => "SQLITE_CONSTRAINT",
-            _ => self.name(),
-        }
-    }
-
     /// The numeric (extended) result code, as `sqlite3_extended_errcode` returns it.
     pub fn raw(self) -> i32 {
         match self {

@@ -123,8 +123,10 @@ enum HValue {
     Blob { base64: String },
 }
 
-/// An error in Hrana's shape. SQL errors carry SQLite's primary result code in `code`
-/// (what sqld sends), with the extended code by name and number alongside.
+/// An error in Hrana's shape. SQL errors carry SQLite's result code name in `code`: the
+/// extended one where the engine knows it (`SQLITE_CONSTRAINT_UNIQUE`), else the primary
+/// one (`SQLITE_ERROR`), as sqld names them; `extended_code` and `raw_code` say the same for
+/// clients that keep them (the JSON client keeps only `message` and `code`).
 #[derive(Debug, Clone, PartialEq)]
 struct HError {
     code: String,
@@ -153,7 +155,7 @@ impl HError {
 impl From<&EngineError> for HError {
     fn from(e: &EngineError) -> Self {
         let code = match e {
-            EngineError::Sql(f) => f.code.primary_name(),
+            EngineError::Sql(f) => f.code.name(),
             EngineError::Params(_) => "ARGS_INVALID",
             other => other.code(),
         };
@@ -713,7 +715,7 @@ mod tests {
             code: engine_core::error::SqliteCode::ConstraintPrimaryKey,
         });
         let j = HError::from(&e).json();
-        assert_eq!(j["code"], "SQLITE_CONSTRAINT");
+        assert_eq!(j["code"], "SQLITE_CONSTRAINT_PRIMARYKEY");
         assert_eq!(j["extended_code"], "SQLITE_CONSTRAINT_PRIMARYKEY");
         assert_eq!(j["raw_code"], 1555);
         assert_eq!(j["message"], "UNIQUE constraint failed: t.id");

@@ -24,6 +24,10 @@ use super::{AppliedRecord, Database};
 /// Times one refresh may move onto a newer checkpoint before giving up.
 const MAX_MANIFEST_ROUNDS: u32 = 16;
 
+/// The shortest GC retention window with which a probe runs its GET and HEAD at once
+/// (shorter windows, as in tests with retention 0, probe one after the other).
+const MIN_RETENTION_FOR_CONCURRENT_PROBE_MS: f64 = 60_000.0;
+
 /// What a freshness probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ProbeResult {
@@ -137,27 +141,62 @@ impl Database {
             // Absent at the LIST, which (like a GET) counts only if the manifest below is
             // unchanged: then no record after it can have existed and been collected.
             let listed_absent = round == 0 && self.listed_absent.take() == Some(self.applied_seq + 1);
-            while !listed_absent {
-                let seq = self.applied_seq + 1;
-                match self.store.get(&self.layout.log_key(seq), None).await? {
-                    Some(obj) => {
-                        self.apply_record(seq, &obj.body)?;
-                        stats.records_applied += 1;
-                        freshness = ProbeResult::Moved;
+            // The manifest's etag, when a HEAD ran together with the GET that found the
+            // next record absent (one round trip; see `probe_concurrently`).
+            let mut etag_with_absence: Option<Option<String>> = None;
+            if !listed_absent {
+                let mut first = true;
+                loop {
+                    let seq = self.applied_seq + 1;
+                    let key = self.layout.log_key(seq);
+                    let (record, etag) = if first && self.probe_concurrently() {
+                        let started = self.now_ms();
+                        let manifest_key = self.layout.manifest_key();
+                        let (record, head) = futures::join!(self.store.get(&key, None), self.store.head(&manifest_key));
+                        let in_time = self.now_ms() - started < self.config.gc_retention_ms / 2.0;
+                        (record?, in_time.then_some(head?.map(|m| m.etag)))
+                    } else {
+                        (self.store.get(&key, None).await?, None)
+                    };
+                    first = false;
+                    match record {
+                        Some(obj) => {
+                            self.apply_record(seq, &obj.body)?;
+                            stats.records_applied += 1;
+                            freshness = ProbeResult::Moved;
+                        }
+                        None => {
+                            etag_with_absence = etag;
+                            break;
+                        }
                     }
-                    None => break,
                 }
             }
             // Only after seeing the next record absent: if the manifest is still the one
             // we know, no checkpoint could have let GC delete that record, so "absent" is
             // real. If a newer checkpoint covers it, move onto that checkpoint and go on.
-            if self.check_manifest(self.applied_seq + 1).await? {
+            let seq = self.applied_seq + 1;
+            let current = match etag_with_absence {
+                Some(etag) => self.check_manifest_etag(seq, etag).await?,
+                None => self.check_manifest(seq).await?,
+            };
+            if current {
                 break;
             }
             freshness = ProbeResult::Moved;
         }
         self.validated_ms = self.now_ms();
         Ok(freshness)
+    }
+
+    /// True if a freshness probe may issue the GET of the next record and the manifest
+    /// HEAD at once. A record absent at the GET could have been created and collected
+    /// before it only if a checkpoint covering it was published after the HEAD saw the
+    /// old manifest and a whole retention window passed before the GET; the two run within
+    /// one probe, so that cannot happen while the probe is shorter than the window (half of
+    /// it, to allow for clock skew between isolates). ARCHITECTURE.md has the argument.
+    fn probe_concurrently(&self) -> bool {
+        self.config.gc_retention_ms >= MIN_RETENTION_FOR_CONCURRENT_PROBE_MS
     }
 
     /// Checks the manifest after records were applied by a call that then failed.
@@ -169,8 +208,12 @@ impl Database {
     /// false if a checkpoint now covers `seq` (so a log record at `seq` would never be
     /// read). Afterwards every applied record is trusted.
     pub(super) async fn check_manifest(&mut self, seq: u64) -> Result<bool, EngineError> {
-        let key = self.layout.manifest_key();
-        let etag = self.store.head(&key).await?.map(|m| m.etag);
+        let etag = self.store.head(&self.layout.manifest_key()).await?.map(|m| m.etag);
+        self.check_manifest_etag(seq, etag).await
+    }
+
+    /// [`Self::check_manifest`] given the manifest's etag from a HEAD already made.
+    async fn check_manifest_etag(&mut self, seq: u64, etag: Option<String>) -> Result<bool, EngineError> {
         if etag == self.base_etag {
             self.unverified_records = false;
             return Ok(self.base.checkpoint_seq < seq);
