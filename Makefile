@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export WRANGLER_SEND_METRICS := false
 export CARGO_TERM_COLOR := never
 
-.PHONY: dev test tools worker test-native test-e2e bench bench-smoke clean
+.PHONY: dev test tools worker test-native test-e2e bench bench-smoke soak clean
 
 .dev.vars:
 	@printf 'TWILL_ALLOW_ANONYMOUS=true\nTWILL_BATON_KEY=%s\n' "$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" > $@
@@ -40,6 +40,13 @@ bench: worker
 # A tiny run of the whole benchmark harness (part of `make test`, so it cannot rot).
 bench-smoke:
 	TWILL_BENCH_SMOKE=1 bash benches/run.sh
+
+# Long runs, not part of `make test`: 100,000 crash-gate seeds on every core, then 100,000
+# HTTP fuzz cases against the Worker in workerd; each prints its seed and a progress line.
+soak: worker
+	cargo run -q -p twill-tests --bin crash_soak -- $${TWILL_SOAK_SEEDS:-100000}
+	cd ts && TWILL_FUZZ_RUNS=$${TWILL_SOAK_FUZZ:-100000} TWILL_FUZZ_SEED=$${TWILL_FUZZ_SEED:-$$(date +%s)} \
+	  node --test --test-concurrency=1 e2e/fuzz.test.mjs
 
 test-native:
 	cargo test

@@ -1,5 +1,7 @@
 //! Helpers shared by the native integration and simulation tests.
 
+pub mod gate;
+
 use std::rc::Rc;
 use std::sync::Arc;
 

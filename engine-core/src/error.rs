@@ -172,6 +172,7 @@ impl EngineError {
             EngineError::Interrupted(_) => Some(SqliteCode::Interrupt),
             EngineError::Conflict { .. } | EngineError::TxConflict(_) => Some(SqliteCode::Busy),
             EngineError::Limit(_) => Some(SqliteCode::TooBig),
+            EngineError::Corrupt(_) => Some(SqliteCode::Corrupt),
             _ => None,
         }
     }
@@ -201,6 +202,10 @@ impl From<RecordError> for EngineError {
 pub(crate) fn sql_err(e: turso_core::LimboError) -> EngineError {
     use turso_core::LimboError as L;
     let message = e.to_string();
+    // A page that does not parse is damaged storage, not the client's SQL.
+    if matches!(e, L::Corrupt(_) | L::NotADB) {
+        return EngineError::Corrupt(message);
+    }
     let code = match &e {
         L::Constraint(m) if m.starts_with("UNIQUE constraint failed") => SqliteCode::ConstraintUnique,
         L::Constraint(m) if m.starts_with("NOT NULL constraint failed") => SqliteCode::ConstraintNotNull,
@@ -211,8 +216,6 @@ pub(crate) fn sql_err(e: turso_core::LimboError) -> EngineError {
             SqliteCode::ConstraintTrigger
         }
         L::Raise(turso_parser::ast::ResolveType::Rollback, _) => SqliteCode::ConstraintTrigger,
-        L::Corrupt(_) => SqliteCode::Corrupt,
-        L::NotADB => SqliteCode::NotADb,
         L::DatabaseFull => SqliteCode::Full,
         L::TooBig | L::InvalidBlobSize(_) => SqliteCode::TooBig,
         L::Busy | L::BusySnapshot | L::TableLocked => SqliteCode::Busy,

@@ -46,6 +46,21 @@ pub struct Garbage {
     /// Log records `log_from..=log_to` folded into a checkpoint (empty if from > to).
     pub log_from: u64,
     pub log_to: u64,
+    /// For each of those records, the first 8 bytes of its nonce (16 hex digits): which
+    /// write it was (see the zombie fence). Empty where unknown.
+    #[serde(default)]
+    pub log_nonces: Vec<String>,
+}
+
+impl Garbage {
+    /// The nonce id of record `seq` as this checkpoint folded it, if this entry knows.
+    pub fn folded_nonce(&self, seq: u64) -> Option<u64> {
+        if !(self.log_from..=self.log_to).contains(&seq) {
+            return None;
+        }
+        let text = self.log_nonces.get((seq - self.log_from) as usize)?;
+        u64::from_str_radix(text, 16).ok()
+    }
 }
 
 impl Manifest {

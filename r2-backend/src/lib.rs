@@ -1,20 +1,70 @@
 //! engine-core's [`ObjectStore`] over the Worker's R2 binding. The only code in the
 //! Worker that talks to R2.
+//!
+//! For local runs only, it can make R2 behave worse than miniflare's does: a fixed latency
+//! on every call (`TWILL_EMULATE_R2_LATENCY_MS`), and a seeded schedule of faults
+//! (`TWILL_EMULATE_R2_FAULTS`): calls that fail before they reach R2, calls that fail after
+//! the operation applied (the ambiguous outcome), and slow calls.
+
+use std::cell::RefCell;
 
 use async_trait::async_trait;
+use engine_core::mem_store::SplitMix64;
 use engine_core::store::{
     ByteRange, ListPage, Object, ObjectMeta, ObjectStore, PutCondition, PutOutcome, StoreError, MAX_LIST_LIMIT,
 };
+use serde::Deserialize;
 use worker::{Bucket, Conditional, Range};
+
+/// A seeded fault schedule for local runs (`TWILL_EMULATE_R2_FAULTS`, JSON), e.g.
+/// `{"seed": 7, "error_before": 0.05, "error_after": 0.05, "slow": 0.1, "slow_ms": 200}`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultPlan {
+    pub seed: u64,
+    /// Probability that a call fails before it reaches R2.
+    #[serde(default)]
+    pub error_before: f64,
+    /// Probability that a call fails after R2 applied it.
+    #[serde(default)]
+    pub error_after: f64,
+    /// Probability that a call is delayed by `slow_ms` first.
+    #[serde(default)]
+    pub slow: f64,
+    #[serde(default)]
+    pub slow_ms: u64,
+}
+
+impl FaultPlan {
+    /// Parses the setting; a malformed one is an error (a test that meant to inject faults
+    /// must not silently run without them).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let plan: FaultPlan = serde_json::from_str(text).map_err(|e| format!("TWILL_EMULATE_R2_FAULTS: {e}"))?;
+        let p = [plan.error_before, plan.error_after, plan.slow];
+        if p.iter().any(|x| !(0.0..=1.0).contains(x)) || plan.slow_ms > 10_000 {
+            return Err("TWILL_EMULATE_R2_FAULTS: probabilities are 0..=1 and slow_ms at most 10000".into());
+        }
+        Ok(plan)
+    }
+}
+
+/// What happens to one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Before,
+    After,
+}
 
 pub struct R2Store {
     bucket: Bucket,
     emulated_latency_ms: u64,
+    faults: Option<(FaultPlan, RefCell<SplitMix64>)>,
 }
 
 impl R2Store {
     pub fn new(bucket: Bucket) -> Self {
-        R2Store { bucket, emulated_latency_ms: 0 }
+        R2Store { bucket, emulated_latency_ms: 0, faults: None }
     }
 
     /// Waits `ms` before every call: local runs (miniflare's R2 answers in about a
@@ -24,9 +74,49 @@ impl R2Store {
         self
     }
 
-    async fn emulate_latency(&self) {
+    /// Injects faults by `plan` (local runs only).
+    pub fn with_faults(mut self, plan: Option<FaultPlan>) -> Self {
+        self.faults = plan.map(|p| (p, RefCell::new(SplitMix64(p.seed))));
+        self
+    }
+
+    /// Waits as the settings say and decides this call's fault.
+    async fn before_call(&self) -> Fault {
         if self.emulated_latency_ms > 0 {
             worker::Delay::from(std::time::Duration::from_millis(self.emulated_latency_ms)).await;
+        }
+        let Some((plan, rng)) = &self.faults else { return Fault::None };
+        let (slow, roll) = {
+            let mut rng = rng.borrow_mut();
+            (rng.next_f64() < plan.slow, rng.next_f64())
+        };
+        if slow && plan.slow_ms > 0 {
+            worker::Delay::from(std::time::Duration::from_millis(plan.slow_ms)).await;
+        }
+        if roll < plan.error_before {
+            Fault::Before
+        } else if roll < plan.error_before + plan.error_after {
+            Fault::After
+        } else {
+            Fault::None
+        }
+    }
+
+    /// Runs one call under this call's fault.
+    async fn call<T, F: std::future::Future<Output = Result<T, StoreError>>>(
+        &self,
+        op: &'static str,
+        key: &str,
+        run: F,
+    ) -> Result<T, StoreError> {
+        let injected = |when: &str| StoreError { op, key: key.to_string(), message: format!("injected fault ({when})") };
+        match self.before_call().await {
+            Fault::Before => Err(injected("before the call reached R2")),
+            Fault::After => {
+                run.await?;
+                Err(injected("after R2 applied the call"))
+            }
+            Fault::None => run.await,
         }
     }
 }
@@ -42,72 +132,79 @@ fn meta_of(o: &worker::Object) -> ObjectMeta {
 #[async_trait(?Send)]
 impl ObjectStore for R2Store {
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Object>, StoreError> {
-        self.emulate_latency().await;
-        let mut req = self.bucket.get(key);
-        if let Some(r) = range {
-            req = req.range(Range::OffsetWithLength { offset: r.offset, length: r.length });
-        }
-        let Some(obj) = req.execute().await.map_err(|e| store_error("get", key, e))? else {
-            return Ok(None);
-        };
-        let meta = meta_of(&obj);
-        let body = match obj.body() {
-            Some(b) => b.bytes().await.map_err(|e| store_error("get", key, e))?,
-            None => Vec::new(),
-        };
-        Ok(Some(Object { meta, body }))
+        self.call("get", key, async {
+            let mut req = self.bucket.get(key);
+            if let Some(r) = range {
+                req = req.range(Range::OffsetWithLength { offset: r.offset, length: r.length });
+            }
+            let Some(obj) = req.execute().await.map_err(|e| store_error("get", key, e))? else {
+                return Ok(None);
+            };
+            let meta = meta_of(&obj);
+            let body = match obj.body() {
+                Some(b) => b.bytes().await.map_err(|e| store_error("get", key, e))?,
+                None => Vec::new(),
+            };
+            Ok(Some(Object { meta, body }))
+        })
+        .await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        self.emulate_latency().await;
-        Ok(self.bucket.head(key).await.map_err(|e| store_error("head", key, e))?.as_ref().map(meta_of))
+        self.call("head", key, async {
+            Ok(self.bucket.head(key).await.map_err(|e| store_error("head", key, e))?.as_ref().map(meta_of))
+        })
+        .await
     }
 
     async fn put(&self, key: &str, body: Vec<u8>, condition: PutCondition) -> Result<PutOutcome, StoreError> {
-        self.emulate_latency().await;
-        let mut req = self.bucket.put(key, body);
-        match condition {
-            PutCondition::Unconditional => {}
-            PutCondition::CreateOnly => {
-                req = req.only_if(Conditional { etag_does_not_match: Some("*".into()), ..Default::default() })
+        self.call("put", key, async {
+            let mut req = self.bucket.put(key, body);
+            match condition {
+                PutCondition::Unconditional => {}
+                PutCondition::CreateOnly => {
+                    req = req.only_if(Conditional { etag_does_not_match: Some("*".into()), ..Default::default() })
+                }
+                PutCondition::EtagMatches(etag) => {
+                    req = req.only_if(Conditional { etag_matches: Some(etag), ..Default::default() })
+                }
             }
-            PutCondition::EtagMatches(etag) => {
-                req = req.only_if(Conditional { etag_matches: Some(etag), ..Default::default() })
+            // workers-rs >= 0.8 answers Ok(None) when the condition fails (R2 returns null).
+            match req.execute().await.map_err(|e| store_error("put", key, e))? {
+                Some(obj) => Ok(PutOutcome::Stored(meta_of(&obj))),
+                None => Ok(PutOutcome::PreconditionFailed),
             }
-        }
-        // workers-rs >= 0.8 answers Ok(None) when the condition fails (R2 returns null).
-        match req.execute().await.map_err(|e| store_error("put", key, e))? {
-            Some(obj) => Ok(PutOutcome::Stored(meta_of(&obj))),
-            None => Ok(PutOutcome::PreconditionFailed),
-        }
+        })
+        .await
     }
 
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage, StoreError> {
-        self.emulate_latency().await;
-        let mut req = self.bucket.list().prefix(prefix).limit(limit.clamp(1, MAX_LIST_LIMIT) as u32);
-        if let Some(after) = start_after {
-            req = req.start_after(after);
-        }
-        let listed = req.execute().await.map_err(|e| store_error("list", prefix, e))?;
-        let objects: Vec<ObjectMeta> = listed.objects().iter().map(meta_of).collect();
-        let next_start_after = if listed.truncated() { objects.last().map(|m| m.key.clone()) } else { None };
-        Ok(ListPage { objects, next_start_after })
+        self.call("list", prefix, async {
+            let mut req = self.bucket.list().prefix(prefix).limit(limit.clamp(1, MAX_LIST_LIMIT) as u32);
+            if let Some(after) = start_after {
+                req = req.start_after(after);
+            }
+            let listed = req.execute().await.map_err(|e| store_error("list", prefix, e))?;
+            let objects: Vec<ObjectMeta> = listed.objects().iter().map(meta_of).collect();
+            let next_start_after = if listed.truncated() { objects.last().map(|m| m.key.clone()) } else { None };
+            Ok(ListPage { objects, next_start_after })
+        })
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.emulate_latency().await;
-        self.bucket.delete(key).await.map_err(|e| store_error("delete", key, e))
+        self.call("delete", key, async { self.bucket.delete(key).await.map_err(|e| store_error("delete", key, e)) }).await
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
-        self.emulate_latency().await;
-        for batch in keys.chunks(MAX_LIST_LIMIT) {
-            let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
-            self.bucket
-                .delete_multiple(batch)
-                .await
-                .map_err(|e| store_error("delete", keys.first().map_or("", |k| k.as_str()), e))?;
-        }
-        Ok(())
+        let first = keys.first().map_or("", |k| k.as_str());
+        self.call("delete", first, async {
+            for batch in keys.chunks(MAX_LIST_LIMIT) {
+                let batch: Vec<&str> = batch.iter().map(String::as_str).collect();
+                self.bucket.delete_multiple(batch).await.map_err(|e| store_error("delete", first, e))?;
+            }
+            Ok(())
+        })
+        .await
     }
 }

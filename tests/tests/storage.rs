@@ -4,8 +4,11 @@
 use std::rc::Rc;
 
 use engine_core::mem_store::{Fault, MemStore, OpKind, ScriptedFaults};
-use engine_core::{DbConfig, SqlValue, Statement};
-use twill_tests::{block_on, exec, open_with, query_ints, try_open};
+use std::sync::Arc;
+
+use engine_core::dst::SimHost;
+use engine_core::{DbConfig, DbContext, SqlValue, Statement};
+use twill_tests::{block_on, exec, open_with, query_ints, try_open, try_open_in};
 
 fn small_checkpoints() -> DbConfig {
     DbConfig { checkpoint_records: 4, gc_retention_ms: 0.0, ..DbConfig::default() }
@@ -77,11 +80,19 @@ fn a_database_four_times_the_cache_works_and_the_cache_stays_in_budget() {
 #[test]
 fn zombie_writer_stalled_across_checkpoint_and_gc_is_never_acknowledged() {
     let store = Rc::new(MemStore::new());
-    let mut zombie = open_with(&store, "z", small_checkpoints(), 32 << 20);
+    // Simulated time, so the retention window can pass while the zombie stalls.
+    let host = Arc::new(SimHost::new(1));
+    let cfg = DbConfig { checkpoint_records: 4, gc_retention_ms: 1_000.0, ..DbConfig::default() };
+    let open_sim = || {
+        let ctx = DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(&host));
+        try_open_in(ctx, "z", cfg).expect("open")
+    };
+    let mut zombie = open_sim();
     exec(&mut zombie, "CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT)", vec![]);
     let zombie_seq = zombie.applied_seq();
-    let mut other = open_with(&store, "z", small_checkpoints(), 32 << 20);
+    let mut other = open_sim();
     for _ in 0..12 {
+        host.advance(700.0);
         exec(&mut other, "INSERT INTO t (who) VALUES ('other')", vec![]);
     }
     // GC deleted the record right after the zombie's position: a create-only PUT there succeeds.
@@ -92,9 +103,51 @@ fn zombie_writer_stalled_across_checkpoint_and_gc_is_never_acknowledged() {
     assert!(store.counts().puts > puts_before);
     // Its first attempt was fenced (record deleted again), the retry committed on top.
     assert!(store.raw_get(&format!("db/z/log/{:020}", zombie_seq + 1)).is_none(), "garbage record removed");
-    let mut check = open_with(&store, "z", small_checkpoints(), 32 << 20);
+    let mut check = open_sim();
     assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t WHERE who = 'zombie'"), [1]);
     assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t"), [13]);
+}
+
+/// A writer whose record another isolate reads and folds into a checkpoint before the
+/// writer's own fence check must not take it for a zombie's: its commit is acknowledged,
+/// once, and never run again (crash-gate seed 148 of the stronger oracle).
+#[test]
+fn a_record_folded_before_its_fence_check_is_acknowledged_once() {
+    let store = Rc::new(MemStore::new());
+    let cfg = DbConfig { checkpoint_records: 2, gc_retention_ms: 60_000.0, ..DbConfig::default() };
+    let mut a = open_with(&store, "f", cfg, 32 << 20);
+    exec(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)", vec![]);
+    exec(&mut a, "INSERT INTO t VALUES (1, 0)", vec![]);
+    let mut b = open_with(&store, "f", cfg, 32 << 20);
+    assert_eq!(query_ints(&mut b, "SELECT n FROM t"), [0]);
+    // a's PUT lands; before a checks the manifest, b reads a's record, commits after it
+    // and checkpoints (folding a's record).
+    let fence_head = std::rc::Rc::new(std::cell::Cell::new(false));
+    let seen = fence_head.clone();
+    let b_cell = std::cell::RefCell::new(Some(b));
+    store.set_faults(Some(Box::new(ScriptedFaults(move |op, key: &str| {
+        if op == OpKind::Head && key.ends_with("/manifest") && !seen.get() {
+            seen.set(true);
+            // Yield long enough for b's work below to run first.
+            return Fault::Delay(200);
+        }
+        Fault::None
+    }))));
+    let a_commit = async { a.transact(&[Statement::new("UPDATE t SET n = n + 1 WHERE id = 1")]).await };
+    let b_work = async {
+        let mut b = b_cell.borrow_mut().take().unwrap();
+        // Let a's PUT land first.
+        for _ in 0..20 {
+            futures::pending!();
+        }
+        b.transact(&[Statement::new("UPDATE t SET n = n + 10 WHERE id = 1")]).await.unwrap();
+        b
+    };
+    let (a_result, _b) = block_on(futures::future::join(a_commit, b_work));
+    store.set_faults(None);
+    a_result.expect("acknowledged: the record was a's own, folded by b's checkpoint");
+    let mut check = open_with(&store, "f", cfg, 32 << 20);
+    assert_eq!(query_ints(&mut check, "SELECT n FROM t"), [11], "each update exactly once");
 }
 
 /// The first log PUT fails ambiguously: after it applied (the record landed) or before.

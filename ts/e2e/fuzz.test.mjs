@@ -137,15 +137,21 @@ const fuzzCase = fc.oneof(
   }),
 );
 
-test(`fuzz: ${RUNS} random requests, each answered with well-formed JSON`, { timeout: 15 * 60_000 }, async () => {
+const SEED = Number(process.env.TWILL_FUZZ_SEED ?? 20261123);
+
+test(`fuzz: ${RUNS} random requests, each answered with well-formed JSON`, { timeout: Math.max(15, RUNS / 1000) * 60_000 }, async () => {
   const before = await keepDigest();
   let ok = 0;
+  let done = 0;
+  const started = Date.now();
+  console.log(`fuzz: ${RUNS} cases, seed ${SEED} (replay: TWILL_FUZZ_SEED=${SEED} TWILL_FUZZ_RUNS=${RUNS})`);
   await fc.assert(
     fc.asyncProperty(fuzzCase, async ({ path, body }) => {
       const { status } = await send(path, body);
       if (status === 200) ok++;
+      if (++done % 10_000 === 0) console.log(`fuzz: ${done}/${RUNS} cases, ${Math.round((Date.now() - started) / 1000)} s`);
     }),
-    { numRuns: RUNS, seed: Number(process.env.TWILL_FUZZ_SEED ?? 20261123), endOnFailure: true },
+    { numRuns: RUNS, seed: SEED, endOnFailure: true },
   );
   // Some cases must have succeeded, or the fuzzer only tested the parsers.
   assert.ok(ok > RUNS / 20, `only ${ok} of ${RUNS} cases succeeded`);

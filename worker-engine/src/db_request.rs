@@ -28,6 +28,7 @@ pub struct DbRequest {
     pub read_from: ReadFrom,
     bucket: worker::Bucket,
     emulated_r2_latency_ms: u64,
+    emulated_r2_faults: Option<r2_backend::FaultPlan>,
 }
 
 /// A request's durable reply with its `meta` and `Server-Timing` entry.
@@ -73,12 +74,16 @@ impl DbRequest {
             read_from,
             bucket,
             emulated_r2_latency_ms: settings::emulated_r2_latency_ms(env),
+            emulated_r2_faults: settings::emulated_r2_faults(env)?,
         })
     }
 
     /// Runs `work` (grouped with concurrent requests) and measures it.
     pub async fn perform(self, work: Work, started: f64) -> Result<Performed, ApiError> {
-        let slot = registry::slot(&self.name, self.bucket, self.emulated_r2_latency_ms);
+        let r2 = r2_backend::R2Store::new(self.bucket)
+            .with_emulated_latency(self.emulated_r2_latency_ms)
+            .with_faults(self.emulated_r2_faults);
+        let slot = registry::slot(&self.name, r2);
         let cache_before = self.cache.stats();
         let request = Request { work, read_from: self.read_from };
         let (done, r2) = slot.submit(&self.name, self.config, self.cache.clone(), request).await?;

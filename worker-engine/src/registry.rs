@@ -54,6 +54,8 @@ pub struct DbSlot {
     db: RefCell<Option<Option<Database>>>,
     pending: RefCell<Vec<Pending>>,
     last_used: RefCell<f64>,
+    /// Times this isolate opened the database (from R2).
+    pub opens: std::cell::Cell<u64>,
 }
 
 thread_local! {
@@ -70,7 +72,8 @@ pub fn existing_slot(name: &str) -> Option<Rc<DbSlot>> {
     OPEN.with(|open| open.borrow().get(name).cloned())
 }
 
-pub fn slot(name: &str, bucket: worker::Bucket, emulated_r2_latency_ms: u64) -> Rc<DbSlot> {
+/// The slot of database `name`, made with `r2` as its store if it is not open yet.
+pub fn slot(name: &str, r2: R2Store) -> Rc<DbSlot> {
     OPEN.with(|open| {
         let mut open = open.borrow_mut();
         if let Some(s) = open.get(name) {
@@ -88,12 +91,13 @@ pub fn slot(name: &str, bucket: worker::Bucket, emulated_r2_latency_ms: u64) -> 
                 open.remove(&k);
             }
         }
-        let r2: Rc<dyn ObjectStore> = Rc::new(R2Store::new(bucket).with_emulated_latency(emulated_r2_latency_ms));
+        let r2: Rc<dyn ObjectStore> = Rc::new(r2);
         let s = Rc::new(DbSlot {
             store: Rc::new(CountingStore::new(r2)),
             db: RefCell::new(Some(None)),
             pending: RefCell::new(Vec::new()),
             last_used: RefCell::new(js_sys::Date::now()),
+            opens: std::cell::Cell::new(0),
         });
         open.insert(name.to_string(), s.clone());
         s
@@ -148,7 +152,10 @@ impl DbSlot {
             let store: Rc<dyn ObjectStore> = self.store.clone();
             let ctx = DbContext { store, cache, host: engine_core::host::system(), sleeper: Rc::new(DelaySleeper) };
             match Database::open_for_waiting_requests(ctx, Layout::new("", name), config).await {
-                Ok(opened) => db = Some(opened),
+                Ok(opened) => {
+                    self.opens.set(self.opens.get() + 1);
+                    db = Some(opened);
+                }
                 Err(e) => {
                     for p in group {
                         *p.reply.borrow_mut() = Some(Err(e.clone()));

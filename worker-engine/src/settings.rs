@@ -8,7 +8,7 @@
 //! * `TWILL_CACHE_BYTES`, `TWILL_CHECKPOINT_RECORDS`, `TWILL_CHECKPOINT_BYTES`,
 //!   `TWILL_GC_RETENTION_MS`, `TWILL_MAX_STALENESS_MS`, `TWILL_MAX_VM_STEPS`,
 //!   `TWILL_COMMIT_BUDGET_MS`: engine tuning.
-//! * `TWILL_EMULATE_R2_LATENCY_MS`: local runs only.
+//! * `TWILL_EMULATE_R2_LATENCY_MS`, `TWILL_EMULATE_R2_FAULTS`: local runs only.
 
 use engine_core::cache::DEFAULT_CACHE_BYTES;
 use engine_core::DbConfig;
@@ -59,6 +59,14 @@ pub fn cache_bytes(env: &Env) -> usize {
 /// `TWILL_EMULATE_R2_LATENCY_MS`, for local runs only (see `R2Store::with_emulated_latency`).
 pub fn emulated_r2_latency_ms(env: &Env) -> u64 {
     number(env, "TWILL_EMULATE_R2_LATENCY_MS").unwrap_or(0.0).min(10_000.0) as u64
+}
+
+/// `TWILL_EMULATE_R2_FAULTS`, for local runs only (see `r2_backend::FaultPlan`).
+pub fn emulated_r2_faults(env: &Env) -> Result<Option<r2_backend::FaultPlan>, ApiError> {
+    text(env, "TWILL_EMULATE_R2_FAULTS")
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| r2_backend::FaultPlan::parse(&t).map_err(|m| ApiError::new(500, "MISCONFIGURED", m)))
+        .transpose()
 }
 
 /// Who may do what: the token list, or anonymous access where it was asked for.

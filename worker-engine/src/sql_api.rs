@@ -170,6 +170,7 @@ fn stats(name: &str, env: &Env) -> Value {
     json!({
         "database": name,
         "open_in_this_isolate": true,
+        "opens": slot.opens.get(),
         "applied_seq": applied,
         "checkpoint_seq": checkpoint,
         "r2": { "reads": r2.reads, "writes": r2.writes, "bytes_read": r2.bytes_read, "bytes_written": r2.bytes_written },

@@ -21,8 +21,8 @@ struct NewChunk {
 impl Database {
     /// The log records after the base checkpoint: how many and how many bytes.
     fn log_since_checkpoint(&self) -> (u64, u64) {
-        let records = self.records.iter().filter(|r| r.seq > self.base.checkpoint_seq);
-        records.fold((0, 0), |(n, b), r| (n + 1, b + r.bytes))
+        let records = self.records.iter().filter(|r| r.meta.seq > self.base.checkpoint_seq);
+        records.fold((0, 0), |(n, b), r| (n + 1, b + r.meta.bytes))
     }
 
     pub(super) async fn maybe_checkpoint(&mut self) -> Result<(), EngineError> {
@@ -125,12 +125,14 @@ impl Database {
         let now = self.now_ms();
         let sweep = self.sweep_due(now);
         let mut garbage = self.collect_expired_garbage(now).await?;
-        garbage.push(Garbage {
-            retired_ms: now,
-            chunks: superseded,
-            log_from: self.base.checkpoint_seq + 1,
-            log_to: self.applied_seq,
-        });
+        let log_from = self.base.checkpoint_seq + 1;
+        let folded: Vec<u64> = self.records.iter().filter(|r| r.meta.seq >= log_from).map(|r| r.meta.nonce).collect();
+        let log_nonces = if folded.len() as u64 == self.applied_seq + 1 - log_from {
+            folded.iter().map(|n| format!("{n:016x}")).collect()
+        } else {
+            Vec::new() // incomplete: the fence then cannot tell, and says so
+        };
+        garbage.push(Garbage { retired_ms: now, chunks: superseded, log_from, log_to: self.applied_seq, log_nonces });
         let manifest = Manifest {
             version: Manifest::VERSION,
             generation,

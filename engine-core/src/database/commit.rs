@@ -7,7 +7,7 @@
 use crate::log_record::{Frame, LogRecord};
 use crate::store::{PutCondition, PutOutcome, StoreError};
 
-use super::Database;
+use super::{nonce_id, Database, RecordMeta};
 
 pub(super) enum Publish {
     Published,
@@ -45,12 +45,14 @@ impl Database {
         let body = LogRecord { seq, page_size: local_page_size, nonce, committed_ms, frames }.encode();
         let key = self.layout.log_key(seq);
 
+        let put_started = self.now_ms();
         match self.store_record(&key, &body).await {
             Landing::Landed => {}
             Landing::Stale => return Publish::Stale,
             Landing::Unknown(why) => return Publish::Unknown(why),
         }
         // The fence: the record must be one that readers will read.
+        let meta = RecordMeta { seq, bytes: body.len() as u64, committed_ms, nonce: nonce_id(&nonce) };
         let base_before = self.base.generation;
         match self.check_manifest(seq).await {
             Ok(true) if self.base.generation == base_before => {
@@ -58,28 +60,53 @@ impl Database {
                     return Publish::Unknown("the local database was lost after the record landed".into());
                 };
                 local.mark_durable(frame_total);
-                self.note_applied(seq, frame_total, body.len() as u64, committed_ms);
+                self.note_applied(meta, frame_total);
                 Publish::Published
             }
             // A newer checkpoint that does not cover `seq` was published meanwhile and local
             // state was rebased onto it (dropping the unshipped frames): the record is
             // durable and will be read, so apply it on the new base.
             Ok(true) => match LogRecord::decode(&body) {
-                Ok(record) => match self.apply_frames(seq, &record.frames, record.page_size, body.len() as u64, committed_ms) {
+                Ok(record) => match self.apply_frames(meta, &record.frames, record.page_size) {
                     Ok(()) => Publish::Published,
                     Err(e) => Publish::Unknown(e.to_string()),
                 },
                 Err(e) => Publish::Unknown(e.to_string()),
             },
-            // A checkpoint already covers `seq`: this writer was a zombie and its record
-            // sits where GC already deleted history. Nobody will read it; remove it.
+            // A checkpoint covers `seq`. Either this writer was a zombie (the record at
+            // `seq` was folded and collected, and its PUT re-created the key: nobody will
+            // read it), or another isolate read this record and folded it into a
+            // checkpoint between the PUT and this check (it is durable and read). The
+            // checkpoint's garbage entry tells them apart by the folded record's nonce;
+            // once the entry is collected, time does: collecting it takes a whole retention
+            // window after the checkpoint, so if less than half a window passed since the
+            // PUT, the record folded was not this one.
             Ok(false) => {
-                let _ = self.store.delete(&key).await;
-                Publish::Stale
+                let zombie = match self.folded_nonce(seq) {
+                    Some(folded) => folded != meta.nonce,
+                    None if self.now_ms() - put_started < self.config.gc_retention_ms / 2.0 => true,
+                    None => {
+                        return Publish::Unknown(format!(
+                            "a checkpoint covered log record {seq}, and collected it, before its writer could tell whose it was"
+                        ))
+                    }
+                };
+                if zombie {
+                    let _ = self.store.delete(&key).await;
+                    Publish::Stale
+                } else {
+                    Publish::Published
+                }
             }
             Err(crate::EngineError::Storage(e)) => Publish::Unknown(format!("record stored but the fence check failed: {e}")),
             Err(e) => Publish::Unknown(e.to_string()),
         }
+    }
+
+    /// The nonce id of record `seq` as the base manifest's checkpoints folded it, if an
+    /// entry of its garbage still says.
+    fn folded_nonce(&self, seq: u64) -> Option<u64> {
+        self.base.garbage.iter().find_map(|g| g.folded_nonce(seq))
     }
 
     /// PUTs `body` create-only at `key`, resolving ambiguous failures by reading back

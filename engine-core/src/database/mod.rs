@@ -25,6 +25,7 @@ use crate::guard::{check_statement, StatementKind};
 use crate::host::{Host, Sleeper};
 use crate::layout::Layout;
 use crate::local::{ExecLimits, LocalDb};
+use crate::log_record::LogRecord;
 use crate::manifest::Manifest;
 use crate::script::{Script, ScriptOutcome, StepOutcome};
 use crate::store::ObjectStore;
@@ -190,15 +191,36 @@ enum Shape {
     Other,
 }
 
-/// A log record reflected in the local WAL after the base checkpoint.
+/// What the engine keeps of a log record besides its frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct AppliedRecord {
+struct RecordMeta {
     seq: u64,
-    /// The last local WAL frame holding this record's frames.
-    end_frame: u64,
     /// The record object's size.
     bytes: u64,
     committed_ms: u64,
+    /// The first 8 bytes of the record's nonce: which write this record is. A checkpoint
+    /// keeps them for the records it folds (the zombie fence tells a record that was
+    /// folded from one re-created at a collected key by comparing them).
+    nonce: u64,
+}
+
+impl RecordMeta {
+    fn of(record: &LogRecord, bytes: u64) -> Self {
+        RecordMeta { seq: record.seq, bytes, committed_ms: record.committed_ms, nonce: nonce_id(&record.nonce) }
+    }
+}
+
+/// The part of a record nonce a checkpoint keeps.
+fn nonce_id(nonce: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(nonce[..8].try_into().expect("8 bytes"))
+}
+
+/// A log record reflected in the local WAL after the base checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AppliedRecord {
+    meta: RecordMeta,
+    /// The last local WAL frame holding this record's frames.
+    end_frame: u64,
 }
 
 pub struct Database {
@@ -493,7 +515,12 @@ impl Database {
                         true
                     }
                     Publish::Unknown(why) => {
-                        self.discard_local().await?;
+                        // Whatever else fails now, the answer is that the outcome is
+                        // unknown: any other error would promise that nothing committed.
+                        if let Err(e) = self.discard_local().await {
+                            self.local = None;
+                            return Err(EngineError::CommitUnknown(format!("{why}; then {e}")));
+                        }
                         return Err(EngineError::CommitUnknown(why));
                     }
                 }

@@ -19,7 +19,7 @@ use crate::manifest::Manifest;
 use crate::store::{ObjectStore, MAX_LIST_LIMIT};
 use crate::value::ExecStats;
 
-use super::{AppliedRecord, Database};
+use super::{AppliedRecord, Database, RecordMeta};
 
 /// Times one refresh may move onto a newer checkpoint before giving up.
 const MAX_MANIFEST_ROUNDS: u32 = 16;
@@ -101,30 +101,23 @@ impl Database {
             return Err(EngineError::Corrupt(format!("object for log record {seq} holds record {}", record.seq)));
         }
         self.unverified_records = true;
-        self.apply_frames(seq, &record.frames, record.page_size, body.len() as u64, record.committed_ms)
+        self.apply_frames(RecordMeta::of(&record, body.len() as u64), &record.frames, record.page_size)
     }
 
-    pub(super) fn apply_frames(
-        &mut self,
-        seq: u64,
-        frames: &[Frame],
-        page_size: u32,
-        bytes: u64,
-        committed_ms: u64,
-    ) -> Result<(), EngineError> {
+    pub(super) fn apply_frames(&mut self, meta: RecordMeta, frames: &[Frame], page_size: u32) -> Result<(), EngineError> {
         let local = self.local_mut()?;
         local.apply_frames(frames, page_size)?;
         let end_frame = local.durable_frames();
-        self.note_applied(seq, end_frame, bytes, committed_ms);
+        self.note_applied(meta, end_frame);
         Ok(())
     }
 
-    /// Record `seq` is now the newest one reflected locally, ending at WAL frame `end_frame`.
-    pub(super) fn note_applied(&mut self, seq: u64, end_frame: u64, bytes: u64, committed_ms: u64) {
-        self.applied_seq = seq;
+    /// The record is now the newest one reflected locally, ending at WAL frame `end_frame`.
+    pub(super) fn note_applied(&mut self, meta: RecordMeta, end_frame: u64) {
+        self.applied_seq = meta.seq;
         // Version-1 records carry no time; keep the newest time known.
-        self.last_commit_ms = self.last_commit_ms.max(committed_ms);
-        self.records.push(AppliedRecord { seq, end_frame, bytes, committed_ms });
+        self.last_commit_ms = self.last_commit_ms.max(meta.committed_ms);
+        self.records.push(AppliedRecord { meta, end_frame });
     }
 
     /// Applies records other writers committed, then checks the manifest: proves the
@@ -248,7 +241,7 @@ impl Database {
             page_size = local.page_size();
             let mut prev_end = 0;
             for record in &self.records {
-                if record.seq > m.checkpoint_seq {
+                if record.meta.seq > m.checkpoint_seq {
                     keep.push(Kept { record: *record, frames: local.frames(prev_end + 1, record.end_frame)? });
                 }
                 prev_end = record.end_frame;
@@ -268,8 +261,7 @@ impl Database {
         self.applied_seq = self.base.checkpoint_seq;
         self.last_commit_ms = self.base.committed_ms;
         for kept in keep {
-            let AppliedRecord { seq, bytes, committed_ms, .. } = kept.record;
-            if let Err(e) = self.apply_frames(seq, &kept.frames, page_size, bytes, committed_ms) {
+            if let Err(e) = self.apply_frames(kept.record.meta, &kept.frames, page_size) {
                 // The new base with part of the records is a consistent older state, but
                 // it is simpler to start over from the store than to reason about it.
                 self.local = None;

@@ -76,6 +76,18 @@ impl Sleeper for SimHost {
     }
 }
 
+/// A database context's sleeper on a shared simulated host.
+pub fn sleeper(host: &std::sync::Arc<SimHost>) -> std::rc::Rc<dyn Sleeper> {
+    struct OnHost(std::sync::Arc<SimHost>);
+    #[async_trait(?Send)]
+    impl Sleeper for OnHost {
+        async fn sleep(&self, ms: f64) {
+            self.0.sleep(ms).await
+        }
+    }
+    std::rc::Rc::new(OnHost(host.clone()))
+}
+
 struct YieldOnce(bool);
 
 impl std::future::Future for YieldOnce {

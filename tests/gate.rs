@@ -1,0 +1,523 @@
+//! The crash gate (Exp 4) as a library, shared by the test (`tests/crash_gate.rs`, a few
+//! thousand seeds in `make test`) and the soak runner (`bin/crash_soak.rs`, `make soak`).
+//!
+//! One seed: several replicas of one database (isolates) run rounds of concurrent work
+//! against the in-memory store, with seeded faults (errors before and after an operation
+//! applies, latency that reorders the replicas' operations, process crashes) and a seeded
+//! clock and random source, so a seed replays exactly. The work: single transactions,
+//! groups committed together, Hrana-style scripts (a batch with BEGIN/COMMIT, an `exec` of
+//! autocommit statements), interactive transactions carried from one replica to another,
+//! and reads that are strict, bounded by a bookmark, or bounded by staleness.
+//!
+//! The oracle checks the whole contract, during the run and after recovery:
+//! * an acknowledged commit is present, exactly once (every row's id is unique and the
+//!   counter equals the rows);
+//! * an answer that promises nothing was committed (`WRITE_CONFLICT`, `STORAGE_UNAVAILABLE`,
+//!   `SQL_ERROR`, `TRANSACTION_CONFLICT`, limits) left nothing behind, and no read ever saw it;
+//!   only `COMMIT_OUTCOME_UNKNOWN` (or a crash) may go either way;
+//! * no read is torn, and a strict read reflects every commit acknowledged before it began
+//!   (linearizable); a bookmark read reflects every commit at or before its bookmark; a
+//!   staleness read every commit acknowledged more than its bound before it began;
+//! * replicas that survived agree with a fresh recovery.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use engine_core::cache::PageCache;
+use engine_core::dst::SimHost;
+use engine_core::mem_store::{FaultInjector, MemStore, SeededFaults, SplitMix64};
+use engine_core::script::{Action, Cond, Script, Step, StepOutcome};
+use engine_core::txn::{OpenAtEnd, TxLog};
+use engine_core::{Database, DbConfig, DbContext, Done, EngineError, Layout, ReadFrom, Reply, Request, SqlValue, Statement, Work};
+
+use crate::block_on;
+
+const REPLICAS: usize = 3;
+/// Transactions each seed submits.
+const TRANSACTIONS: u64 = 24;
+/// A staleness bound the gate's bounded reads use (simulated ms).
+const STALENESS_MS: f64 = 50.0;
+
+/// The gate's engine settings: frequent checkpoints, immediate GC, an orphan sweep at every
+/// checkpoint, a short commit budget (the simulated clock moves on every reading).
+pub fn config() -> DbConfig {
+    DbConfig {
+        checkpoint_records: 3,
+        gc_retention_ms: 0.0,
+        orphan_sweep_interval_ms: 0.0,
+        max_commit_attempts: 4,
+        commit_budget_ms: 2_000.0,
+        ..DbConfig::default()
+    }
+}
+
+/// What became of a transaction the gate submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Acknowledged, at this bookmark.
+    Acked(u64),
+    /// The answer promised that nothing was committed (its code).
+    NotCommitted(&'static str),
+    /// Unknown outcome or the process died: either way is fine.
+    Either,
+}
+
+/// One transaction's identity: `rows` rows with ids `txid * 10 + k` and `counter += rows`.
+#[derive(Debug, Clone, Copy)]
+struct Tx {
+    id: u64,
+    rows: u64,
+}
+
+impl Tx {
+    fn statements(&self) -> Vec<Statement> {
+        let mut stmts: Vec<Statement> = (0..self.rows)
+            .map(|k| {
+                Statement::with_params(
+                    "INSERT INTO item (id, tx, pad) VALUES (?, ?, randomblob(300))",
+                    vec![SqlValue::Integer((self.id * 10 + k) as i64), SqlValue::Integer(self.id as i64)],
+                )
+            })
+            .collect();
+        stmts.push(Statement::with_params(
+            "UPDATE counter SET n = n + ? WHERE id = 1",
+            vec![SqlValue::Integer(self.rows as i64)],
+        ));
+        stmts
+    }
+}
+
+/// What the database holds, as a read sees it.
+#[derive(Debug, PartialEq, Clone)]
+pub struct State {
+    rows_by_tx: BTreeMap<u64, u64>,
+    counter: i64,
+}
+
+const READ_SQL: [&str; 2] = ["SELECT tx, count(*) FROM item GROUP BY tx ORDER BY tx", "SELECT n FROM counter WHERE id = 1"];
+
+fn read_statements() -> Vec<Statement> {
+    READ_SQL.iter().map(|s| Statement::new(*s)).collect()
+}
+
+fn int(v: &SqlValue) -> Result<i64, String> {
+    match v {
+        SqlValue::Integer(i) => Ok(*i),
+        other => Err(format!("not an integer: {other:?}")),
+    }
+}
+
+fn state_of(results: &[engine_core::StatementResult]) -> Result<State, String> {
+    let rows_by_tx = results[0]
+        .rows
+        .iter()
+        .map(|row| Ok((int(&row[0])? as u64, int(&row[1])? as u64)))
+        .collect::<Result<_, String>>()?;
+    Ok(State { rows_by_tx, counter: int(&results[1].rows[0][0])? })
+}
+
+/// A read the gate made, and what it must reflect.
+struct ReadCheck {
+    state: State,
+    /// Transactions acknowledged before the read began (strict), or at or before its
+    /// bookmark, or more than the staleness bound before it began.
+    must_include: BTreeSet<u64>,
+    what: &'static str,
+}
+
+struct Model {
+    attempted: BTreeMap<u64, Tx>,
+    fate: BTreeMap<u64, Fate>,
+    /// Acknowledged transactions with the simulated time of their acknowledgement.
+    acked_at: BTreeMap<u64, f64>,
+    reads: Vec<ReadCheck>,
+}
+
+impl Model {
+    fn record(&mut self, tx: Tx, result: &Result<u64, EngineError>, crashed: bool, now: f64) -> Result<(), String> {
+        if std::env::var("TWILL_TRACE").is_ok() {
+            eprintln!("tx {} -> {:?}", tx.id, result);
+        }
+        let fate = match result {
+            Ok(bookmark) => {
+                self.acked_at.insert(tx.id, now);
+                Fate::Acked(*bookmark)
+            }
+            Err(_) if crashed => Fate::Either,
+            Err(EngineError::CommitUnknown(_)) => Fate::Either,
+            Err(
+                EngineError::Conflict { .. }
+                | EngineError::TxConflict(_)
+                | EngineError::Storage(_)
+                | EngineError::Sql(_)
+                | EngineError::Limit(_)
+                | EngineError::Params(_),
+            ) => Fate::NotCommitted(result.as_ref().err().map_or("", EngineError::code)),
+            Err(e) => return Err(format!("tx {}: unexpected error {} ({e})", tx.id, e.code())),
+        };
+        self.fate.insert(tx.id, fate);
+        Ok(())
+    }
+
+    fn acked_through(&self, bookmark: u64) -> BTreeSet<u64> {
+        self.fate.iter().filter_map(|(id, f)| matches!(f, Fate::Acked(b) if *b <= bookmark).then_some(*id)).collect()
+    }
+
+    fn acked_before(&self, t: f64) -> BTreeSet<u64> {
+        self.acked_at.iter().filter_map(|(id, at)| (*at <= t).then_some(*id)).collect()
+    }
+
+    /// The checks every state must pass: nothing torn, nothing never attempted, nothing
+    /// that was promised not to be committed.
+    fn check_state(&self, state: &State, what: &str) -> Result<(), String> {
+        let mut total = 0;
+        for (tx, rows) in &state.rows_by_tx {
+            let Some(attempted) = self.attempted.get(tx) else {
+                return Err(format!("{what}: transaction {tx} was never attempted"));
+            };
+            if *rows != attempted.rows {
+                return Err(format!("{what}: transaction {tx} is torn: {rows} of {} rows", attempted.rows));
+            }
+            if let Some(Fate::NotCommitted(code)) = self.fate.get(tx) {
+                return Err(format!("{what}: transaction {tx} is there, but its answer ({code}) said nothing was committed"));
+            }
+            total += rows;
+        }
+        if state.counter != total as i64 {
+            return Err(format!("{what}: counter {} disagrees with {total} rows: a transaction was half applied", state.counter));
+        }
+        Ok(())
+    }
+
+    fn check_final(&self, state: &State) -> Result<(), String> {
+        self.check_state(state, "recovery")?;
+        for (tx, fate) in &self.fate {
+            if matches!(fate, Fate::Acked(_)) && !state.rows_by_tx.contains_key(tx) {
+                return Err(format!("acknowledged transaction {tx} is lost"));
+            }
+        }
+        for read in &self.reads {
+            self.check_state(&read.state, read.what)?;
+            if let Some(missing) = read.must_include.iter().find(|tx| !read.state.rows_by_tx.contains_key(tx)) {
+                return Err(format!("a {} read missed transaction {missing}, acknowledged before it began", read.what));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one replica does in a round.
+enum Op {
+    /// One transaction.
+    Transact(Tx),
+    /// Several transactions committed together (group commit).
+    Group(Vec<Tx>),
+    /// A Hrana-style batch: BEGIN, the statements each conditioned on the one before,
+    /// COMMIT, ROLLBACK unless the COMMIT succeeded; one all-or-nothing unit.
+    Batch(Tx),
+    /// An interactive transaction: its inserts on this replica, its counter update and
+    /// COMMIT on another replica (`to`), carried as a log between them.
+    Interactive { tx: Tx, to: usize },
+    Read(ReadFrom),
+}
+
+/// The outcome of one replica's op in a round.
+enum Done1 {
+    Tx(Vec<(Tx, Result<u64, EngineError>)>),
+    Read { kind: ReadFrom, began: f64, result: Result<(State, u64), EngineError> },
+}
+
+fn script_of(tx: &Tx) -> Script {
+    let stmts = tx.statements();
+    let mut steps = vec![Step::always(Action::Execute(Statement::new("BEGIN")))];
+    for (i, s) in stmts.into_iter().enumerate() {
+        steps.push(Step { condition: Some(Cond::Ok(i)), action: Action::Execute(s) });
+    }
+    let last = steps.len() - 1;
+    steps.push(Step { condition: Some(Cond::Ok(last)), action: Action::Execute(Statement::new("COMMIT")) });
+    steps.push(Step {
+        condition: Some(Cond::Not(Box::new(Cond::Ok(last + 1)))),
+        action: Action::Execute(Statement::new("ROLLBACK")),
+    });
+    Script { atomic_units: vec![0..steps.len()], steps, ..Script::default() }
+}
+
+/// A script's commit outcome: a failed step (or a step undone) means nothing committed.
+fn script_result(done: Result<Done, EngineError>) -> Result<u64, EngineError> {
+    let done = done?;
+    let Reply::Script(outcome) = &done.reply else { return Err(EngineError::Internal("reply kind".into())) };
+    if let Some(e) = &outcome.resume_failed {
+        return Err(e.clone());
+    }
+    match outcome.steps.iter().find_map(|s| match s {
+        StepOutcome::Failed(e) | StepOutcome::Undone(e) => Some(e.clone()),
+        _ => None,
+    }) {
+        // A failed COMMIT (or any failed step) means the batch did not commit.
+        Some(e) => Err(e),
+        None => Ok(done.stats.bookmark),
+    }
+}
+
+async fn run_op(db: &mut Database, op: &Op, began: f64, carried: &mut Option<(Tx, TxLog)>) -> Done1 {
+    match op {
+        Op::Transact(tx) => {
+            let r = db.transact(&tx.statements()).await.map(|r| r.stats.bookmark);
+            Done1::Tx(vec![(*tx, r)])
+        }
+        Op::Group(txs) => {
+            let results = db.transact_group(txs.iter().map(Tx::statements).collect()).await;
+            Done1::Tx(txs.iter().copied().zip(results.into_iter().map(|r| r.map(|r| r.stats.bookmark))).collect())
+        }
+        Op::Batch(tx) => {
+            let request = Request { work: Work::Script(script_of(tx)), read_from: ReadFrom::Latest };
+            let done = db.perform(vec![request]).await.pop().unwrap_or_else(|| Err(EngineError::Internal("no reply".into())));
+            Done1::Tx(vec![(*tx, script_result(done))])
+        }
+        Op::Interactive { tx, .. } => {
+            // First half: BEGIN and the inserts (not the counter update), left open and carried.
+            let mut stmts = tx.statements();
+            stmts.pop();
+            let mut steps = vec![Step::always(Action::Execute(Statement::new("BEGIN")))];
+            steps.extend(stmts.into_iter().map(|s| Step::always(Action::Execute(s))));
+            let script = Script { steps, open_at_end: OpenAtEnd::Carry, ..Script::default() };
+            let request = Request { work: Work::Script(script), read_from: ReadFrom::Latest };
+            let done = db.perform(vec![request]).await.pop().unwrap_or_else(|| Err(EngineError::Internal("no reply".into())));
+            let result = match done {
+                Ok(d) => match d.reply {
+                    Reply::Script(outcome) => match (outcome.carried, outcome.resume_failed) {
+                        (Some(log), None) => {
+                            *carried = Some((*tx, log));
+                            return Done1::Tx(Vec::new());
+                        }
+                        (_, Some(e)) => Err(e),
+                        (None, None) => Err(EngineError::Internal("an open transaction was not carried".into())),
+                    },
+                    _ => Err(EngineError::Internal("reply kind".into())),
+                },
+                Err(e) => Err(e),
+            };
+            Done1::Tx(vec![(*tx, result)])
+        }
+        Op::Read(kind) => {
+            let request = Request { work: Work::Transaction(read_statements()), read_from: *kind };
+            let done = db.perform(vec![request]).await.pop().unwrap_or_else(|| Err(EngineError::Internal("no reply".into())));
+            let result = done.and_then(|d| match d.reply {
+                Reply::Transaction(results) => {
+                    state_of(&results).map(|s| (s, d.stats.bookmark)).map_err(EngineError::Internal)
+                }
+                _ => Err(EngineError::Internal("reply kind".into())),
+            });
+            Done1::Read { kind: *kind, began, result }
+        }
+    }
+}
+
+/// The second half of an interactive transaction, on another replica: the counter update
+/// and COMMIT, after replaying the first half.
+async fn finish_interactive(db: &mut Database, tx: Tx, log: TxLog) -> Result<u64, EngineError> {
+    let counter = tx.statements().pop().expect("the counter update");
+    let steps = vec![Step::always(Action::Execute(counter)), Step::always(Action::Execute(Statement::new("COMMIT")))];
+    let seen = log.seen_seq;
+    let script = Script { steps, resume: Some(log), open_at_end: OpenAtEnd::Carry, ..Script::default() };
+    let request = Request { work: Work::Script(script), read_from: ReadFrom::AtLeast(seen) };
+    let done = db.perform(vec![request]).await.pop().unwrap_or_else(|| Err(EngineError::Internal("no reply".into())));
+    script_result(done)
+}
+
+fn open(store: &Rc<MemStore>, host: &Arc<SimHost>, cache_bytes: usize) -> Result<Database, EngineError> {
+    let store: Rc<dyn engine_core::ObjectStore> = store.clone();
+    let ctx = DbContext::new(store)
+        .with_cache(Arc::new(PageCache::new(cache_bytes)))
+        .with_host(host.clone())
+        .with_sleeper(engine_core::dst::sleeper(host));
+    block_on(Database::open(ctx, Layout::new("", "gate"), config()))
+}
+
+/// The seeded fault schedule of the random sweep.
+pub fn seeded_faults(seed: u64) -> Box<dyn FaultInjector> {
+    Box::new(SeededFaults::new(seed ^ 0x5EED, 0.04, 0.04, 0.02).with_delay(0.2))
+}
+
+/// Runs one seed with the given fault schedule; returns the first violation.
+pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Result<(), String> {
+    let store = Rc::new(MemStore::new());
+    let host = Arc::new(SimHost::new(seed));
+    {
+        let mut db = open(&store, &host, 1 << 20).map_err(|e| e.to_string())?;
+        block_on(db.transact(&[
+            Statement::new("CREATE TABLE item (id INTEGER PRIMARY KEY, tx INTEGER NOT NULL, pad BLOB)"),
+            Statement::new("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"),
+            Statement::new("INSERT INTO counter VALUES (1, 0)"),
+        ]))
+        .map_err(|e| e.to_string())?;
+    }
+    let mut rng = SplitMix64(seed);
+    store.set_faults(Some(faults(seed)));
+    let mut replicas: Vec<Option<Database>> = (0..REPLICAS).map(|_| None).collect();
+    let mut model = Model { attempted: BTreeMap::new(), fate: BTreeMap::new(), acked_at: BTreeMap::new(), reads: Vec::new() };
+    let mut next_tx = 0;
+    let mut failed_opens = 0;
+    let mut rounds = 0;
+    let new_tx = |rng: &mut SplitMix64, next_tx: &mut u64, model: &mut Model| {
+        *next_tx += 1;
+        let tx = Tx { id: *next_tx, rows: 1 + rng.below(3) };
+        model.attempted.insert(tx.id, tx);
+        tx
+    };
+    while next_tx < TRANSACTIONS {
+        rounds += 1;
+        if rounds > 200 {
+            return Err("the gate made no progress in 200 rounds".into());
+        }
+        let mut order: Vec<usize> = (0..REPLICAS).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        order.truncate(1 + rng.below(REPLICAS as u64) as usize);
+        let mut ops: Vec<(usize, Op)> = Vec::new();
+        for &r in &order {
+            if replicas[r].is_none() {
+                // (Re)start this replica with a small cache (lazy reads, evictions);
+                // opening can fail or crash too.
+                match open(&store, &host, 64 << 10) {
+                    Ok(db) => {
+                        replicas[r] = Some(db);
+                        failed_opens = 0;
+                    }
+                    Err(e) => {
+                        if store.crashed() {
+                            store.restart();
+                        }
+                        failed_opens += 1;
+                        if failed_opens > 30 {
+                            return Err(format!("the database cannot be opened: {e}"));
+                        }
+                        continue;
+                    }
+                }
+            }
+            let op = match rng.below(10) {
+                0..=2 => Op::Transact(new_tx(&mut rng, &mut next_tx, &mut model)),
+                3 => Op::Group((0..2 + rng.below(3)).map(|_| new_tx(&mut rng, &mut next_tx, &mut model)).collect()),
+                4 => Op::Batch(new_tx(&mut rng, &mut next_tx, &mut model)),
+                5 => Op::Interactive { tx: new_tx(&mut rng, &mut next_tx, &mut model), to: (r + 1) % REPLICAS },
+                6 | 7 => Op::Read(ReadFrom::Latest),
+                8 => {
+                    let acked: Vec<u64> =
+                        model.fate.values().filter_map(|f| if let Fate::Acked(b) = f { Some(*b) } else { None }).collect();
+                    match acked.is_empty() {
+                        true => Op::Read(ReadFrom::Latest),
+                        false => Op::Read(ReadFrom::AtLeast(acked[rng.below(acked.len() as u64) as usize])),
+                    }
+                }
+                _ => Op::Read(ReadFrom::WithinMs(STALENESS_MS)),
+            };
+            if std::env::var("TWILL_TRACE").is_ok() {
+                let kind = match &op {
+                    Op::Transact(t) => format!("transact {}", t.id),
+                    Op::Group(ts) => format!("group {:?}", ts.iter().map(|t| t.id).collect::<Vec<_>>()),
+                    Op::Batch(t) => format!("batch {}", t.id),
+                    Op::Interactive { tx, to } => format!("interactive {} -> replica {to}", tx.id),
+                    Op::Read(k) => format!("read {k:?}"),
+                };
+                eprintln!("round {rounds}: replica {r}: {kind}");
+            }
+            ops.push((r, op));
+        }
+        let began = host.peek_ms();
+        let mut carried: Vec<Option<(Tx, TxLog)>> = (0..REPLICAS).map(|_| None).collect();
+        let runs = replicas.iter_mut().zip(carried.iter_mut()).enumerate().filter_map(|(r, (db, carry))| {
+            let (_, op) = ops.iter().find(|o| o.0 == r)?;
+            let db = db.as_mut()?;
+            Some(run_op(db, op, began, carry))
+        });
+        let outcomes = block_on(futures::future::join_all(runs));
+        let crashed = store.crashed();
+        let now = host.peek_ms();
+        for outcome in outcomes {
+            match outcome {
+                Done1::Tx(results) => {
+                    for (tx, r) in results {
+                        model.record(tx, &r, crashed, now)?;
+                    }
+                }
+                Done1::Read { kind, began, result } => match result {
+                    Ok((state, bookmark)) => {
+                        let (must_include, what) = match kind {
+                            ReadFrom::Latest => (model.acked_before(began), "strict"),
+                            ReadFrom::AtLeast(b) if bookmark < b => {
+                                return Err(format!("a read asked for bookmark {b} answered from {bookmark}"));
+                            }
+                            ReadFrom::AtLeast(b) => (model.acked_through(b), "bookmark"),
+                            ReadFrom::WithinMs(ms) => (model.acked_before(began - ms), "staleness-bounded"),
+                        };
+                        model.check_state(&state, "a read")?;
+                        model.reads.push(ReadCheck { state, must_include, what });
+                    }
+                    Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) if !crashed => {
+                        return Err(format!("a read failed: {e}"));
+                    }
+                    Err(_) => {}
+                },
+            }
+        }
+        if crashed {
+            // The process hosting this round's replicas died: their memory is gone, R2
+            // keeps what it has; their carried transactions die with them.
+            for (r, op) in &ops {
+                replicas[*r] = None;
+                if let Op::Interactive { tx, .. } = op {
+                    model.fate.entry(tx.id).or_insert(Fate::Either);
+                }
+            }
+            store.restart();
+            continue;
+        }
+        // Interactive transactions continue on another replica in the same round's wake.
+        for (from, carry) in carried.into_iter().enumerate() {
+            let Some((tx, log)) = carry else { continue };
+            let to = ops.iter().find_map(|(r, op)| match op {
+                Op::Interactive { tx: t, to } if *r == from && t.id == tx.id => Some(*to),
+                _ => None,
+            });
+            let to = to.unwrap_or((from + 1) % REPLICAS);
+            let result = match replicas[to].as_mut() {
+                Some(db) => block_on(finish_interactive(db, tx, log)),
+                // The next isolate is not up: the transaction is abandoned (never committed).
+                None => Err(EngineError::TxConflict("no isolate took the transaction on".into())),
+            };
+            let crashed = store.crashed();
+            model.record(tx, &result, crashed, host.peek_ms())?;
+            if crashed {
+                replicas[to] = None;
+                store.restart();
+            }
+        }
+        // Occasionally a replica is simply dropped (isolate evicted).
+        if rng.below(10) == 0 {
+            replicas[rng.below(REPLICAS as u64) as usize] = None;
+        }
+    }
+
+    // Recovery, with the faults gone.
+    store.set_faults(None);
+    store.restart();
+    let mut fresh = open(&store, &host, 64 << 10).map_err(|e| format!("recovery failed: {e}"))?;
+    let read = |db: &mut Database| -> Result<State, String> {
+        let r = block_on(db.transact(&read_statements())).map_err(|e| e.to_string())?;
+        state_of(&r.results)
+    };
+    let state = read(&mut fresh)?;
+    model.check_final(&state)?;
+    for (i, replica) in replicas.iter_mut().enumerate() {
+        if let Some(db) = replica {
+            let seen = read(db).map_err(|e| format!("replica {i}: {e}"))?;
+            if seen != state {
+                return Err(format!("replica {i} disagrees with recovery: {seen:?} vs {state:?}"));
+            }
+        }
+    }
+    Ok(())
+}
