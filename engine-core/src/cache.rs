@@ -60,9 +60,6 @@ impl PageCache {
         }
     }
 
-    pub fn contains(&self, key: &PageKey) -> bool {
-        self.lock().pages.contains(key)
-    }
 
     pub fn insert(&self, key: PageKey, page: Arc<[u8]>) {
         let mut inner = self.lock();

@@ -132,13 +132,7 @@ impl LocalDb {
         std::mem::take(&mut *self.base.wanted.lock().unwrap_or_else(|p| p.into_inner())).into_iter().collect()
     }
 
-    pub fn view(&self) -> &CheckpointView {
-        &self.base.view
-    }
 
-    pub fn cache(&self) -> &Arc<PageCache> {
-        &self.base.cache
-    }
 
     /// Holds a fetched page for this database outside the cache budget until
     /// [`Self::clear_pins`], so one transaction always makes progress however small the

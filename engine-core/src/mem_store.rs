@@ -166,13 +166,7 @@ impl MemStore {
         self.objects.borrow_mut().insert(key.to_string(), Stored::new(body));
     }
 
-    pub fn raw_delete(&self, key: &str) {
-        self.objects.borrow_mut().remove(key);
-    }
 
-    pub fn total_bytes(&self) -> u64 {
-        self.objects.borrow().values().map(|o| o.body.len() as u64).sum()
-    }
 
     fn count(&self, op: OpKind) {
         let mut c = self.counts.get();

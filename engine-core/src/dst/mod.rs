@@ -39,11 +39,6 @@ impl SimHost {
         self.lock().now_ms += ms;
     }
 
-    /// How far each reading moves the clock (0 freezes it, as Workers' clock is frozen
-    /// between I/O events).
-    pub fn set_tick(&self, ms: f64) {
-        self.lock().tick_ms = ms;
-    }
 
     /// The current time without moving the clock.
     pub fn peek_ms(&self) -> f64 {
