@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use engine_core::mem_store::MemStore;
 use engine_core::store::CountingStore;
-use engine_core::{Database, DbConfig, DbContext, EngineError, Layout, ObjectStore, SqlValue, Statement, Work};
+use engine_core::{Database, DbConfig, DbContext, EngineError, Layout, ObjectStore, ReadFrom, Request, SqlValue, Statement, Work};
 use tokio::sync::{oneshot, Notify};
 use twill_benches::{scale, write_target, Latency, Percentiles, SimStore};
 
@@ -55,8 +55,9 @@ impl Lane {
                     l.wake.notified().await;
                     continue;
                 }
-                let (work, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|p| (p.work, p.reply)).unzip();
-                for (result, reply) in db.perform(work).await.into_iter().zip(replies) {
+                let (requests, replies): (Vec<_>, Vec<_>) =
+                    group.into_iter().map(|p| (Request { work: p.work, read_from: ReadFrom::Latest }, p.reply)).unzip();
+                for (result, reply) in db.perform(requests).await.into_iter().zip(replies) {
                     let _ = reply.send(result.map(|_| ()));
                 }
             }
