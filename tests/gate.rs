@@ -40,11 +40,15 @@ const TRANSACTIONS: u64 = 24;
 const STALENESS_MS: f64 = 50.0;
 
 /// The gate's engine settings: frequent checkpoints, immediate GC, an orphan sweep at every
-/// checkpoint, a short commit budget (the simulated clock moves on every reading).
-pub fn config() -> DbConfig {
+/// checkpoint, a short commit budget (the simulated clock moves on every reading). A third
+/// of the seeds keep no history; the others keep a short window (simulated ms), so that
+/// history entries, retired generations and their collection are exercised under faults.
+pub fn config(seed: u64) -> DbConfig {
+    const HISTORY_MS: [f64; 3] = [0.0, 300.0, 3_000.0];
     DbConfig {
         checkpoint_records: 3,
         gc_retention_ms: 0.0,
+        history_retention_ms: HISTORY_MS[(seed % 3) as usize],
         orphan_sweep_interval_ms: 0.0,
         max_commit_attempts: 4,
         commit_budget_ms: 2_000.0,
@@ -326,13 +330,13 @@ async fn finish_interactive(db: &mut Database, tx: Tx, log: TxLog) -> Result<u64
     script_result(done)
 }
 
-fn open(store: &Rc<MemStore>, host: &Arc<SimHost>, cache_bytes: usize) -> Result<Database, EngineError> {
+fn open(store: &Rc<MemStore>, host: &Arc<SimHost>, seed: u64, cache_bytes: usize) -> Result<Database, EngineError> {
     let store: Rc<dyn engine_core::ObjectStore> = store.clone();
     let ctx = DbContext::new(store)
         .with_cache(Arc::new(PageCache::new(cache_bytes)))
         .with_host(host.clone())
         .with_sleeper(engine_core::dst::sleeper(host));
-    block_on(Database::open(ctx, Layout::new("", "gate"), config()))
+    block_on(Database::open(ctx, Layout::new("", "gate"), config(seed)))
 }
 
 /// The seeded fault schedule of the random sweep.
@@ -345,7 +349,7 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
     let store = Rc::new(MemStore::new());
     let host = Arc::new(SimHost::new(seed));
     {
-        let mut db = open(&store, &host, 1 << 20).map_err(|e| e.to_string())?;
+        let mut db = open(&store, &host, seed, 1 << 20).map_err(|e| e.to_string())?;
         block_on(db.transact(&[
             Statement::new("CREATE TABLE item (id INTEGER PRIMARY KEY, tx INTEGER NOT NULL, pad BLOB)"),
             Statement::new("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"),
@@ -381,7 +385,7 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
             if replicas[r].is_none() {
                 // (Re)start this replica with a small cache (lazy reads, evictions);
                 // opening can fail or crash too.
-                match open(&store, &host, 64 << 10) {
+                match open(&store, &host, seed, 64 << 10) {
                     Ok(db) => {
                         replicas[r] = Some(db);
                         failed_opens = 0;
@@ -504,7 +508,7 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
     // Recovery, with the faults gone.
     store.set_faults(None);
     store.restart();
-    let mut fresh = open(&store, &host, 64 << 10).map_err(|e| format!("recovery failed: {e}"))?;
+    let mut fresh = open(&store, &host, seed, 64 << 10).map_err(|e| format!("recovery failed: {e}"))?;
     let read = |db: &mut Database| -> Result<State, String> {
         let r = block_on(db.transact(&read_statements())).map_err(|e| e.to_string())?;
         state_of(&r.results)

@@ -44,6 +44,44 @@ impl Layout {
         format!("{}chunk/", self.prefix)
     }
 
+    /// Start-after key for listing the chunks of generations after `generation`.
+    pub fn chunks_after(&self, generation: u64) -> String {
+        format!("{}chunk/{:012}~", self.prefix, generation)
+    }
+
+    /// The history entry of checkpoint generation `generation` (immutable).
+    pub fn history_entry_key(&self, generation: u64) -> String {
+        format!("{}checkpoint/{:012}", self.prefix, generation)
+    }
+
+    pub fn history_prefix(&self) -> String {
+        format!("{}checkpoint/", self.prefix)
+    }
+
+    /// The reference a fork `child` keeps on this database: the chunks of ours it uses.
+    pub fn fork_ref_key(&self, child: &str) -> String {
+        format!("{}forks/{}", self.prefix, child)
+    }
+
+    pub fn forks_prefix(&self) -> String {
+        format!("{}forks/", self.prefix)
+    }
+
+    /// Everything of an import upload session `id`: its state and its staged chunks.
+    pub fn upload_prefix(&self, id: &str) -> String {
+        format!("{}upload/{}/", self.prefix, id)
+    }
+
+    pub fn uploads_prefix(&self) -> String {
+        format!("{}upload/", self.prefix)
+    }
+
+    /// True if `key` is one of this database's objects (a fork's map also names its
+    /// parents' chunks, which only their own database may delete).
+    pub fn owns(&self, key: &str) -> bool {
+        key.starts_with(&self.prefix)
+    }
+
     /// The checkpoint generation a key produced by [`Self::chunk_key`] belongs to.
     pub fn chunk_generation_of(&self, key: &str) -> Option<u64> {
         let rest = key.strip_prefix(&self.chunk_prefix())?;

@@ -3,12 +3,17 @@
 //!
 //! Format (little endian):
 //! ```text
-//! magic "TWLR" | version u8 = 2 | reserved [u8; 3]
+//! magic "TWLR" | version u8 = 2 or 3 | reserved [u8; 3]
 //! seq u64 | page_size u32 | frame_count u32 | nonce [u8; 16] | committed_ms u64
+//! (version 3 only) snapshot_len u32 | snapshot JSON [snapshot_len]
 //! frame_count × (page_no u32 | db_size_after u32 | page bytes [page_size])
 //! crc32 u32 over everything before it
 //! ```
-//! Version 1 lacks `committed_ms` (read as 0). `committed_ms` is the commit time: never
+//! Version 1 lacks `committed_ms` (read as 0). Version 3 records are **snapshot records**
+//! (a restore, an import, a fork's first record, a deletion): the state they commit is the
+//! checkpoint image they name (`Snapshot`: page count and the chunk key of every chunk,
+//! possibly another database's) with their frames on top, whatever came before. Records
+//! without a snapshot are still written as version 2, which older Workers read. `committed_ms` is the commit time: never
 //! earlier than the previous record's, so times sort in log order (history looks commits
 //! up by time).
 //! `db_size_after` is non-zero only on the last frame of each committed transaction (as in
@@ -17,8 +22,11 @@
 
 use thiserror::Error;
 
+use serde::{Deserialize, Serialize};
+
 const MAGIC: &[u8; 4] = b"TWLR";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+const FRAMES_VERSION: u8 = 2;
 const V1_HEADER_LEN: usize = 4 + 1 + 3 + 8 + 4 + 4 + 16;
 const HEADER_LEN: usize = V1_HEADER_LEN + 8;
 const FRAME_HEADER_LEN: usize = 8;
@@ -38,9 +46,45 @@ pub struct LogRecord {
     pub nonce: [u8; 16],
     /// Commit time, ms since the Unix epoch (0 in version-1 records).
     pub committed_ms: u64,
+    /// The checkpoint image this record's frames apply to, replacing every earlier state
+    /// (`None`: they apply to the state of the record before).
+    pub snapshot: Option<Snapshot>,
     pub frames: Vec<Frame>,
 }
 
+/// A whole-database image a snapshot record starts from: immutable chunk objects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Database size in pages of the image (before the record's frames).
+    pub page_count: u32,
+    pub pages_per_chunk: u32,
+    /// Chunk `i` holds pages `i * pages_per_chunk + 1 ..`; keys may belong to another
+    /// database (a fork shares its parent's chunks).
+    pub chunks: Vec<String>,
+    /// Why the image replaced the state before it.
+    pub origin: SnapshotOrigin,
+}
+
+/// What a snapshot record did, kept for history listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SnapshotOrigin {
+    /// The database was restored to the state after log record `seq`.
+    Restore { seq: u64 },
+    /// A SQLite database file (or SQL dump) was imported.
+    Import,
+    /// The first record of a fork of `parent` at its log record `seq`.
+    Fork { parent: String, seq: u64 },
+    /// The database was deleted: it is empty again and its history is gone.
+    Delete,
+}
+
+impl Snapshot {
+    /// Database size in pages once `frames` (the record's) are applied on top.
+    pub fn size_after(&self, frames: &[Frame]) -> u32 {
+        frames.last().map(|f| f.db_size_after).unwrap_or(self.page_count)
+    }
+}
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RecordError {
     #[error("log record is truncated or has trailing bytes")]
@@ -58,15 +102,22 @@ pub enum RecordError {
 impl LogRecord {
     pub fn encode(&self) -> Vec<u8> {
         let page_size = self.page_size as usize;
-        let mut out = Vec::with_capacity(HEADER_LEN + self.frames.len() * (FRAME_HEADER_LEN + page_size) + 4);
+        let snapshot = self.snapshot.as_ref().map(|s| serde_json::to_vec(s).expect("snapshot serializes"));
+        let snapshot_len = snapshot.as_ref().map_or(0, |s| 4 + s.len());
+        let mut out =
+            Vec::with_capacity(HEADER_LEN + snapshot_len + self.frames.len() * (FRAME_HEADER_LEN + page_size) + 4);
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        out.push(if snapshot.is_some() { VERSION } else { FRAMES_VERSION });
         out.extend_from_slice(&[0; 3]);
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.page_size.to_le_bytes());
         out.extend_from_slice(&(self.frames.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.nonce);
         out.extend_from_slice(&self.committed_ms.to_le_bytes());
+        if let Some(snapshot) = &snapshot {
+            out.extend_from_slice(&(snapshot.len() as u32).to_le_bytes());
+            out.extend_from_slice(snapshot);
+        }
         for f in &self.frames {
             debug_assert_eq!(f.page.len(), page_size);
             out.extend_from_slice(&f.page_no.to_le_bytes());
@@ -86,9 +137,10 @@ impl LogRecord {
         if &body[0..4] != MAGIC {
             return Err(RecordError::Magic);
         }
-        let header_len = match body[4] {
+        let version = body[4];
+        let mut header_len = match version {
             1 => V1_HEADER_LEN,
-            VERSION => HEADER_LEN,
+            FRAMES_VERSION | VERSION => HEADER_LEN,
             0 => return Err(RecordError::Magic),
             newer => return Err(RecordError::NewerVersion(newer)),
         };
@@ -109,6 +161,19 @@ impl LogRecord {
         if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
             return Err(RecordError::Malformed("page size"));
         }
+        let mut snapshot = None;
+        if version == VERSION {
+            let len_end = header_len + 4;
+            let len = body.get(header_len..len_end).ok_or(RecordError::Length)?;
+            let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+            let json = body.get(len_end..len_end.checked_add(len).ok_or(RecordError::Length)?).ok_or(RecordError::Length)?;
+            let s: Snapshot = serde_json::from_slice(json).map_err(|_| RecordError::Malformed("snapshot"))?;
+            if s.pages_per_chunk == 0 || s.chunks.len() != s.page_count.div_ceil(s.pages_per_chunk) as usize {
+                return Err(RecordError::Malformed("snapshot chunk count"));
+            }
+            snapshot = Some(s);
+            header_len = len_end + len;
+        }
         let frame_len = FRAME_HEADER_LEN + page_size as usize;
         if frame_count.checked_mul(frame_len).and_then(|n| n.checked_add(header_len)) != Some(body.len()) {
             return Err(RecordError::Length);
@@ -128,9 +193,11 @@ impl LogRecord {
         }
         match frames.last() {
             Some(last) if last.db_size_after > 0 => {}
+            // A snapshot is a state by itself; its frames may be none.
+            None if snapshot.is_some() => {}
             _ => return Err(RecordError::Malformed("does not end with a commit frame")),
         }
-        Ok(LogRecord { seq, page_size, nonce, committed_ms, frames })
+        Ok(LogRecord { seq, page_size, nonce, committed_ms, snapshot, frames })
     }
 }
 
@@ -144,6 +211,7 @@ mod tests {
             page_size: 512,
             nonce: [7; 16],
             committed_ms: 1_767_225_600_123,
+            snapshot: None,
             frames: vec![
                 Frame { page_no: 1, db_size_after: 0, page: vec![1; 512] },
                 Frame { page_no: 3, db_size_after: 3, page: vec![2; 512] },
@@ -168,8 +236,28 @@ mod tests {
         no_commit.frames[1].db_size_after = 0;
         assert_eq!(LogRecord::decode(&no_commit.encode()), Err(RecordError::Malformed("does not end with a commit frame")));
         let mut newer = sample().encode();
-        newer[4] = 3;
-        assert_eq!(LogRecord::decode(&newer), Err(RecordError::NewerVersion(3)));
+        newer[4] = 4;
+        assert_eq!(LogRecord::decode(&newer), Err(RecordError::NewerVersion(4)));
+    }
+
+    #[test]
+    fn snapshot_records_round_trip_and_plain_records_stay_version_2() {
+        let plain = sample().encode();
+        assert_eq!(plain[4], 2);
+        let mut r = sample();
+        r.snapshot = Some(Snapshot {
+            page_count: 70,
+            pages_per_chunk: 64,
+            chunks: vec!["db/p/chunk/a".into(), "db/p/chunk/b".into()],
+            origin: SnapshotOrigin::Fork { parent: "p".into(), seq: 9 },
+        });
+        let bytes = r.encode();
+        assert_eq!(bytes[4], 3);
+        assert_eq!(LogRecord::decode(&bytes).unwrap(), r);
+        r.frames.clear();
+        assert_eq!(LogRecord::decode(&r.encode()).unwrap(), r);
+        r.snapshot.as_mut().unwrap().chunks.pop();
+        assert_eq!(LogRecord::decode(&r.encode()), Err(RecordError::Malformed("snapshot chunk count")));
     }
 
     #[test]

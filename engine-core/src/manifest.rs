@@ -27,14 +27,46 @@ pub struct Manifest {
     pub pages_per_chunk: u32,
     /// Chunk `i` holds pages `i * pages_per_chunk + 1 ..= (i + 1) * pages_per_chunk`.
     pub chunks: Vec<String>,
-    /// Objects no longer referenced, deleted by a later checkpoint once older than the
-    /// retention window (readers of older manifests may still be using them).
+    /// What this checkpoint retired: the chunks it superseded and the log records it
+    /// folded. Kept (here, then in the generation's history entry) until it is older than
+    /// the retention window: readers of older manifests and history may still use them.
+    #[serde(default)]
+    pub retired: Option<Garbage>,
+    /// Garbage of version-1 manifests (before history entries), deleted by time as then.
     #[serde(default)]
     pub garbage: Vec<Garbage>,
-    /// When objects no manifest references (left by failed uploads, ambiguous PUTs,
-    /// failed deletes, zombie writers) were last swept (ms since the Unix epoch).
+    /// The lowest generation whose retired garbage is not yet deleted: every state from
+    /// the checkpoint of generation `gc_floor - 1` on can still be rebuilt.
+    #[serde(default)]
+    pub gc_floor: u64,
+    /// The lowest generation whose history entry may still exist.
+    #[serde(default)]
+    pub entries_from: u64,
+    /// The oldest log position whose state can be rebuilt (history starts here) and its
+    /// commit time.
+    #[serde(default)]
+    pub history_from_seq: u64,
+    #[serde(default)]
+    pub history_from_ms: u64,
+    /// Snapshot records folded by generations whose older garbage is still pending: their
+    /// chunks came back to life and must outlive that garbage.
+    #[serde(default)]
+    pub revivals: Vec<Revival>,
+    /// When objects nothing references (left by failed uploads, ambiguous PUTs, failed
+    /// deletes, zombie writers) were last swept (ms since the Unix epoch)...
     #[serde(default)]
     pub last_sweep_ms: f64,
+    /// ...and the generations swept so far (chunks of each are checked once).
+    #[serde(default)]
+    pub swept_generation: u64,
+}
+
+/// A snapshot record (restore, import) folded into generation `generation`: the chunks of
+/// its image are live again from then on, even where older garbage lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revival {
+    pub generation: u64,
+    pub record_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +96,7 @@ impl Garbage {
 }
 
 impl Manifest {
-    pub const VERSION: u32 = 1;
+    pub const VERSION: u32 = 2;
 
     /// The state before any checkpoint.
     pub fn empty() -> Self {
@@ -77,8 +109,15 @@ impl Manifest {
             page_count: 0,
             pages_per_chunk: DEFAULT_PAGES_PER_CHUNK,
             chunks: Vec::new(),
+            retired: None,
             garbage: Vec::new(),
+            gc_floor: 1,
+            entries_from: 1,
+            history_from_seq: 0,
+            history_from_ms: 0,
+            revivals: Vec::new(),
             last_sweep_ms: 0.0,
+            swept_generation: 0,
         }
     }
 
@@ -89,8 +128,24 @@ impl Manifest {
     pub fn decode(bytes: &[u8]) -> Result<Self, EngineError> {
         let m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| EngineError::Corrupt(format!("manifest does not parse: {e}")))?;
-        if m.version != Self::VERSION {
-            return Err(EngineError::Corrupt(format!("manifest version {} is not supported", m.version)));
+        let mut m = m;
+        match m.version {
+            Self::VERSION => {}
+            1 => {
+                // Before history: all garbage is in the list, and no older state is kept.
+                m.gc_floor = m.generation + 1;
+                m.entries_from = m.generation;
+                m.history_from_seq = m.checkpoint_seq;
+                m.history_from_ms = m.committed_ms;
+                m.swept_generation = m.generation;
+            }
+            v if v > Self::VERSION => {
+                return Err(EngineError::Corrupt(format!(
+                    "the manifest has format version {v}, newer than this server reads (up to {}); upgrade the Worker",
+                    Self::VERSION
+                )))
+            }
+            v => return Err(EngineError::Corrupt(format!("manifest version {v} is not supported"))),
         }
         let needed = m.page_count.div_ceil(m.pages_per_chunk.max(1)) as usize;
         if m.pages_per_chunk == 0 || m.chunks.len() != needed {

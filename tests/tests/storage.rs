@@ -11,7 +11,7 @@ use engine_core::{DbConfig, DbContext, SqlValue, Statement};
 use twill_tests::{block_on, exec, open_with, query_ints, try_open, try_open_in};
 
 fn small_checkpoints() -> DbConfig {
-    DbConfig { checkpoint_records: 4, gc_retention_ms: 0.0, ..DbConfig::default() }
+    DbConfig { checkpoint_records: 4, gc_retention_ms: 0.0, history_retention_ms: 0.0, ..DbConfig::default() }
 }
 
 fn log_keys(store: &MemStore, db: &str) -> Vec<String> {
@@ -82,7 +82,7 @@ fn zombie_writer_stalled_across_checkpoint_and_gc_is_never_acknowledged() {
     let store = Rc::new(MemStore::new());
     // Simulated time, so the retention window can pass while the zombie stalls.
     let host = Arc::new(SimHost::new(1));
-    let cfg = DbConfig { checkpoint_records: 4, gc_retention_ms: 1_000.0, ..DbConfig::default() };
+    let cfg = DbConfig { checkpoint_records: 4, gc_retention_ms: 1_000.0, history_retention_ms: 0.0, ..DbConfig::default() };
     let open_sim = || {
         let ctx = DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(&host));
         try_open_in(ctx, "z", cfg).expect("open")
@@ -114,7 +114,7 @@ fn zombie_writer_stalled_across_checkpoint_and_gc_is_never_acknowledged() {
 #[test]
 fn a_record_folded_before_its_fence_check_is_acknowledged_once() {
     let store = Rc::new(MemStore::new());
-    let cfg = DbConfig { checkpoint_records: 2, gc_retention_ms: 60_000.0, ..DbConfig::default() };
+    let cfg = DbConfig { checkpoint_records: 2, gc_retention_ms: 60_000.0, history_retention_ms: 0.0, ..DbConfig::default() };
     let mut a = open_with(&store, "f", cfg, 32 << 20);
     exec(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)", vec![]);
     exec(&mut a, "INSERT INTO t VALUES (1, 0)", vec![]);
@@ -245,7 +245,7 @@ fn an_idle_database_makes_no_store_operations() {
 #[test]
 fn a_zombie_record_left_behind_is_never_read_as_real() {
     let store = Rc::new(MemStore::new());
-    let manual = DbConfig { checkpoint_records: 1_000, gc_retention_ms: 0.0, ..DbConfig::default() };
+    let manual = DbConfig { checkpoint_records: 1_000, gc_retention_ms: 0.0, history_retention_ms: 0.0, ..DbConfig::default() };
     let mut a = open_with(&store, "zr", manual, 32 << 20);
     exec(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT)", vec![]);
     exec(&mut a, "CREATE TABLE u (id INTEGER PRIMARY KEY)", vec![]);

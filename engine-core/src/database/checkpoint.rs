@@ -1,16 +1,16 @@
 //! Checkpoints: folding the log since the last checkpoint into new immutable chunk objects
 //! and moving the manifest onto them by compare-and-swap.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use futures::future::join_all;
 
 use crate::error::EngineError;
-use crate::manifest::{Garbage, Manifest};
+use crate::manifest::{Garbage, Manifest, Revival};
 use crate::store::{ByteRange, PutCondition, PutOutcome};
 
-use super::Database;
+use super::{Database, RecordKind};
 
 /// A chunk the checkpoint writes: its index and its bytes.
 struct NewChunk {
@@ -42,18 +42,19 @@ impl Database {
             return Ok(false);
         }
         let (dirty, db_size) = self.local()?.durable_pages()?;
+        // The image the local database is built on: the base manifest's, or a snapshot
+        // record's (whose chunks may be another database's, or superseded ones restored).
         let old = self.view();
         let page_size = self.local()?.page_size();
-        let ppc = self.base.pages_per_chunk;
+        let ppc = old.pages_per_chunk;
         let page_count = if db_size > 0 { db_size } else { old.page_count };
         let chunk_count = page_count.div_ceil(ppc);
         let generation = self.base.generation + 1;
         let nonce = crate::host::random_hex(self.host.as_ref(), 6);
 
-        let mut chunks: Vec<String> = self.base.chunks.iter().take(chunk_count as usize).cloned().collect();
+        let mut chunks: Vec<String> = old.chunks.iter().take(chunk_count as usize).map(|k| k.to_string()).collect();
         let mut new_chunks: Vec<NewChunk> = Vec::new();
         let touched: BTreeSet<u32> = dirty.keys().map(|p| (p - 1) / ppc).filter(|c| *c < chunk_count).collect();
-        let mut superseded = Vec::new();
         for c in touched.iter().copied() {
             let first = c * ppc + 1;
             let last = ((c + 1) * ppc).min(page_count);
@@ -94,19 +95,18 @@ impl Database {
             }
             new_chunks.push(NewChunk { index: c, body });
             let key = self.layout.chunk_key(generation, c, &nonce);
-            if let Some(old_key) = self.base.chunks.get(c as usize) {
-                superseded.push(old_key.clone());
-            }
             if (c as usize) < chunks.len() {
                 chunks[c as usize] = key;
             } else {
                 chunks.push(key);
             }
         }
-        superseded.extend(self.base.chunks.iter().skip(chunk_count as usize).cloned());
         if chunks.len() != chunk_count as usize {
             return Err(EngineError::Internal("checkpoint left a chunk unassigned".into()));
         }
+        // Everything the base manifest used that the new map does not.
+        let kept: HashSet<&str> = chunks.iter().map(String::as_str).collect();
+        let superseded: Vec<String> = self.base.chunks.iter().filter(|k| !kept.contains(k.as_str())).cloned().collect();
 
         for batch in new_chunks.chunks(self.config.fetch_concurrency.max(1)) {
             let puts = batch.iter().map(|chunk| {
@@ -122,17 +122,44 @@ impl Database {
             }
         }
 
+        // The base generation's history entry, before its manifest is replaced.
+        self.write_base_entry().await?;
         let now = self.now_ms();
+        let collected = self.collect_garbage(now, &chunks).await?;
         let sweep = self.sweep_due(now);
-        let mut garbage = self.collect_expired_garbage(now).await?;
+        let swept_generation = if sweep {
+            // Generations before the base one: an attempt at the base generation may still
+            // be writing chunks. Best effort: what it misses, the next sweep finds.
+            match self.sweep_orphans(self.base.generation.saturating_sub(1)).await {
+                Ok(swept) => swept,
+                Err(_) => self.base.swept_generation,
+            }
+        } else {
+            self.base.swept_generation
+        };
         let log_from = self.base.checkpoint_seq + 1;
-        let folded: Vec<u64> = self.records.iter().filter(|r| r.meta.seq >= log_from).map(|r| r.meta.nonce).collect();
+        let folded: Vec<_> = self.records.iter().filter(|r| r.meta.seq >= log_from).map(|r| r.meta).collect();
         let log_nonces = if folded.len() as u64 == self.applied_seq + 1 - log_from {
-            folded.iter().map(|n| format!("{n:016x}")).collect()
+            folded.iter().map(|m| format!("{:016x}", m.nonce)).collect()
         } else {
             Vec::new() // incomplete: the fence then cannot tell, and says so
         };
-        garbage.push(Garbage { retired_ms: now, chunks: superseded, log_from, log_to: self.applied_seq, log_nonces });
+        let mut revivals = collected.revivals;
+        let (mut history_from_seq, mut history_from_ms) = (collected.history_from_seq, collected.history_from_ms);
+        let (mut gc_floor, mut entries_from) = (collected.gc_floor, collected.entries_from);
+        for m in &folded {
+            match m.kind {
+                RecordKind::Snapshot { revives: true, .. } => revivals.push(Revival { generation, record_seq: m.seq }),
+                // A deletion ends the history before it: its objects are purged by listing
+                // (see `fork::purge`), not by walking the generations.
+                RecordKind::Snapshot { deletes: true, .. } => {
+                    (history_from_seq, history_from_ms) = (m.seq, m.committed_ms);
+                    (gc_floor, entries_from) = (generation, generation);
+                    revivals.clear();
+                }
+                _ => {}
+            }
+        }
         let manifest = Manifest {
             version: Manifest::VERSION,
             generation,
@@ -142,8 +169,21 @@ impl Database {
             page_count,
             pages_per_chunk: ppc,
             chunks,
-            garbage,
+            retired: Some(Garbage {
+                retired_ms: now.max(self.last_commit_ms as f64),
+                chunks: superseded,
+                log_from,
+                log_to: self.applied_seq,
+                log_nonces,
+            }),
+            garbage: collected.legacy,
+            gc_floor,
+            entries_from,
+            history_from_seq,
+            history_from_ms,
+            revivals,
             last_sweep_ms: if sweep { now } else { self.base.last_sweep_ms },
+            swept_generation,
         };
         let condition = match &self.base_etag {
             Some(etag) => PutCondition::EtagMatches(etag.clone()),
@@ -167,10 +207,6 @@ impl Database {
             for (i, page) in chunk.body.chunks(page_size as usize).enumerate() {
                 self.cache.insert((key.clone(), i as u32), page.into());
             }
-        }
-        if sweep {
-            // Best effort: whatever it misses, the next sweep finds.
-            let _ = self.sweep_orphans(&manifest).await;
         }
         self.rebase(manifest, Some(etag)).await?;
         Ok(true)

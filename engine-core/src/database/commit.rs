@@ -4,10 +4,13 @@
 //! writer stalled across a checkpoint and a GC (a zombie) never acknowledges a record that
 //! nobody will read (the zombie fence).
 
-use crate::log_record::{Frame, LogRecord};
+use crate::log_record::{Frame, LogRecord, Snapshot};
 use crate::store::{PutCondition, PutOutcome, StoreError};
 
-use super::{nonce_id, Database, RecordMeta};
+use super::{Database, RecordMeta};
+
+/// History entries the zombie fence reads at most to find whose record a checkpoint folded.
+const FENCE_ENTRIES_LOOKED_AT: u64 = 8;
 
 pub(super) enum Publish {
     Published,
@@ -31,18 +34,38 @@ impl Database {
         (self.now_ms().max(0.0) as u64).max(self.last_commit_ms)
     }
 
-    /// Makes `frames` durable as log record `applied_seq + 1`.
+    /// Makes `frames` (the local database's unshipped ones) durable as log record
+    /// `applied_seq + 1`.
     pub(super) async fn publish(&mut self, frames: Vec<Frame>) -> Publish {
-        let (local_page_size, durable) = match self.local() {
+        let (page_size, durable) = match self.local() {
             Ok(local) => (local.page_size(), local.durable_frames()),
             Err(e) => return Publish::Unknown(e.to_string()),
         };
-        let seq = self.applied_seq + 1;
+        let frame_total = durable + frames.len() as u64;
+        let record = self.next_record(page_size, None, frames);
+        self.publish_record(record, Some(frame_total)).await
+    }
+
+    /// Makes a snapshot record durable as log record `applied_seq + 1` (a restore, an
+    /// import, a deletion): fenced like any commit. Once published, the local database is
+    /// rebuilt on its image.
+    pub(super) async fn publish_snapshot(&mut self, snapshot: Snapshot, frames: Vec<Frame>, page_size: u32) -> Publish {
+        let record = self.next_record(page_size, Some(snapshot), frames);
+        self.publish_record(record, None).await
+    }
+
+    fn next_record(&self, page_size: u32, snapshot: Option<Snapshot>, frames: Vec<Frame>) -> LogRecord {
         let mut nonce = [0u8; 16];
         self.host.fill_random(&mut nonce);
-        let frame_total = durable + frames.len() as u64;
-        let committed_ms = self.next_commit_ms();
-        let body = LogRecord { seq, page_size: local_page_size, nonce, committed_ms, frames }.encode();
+        LogRecord { seq: self.applied_seq + 1, page_size, nonce, committed_ms: self.next_commit_ms(), snapshot, frames }
+    }
+
+    /// Stores `record` and runs the fences. `local_frames`: the record holds the local
+    /// database's unshipped frames, which end at this WAL frame (they become durable in
+    /// place); `None`: the record is applied to the local database once published.
+    async fn publish_record(&mut self, record: LogRecord, local_frames: Option<u64>) -> Publish {
+        let seq = record.seq;
+        let body = record.encode();
         let key = self.layout.log_key(seq);
 
         let put_started = self.now_ms();
@@ -52,26 +75,26 @@ impl Database {
             Landing::Unknown(why) => return Publish::Unknown(why),
         }
         // The fence: the record must be one that readers will read.
-        let meta = RecordMeta { seq, bytes: body.len() as u64, committed_ms, nonce: nonce_id(&nonce) };
+        let meta = RecordMeta::of(&record, body.len() as u64);
         let base_before = self.base.generation;
         match self.check_manifest(seq).await {
-            Ok(true) if self.base.generation == base_before => {
+            Ok(true) if self.base.generation == base_before && local_frames.is_some() => {
                 let Ok(local) = self.local_mut() else {
                     return Publish::Unknown("the local database was lost after the record landed".into());
                 };
-                local.mark_durable(frame_total);
-                self.note_applied(meta, frame_total);
+                local.mark_durable(local_frames.expect("checked"));
+                self.note_applied(meta, local_frames.expect("checked"));
                 Publish::Published
             }
-            // A newer checkpoint that does not cover `seq` was published meanwhile and local
-            // state was rebased onto it (dropping the unshipped frames): the record is
-            // durable and will be read, so apply it on the new base.
-            Ok(true) => match LogRecord::decode(&body) {
-                Ok(record) => match self.apply_frames(meta, &record.frames, record.page_size) {
-                    Ok(()) => Publish::Published,
-                    Err(e) => Publish::Unknown(e.to_string()),
-                },
-                Err(e) => Publish::Unknown(e.to_string()),
+            // A snapshot record, or a newer checkpoint that does not cover `seq` was
+            // published meanwhile and local state was rebased onto it (dropping the
+            // unshipped frames): the record is durable and will be read, so apply it.
+            Ok(true) => match self.apply_decoded(record, body.len() as u64).await {
+                Ok(()) => Publish::Published,
+                Err(e) => {
+                    self.local = None;
+                    Publish::Unknown(format!("log record {seq} is durable but could not be applied: {e}"))
+                }
             },
             // A checkpoint covers `seq`. Either this writer was a zombie (the record at
             // `seq` was folded and collected, and its PUT re-created the key: nobody will
@@ -82,9 +105,13 @@ impl Database {
             // window after the checkpoint, so if less than half a window passed since the
             // PUT, the record folded was not this one.
             Ok(false) => {
-                let zombie = match self.folded_nonce(seq) {
+                let folded = match self.folded_nonce(seq).await {
+                    Ok(folded) => folded,
+                    Err(e) => return Publish::Unknown(format!("log record {seq} was folded, and whose it was is unknown: {e}")),
+                };
+                let zombie = match folded {
                     Some(folded) => folded != meta.nonce,
-                    None if self.now_ms() - put_started < self.config.gc_retention_ms / 2.0 => true,
+                    None if self.now_ms() - put_started < self.retention_ms() / 2.0 => true,
                     None => {
                         return Publish::Unknown(format!(
                             "a checkpoint covered log record {seq}, and collected it, before its writer could tell whose it was"
@@ -103,10 +130,24 @@ impl Database {
         }
     }
 
-    /// The nonce id of record `seq` as the base manifest's checkpoints folded it, if an
-    /// entry of its garbage still says.
-    fn folded_nonce(&self, seq: u64) -> Option<u64> {
-        self.base.garbage.iter().find_map(|g| g.folded_nonce(seq))
+    /// The nonce id of record `seq` as a checkpoint folded it, if the garbage of the base
+    /// manifest or of the history entries of the few generations before it still says.
+    async fn folded_nonce(&self, seq: u64) -> Result<Option<u64>, crate::EngineError> {
+        let from_base = self.base.retired.iter().chain(&self.base.garbage).find_map(|g| g.folded_nonce(seq));
+        if from_base.is_some() {
+            return Ok(from_base);
+        }
+        let lowest = self.base.gc_floor.max(1).max(self.base.generation.saturating_sub(FENCE_ENTRIES_LOOKED_AT));
+        for generation in (lowest..self.base.generation).rev() {
+            let Some(entry) = self.entry(generation).await? else { break };
+            if let Some(nonce) = entry.retired.as_ref().and_then(|g| g.folded_nonce(seq)) {
+                return Ok(Some(nonce));
+            }
+            if entry.checkpoint_seq < seq {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     /// PUTs `body` create-only at `key`, resolving ambiguous failures by reading back

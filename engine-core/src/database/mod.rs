@@ -7,25 +7,29 @@
 //! * [`replay`]: applying log records, freshness probes, moving onto newer checkpoints;
 //! * [`commit`]: publishing a log record (the single-writer fence, the zombie fence);
 //! * [`checkpoint`]: folding the log into chunk objects and moving the manifest;
-//! * [`gc`]: deleting what no manifest a reader may use still references.
+//! * [`entries`]: the history entry of every checkpoint generation;
+//! * [`gc`]: deleting what neither a reader nor the history window still needs.
 
 mod checkpoint;
 mod commit;
+mod entries;
 mod gc;
 mod pages;
 mod replay;
 mod run;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::cache::{PageCache, DEFAULT_CACHE_BYTES};
+use crate::chunk_file::CheckpointView;
 use crate::error::EngineError;
 use crate::guard::{check_statement, StatementKind};
 use crate::host::{Host, Sleeper};
 use crate::layout::Layout;
 use crate::local::{ExecLimits, LocalDb};
-use crate::log_record::LogRecord;
+use crate::log_record::{LogRecord, SnapshotOrigin};
 use crate::manifest::Manifest;
 use crate::script::{Script, ScriptOutcome, StepOutcome};
 use crate::store::ObjectStore;
@@ -33,6 +37,9 @@ use crate::value::{ExecStats, Statement, StatementResult};
 
 use commit::Publish;
 use replay::ProbeResult;
+
+/// How far back history reaches by default: 7 days.
+pub const DEFAULT_HISTORY_RETENTION_MS: f64 = 7.0 * 24.0 * 60.0 * 60.0 * 1000.0;
 
 #[derive(Debug, Clone, Copy)]
 pub struct DbConfig {
@@ -54,8 +61,12 @@ pub struct DbConfig {
     pub checkpoint_records: u64,
     /// ...or once they hold this many bytes.
     pub checkpoint_bytes: u64,
-    /// Superseded objects are deleted only this long after they stopped being referenced.
+    /// Superseded objects are deleted only this long after they stopped being referenced
+    /// (readers of older checkpoints may still use them)...
     pub gc_retention_ms: f64,
+    /// ...or, if longer, this long: every commit this recent can be read, restored and
+    /// forked (the history window). 0 keeps only what readers need.
+    pub history_retention_ms: f64,
     /// Objects nothing references are swept for at most this often (at a checkpoint).
     pub orphan_sweep_interval_ms: f64,
     /// Read-only requests skip the freshness probe if the last one (or the last commit)
@@ -77,6 +88,7 @@ impl Default for DbConfig {
             checkpoint_records: 32,
             checkpoint_bytes: 1 << 20,
             gc_retention_ms: 10.0 * 60.0 * 1000.0,
+            history_retention_ms: DEFAULT_HISTORY_RETENTION_MS,
             orphan_sweep_interval_ms: gc::ORPHAN_SWEEP_INTERVAL_MS,
             max_staleness_ms: 0.0,
             limits: ExecLimits::default(),
@@ -202,11 +214,44 @@ struct RecordMeta {
     /// keeps them for the records it folds (the zombie fence tells a record that was
     /// folded from one re-created at a collected key by comparing them).
     nonce: u64,
+    kind: RecordKind,
+}
+
+/// What a log record does to the state before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecordKind {
+    /// Its frames change some pages.
+    Frames,
+    /// It replaces the whole state with an image (see [`SnapshotOrigin`]): restored chunks
+    /// come back to life, a deletion ends the history before it.
+    Snapshot { revives: bool, deletes: bool },
 }
 
 impl RecordMeta {
     fn of(record: &LogRecord, bytes: u64) -> Self {
-        RecordMeta { seq: record.seq, bytes, committed_ms: record.committed_ms, nonce: nonce_id(&record.nonce) }
+        let kind = match &record.snapshot {
+            None => RecordKind::Frames,
+            Some(s) => RecordKind::Snapshot {
+                revives: matches!(s.origin, SnapshotOrigin::Restore { .. }),
+                deletes: matches!(s.origin, SnapshotOrigin::Delete),
+            },
+        };
+        RecordMeta { seq: record.seq, bytes, committed_ms: record.committed_ms, nonce: nonce_id(&record.nonce), kind }
+    }
+}
+
+/// The checkpoint image the local database reads its pages from: the base manifest's, or
+/// that of a snapshot record applied since.
+#[derive(Debug, Clone)]
+struct Image {
+    view: CheckpointView,
+    /// The snapshot record it comes from (`None`: the base manifest).
+    snapshot_seq: Option<u64>,
+}
+
+impl Image {
+    fn of_manifest(m: &Manifest) -> Self {
+        Image { view: CheckpointView::from_manifest(m), snapshot_seq: None }
     }
 }
 
@@ -215,11 +260,12 @@ fn nonce_id(nonce: &[u8; 16]) -> u64 {
     u64::from_le_bytes(nonce[..8].try_into().expect("8 bytes"))
 }
 
-/// A log record reflected in the local WAL after the base checkpoint.
+/// A log record applied after the base checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct AppliedRecord {
     meta: RecordMeta,
-    /// The last local WAL frame holding this record's frames.
+    /// The last local WAL frame holding this record's frames (0 for records before the
+    /// snapshot record the local database now starts from: their frames are not in it).
     end_frame: u64,
 }
 
@@ -232,9 +278,13 @@ pub struct Database {
     config: DbConfig,
     /// `None` only after a rebuild failed; the next request rebuilds it from the store.
     local: Option<LocalDb>,
-    /// The manifest `local` is based on, and its etag (`None`: absent).
+    /// The newest manifest known, and its etag (`None`: absent).
     base: Manifest,
     base_etag: Option<String>,
+    /// The checkpoint image `local` is built on: `base`'s, or a snapshot record's.
+    image: Image,
+    /// History entries and full chunk maps read lately (they never change).
+    entries: RefCell<entries::EntryCache>,
     /// Highest log record reflected in `local` (all durable).
     applied_seq: u64,
     /// The applied records after the base checkpoint, in order.
@@ -280,8 +330,10 @@ impl Database {
             local: None,
             applied_seq: base.checkpoint_seq,
             last_commit_ms: base.committed_ms,
+            image: Image::of_manifest(&base),
             base,
             base_etag,
+            entries: RefCell::new(entries::EntryCache::default()),
             records: Vec::new(),
             unverified_records: false,
             validated_ms: f64::NEG_INFINITY,

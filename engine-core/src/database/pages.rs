@@ -24,8 +24,9 @@ struct PageRun {
 }
 
 impl Database {
+    /// The image the local database reads pages from.
     pub(super) fn view(&self) -> CheckpointView {
-        let mut view = CheckpointView::from_manifest(&self.base);
+        let mut view = self.image.view.clone();
         if view.page_size == 0 {
             view.page_size = 4096;
         }

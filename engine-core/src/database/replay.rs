@@ -14,12 +14,13 @@ use futures::future::join_all;
 
 use crate::error::EngineError;
 use crate::layout::Layout;
-use crate::log_record::{Frame, LogRecord};
+use crate::chunk_file::CheckpointView;
+use crate::log_record::{Frame, LogRecord, Snapshot};
 use crate::manifest::Manifest;
 use crate::store::{ObjectStore, MAX_LIST_LIMIT};
 use crate::value::ExecStats;
 
-use super::{AppliedRecord, Database, RecordMeta};
+use super::{AppliedRecord, Database, Image, RecordMeta};
 
 /// Times one refresh may move onto a newer checkpoint before giving up.
 const MAX_MANIFEST_ROUNDS: u32 = 16;
@@ -81,7 +82,7 @@ impl Database {
                     let Some(obj) = body? else {
                         return Err(EngineError::Corrupt(format!("log record {seq} was listed but is gone")));
                     };
-                    self.apply_record(*seq, &obj.body)?;
+                    self.apply_record(*seq, &obj.body).await?;
                 }
             }
             match page.next_start_after {
@@ -95,13 +96,52 @@ impl Database {
     }
 
     /// Applies a record read from the store (not yet trusted: see the module comment).
-    fn apply_record(&mut self, seq: u64, body: &[u8]) -> Result<(), EngineError> {
+    async fn apply_record(&mut self, seq: u64, body: &[u8]) -> Result<(), EngineError> {
         let record = LogRecord::decode(body)?;
         if record.seq != seq {
             return Err(EngineError::Corrupt(format!("object for log record {seq} holds record {}", record.seq)));
         }
         self.unverified_records = true;
-        self.apply_frames(RecordMeta::of(&record, body.len() as u64), &record.frames, record.page_size)
+        self.apply_decoded(record, body.len() as u64).await
+    }
+
+    /// Applies a decoded record: its frames, on the image of its snapshot if it has one.
+    pub(super) async fn apply_decoded(&mut self, record: LogRecord, bytes: u64) -> Result<(), EngineError> {
+        let meta = RecordMeta::of(&record, bytes);
+        match &record.snapshot {
+            None => self.apply_frames(meta, &record.frames, record.page_size),
+            Some(snapshot) => self.apply_snapshot(meta, snapshot, &record.frames, record.page_size).await,
+        }
+    }
+
+    /// Rebuilds the local database on a snapshot record's image, then applies its frames.
+    /// The records before it stay listed (a checkpoint folds and retires them) but none of
+    /// their frames are in the new local database.
+    async fn apply_snapshot(
+        &mut self,
+        meta: RecordMeta,
+        snapshot: &Snapshot,
+        frames: &[Frame],
+        page_size: u32,
+    ) -> Result<(), EngineError> {
+        let image = Image { view: snapshot_view(snapshot, page_size), snapshot_seq: Some(meta.seq) };
+        let old_image = std::mem::replace(&mut self.image, image);
+        let fresh = match self.create_local().await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                self.image = old_image;
+                return Err(e);
+            }
+        };
+        self.local = Some(fresh);
+        for r in &mut self.records {
+            r.end_frame = 0;
+        }
+        if let Err(e) = self.apply_frames(meta, frames, page_size) {
+            self.local = None;
+            return Err(e);
+        }
+        Ok(())
     }
 
     pub(super) fn apply_frames(&mut self, meta: RecordMeta, frames: &[Frame], page_size: u32) -> Result<(), EngineError> {
@@ -146,7 +186,7 @@ impl Database {
                         let started = self.now_ms();
                         let manifest_key = self.layout.manifest_key();
                         let (record, head) = futures::join!(self.store.get(&key, None), self.store.head(&manifest_key));
-                        let in_time = self.now_ms() - started < self.config.gc_retention_ms / 2.0;
+                        let in_time = self.now_ms() - started < self.retention_ms() / 2.0;
                         (record?, in_time.then_some(head?.map(|m| m.etag)))
                     } else {
                         (self.store.get(&key, None).await?, None)
@@ -154,7 +194,7 @@ impl Database {
                     first = false;
                     match record {
                         Some(obj) => {
-                            self.apply_record(seq, &obj.body)?;
+                            self.apply_record(seq, &obj.body).await?;
                             stats.records_applied += 1;
                             freshness = ProbeResult::Moved;
                         }
@@ -189,7 +229,7 @@ impl Database {
     /// one probe, so that cannot happen while the probe is shorter than the window (half of
     /// it, to allow for clock skew between isolates). ARCHITECTURE.md has the argument.
     fn probe_concurrently(&self) -> bool {
-        self.config.gc_retention_ms >= MIN_RETENTION_FOR_CONCURRENT_PROBE_MS
+        self.retention_ms() >= MIN_RETENTION_FOR_CONCURRENT_PROBE_MS
     }
 
     /// Checks the manifest after records were applied by a call that then failed.
@@ -235,6 +275,14 @@ impl Database {
             record: AppliedRecord,
             frames: Vec<Frame>,
         }
+        // A snapshot record this replica applied after the new checkpoint: the local
+        // database does not depend on any checkpoint before it, so it stays as it is.
+        if self.local.is_some() && self.image.snapshot_seq.is_some_and(|s| s > m.checkpoint_seq) {
+            self.records.retain(|r| r.meta.seq > m.checkpoint_seq);
+            self.base = m;
+            self.base_etag = etag;
+            return Ok(());
+        }
         let mut keep = Vec::new();
         let mut page_size = m.page_size;
         if let Some(local) = &self.local {
@@ -247,14 +295,15 @@ impl Database {
                 prev_end = record.end_frame;
             }
         }
-        let old_base = std::mem::replace(&mut self.base, m);
+        let old_image = std::mem::replace(&mut self.image, Image::of_manifest(&m));
         let fresh = match self.create_local().await {
             Ok(fresh) => fresh,
             Err(e) => {
-                self.base = old_base;
+                self.image = old_image;
                 return Err(e);
             }
         };
+        self.base = m;
         self.base_etag = etag;
         self.local = Some(fresh);
         self.records.clear();
@@ -275,19 +324,30 @@ impl Database {
     /// this replica was using were collected, or its local database was lost).
     pub(super) async fn reload(&mut self) -> Result<(), EngineError> {
         let (m, etag) = read_manifest(&self.store, &self.layout).await?;
-        let old_base = std::mem::replace(&mut self.base, m);
+        let old_image = std::mem::replace(&mut self.image, Image::of_manifest(&m));
         let fresh = match self.create_local().await {
             Ok(fresh) => fresh,
             Err(e) => {
-                self.base = old_base;
+                self.image = old_image;
                 return Err(e);
             }
         };
+        self.base = m;
         self.base_etag = etag;
         self.local = Some(fresh);
         self.records.clear();
         self.applied_seq = self.base.checkpoint_seq;
         self.last_commit_ms = self.base.committed_ms;
         self.replay_listed_log().await
+    }
+}
+
+/// The pages of a snapshot record's image, as the local database reads them.
+pub(super) fn snapshot_view(snapshot: &Snapshot, page_size: u32) -> CheckpointView {
+    CheckpointView {
+        page_size,
+        page_count: snapshot.page_count,
+        pages_per_chunk: snapshot.pages_per_chunk,
+        chunks: snapshot.chunks.iter().map(|k| std::sync::Arc::from(k.as_str())).collect(),
     }
 }
