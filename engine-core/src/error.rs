@@ -126,6 +126,13 @@ pub enum EngineError {
     /// A bookmark that names no commit of this database.
     #[error("{0}")]
     InvalidBookmark(String),
+    /// The commit or time asked for is outside the history window (older than the
+    /// retention, before a deletion, or newer than the newest commit).
+    #[error("{0}")]
+    OutsideHistory(String),
+    /// The database to be created (a fork's) already exists.
+    #[error("{0}")]
+    Exists(String),
     /// The statement was interrupted (time or work budget).
     #[error("{0}")]
     Interrupted(String),
@@ -159,6 +166,8 @@ impl EngineError {
             EngineError::Corrupt(_) => "CORRUPT_STATE",
             EngineError::Limit(_) => "LIMIT_EXCEEDED",
             EngineError::InvalidBookmark(_) => "INVALID_BOOKMARK",
+            EngineError::OutsideHistory(_) => "HISTORY_UNAVAILABLE",
+            EngineError::Exists(_) => "DATABASE_EXISTS",
             EngineError::Interrupted(_) => "QUERY_INTERRUPTED",
             EngineError::Internal(_) | EngineError::PagesMissing(_) | EngineError::BaseGone(_) => "INTERNAL_ERROR",
         }
@@ -186,6 +195,8 @@ impl EngineError {
                 | EngineError::NotAllowed(_)
                 | EngineError::Limit(_)
                 | EngineError::InvalidBookmark(_)
+                | EngineError::OutsideHistory(_)
+                | EngineError::Exists(_)
                 | EngineError::Interrupted(_)
                 | EngineError::TxConflict(_)
         )

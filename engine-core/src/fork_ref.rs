@@ -1,7 +1,7 @@
-//! A fork's reference on its parent (`db/P/forks/{child}`): the parent's chunks the fork's
-//! first state uses. The parent's GC and deletion keep every chunk a reference names; the
-//! reference goes when the fork is deleted. A fork of a fork references only its own
-//! parent: the grandparent's chunks it uses are among those its parent's reference keeps.
+//! A fork's reference on a database whose chunks its first state uses
+//! (`db/P/forks/{child}/{nonce}`): written at every database owning one of those chunks (a
+//! fork of a fork references its grandparent too), before the fork's first record. That
+//! database's GC keeps every chunk a reference names.
 
 use serde::{Deserialize, Serialize};
 

@@ -58,9 +58,33 @@ impl Layout {
         format!("{}checkpoint/", self.prefix)
     }
 
-    /// The reference a fork `child` keeps on this database: the chunks of ours it uses.
-    pub fn fork_ref_key(&self, child: &str) -> String {
-        format!("{}forks/{}", self.prefix, child)
+    /// A reference fork `child` keeps on this database: the chunks of ours it uses. Each
+    /// attempt to create the fork writes its own (`nonce`), so racing attempts never
+    /// overwrite each other's; a loser's reference only keeps chunks longer.
+    pub fn fork_ref_key(&self, child: &str, nonce: &str) -> String {
+        format!("{}forks/{}/{}", self.prefix, child, nonce)
+    }
+
+    /// The database prefix (`{root}db/{name}/`) a chunk key of any database belongs to.
+    pub fn owner_prefix_of(chunk_key: &str) -> Option<&str> {
+        chunk_key.find("/chunk/").map(|at| &chunk_key[..at + 1])
+    }
+
+    /// The layout of the database whose prefix is `prefix` (from [`Self::owner_prefix_of`]).
+    pub fn of_prefix(prefix: &str) -> Self {
+        Layout { prefix: prefix.to_string() }
+    }
+
+    /// Database `name` (already validated) under the same root as this one.
+    pub fn sibling(&self, name: &str) -> Self {
+        Layout::new(self.root(), name)
+    }
+
+    /// The root this database's prefix starts with (other databases of the bucket share it).
+    fn root(&self) -> &str {
+        let without_slash = &self.prefix[..self.prefix.len() - 1];
+        let name_start = without_slash.rfind('/').map_or(0, |i| i + 1);
+        &self.prefix[..name_start.saturating_sub(3)]
     }
 
     pub fn forks_prefix(&self) -> String {
@@ -116,5 +140,8 @@ mod tests {
         assert_eq!(l.log_seq_of("db/other/log/00000000000000000001"), None);
         assert_eq!(l.chunk_generation_of(&l.chunk_key(42, 7, "abc")), Some(42));
         assert_eq!(l.chunk_generation_of("db/app/chunk/xyz"), None);
+        assert_eq!(Layout::owner_prefix_of(&l.chunk_key(1, 2, "n")), Some("db/app/"));
+        assert_eq!(Layout::new("r/", "x").sibling("y"), Layout::new("r/", "y"));
+        assert_eq!(l.sibling("b"), Layout::new("", "b"));
     }
 }

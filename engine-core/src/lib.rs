@@ -25,7 +25,8 @@ pub mod store;
 pub mod txn;
 pub mod value;
 
-pub use database::{Database, DbConfig, DbContext, Done, ReadFrom, Reply, Request, TxResult, Work};
+pub use bookmark::Bookmark;
+pub use database::{Database, DbConfig, DbContext, Done, Forked, HistoryWindow, ReadFrom, Reply, Request, Restored, TxResult, Work};
 pub use error::EngineError;
 pub use layout::Layout;
 pub use store::ObjectStore;

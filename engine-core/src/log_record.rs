@@ -85,6 +85,17 @@ impl Snapshot {
         frames.last().map(|f| f.db_size_after).unwrap_or(self.page_count)
     }
 }
+/// Bytes at the start of a record that hold its sequence number and commit time (history
+/// reads just these to find a commit by time).
+pub const TIMED_HEADER_LEN: u64 = HEADER_LEN as u64;
+
+/// What a record's header says, read without the rest of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub seq: u64,
+    pub committed_ms: u64,
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RecordError {
     #[error("log record is truncated or has trailing bytes")]
@@ -127,6 +138,26 @@ impl LogRecord {
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
+    }
+
+    /// The header of a record from its first [`TIMED_HEADER_LEN`] bytes (unchecked: the
+    /// checksum covers the whole record).
+    pub fn decode_header(prefix: &[u8]) -> Result<RecordHeader, RecordError> {
+        if prefix.len() < V1_HEADER_LEN {
+            return Err(RecordError::Length);
+        }
+        if &prefix[0..4] != MAGIC {
+            return Err(RecordError::Magic);
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(prefix[at..at + 8].try_into().expect("8 bytes"));
+        let committed_ms = match prefix[4] {
+            1 => 0,
+            FRAMES_VERSION | VERSION if prefix.len() >= HEADER_LEN => u64_at(40),
+            FRAMES_VERSION | VERSION => return Err(RecordError::Length),
+            0 => return Err(RecordError::Magic),
+            newer => return Err(RecordError::NewerVersion(newer)),
+        };
+        Ok(RecordHeader { seq: u64_at(8), committed_ms })
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
@@ -223,6 +254,14 @@ mod tests {
     fn round_trips() {
         let r = sample();
         assert_eq!(LogRecord::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn headers_read_alone() {
+        let bytes = sample().encode();
+        let h = LogRecord::decode_header(&bytes[..TIMED_HEADER_LEN as usize]).unwrap();
+        assert_eq!(h, RecordHeader { seq: 42, committed_ms: 1_767_225_600_123 });
+        assert_eq!(LogRecord::decode_header(&bytes[..20]), Err(RecordError::Length));
     }
 
     #[test]

@@ -103,3 +103,19 @@ test("RPC: exact 64-bit integers as BigInt, blobs as bytes, errors as codes", as
   assert.deepEqual(r.batch.results.map((x) => x.rows[0][0]), [1, 2]);
   assert.equal(r.thrown.code, "SQL_ERROR");
 });
+
+test("history through the client, over RPC and HTTP: asOf, history, restore and undo, fork", async () => {
+  const out = await get("/history");
+  for (const kind of ["rpc", "http"]) {
+    const r = out[kind];
+    assert.deepEqual(r.pastRows, [[1]], kind);
+    assert.equal(r.refused, "STATEMENT_NOT_ALLOWED", kind);
+    assert.ok(r.headIsDrop, kind);
+    assert.ok(r.restored, kind);
+    assert.equal(r.afterRestore, 1, kind);
+    assert.equal(r.fork, `${kind}-hist-fork`);
+    assert.ok(r.undone, kind);
+    assert.match(r.afterUndo, /no such table/, kind);
+  }
+  assert.deepEqual(out.forkRows, [[1]]);
+});

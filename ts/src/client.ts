@@ -38,9 +38,33 @@ export interface RawMeta {
 
 type Failure = { error: { code: string; message: string; sqlite_code?: string } };
 
-/** Per-request options: a session's bookmark (answer from a state at or after it). */
+/** Per-request options: a session's bookmark (answer from a state at or after it), or
+ * `as_of`: read the state after a past commit (bookmark or time) instead. */
 export interface RequestOptions {
   bookmark?: string;
+  as_of?: string;
+}
+
+/** A commit, by bookmark or by time (RFC 3339 or ms since the epoch: the last commit then). */
+export type HistoryPoint = { bookmark: string } | { time: string | number };
+
+/** The commits that can be read, restored and forked, and (when asked by time) one of them. */
+export interface HistoryAnswer {
+  window: { from: string; from_ms: number; head: string; head_ms: number };
+  bookmark?: string;
+}
+
+export interface RestoreAnswer {
+  restored: string;
+  /** The state before the restore: restore it to undo the restore. */
+  previous: string;
+  bookmark: string;
+}
+
+export interface ForkAnswer {
+  database: string;
+  from: string;
+  bookmark: string;
 }
 
 /** How the client reaches the database: the Worker's RPC methods or its HTTP API. */
@@ -52,6 +76,9 @@ export interface Transport {
     options?: RequestOptions,
   ): Promise<{ results: RawResult[]; meta: RawMeta } | Failure>;
   exec(database: string, sql: string, options?: RequestOptions): Promise<{ count: number; duration: number; meta?: RawMeta } | Failure>;
+  history(database: string, at?: string | number): Promise<HistoryAnswer | Failure>;
+  restore(database: string, point: HistoryPoint): Promise<RestoreAnswer | Failure>;
+  fork(database: string, request: { to: string } & Partial<{ bookmark: string; time: string | number }>): Promise<ForkAnswer | Failure>;
 }
 
 /** A database error, with the server's code (e.g. SQL_ERROR, LIMIT_EXCEEDED, READ_ONLY)
@@ -215,6 +242,28 @@ export class TwillDatabase {
     return new TwillSession(this.transport, this.name, bookmark);
   }
 
+  /** A read-only view of the state after a past commit: a bookmark, or a time (a `Date`,
+   * RFC 3339 or ms since the epoch: the last commit then). Writes through it are refused. */
+  asOf(point: string | number | Date): TwillPast {
+    const text = point instanceof Date ? point.toISOString() : String(point);
+    return new TwillPast(this.transport, this.name, text);
+  }
+
+  /** The history window, and with `at` the bookmark of the last commit at or before it. */
+  async history(at?: string | number | Date): Promise<HistoryAnswer> {
+    return unwrap(await this.transport.history(this.name, at instanceof Date ? at.toISOString() : at));
+  }
+
+  /** Makes a past commit's state the current one, as a new commit (undo: restore `previous`). */
+  async restore(point: HistoryPoint): Promise<RestoreAnswer> {
+    return unwrap(await this.transport.restore(this.name, point));
+  }
+
+  /** Creates database `to` as the state after a commit of this one (default: the newest). */
+  async fork(to: string, point?: HistoryPoint): Promise<ForkAnswer> {
+    return unwrap(await this.transport.fork(this.name, { to, ...(point ?? {}) }));
+  }
+
   /** @internal Options for the next request. */
   requestOptions(): RequestOptions | undefined {
     return undefined;
@@ -249,11 +298,29 @@ export class TwillSession extends TwillDatabase {
   }
 }
 
+/** A read-only database handle on the state after one past commit. */
+export class TwillPast extends TwillDatabase {
+  constructor(
+    transport: Transport,
+    name: string,
+    readonly point: string,
+  ) {
+    super(transport, name);
+  }
+
+  override requestOptions(): RequestOptions | undefined {
+    return { as_of: this.point };
+  }
+}
+
 /** The engine Worker's RPC methods, as seen through a service binding. */
 export interface TwillBinding {
   query(database: string, sql: string, params?: SqlValue[], options?: RequestOptions): Promise<unknown>;
   batch(database: string, statements: { sql: string; params?: SqlValue[] }[], options?: RequestOptions): Promise<unknown>;
   exec(database: string, sql: string, options?: RequestOptions): Promise<unknown>;
+  history(database: string, at?: string | number): Promise<unknown>;
+  restore(database: string, point: HistoryPoint): Promise<unknown>;
+  fork(database: string, request: { to: string } & Partial<{ bookmark: string; time: string | number }>): Promise<unknown>;
 }
 
 /** Database `name` through a service binding to the TwillDB Edge Worker. */
@@ -263,6 +330,9 @@ export function fromBinding(binding: TwillBinding, name: string): TwillDatabase 
     batch: async (db, statements, options) =>
       (await binding.batch(db, statements, options)) as { results: RawResult[]; meta: RawMeta },
     exec: async (db, sql, options) => (await binding.exec(db, sql, options)) as { count: number; duration: number },
+    history: async (db, at) => (await binding.history(db, at)) as HistoryAnswer | Failure,
+    restore: async (db, point) => (await binding.restore(db, point)) as RestoreAnswer | Failure,
+    fork: async (db, request) => (await binding.fork(db, request)) as ForkAnswer | Failure,
   };
   return new TwillDatabase(transport, name);
 }
@@ -315,10 +385,11 @@ export function overHttp(
     const headers: Record<string, string> = { "content-type": "application/json" };
     if (options.token) headers.authorization = `Bearer ${options.token}`;
     if (request?.bookmark) headers["x-twill-bookmark"] = request.bookmark;
+    if (request?.as_of) headers["x-twill-as-of"] = request.as_of;
     const res = await doFetch(`${base}/v1/db/${encodeURIComponent(name)}/${path}`, {
-      method: "POST",
+      method: body === undefined ? "GET" : "POST",
       headers,
-      body: JSON.stringify(body),
+      body: body === undefined ? undefined : JSON.stringify(body),
     });
     const answer: any = await res.json();
     if (!res.ok) {
@@ -350,6 +421,9 @@ export function overHttp(
       const answer = await call("exec", { sql }, request);
       return { count: answer.count, duration: answer.duration, meta: answer.meta };
     },
+    history: (_db, at) => call(at === undefined ? "history" : `history?at=${encodeURIComponent(String(at))}`, undefined),
+    restore: (_db, point) => call("restore", point),
+    fork: (_db, request) => call("fork", request),
   };
   return new TwillDatabase(transport, name);
 }

@@ -13,8 +13,11 @@ initSync({ module: wasmModule });
 /** A SQL value: null, number, bigint (integers beyond 2^53), string, bytes, boolean (1/0). */
 export type SqlValue = null | number | bigint | string | Uint8Array | ArrayBuffer | boolean;
 export type SqlParams = SqlValue[] | Record<string, SqlValue>;
-/** Options every method takes last: a session's bookmark (answer from a state at or after it). */
-export type RpcOptions = { bookmark?: string };
+/** Options every method takes last: a session's bookmark (answer from a state at or after
+ * it), or `as_of`: read the state after a past commit (a bookmark or a time) instead. */
+export type RpcOptions = { bookmark?: string; as_of?: string };
+/** A commit, by bookmark or by time (RFC 3339 or ms since the epoch: the last commit then). */
+export type HistoryPoint = { bookmark: string } | { time: string | number };
 
 export default class TwillDbEdge extends WorkerEntrypoint {
   async fetch(request: Request): Promise<Response> {
@@ -34,5 +37,22 @@ export default class TwillDbEdge extends WorkerEntrypoint {
   /** Statements separated by semicolons, without parameters, each committed as it runs (like D1's exec). */
   async exec(database: string, sql: string, options?: RpcOptions) {
     return rpc("exec", database, sql, undefined, options, this.env);
+  }
+
+  /** The history window `{ window: { from, from_ms, head, head_ms } }`, and with `at` the
+   * `bookmark` of the last commit at or before that time. */
+  async history(database: string, at?: string | number) {
+    return rpc("history", database, at, undefined, undefined, this.env);
+  }
+
+  /** Makes a past commit's state the current one, as a new commit; the answer's `previous`
+   * bookmark undoes it. */
+  async restore(database: string, point: HistoryPoint) {
+    return rpc("restore", database, point, undefined, undefined, this.env);
+  }
+
+  /** Creates database `to` as the state after a commit of `database` (default: now). */
+  async fork(database: string, request: { to: string } & Partial<{ bookmark: string; time: string | number }>) {
+    return rpc("fork", database, request, undefined, undefined, this.env);
   }
 }

@@ -4,8 +4,12 @@
 use std::sync::Arc;
 
 use engine_core::bookmark::Bookmark;
-use engine_core::cache::PageCache;
-use engine_core::{DbConfig, Done, ReadFrom, Request, Work};
+use std::rc::Rc;
+
+use engine_core::cache::{CacheStats, PageCache};
+use engine_core::store::StoreCounts;
+use engine_core::{Database, DbConfig, Done, EngineError, ReadFrom, Request, Work};
+use futures::future::LocalBoxFuture;
 use serde_json::{json, Value};
 use worker::Env;
 
@@ -78,15 +82,49 @@ impl DbRequest {
         })
     }
 
+    /// This isolate's slot for the database (opening nothing yet).
+    fn slot(&self) -> Rc<registry::DbSlot> {
+        let r2 = r2_backend::R2Store::new(self.bucket.clone())
+            .with_emulated_latency(self.emulated_r2_latency_ms)
+            .with_faults(self.emulated_r2_faults.clone());
+        registry::slot(&self.name, r2)
+    }
+
     /// Runs `work` (grouped with concurrent requests) and measures it.
     pub async fn perform(self, work: Work, started: f64) -> Result<Performed, ApiError> {
-        let r2 = r2_backend::R2Store::new(self.bucket)
-            .with_emulated_latency(self.emulated_r2_latency_ms)
-            .with_faults(self.emulated_r2_faults);
-        let slot = registry::slot(&self.name, r2);
+        let slot = self.slot();
         let cache_before = self.cache.stats();
         let request = Request { work, read_from: self.read_from };
         let (done, r2) = slot.submit(&self.name, self.config, self.cache.clone(), request).await?;
+        Ok(self.measured(done, r2, cache_before, started))
+    }
+
+    /// Runs `op` on the database alone (see [`registry::DbSlot::exclusive`]).
+    pub async fn exclusive<T>(
+        &self,
+        op: impl for<'a> FnOnce(&'a mut Database) -> LocalBoxFuture<'a, Result<T, EngineError>>,
+    ) -> Result<(T, StoreCounts), ApiError> {
+        Ok(self.slot().exclusive(&self.name, self.config, self.cache.clone(), op).await?)
+    }
+
+    /// Runs `work` on a past state (an `as_of` read), found by `find` on the database.
+    pub async fn perform_past(
+        self,
+        find: impl for<'a> FnOnce(&'a mut Database) -> LocalBoxFuture<'a, Result<Database, EngineError>>,
+        work: Work,
+        started: f64,
+    ) -> Result<Performed, ApiError> {
+        let cache_before = self.cache.stats();
+        let slot = self.slot();
+        let before = slot.store.counts();
+        let (mut past, _) = slot.exclusive(&self.name, self.config, self.cache.clone(), find).await?;
+        let request = Request { work, read_from: ReadFrom::Latest };
+        let done = past.perform(vec![request]).await.pop().unwrap_or_else(|| Err(EngineError::Internal("no reply".into())))?;
+        let r2 = slot.store.counts().since(&before);
+        Ok(self.measured(done, r2, cache_before, started))
+    }
+
+    fn measured(&self, done: Done, r2: StoreCounts, cache_before: CacheStats, started: f64) -> Performed {
         let cache_after = self.cache.stats();
         let meta = json!({
             "duration_ms": js_sys::Date::now() - started,
@@ -104,6 +142,6 @@ impl DbRequest {
             "cache_misses": cache_after.misses - cache_before.misses,
         });
         let timing = format!("r2;desc=\"{} reads, {} writes\"", r2.reads, r2.writes);
-        Ok(Performed { done, meta, timing })
+        Performed { done, meta, timing }
     }
 }

@@ -8,6 +8,7 @@
 mod auth;
 pub mod baton;
 mod db_request;
+mod history_api;
 pub mod hrana;
 mod registry;
 mod routes;
@@ -89,6 +90,9 @@ pub(crate) fn describe_service() -> Value {
             "POST /v1/db/{name}/batch": {"statements": [{"sql": "...", "params": "..."}], "bookmark": "optional"},
             "POST /v1/db/{name}/exec": {"sql": "statements separated by semicolons"},
             "GET /v1/db/{name}/stats": {},
+            "GET /v1/db/{name}/history": {"at": "optional query parameter: RFC 3339 time or ms since the epoch"},
+            "POST /v1/db/{name}/restore": {"bookmark": "or", "time": "RFC 3339 or ms"},
+            "as_of": "in /query and /batch (or header x-twill-as-of): read the state after a past commit",
             "libSQL (Hrana over HTTP, JSON)": "client URL http(s)://<host>/v1/db/{name}/ (POST v2/pipeline, v3/pipeline)",
         }
     })

@@ -15,6 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use engine_core::cache::PageCache;
+use futures::future::LocalBoxFuture;
 use engine_core::store::{CountingStore, StoreCounts};
 use engine_core::host::Sleeper;
 use engine_core::{Database, DbConfig, DbContext, Done, EngineError, Layout, ObjectStore, Request};
@@ -149,13 +150,8 @@ impl DbSlot {
         }
         let before = self.store.counts();
         if db.is_none() {
-            let store: Rc<dyn ObjectStore> = self.store.clone();
-            let ctx = DbContext { store, cache, host: engine_core::host::system(), sleeper: Rc::new(DelaySleeper) };
-            match Database::open_for_waiting_requests(ctx, Layout::new("", name), config).await {
-                Ok(opened) => {
-                    self.opens.set(self.opens.get() + 1);
-                    db = Some(opened);
-                }
+            match self.open(name, config, cache).await {
+                Ok(opened) => db = Some(opened),
                 Err(e) => {
                     for p in group {
                         *p.reply.borrow_mut() = Some(Err(e.clone()));
@@ -175,6 +171,46 @@ impl DbSlot {
             *reply.borrow_mut() = Some(result.map(|tx| (tx, counts)));
         }
         db
+    }
+
+    async fn open(&self, name: &str, config: DbConfig, cache: Arc<PageCache>) -> Result<Database, EngineError> {
+        let store: Rc<dyn ObjectStore> = self.store.clone();
+        let ctx = DbContext { store, cache, host: engine_core::host::system(), sleeper: Rc::new(DelaySleeper) };
+        let db = Database::open_for_waiting_requests(ctx, Layout::new("", name), config).await?;
+        self.opens.set(self.opens.get() + 1);
+        Ok(db)
+    }
+
+    /// Runs `op` on the database alone (history: finding a commit, building a past state,
+    /// restoring), once no group is running; requests that arrive meanwhile wait.
+    pub async fn exclusive<T>(
+        &self,
+        name: &str,
+        config: DbConfig,
+        cache: Arc<PageCache>,
+        op: impl for<'a> FnOnce(&'a mut Database) -> LocalBoxFuture<'a, Result<T, EngineError>>,
+    ) -> Result<(T, StoreCounts), EngineError> {
+        let taken = loop {
+            if let Some(taken) = self.db.borrow_mut().take() {
+                break taken;
+            }
+            worker::Delay::from(POLL).await;
+        };
+        let before = self.store.counts();
+        let mut db = match taken {
+            Some(db) => db,
+            None => match self.open(name, config, cache).await {
+                Ok(db) => db,
+                Err(e) => {
+                    *self.db.borrow_mut() = Some(None);
+                    return Err(e);
+                }
+            },
+        };
+        let result = op(&mut db).await;
+        let keep = !matches!(&result, Err(e) if drops_state(e));
+        *self.db.borrow_mut() = Some(keep.then_some(db));
+        result.map(|t| (t, self.store.counts().since(&before)))
     }
 
     /// (applied log position, checkpoint position), if open here and not busy.

@@ -16,13 +16,21 @@ pub enum Endpoint {
     HranaVersion(u8),
     /// `POST .../v2/pipeline` or `.../v3/pipeline`.
     HranaPipeline,
+    /// `GET .../history[?at=]`: the history window, and the commit at a time.
+    History,
+    /// `POST .../restore`: make a past commit's state the current one.
+    Restore,
+    /// `POST .../fork`: a new database starting from a commit of this one.
+    Fork,
 }
 
 impl Endpoint {
     fn method(self) -> Method {
         match self {
-            Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) => Method::Get,
-            Endpoint::Query | Endpoint::Batch | Endpoint::Exec | Endpoint::HranaPipeline => Method::Post,
+            Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) | Endpoint::History => Method::Get,
+            Endpoint::Query | Endpoint::Batch | Endpoint::Exec | Endpoint::HranaPipeline | Endpoint::Restore | Endpoint::Fork => {
+                Method::Post
+            }
         }
     }
 
@@ -56,6 +64,9 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                 ["batch"] => Endpoint::Batch,
                 ["exec"] => Endpoint::Exec,
                 ["stats"] => Endpoint::Stats,
+                ["history"] => Endpoint::History,
+                ["restore"] => Endpoint::Restore,
+                ["fork"] => Endpoint::Fork,
                 ["v2"] => Endpoint::HranaVersion(2),
                 ["v3"] => Endpoint::HranaVersion(3),
                 ["v2" | "v3", "pipeline"] => Endpoint::HranaPipeline,

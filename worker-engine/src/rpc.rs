@@ -18,7 +18,8 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use worker::Env;
 
-use crate::auth::Access;
+use crate::auth::{check_read_only, Access};
+use crate::history_api::{self, Point};
 use crate::wire::{check_param_count, check_sql_length, validate_db_name, ApiError, LIMITS, MAX_SAFE_INTEGER};
 use crate::db_request::{self, DbRequest, Performed};
 
@@ -35,6 +36,9 @@ struct RpcOptions {
     /// A session's bookmark: answer from a state at or after it.
     #[serde(default)]
     bookmark: Option<String>,
+    /// Read the state after a past commit (bookmark or time) instead (`query`, `batch`).
+    #[serde(default)]
+    as_of: Option<String>,
 }
 
 /// Entry point for the entrypoint class's RPC methods. Never throws for bad input.
@@ -81,11 +85,23 @@ async fn run(
     };
     let read_from = db_request::read_from(&crate::settings::db_config(env), options.bookmark.as_deref(), None)?;
     let db = DbRequest::new(env, &name, Access::Write, read_from)?;
+    let as_of = options.as_of.as_deref().map(Point::parse).transpose()?;
+    let perform = |db: DbRequest, statements: Vec<Statement>| async move {
+        match as_of {
+            Some(point) => {
+                check_read_only(&statements).map_err(|_| {
+                    ApiError::bad_request("STATEMENT_NOT_ALLOWED", "a read of a past commit (as_of) is read-only: only statements that read may run")
+                })?;
+                history_api::read_as_of(db, point, Work::Transaction(statements), started).await
+            }
+            None => db.perform(Work::Transaction(statements), started).await,
+        }
+    };
     match method {
         "query" => {
             let sql = payload.as_string().ok_or_else(|| bad("sql must be a string"))?;
             let statement = statement(sql, &params)?;
-            let Performed { done, meta, .. } = db.perform(Work::Transaction(vec![statement]), started).await?;
+            let Performed { done, meta, .. } = perform(db, vec![statement]).await?;
             let Reply::Transaction(results) = done.reply else { return Err(internal()) };
             Ok(to_js(&ResultOut { result: &results[0], meta: Some(&meta) }))
         }
@@ -102,7 +118,7 @@ async fn run(
                 ));
             }
             let statements = list.into_iter().map(|s| statement(s.sql, &s.params)).collect::<Result<Vec<_>, _>>()?;
-            let Performed { done, meta, .. } = db.perform(Work::Transaction(statements), started).await?;
+            let Performed { done, meta, .. } = perform(db, statements).await?;
             let Reply::Transaction(results) = done.reply else { return Err(internal()) };
             let results: Vec<ResultOut> = results.iter().map(|r| ResultOut { result: r, meta: None }).collect();
             Ok(to_js(&json_with(&results, &meta)))
@@ -112,8 +128,30 @@ async fn run(
             check_sql_length(&sql)?;
             Ok(to_js(&crate::sql_api::exec(db, sql, started).await?.body))
         }
+        // History: the payload is the JSON body the HTTP route takes (`history`: the time).
+        "history" => {
+            let at = if payload.is_null() || payload.is_undefined() { None } else { Some(js_text(&payload)?) };
+            Ok(to_js(&history_api::history(db, at.as_deref()).await?.body))
+        }
+        "restore" => Ok(to_js(&history_api::restore(db, &js_json(payload)?).await?.body)),
+        "fork" => {
+            let request = history_api::parse_fork(&js_json(payload)?)?;
+            validate_db_name(&request.to)?;
+            Ok(to_js(&history_api::fork(db, request).await?.body))
+        }
         other => Err(ApiError::new(404, "NOT_FOUND", format!("no RPC method {other:?}"))),
     }
+}
+
+/// A string, or a number written as one (times in ms).
+fn js_text(v: &JsValue) -> Result<String, ApiError> {
+    v.as_string().or_else(|| v.as_f64().map(|n| format!("{n}"))).ok_or_else(|| bad("expected a string or a number"))
+}
+
+/// A JavaScript object as the JSON bytes an HTTP body would hold.
+fn js_json(v: JsValue) -> Result<Vec<u8>, ApiError> {
+    let value: serde_json::Value = serde_wasm_bindgen::from_value(v).map_err(|e| bad(format!("request: {e}")))?;
+    Ok(serde_json::to_vec(&value).expect("JSON serializes"))
 }
 
 fn internal() -> ApiError {

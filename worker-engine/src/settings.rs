@@ -6,7 +6,8 @@
 //! * `TWILL_BATON_KEY` (secret): seals Hrana batons; interactive transactions need it.
 //!   `TWILL_TX_IDLE_MS`: how long one may stay idle (default 15 s).
 //! * `TWILL_CACHE_BYTES`, `TWILL_CHECKPOINT_RECORDS`, `TWILL_CHECKPOINT_BYTES`,
-//!   `TWILL_GC_RETENTION_MS`, `TWILL_MAX_STALENESS_MS`, `TWILL_MAX_VM_STEPS`,
+//!   `TWILL_GC_RETENTION_MS`, `TWILL_HISTORY_RETENTION_MS` (default 7 days; 0 keeps no
+//!   history), `TWILL_MAX_STALENESS_MS`, `TWILL_MAX_VM_STEPS`,
 //!   `TWILL_COMMIT_BUDGET_MS`: engine tuning.
 //! * `TWILL_EMULATE_R2_LATENCY_MS`, `TWILL_EMULATE_R2_FAULTS`: local runs only.
 
@@ -39,6 +40,9 @@ pub fn db_config(env: &Env) -> DbConfig {
     }
     if let Some(v) = number(env, "TWILL_GC_RETENTION_MS") {
         c.gc_retention_ms = v;
+    }
+    if let Some(v) = number(env, "TWILL_HISTORY_RETENTION_MS") {
+        c.history_retention_ms = v;
     }
     if let Some(v) = number(env, "TWILL_MAX_STALENESS_MS") {
         c.max_staleness_ms = v;

@@ -11,7 +11,7 @@ use crate::auth::{self, Access};
 use crate::db_request::{self, DbRequest, STALENESS_HEADER};
 use crate::routes::{self, Endpoint};
 use crate::wire::{self, result_to_json, validate_db_name, ApiError, LIMITS};
-use crate::{hrana, registry, settings, Answer, BOOKMARK_HEADER};
+use crate::{history_api, hrana, registry, settings, Answer, BOOKMARK_HEADER};
 
 fn header(req: &Request, name: &str) -> Option<String> {
     req.headers().get(name).ok().flatten()
@@ -33,6 +33,12 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
         Endpoint::HranaVersion(v) => {
             return Ok(Answer::json(json!({ "protocol": "hrana", "version": v, "encoding": "json" })))
         }
+        Endpoint::History => {
+            let url = req.url().map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("url: {e}")))?;
+            let at = url.query_pairs().find(|(k, _)| k == "at").map(|(_, v)| v.into_owned());
+            let db = DbRequest::new(env, &name, access, ReadFrom::Latest)?;
+            return history_api::history(db, at.as_deref()).await;
+        }
         _ => {}
     }
     let body = read_body(req).await?;
@@ -49,15 +55,38 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
             let read_from = db_request::read_from(&config, bookmark.as_deref(), staleness.as_deref())?;
             exec(DbRequest::new(env, &name, access, read_from)?, sql, started).await
         }
+        Endpoint::Restore => {
+            if access != Access::Write {
+                return Err(auth::read_only_error());
+            }
+            history_api::restore(DbRequest::new(env, &name, access, ReadFrom::Latest)?, &body).await
+        }
+        Endpoint::Fork => {
+            let request = history_api::parse_fork(&body)?;
+            validate_db_name(&request.to)?;
+            // Forking reads this database and creates the other: both need the token's say.
+            if auth::authorize(&rules, authorization.as_deref(), Some(&request.to))? != Access::Write {
+                return Err(auth::read_only_error());
+            }
+            history_api::fork(DbRequest::new(env, &name, access, ReadFrom::Latest)?, request).await
+        }
         Endpoint::Query | Endpoint::Batch => {
             let parsed = if route.endpoint == Endpoint::Query { wire::parse_query(&body)? } else { wire::parse_batch(&body)? };
+            let as_of = header(req, history_api::AS_OF_HEADER).or(parsed.as_of).map(|p| history_api::Point::parse(&p)).transpose()?;
             let bookmark = bookmark.or(parsed.bookmark);
             let read_from = db_request::read_from(&config, bookmark.as_deref(), staleness.as_deref())?;
             let db = DbRequest::new(env, &name, access, read_from)?;
-            if db.access == Access::Read {
-                auth::check_read_only(&parsed.statements)?;
+            if db.access == Access::Read || as_of.is_some() {
+                auth::check_read_only(&parsed.statements).map_err(|e| match as_of {
+                    Some(_) => ApiError::new(400, "STATEMENT_NOT_ALLOWED", "a read of a past commit (as_of) is read-only: only statements that read may run"),
+                    None => e,
+                })?;
             }
-            let performed = db.perform(Work::Transaction(parsed.statements), started).await?;
+            let work = Work::Transaction(parsed.statements);
+            let performed = match as_of {
+                Some(point) => history_api::read_as_of(db, point, work, started).await?,
+                None => db.perform(work, started).await?,
+            };
             let bookmark = performed.bookmark();
             let Reply::Transaction(results) = performed.done.reply else {
                 return Err(crate::internal("a transaction was answered as a script"));
@@ -71,7 +100,9 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
             };
             Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark) })
         }
-        Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) => Err(crate::internal("unreachable route")),
+        Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) | Endpoint::History => {
+            Err(crate::internal("unreachable route"))
+        }
     }
 }
 

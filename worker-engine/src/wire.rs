@@ -71,6 +71,8 @@ impl From<EngineError> for ApiError {
             | EngineError::Limit(_)
             | EngineError::InvalidBookmark(_)
             | EngineError::Interrupted(_) => 400,
+            EngineError::OutsideHistory(_) => 404,
+            EngineError::Exists(_) => 409,
             EngineError::Conflict { .. } | EngineError::TxConflict(_) => 409,
             EngineError::CommitUnknown(_) | EngineError::Storage(_) => 503,
             EngineError::Corrupt(_) | EngineError::Internal(_) | EngineError::PagesMissing(_) | EngineError::BaseGone(_) => 500,
@@ -100,6 +102,9 @@ struct QueryJson {
     /// A session's bookmark: answer from a state at or after it.
     #[serde(default)]
     bookmark: Option<String>,
+    /// Read the state after a past commit (bookmark or time) instead.
+    #[serde(default)]
+    as_of: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -108,12 +113,16 @@ struct BatchJson {
     statements: Vec<StatementJson>,
     #[serde(default)]
     bookmark: Option<String>,
+    #[serde(default)]
+    as_of: Option<String>,
 }
 
-/// The statements of a `/query` or `/batch` request, and the bookmark it carried.
+/// The statements of a `/query` or `/batch` request, the bookmark it carried and the past
+/// commit it reads (`as_of`), if any.
 pub struct Parsed {
     pub statements: Vec<Statement>,
     pub bookmark: Option<String>,
+    pub as_of: Option<String>,
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -123,7 +132,7 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 pub fn parse_query(body: &[u8]) -> Result<Parsed, ApiError> {
     let q: QueryJson = parse_json(body)?;
     let statement = statement_from(StatementJson { sql: q.sql, params: q.params })?;
-    Ok(Parsed { statements: vec![statement], bookmark: q.bookmark })
+    Ok(Parsed { statements: vec![statement], bookmark: q.bookmark, as_of: q.as_of })
 }
 
 /// `/exec`: `{"sql": "<statements separated by semicolons>"}`, no parameters.
@@ -160,7 +169,7 @@ pub fn parse_batch(body: &[u8]) -> Result<Parsed, ApiError> {
         ));
     }
     let statements = batch.statements.into_iter().map(statement_from).collect::<Result<_, _>>()?;
-    Ok(Parsed { statements, bookmark: batch.bookmark })
+    Ok(Parsed { statements, bookmark: batch.bookmark, as_of: batch.as_of })
 }
 
 fn statement_from(s: StatementJson) -> Result<Statement, ApiError> {

@@ -21,7 +21,7 @@ pub(super) enum Publish {
 }
 
 /// Where a record stands after an attempt to store it.
-enum Landing {
+pub(super) enum Landing {
     Landed,
     Stale,
     Unknown(String),
@@ -54,7 +54,7 @@ impl Database {
         self.publish_record(record, None).await
     }
 
-    fn next_record(&self, page_size: u32, snapshot: Option<Snapshot>, frames: Vec<Frame>) -> LogRecord {
+    pub(super) fn next_record(&self, page_size: u32, snapshot: Option<Snapshot>, frames: Vec<Frame>) -> LogRecord {
         let mut nonce = [0u8; 16];
         self.host.fill_random(&mut nonce);
         LogRecord { seq: self.applied_seq + 1, page_size, nonce, committed_ms: self.next_commit_ms(), snapshot, frames }
@@ -153,7 +153,7 @@ impl Database {
     /// PUTs `body` create-only at `key`, resolving ambiguous failures by reading back
     /// (the nonce makes our bytes unique): ours → landed, someone else's → stale,
     /// absent → PUT again.
-    async fn store_record(&self, key: &str, body: &[u8]) -> Landing {
+    pub(super) async fn store_record(&self, key: &str, body: &[u8]) -> Landing {
         let mut last_error: Option<StoreError> = None;
         for attempt in 1..=self.config.put_resolve_attempts.max(1) {
             match self.store.put(key, body.to_vec(), PutCondition::CreateOnly).await {

@@ -8,12 +8,16 @@
 //! * [`commit`]: publishing a log record (the single-writer fence, the zombie fence);
 //! * [`checkpoint`]: folding the log into chunk objects and moving the manifest;
 //! * [`entries`]: the history entry of every checkpoint generation;
-//! * [`gc`]: deleting what neither a reader nor the history window still needs.
+//! * [`gc`]: deleting what neither a reader nor the history window still needs;
+//! * [`history`]: the commit at a time, the state after a past commit, restoring it;
+//! * [`fork`]: a new database starting from a past commit, sharing its chunks.
 
 mod checkpoint;
 mod commit;
 mod entries;
+mod fork;
 mod gc;
+mod history;
 mod pages;
 mod replay;
 mod run;
@@ -37,6 +41,9 @@ use crate::value::{ExecStats, Statement, StatementResult};
 
 use commit::Publish;
 use replay::ProbeResult;
+
+pub use fork::Forked;
+pub use history::{HistoryWindow, Restored, HISTORY_EDGE_MARGIN_MS};
 
 /// How far back history reaches by default: 7 days.
 pub const DEFAULT_HISTORY_RETENTION_MS: f64 = 7.0 * 24.0 * 60.0 * 60.0 * 1000.0;
@@ -269,8 +276,18 @@ struct AppliedRecord {
     end_frame: u64,
 }
 
+/// What a database handle follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The newest state: it commits, and proves answers current.
+    Live,
+    /// The state after one past commit: read-only, never refreshed.
+    Past { seq: u64 },
+}
+
 pub struct Database {
     layout: Layout,
+    mode: Mode,
     store: Rc<dyn ObjectStore>,
     cache: Arc<PageCache>,
     host: Arc<dyn Host>,
@@ -322,6 +339,7 @@ impl Database {
         let (base, base_etag) = replay::read_manifest(&ctx.store, &layout).await?;
         let mut db = Database {
             layout,
+            mode: Mode::Live,
             store: ctx.store,
             cache: ctx.cache,
             host: ctx.host,
@@ -422,13 +440,18 @@ impl Database {
     /// before any reply is returned. One request failing does not fail the others.
     pub async fn perform(&mut self, requests: Vec<Request>) -> Vec<Result<Done, EngineError>> {
         let mut stats = ExecStats::default();
+        let past = matches!(self.mode, Mode::Past { .. });
         let checked: Vec<Result<Shape, EngineError>> = requests
             .iter()
             .map(|r| match &r.work {
                 Work::Transaction(stmts) => {
                     let kinds = stmts.iter().map(|s| check_statement(&s.sql)).collect::<Result<Vec<_>, _>>()?;
+                    if past && kinds.iter().any(|k| *k != StatementKind::Read) {
+                        return Err(read_only_past());
+                    }
                     Ok(if kinds == [StatementKind::Read] { Shape::SingleRead } else { Shape::Other })
                 }
+                Work::Script(_) if past => Err(read_only_past()),
                 Work::Script(_) => Ok(Shape::Other),
             })
             .collect();
@@ -461,6 +484,9 @@ impl Database {
     fn answers_may_stand(&self, requests: &[Request], outcomes: &[Outcome]) -> bool {
         // An error is reported only after a freshness check, so that it is never the
         // artifact of a stale state.
+        if let Mode::Past { .. } = self.mode {
+            return true;
+        }
         if outcomes.iter().any(|o| o.is_err()) {
             return false;
         }
@@ -478,7 +504,11 @@ impl Database {
         checked: &[Result<Shape, EngineError>],
         stats: &mut ExecStats,
     ) -> Result<Vec<Outcome>, EngineError> {
-        if self.local.is_none() {
+        if let Mode::Past { .. } = self.mode {
+            if self.local.is_none() {
+                return Err(lost_local());
+            }
+        } else if self.local.is_none() {
             // An earlier rebuild failed: start again from the store.
             self.reload().await?;
         }
@@ -492,7 +522,7 @@ impl Database {
             ReadFrom::AtLeast(seq) => Some(seq),
             _ => None,
         });
-        if wanted.max().is_some_and(|seq| seq > self.applied_seq) {
+        if self.mode == Mode::Live && wanted.max().is_some_and(|seq| seq > self.applied_seq) {
             self.refresh(stats).await?;
         }
         let started_ms = self.now_ms();
@@ -530,6 +560,10 @@ impl Database {
             }
 
             let frames = self.local()?.unshipped_frames()?;
+            if self.mode != Mode::Live && !frames.is_empty() {
+                self.discard_local().await?;
+                return Err(read_only_past());
+            }
             let lost_race = if frames.is_empty() {
                 if self.answers_may_stand(requests, &outcomes) {
                     return Ok(outcomes);
@@ -606,6 +640,10 @@ impl Database {
 
 fn lost_local() -> EngineError {
     EngineError::Internal("the local database was lost by a failed rebuild; the next request rebuilds it".into())
+}
+
+fn read_only_past() -> EngineError {
+    EngineError::NotAllowed("a read of a past commit (as_of) is read-only: only statements that read may run".into())
 }
 
 fn no_reply() -> EngineError {

@@ -323,6 +323,14 @@ impl Database {
     /// Reloads everything from the newest manifest (after objects of an older checkpoint
     /// this replica was using were collected, or its local database was lost).
     pub(super) async fn reload(&mut self) -> Result<(), EngineError> {
+        if let super::Mode::Past { seq } = self.mode {
+            // A past state is never replaced by the newest one.
+            self.local = None;
+            return Err(EngineError::OutsideHistory(format!(
+                "an object of the state after {} is gone: that commit left the history window",
+                crate::bookmark::Bookmark(seq)
+            )));
+        }
         let (m, etag) = read_manifest(&self.store, &self.layout).await?;
         let old_image = std::mem::replace(&mut self.image, Image::of_manifest(&m));
         let fresh = match self.create_local().await {

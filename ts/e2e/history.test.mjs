@@ -1,0 +1,172 @@
+// History in workerd: the commit at a time, reading the past (as_of) from another isolate,
+// restoring in place and undoing it, across checkpoints, on miniflare's R2.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { Miniflare } from "miniflare";
+import { engineWorker, tempDir, removeDir } from "./harness.mjs";
+
+let mf, persist;
+
+before(async () => {
+  persist = tempDir();
+  const extra = { bindings: { TWILL_CHECKPOINT_RECORDS: "3" } };
+  mf = new Miniflare({ r2Persist: persist, workers: [engineWorker("a", extra), engineWorker("b", extra)] });
+  await mf.ready;
+});
+
+after(async () => {
+  await mf?.dispose();
+  removeDir(persist);
+});
+
+async function call(isolate, path, { body, headers = {}, method = body === undefined ? "GET" : "POST" } = {}) {
+  const worker = await mf.getWorker(isolate);
+  const res = await worker.fetch(`http://localhost${path}`, {
+    method,
+    headers: { "content-type": "application/json", ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return { status: res.status, body: await res.json(), headers: res.headers };
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+test("as_of reads, /history and restore: every commit in the window, from either isolate", async () => {
+  const db = "/v1/db/hist";
+  assert.equal((await call("a", `${db}/query`, { body: { sql: "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)" } })).status, 200);
+  const commits = [];
+  for (let i = 1; i <= 10; i++) {
+    await sleep(5);
+    const r = await call(i % 2 ? "a" : "b", `${db}/query`, { body: { sql: "INSERT INTO t (v) VALUES (?)", params: [`v${i}`] } });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    commits.push({ bookmark: r.body.meta.bookmark, at: Date.now(), rows: i });
+    await sleep(5);
+  }
+  const dropped = await call("a", `${db}/query`, { body: { sql: "DROP TABLE t" } });
+  assert.equal(dropped.status, 200);
+
+  // Every past state, by bookmark in the body and by time in the header, from both isolates.
+  for (const [i, c] of commits.entries()) {
+    const isolate = i % 2 ? "a" : "b";
+    const byBookmark = await call(isolate, `${db}/query`, { body: { sql: "SELECT count(*) AS n FROM t", as_of: c.bookmark } });
+    assert.equal(byBookmark.status, 200, JSON.stringify(byBookmark.body));
+    assert.equal(byBookmark.body.rows[0][0], c.rows, `rows after ${c.bookmark}`);
+    const iso = new Date(c.at).toISOString();
+    const byTime = await call(isolate, `${db}/batch`, {
+      body: { statements: [{ sql: "SELECT count(*) FROM t" }, { sql: "SELECT max(v) FROM t WHERE id = ?", params: [c.rows] }] },
+      headers: { "x-twill-as-of": iso },
+    });
+    assert.equal(byTime.status, 200, JSON.stringify(byTime.body));
+    assert.equal(byTime.body.results[0].rows[0][0], c.rows, `rows at ${iso}`);
+    assert.equal(byTime.body.results[1].rows[0][0], `v${c.rows}`);
+    const found = await call(isolate, `${db}/history?at=${encodeURIComponent(iso)}`);
+    assert.equal(found.status, 200, JSON.stringify(found.body));
+    assert.equal(found.body.bookmark, c.bookmark, `the commit at ${iso}`);
+    assert.equal((await call(isolate, `${db}/history?at=${c.at}`)).body.bookmark, c.bookmark, "ms work too");
+  }
+  const window = (await call("b", `${db}/history`)).body.window;
+  assert.equal(window.head, dropped.body.meta.bookmark);
+  assert.ok(window.from <= commits[0].bookmark, "the window reaches back to the first commit");
+
+  // The past is read-only and reading it changed nothing.
+  const write = await call("b", `${db}/query`, { body: { sql: "INSERT INTO t (v) VALUES ('x')", as_of: commits[3].bookmark } });
+  assert.equal(write.status, 400);
+  assert.equal(write.body.error.code, "STATEMENT_NOT_ALLOWED");
+  const now = await call("b", `${db}/query`, { body: { sql: "SELECT count(*) FROM t" } });
+  assert.equal(now.status, 400);
+  assert.match(now.body.error.message, /no such table/);
+
+  // Restore the state after the 7th row from isolate b; isolate a sees it.
+  const restored = await call("b", `${db}/restore`, { body: { bookmark: commits[6].bookmark } });
+  assert.equal(restored.status, 200, JSON.stringify(restored.body));
+  assert.equal(restored.body.previous, dropped.body.meta.bookmark);
+  assert.equal(restored.body.restored, commits[6].bookmark);
+  assert.ok(restored.body.bookmark > restored.body.previous, "bookmarks sort in commit order");
+  assert.equal(restored.headers.get("x-twill-bookmark"), restored.body.bookmark);
+  const seen = await call("a", `${db}/query`, { body: { sql: "SELECT count(*) FROM t" } });
+  assert.equal(seen.body.rows[0][0], 7);
+  for (let i = 0; i < 4; i++) {
+    assert.equal((await call("a", `${db}/query`, { body: { sql: "INSERT INTO t (v) VALUES ('after')" } })).status, 200);
+  }
+  // Undo: back to the dropped table, by time this time.
+  const undo = await call("a", `${db}/restore`, { body: { bookmark: restored.body.previous } });
+  assert.equal(undo.status, 200, JSON.stringify(undo.body));
+  assert.match((await call("b", `${db}/query`, { body: { sql: "SELECT 1 FROM t" } })).body.error.message, /no such table/);
+  const redo = await call("b", `${db}/restore`, { body: { time: new Date(commits[9].at).toISOString() } });
+  assert.equal(redo.status, 200, JSON.stringify(redo.body));
+  assert.equal(redo.body.restored, commits[9].bookmark);
+  assert.equal((await call("a", `${db}/query`, { body: { sql: "SELECT count(*) FROM t" } })).body.rows[0][0], 10);
+});
+
+test("history errors are named: bad points, bookmarks ahead of the database, times before it", async () => {
+  const db = "/v1/db/hist-errors";
+  const created = await call("a", `${db}/query`, { body: { sql: "CREATE TABLE t (x)" } });
+  assert.equal(created.status, 200);
+  const cases = [
+    [{ sql: "SELECT 1", as_of: "yesterday" }, 400, "INVALID_REQUEST"],
+    [{ sql: "SELECT 1", as_of: "tw12" }, 400, "INVALID_BOOKMARK"],
+    [{ sql: "SELECT 1", as_of: "tw00000000000fffff" }, 400, "INVALID_BOOKMARK"],
+  ];
+  for (const [body, status, code] of cases) {
+    const r = await call("b", `${db}/query`, { body });
+    assert.equal(r.status, status, `${JSON.stringify(body)}: ${JSON.stringify(r.body)}`);
+    assert.equal(r.body.error.code, code, JSON.stringify(body));
+  }
+  for (const body of [{}, { bookmark: "tw0000000000000001", time: 5 }, { time: "soon" }, { bookmark: 7 }]) {
+    const r = await call("a", `${db}/restore`, { body });
+    assert.equal(r.status, 400, `${JSON.stringify(body)}: ${JSON.stringify(r.body)}`);
+  }
+  // Before its first commit the database was empty.
+  const early = await call("b", `${db}/query`, { body: { sql: "SELECT count(*) FROM t", as_of: "2001-01-01T00:00:00Z" } });
+  assert.equal(early.status, 400);
+  assert.match(early.body.error.message, /no such table/);
+  assert.equal((await call("b", `${db}/history?at=978307200000`)).body.bookmark, "tw0000000000000000");
+  const r = await call("a", `${db}/history?at=nonsense`);
+  assert.equal(r.body.error.code, "INVALID_REQUEST");
+  assert.equal((await call("a", `${db}/history`, { body: {} })).status, 405);
+  // Nothing of that changed the database.
+  assert.equal((await call("a", `${db}/query`, { body: { sql: "SELECT count(*) FROM t" } })).body.meta.bookmark, created.body.meta.bookmark);
+});
+
+test("forks: from now or any commit, in a few writes, independent both ways, forks of forks", async () => {
+  const db = "/v1/db/fork-parent";
+  await call("a", `${db}/query`, { body: { sql: "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)" } });
+  const marks = [];
+  for (let i = 1; i <= 6; i++) {
+    const r = await call("a", `${db}/query`, { body: { sql: "INSERT INTO t (v) VALUES (?)", params: [`p${i}`] } });
+    marks.push(r.body.meta.bookmark);
+  }
+  const now = await call("b", `${db}/fork`, { body: { to: "fork-now" } });
+  assert.equal(now.status, 200, JSON.stringify(now.body));
+  assert.equal(now.body.from, marks[5]);
+  assert.ok(now.body.meta.r2_writes <= 3, `a fork is a few writes: ${now.body.meta.r2_writes}`);
+  const past = await call("a", `${db}/fork`, { body: { to: "fork-past", bookmark: marks[1] } });
+  assert.equal(past.status, 200, JSON.stringify(past.body));
+  const count = async (isolate, name) =>
+    (await call(isolate, `/v1/db/${name}/query`, { body: { sql: "SELECT count(*) FROM t" } })).body.rows[0][0];
+  assert.equal(await count("a", "fork-now"), 6);
+  assert.equal(await count("b", "fork-past"), 2);
+  await call("b", "/v1/db/fork-past/query", { body: { sql: "INSERT INTO t (v) VALUES ('child')" } });
+  await call("a", `${db}/query`, { body: { sql: "DELETE FROM t WHERE id <= 3" } });
+  assert.equal(await count("a", "fork-past"), 3);
+  assert.equal(await count("b", "fork-parent"), 3);
+  assert.equal(await count("a", "fork-now"), 6);
+  const grand = await call("b", "/v1/db/fork-past/fork", { body: { to: "fork-grand" } });
+  assert.equal(grand.status, 200, JSON.stringify(grand.body));
+  assert.equal(await count("a", "fork-grand"), 3);
+  // The fork's first commit is in its own history: restore it to before the child's write.
+  const undo = await call("a", "/v1/db/fork-past/restore", { body: { bookmark: past.body.bookmark } });
+  assert.equal(undo.status, 200, JSON.stringify(undo.body));
+  assert.equal(await count("b", "fork-past"), 2);
+  for (const [body, status, code] of [
+    [{ to: "fork-now" }, 409, "DATABASE_EXISTS"],
+    [{ to: "fork-parent" }, 409, "DATABASE_EXISTS"],
+    [{ to: "bad name!" }, 400, "INVALID_DATABASE_NAME"],
+    [{ to: "x", bookmark: "tw0000000000ffffff" }, 400, "INVALID_BOOKMARK"],
+    [{}, 400, "INVALID_REQUEST"],
+  ]) {
+    const r = await call("a", `${db}/fork`, { body });
+    assert.equal(r.status, status, `${JSON.stringify(body)}: ${JSON.stringify(r.body)}`);
+    assert.equal(r.body.error.code, code, JSON.stringify(body));
+  }
+});
