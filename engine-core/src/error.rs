@@ -130,6 +130,12 @@ pub enum EngineError {
     /// retention, before a deletion, or newer than the newest commit).
     #[error("{0}")]
     OutsideHistory(String),
+    /// An imported file is not a SQLite database this engine can serve.
+    #[error("{0}")]
+    InvalidFile(String),
+    /// An import without `replace` found tables in the database.
+    #[error("{0}")]
+    NotEmpty(String),
     /// The database to be created (a fork's) already exists.
     #[error("{0}")]
     Exists(String),
@@ -168,6 +174,8 @@ impl EngineError {
             EngineError::InvalidBookmark(_) => "INVALID_BOOKMARK",
             EngineError::OutsideHistory(_) => "HISTORY_UNAVAILABLE",
             EngineError::Exists(_) => "DATABASE_EXISTS",
+            EngineError::InvalidFile(_) => "INVALID_DATABASE_FILE",
+            EngineError::NotEmpty(_) => "DATABASE_NOT_EMPTY",
             EngineError::Interrupted(_) => "QUERY_INTERRUPTED",
             EngineError::Internal(_) | EngineError::PagesMissing(_) | EngineError::BaseGone(_) => "INTERNAL_ERROR",
         }
@@ -197,6 +205,8 @@ impl EngineError {
                 | EngineError::InvalidBookmark(_)
                 | EngineError::OutsideHistory(_)
                 | EngineError::Exists(_)
+                | EngineError::InvalidFile(_)
+                | EngineError::NotEmpty(_)
                 | EngineError::Interrupted(_)
                 | EngineError::TxConflict(_)
         )

@@ -218,3 +218,136 @@ fn forks_start_from_any_commit_share_chunks_and_outlive_the_parents_gc() {
     exec(&mut cold_grandchild, "INSERT INTO t (v) VALUES (7)", vec![]);
     assert_eq!(count(&mut cold_child), 103);
 }
+
+/// The whole SQLite file of a state, as the Worker streams it.
+fn export(db: &Database) -> Vec<u8> {
+    let mut file = db.export_file().unwrap();
+    let len = file.len();
+    let mut out = Vec::new();
+    while let Some(piece) = block_on(file.next_piece()).unwrap() {
+        out.extend_from_slice(&piece);
+    }
+    assert_eq!(out.len() as u64, len, "the declared length is the file's");
+    out
+}
+
+fn sqlite_of(bytes: &[u8], dir: &std::path::Path, name: &str) -> rusqlite::Connection {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok", "{name} is a valid SQLite file");
+    conn
+}
+
+#[test]
+fn exports_are_valid_sqlite_files_of_any_commit() {
+    let store = Rc::new(MemStore::new());
+    let host = Arc::new(SimHost::new(12));
+    let mut db = open(&store, &host, 24.0 * HOUR);
+    exec(&mut db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER, pad BLOB)", vec![]);
+    exec(&mut db, "CREATE INDEX t_v ON t (v)", vec![]);
+    exec(
+        &mut db,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400) INSERT INTO t (v, pad) SELECT i, randomblob(1500) FROM n",
+        vec![],
+    );
+    let commits = insert_rows(&mut db, &host, 7);
+    exec(&mut db, "DELETE FROM t WHERE v < 200", vec![]);
+    let dir = std::env::temp_dir().join(format!("twill-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let now = sqlite_of(&export(&db), &dir, "now.db");
+    let n: i64 = now.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 201, "rows with v 200..=400 (the single rows had v 0..7)");
+    for (i, (seq, _)) in commits.iter().enumerate() {
+        let past = block_on(db.past(*seq)).unwrap();
+        let file = sqlite_of(&export(&past), &dir, &format!("at-{seq}.db"));
+        let n: i64 = file.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 400 + i as i64 + 1, "the file of commit {seq}");
+        let indexed: i64 = file.query_row("SELECT count(*) FROM t INDEXED BY t_v WHERE v > 0", [], |r| r.get(0)).unwrap();
+        assert_eq!(indexed, 400 + i as i64, "the index is in the file too");
+    }
+    let empty = block_on(db.past(0)).unwrap();
+    assert_eq!(export(&empty).len(), 0, "the empty database is an empty file");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A file as a stream of pieces of `size` bytes (as a request body arrives).
+fn pieces(bytes: &[u8], size: usize) -> impl futures::Stream<Item = Result<Vec<u8>, EngineError>> + Unpin {
+    futures::stream::iter(bytes.chunks(size.max(1)).map(|c| Ok(c.to_vec())).collect::<Vec<_>>())
+}
+
+#[test]
+fn imports_publish_a_checked_file_atomically_and_refuse_what_is_not_one() {
+    let store = Rc::new(MemStore::new());
+    let host = Arc::new(SimHost::new(13));
+    let ctx = || DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(&host));
+    // A file made by C SQLite, in rollback-journal mode, with an index, a view and a trigger.
+    let dir = std::env::temp_dir().join(format!("twill-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("source.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "PRAGMA page_size = 1024; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, pad BLOB);
+             CREATE INDEX t_v ON t (v); CREATE VIEW tv AS SELECT v FROM t;
+             CREATE TABLE log (msg TEXT); CREATE TRIGGER t_ins AFTER INSERT ON t BEGIN INSERT INTO log VALUES (new.v); END;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+             INSERT INTO t (v, pad) SELECT 'row' || i, randomblob(300) FROM n;",
+        )
+        .unwrap();
+    }
+    let file = std::fs::read(&path).unwrap();
+
+    for (name, quick_check_max) in [("imp-quick", u64::MAX), ("imp-structure", 0)] {
+        let config = DbConfig { quick_check_max_bytes: quick_check_max, ..config(24.0 * HOUR) };
+        let mut db = try_open_in(ctx(), name, config).unwrap();
+        let imported = block_on(db.import_file(pieces(&file, 7777), false)).unwrap();
+        assert_eq!(imported.bytes, file.len() as u64);
+        assert_eq!(imported.check, if quick_check_max > 0 { engine_core::FileCheck::QuickCheck } else { engine_core::FileCheck::Structure });
+        let mut other = try_open_in(ctx(), name, config).unwrap();
+        assert_eq!(count(&mut other), 2000);
+        assert_eq!(query_ints(&mut other, "SELECT count(*) FROM tv WHERE v LIKE 'row1%'")[0], 1111);
+        exec(&mut other, "INSERT INTO t (v) VALUES ('new')", vec![]);
+        assert_eq!(query_ints(&mut other, "SELECT count(*) FROM log")[0], 2001, "the trigger came along");
+        // Checkpoints fold the imported image like any other.
+        for _ in 0..4 {
+            exec(&mut other, "UPDATE t SET v = 'x' WHERE id = 1", vec![]);
+        }
+        assert!(other.checkpoint_seq() >= imported.bookmark.0);
+        let round_trip = export(&other);
+        let conn = sqlite_of(&round_trip, &dir, &format!("{name}.db"));
+        let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 2001);
+    }
+
+    // Into a database with tables: refused unless replace, and a replace can be undone.
+    let mut db = try_open_in(ctx(), "imp-quick", config(24.0 * HOUR)).unwrap();
+    let e = block_on(db.import_file(pieces(&file, 1 << 20), false)).unwrap_err();
+    assert_eq!(e.code(), "DATABASE_NOT_EMPTY", "{e}");
+    let replaced = block_on(db.import_file(pieces(&file, 1 << 20), true)).unwrap();
+    assert_eq!(count(&mut db), 2000);
+    block_on(db.restore(replaced.previous.0)).unwrap();
+    assert_eq!(count(&mut db), 2001);
+
+    // Not a database, truncated, damaged: refused, and nothing of it is visible or left.
+    let mut damaged = file.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid..mid + 4096].fill(0xAB);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("text", b"CREATE TABLE t (x); -- not a database file".repeat(10)),
+        ("truncated", file[..file.len() - 100].to_vec()),
+        ("damaged", damaged),
+    ];
+    for (what, bytes) in cases {
+        let mut fresh = try_open_in(ctx(), &format!("imp-bad-{what}"), config(24.0 * HOUR)).unwrap();
+        let e = block_on(fresh.import_file(pieces(&bytes, 5000), false)).unwrap_err();
+        assert_eq!(e.code(), "INVALID_DATABASE_FILE", "{what}: {e}");
+        assert_eq!(fresh.applied_seq(), 0, "{what}: nothing was committed");
+        let left: Vec<String> = store.keys().into_iter().filter(|k| k.starts_with(&format!("db/imp-bad-{what}/"))).collect();
+        assert!(left.is_empty(), "{what}: the upload was taken away: {left:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -170,3 +170,137 @@ test("forks: from now or any commit, in a few writes, independent both ways, for
     assert.equal(r.body.error.code, code, JSON.stringify(body));
   }
 });
+
+test("export: the SQLite file of the newest or any past commit, with its length, valid for SQLite", async () => {
+  const { createClient } = await import("@libsql/client");
+  const { writeFileSync } = await import("node:fs");
+  const path = await import("node:path");
+  const db = "/v1/db/export-me";
+  await call("a", `${db}/batch`, {
+    body: {
+      statements: [
+        { sql: "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER, pad BLOB)" },
+        { sql: "CREATE INDEX t_v ON t (v)" },
+        { sql: "CREATE VIEW big AS SELECT * FROM t WHERE v > 100" },
+        { sql: "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) INSERT INTO t (v, pad) SELECT i, randomblob(3000) FROM n" },
+      ],
+    },
+  });
+  const before = (await call("b", `${db}/query`, { body: { sql: "DELETE FROM t WHERE v <= 150" } })).body.meta.bookmark;
+  const dir = tempDir("twill-export-");
+  const fetchFile = async (isolate, query) => {
+    const worker = await mf.getWorker(isolate);
+    const res = await worker.fetch(`http://localhost${db}/export${query}`);
+    assert.equal(res.status, 200, res.status === 200 ? "" : await res.text());
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    assert.equal(Number(res.headers.get("content-length")), bytes.length, "content-length is the file's length");
+    assert.equal(res.headers.get("content-type"), "application/vnd.sqlite3");
+    assert.equal(new TextDecoder().decode(bytes.slice(0, 15)), "SQLite format 3");
+    return { bytes, bookmark: res.headers.get("x-twill-bookmark") };
+  };
+  const open = async (bytes, name) => {
+    const file = path.join(dir, name);
+    writeFileSync(file, bytes);
+    const c = createClient({ url: `file:${file}` });
+    assert.equal((await c.execute("PRAGMA integrity_check")).rows[0][0], "ok");
+    return c;
+  };
+  try {
+    const now = await fetchFile("a", "");
+    const c = await open(now.bytes, "now.db");
+    assert.equal((await c.execute("SELECT count(*) FROM t")).rows[0][0], 150);
+    assert.equal((await c.execute("SELECT count(*) FROM big")).rows[0][0], 150);
+    c.close();
+    const old = await fetchFile("b", `?as_of=${before}`);
+    assert.equal(old.bookmark, before);
+    const past = await fetchFile("b", `?as_of=tw${(parseInt(before.slice(2), 16) - 1).toString(16).padStart(16, "0")}`);
+    const p = await open(past.bytes, "past.db");
+    assert.equal((await p.execute("SELECT count(*) FROM t")).rows[0][0], 300);
+    assert.equal((await p.execute("SELECT sum(length(pad)) FROM t")).rows[0][0], 900000);
+    p.close();
+    // While nothing else changed, the export is stable: same bytes from the other isolate.
+    const again = await fetchFile("b", "");
+    assert.deepEqual(again.bytes, now.bytes);
+    const bad = await call("a", `${db}/export?as_of=nonsense`);
+    assert.equal(bad.status, 400);
+  } finally {
+    removeDir(dir);
+  }
+});
+
+test("import: a SQLite file (plain or gzip) becomes the database at once; refused into data unless replace; bad files refused", async () => {
+  const { createClient } = await import("@libsql/client");
+  const { readFileSync } = await import("node:fs");
+  const { gzipSync } = await import("node:zlib");
+  const path = await import("node:path");
+  const dir = tempDir("twill-import-");
+  try {
+    const file = path.join(dir, "source.db");
+    const src = createClient({ url: `file:${file}` });
+    await src.batch(
+      [
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, bio TEXT)",
+        "CREATE INDEX users_bio ON users (bio)",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) INSERT INTO users (name, bio) SELECT 'user' || i, hex(randomblob(100)) FROM n",
+      ],
+      "write",
+    );
+    src.close();
+    const bytes = readFileSync(file);
+    const put = async (isolate, name, body, { query = "", headers = {} } = {}) => {
+      const worker = await mf.getWorker(isolate);
+      const res = await worker.fetch(`http://localhost/v1/db/${name}/import${query}`, { method: "PUT", headers, body });
+      return { status: res.status, body: await res.json() };
+    };
+    const count = async (isolate, name) =>
+      (await call(isolate, `/v1/db/${name}/query`, { body: { sql: "SELECT count(*) FROM users" } })).body;
+
+    const plain = await put("a", "imported", bytes, { headers: { "content-type": "application/vnd.sqlite3" } });
+    assert.equal(plain.status, 200, JSON.stringify(plain.body));
+    assert.equal(plain.body.bytes, bytes.length);
+    assert.equal(plain.body.check, "quick_check");
+    assert.equal((await count("b", "imported")).rows[0][0], 5000);
+    const dup = await call("b", "/v1/db/imported/query", { body: { sql: "INSERT INTO users (name) VALUES ('user7')" } });
+    assert.equal(dup.body.error.sqlite_code, "SQLITE_CONSTRAINT_UNIQUE", "constraints came along");
+
+    const zipped = await put("b", "imported-gz", gzipSync(bytes), { headers: { "content-encoding": "gzip" } });
+    assert.equal(zipped.status, 200, JSON.stringify(zipped.body));
+    assert.equal((await count("a", "imported-gz")).rows[0][0], 5000);
+
+    // Into data: refused, unless replace (then undoable by restoring `previous`).
+    await call("a", "/v1/db/imported/query", { body: { sql: "DELETE FROM users WHERE id > 10" } });
+    const refused = await put("a", "imported", bytes);
+    assert.equal(refused.status, 409);
+    assert.equal(refused.body.error.code, "DATABASE_NOT_EMPTY");
+    assert.equal((await count("b", "imported")).rows[0][0], 10);
+    const replaced = await put("b", "imported", bytes, { query: "?replace=true" });
+    assert.equal(replaced.status, 200, JSON.stringify(replaced.body));
+    assert.equal((await count("a", "imported")).rows[0][0], 5000);
+    await call("a", "/v1/db/imported/restore", { body: { bookmark: replaced.body.previous } });
+    assert.equal((await count("b", "imported")).rows[0][0], 10);
+
+    // An export imports back as the same database.
+    const worker = await mf.getWorker("a");
+    const exported = new Uint8Array(await (await worker.fetch("http://localhost/v1/db/imported-gz/export")).arrayBuffer());
+    assert.equal((await put("b", "round-trip", exported)).status, 200);
+    assert.equal((await count("a", "round-trip")).rows[0][0], 5000);
+
+    const damaged = Buffer.from(bytes);
+    damaged.fill(0x5a, 8192, 8192 + 4096);
+    for (const [what, body, status, code, headers] of [
+      ["text", Buffer.from("CREATE TABLE t (x);".repeat(20)), 400, "INVALID_DATABASE_FILE", {}],
+      ["damaged", damaged, 400, "INVALID_DATABASE_FILE", {}],
+      ["truncated", bytes.subarray(0, bytes.length - 1000), 400, "INVALID_DATABASE_FILE", {}],
+      ["sql dump", Buffer.from("CREATE TABLE t (x);"), 415, "UNSUPPORTED_MEDIA_TYPE", { "content-type": "application/sql" }],
+      ["brotli", bytes, 415, "UNSUPPORTED_MEDIA_TYPE", { "content-encoding": "br" }],
+    ]) {
+      const r = await put("a", `bad-${what.replace(" ", "-")}`, body, { headers });
+      assert.equal(r.status, status, `${what}: ${JSON.stringify(r.body)}`);
+      assert.equal(r.body.error.code, code, what);
+      const after = await call("b", `/v1/db/bad-${what.replace(" ", "-")}/query`, { body: { sql: "SELECT count(*) FROM sqlite_schema" } });
+      assert.equal(after.body.rows[0][0], 0, `${what}: nothing of it is visible`);
+    }
+  } finally {
+    removeDir(dir);
+  }
+});

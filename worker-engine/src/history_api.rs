@@ -38,7 +38,7 @@ impl Point {
     }
 
     /// The commit this point names on `db`.
-    async fn resolve(self, db: &mut Database) -> Result<u64, EngineError> {
+    pub async fn resolve(self, db: &mut Database) -> Result<u64, EngineError> {
         match self {
             Point::Commit(b) => Ok(b.seq()),
             Point::Time(ms) => Ok(db.commit_at(ms).await?.seq()),
@@ -156,7 +156,7 @@ pub async fn restore(db: DbRequest, body: &[u8]) -> Result<Answer, ApiError> {
         "bookmark": bookmark,
         "meta": { "bookmark": bookmark, "r2_reads": r2.reads, "r2_writes": r2.writes },
     });
-    Ok(Answer { body, timing: None, bookmark: Some(bookmark) })
+    Ok(Answer { body, timing: None, bookmark: Some(bookmark), file: None })
 }
 
 /// A fork request: the new database's name, and the commit to start from (default: the

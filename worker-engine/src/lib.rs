@@ -8,8 +8,10 @@
 mod auth;
 pub mod baton;
 mod db_request;
+mod export_api;
 mod history_api;
 pub mod hrana;
+mod import_api;
 mod registry;
 mod routes;
 mod rpc;
@@ -38,16 +40,22 @@ fn start() {
 /// Header naming the commit an answer reflects (also `meta.bookmark`).
 pub const BOOKMARK_HEADER: &str = "x-twill-bookmark";
 
-/// A successful answer: its JSON body, a `Server-Timing` entry, its bookmark.
+/// A successful answer: its JSON body, a `Server-Timing` entry, its bookmark; or a file
+/// (an export), streamed as it is.
 pub struct Answer {
     pub body: Value,
     pub timing: Option<String>,
     pub bookmark: Option<String>,
+    pub file: Option<Response>,
 }
 
 impl Answer {
     pub fn json(body: Value) -> Self {
-        Answer { body, timing: None, bookmark: None }
+        Answer { body, timing: None, bookmark: None, file: None }
+    }
+
+    pub fn file(response: Response, bookmark: String) -> Self {
+        Answer { body: Value::Null, timing: None, bookmark: Some(bookmark), file: Some(response) }
     }
 }
 
@@ -57,6 +65,13 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
     let path = req.path();
     let answer = sql_api::handle(&mut req, &env, started).await;
     let (status, body, timing, bookmark) = match answer {
+        Ok(Answer { file: Some(mut file), bookmark, .. }) => {
+            file.headers_mut().set("Cache-Control", "no-store")?;
+            if let Some(b) = bookmark {
+                file.headers_mut().set(BOOKMARK_HEADER, &b)?;
+            }
+            return Ok(file);
+        }
         Ok(a) => (200, a.body, a.timing, a.bookmark),
         Err(e) if routes::looks_like_hrana(&path) => (e.status, e.hrana_body(), None, None),
         Err(e) => (e.status, e.body(), None, None),
@@ -92,6 +107,9 @@ pub(crate) fn describe_service() -> Value {
             "GET /v1/db/{name}/stats": {},
             "GET /v1/db/{name}/history": {"at": "optional query parameter: RFC 3339 time or ms since the epoch"},
             "POST /v1/db/{name}/restore": {"bookmark": "or", "time": "RFC 3339 or ms"},
+            "POST /v1/db/{name}/fork": {"to": "new database", "bookmark": "optional (or time)"},
+            "PUT /v1/db/{name}/import": {"body": "a SQLite database file (or gzip with content-encoding: gzip)", "replace": "query parameter: true to replace a database that has tables"},
+            "GET /v1/db/{name}/export": {"as_of": "optional query parameter: bookmark or time; the SQLite file of that commit"},
             "as_of": "in /query and /batch (or header x-twill-as-of): read the state after a past commit",
             "libSQL (Hrana over HTTP, JSON)": "client URL http(s)://<host>/v1/db/{name}/ (POST v2/pipeline, v3/pipeline)",
         }

@@ -22,12 +22,19 @@ pub enum Endpoint {
     Restore,
     /// `POST .../fork`: a new database starting from a commit of this one.
     Fork,
+    /// `GET .../export[?as_of=]`: the SQLite file of a commit.
+    Export,
+    /// `PUT .../import[?replace=true]`: a SQLite file becomes the database's state.
+    Import,
 }
 
 impl Endpoint {
     fn method(self) -> Method {
         match self {
-            Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) | Endpoint::History => Method::Get,
+            Endpoint::Import => Method::Put,
+            Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) | Endpoint::History | Endpoint::Export => {
+                Method::Get
+            }
             Endpoint::Query | Endpoint::Batch | Endpoint::Exec | Endpoint::HranaPipeline | Endpoint::Restore | Endpoint::Fork => {
                 Method::Post
             }
@@ -67,6 +74,8 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                 ["history"] => Endpoint::History,
                 ["restore"] => Endpoint::Restore,
                 ["fork"] => Endpoint::Fork,
+                ["export"] => Endpoint::Export,
+                ["import"] => Endpoint::Import,
                 ["v2"] => Endpoint::HranaVersion(2),
                 ["v3"] => Endpoint::HranaVersion(3),
                 ["v2" | "v3", "pipeline"] => Endpoint::HranaPipeline,
@@ -89,7 +98,11 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     let wanted = endpoint.method();
     let allowed = wanted == *method || (wanted == Method::Get && *method == Method::Head);
     if !allowed {
-        let name = if wanted == Method::Get { "GET" } else { "POST" };
+        let name = match wanted {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            _ => "POST",
+        };
         return Err(ApiError::new(405, "METHOD_NOT_ALLOWED", format!("this route accepts {name} only")));
     }
     Ok(Route { endpoint, database })

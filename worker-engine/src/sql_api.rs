@@ -11,10 +11,16 @@ use crate::auth::{self, Access};
 use crate::db_request::{self, DbRequest, STALENESS_HEADER};
 use crate::routes::{self, Endpoint};
 use crate::wire::{self, result_to_json, validate_db_name, ApiError, LIMITS};
-use crate::{history_api, hrana, registry, settings, Answer, BOOKMARK_HEADER};
+use crate::{export_api, history_api, hrana, import_api, registry, settings, Answer, BOOKMARK_HEADER};
 
 fn header(req: &Request, name: &str) -> Option<String> {
     req.headers().get(name).ok().flatten()
+}
+
+fn query_param(req: &Request, name: &str) -> Result<Option<String>, ApiError> {
+    let url = req.url().map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("url: {e}")))?;
+    let value = url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+    Ok(value)
 }
 
 pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer, ApiError> {
@@ -34,10 +40,28 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
             return Ok(Answer::json(json!({ "protocol": "hrana", "version": v, "encoding": "json" })))
         }
         Endpoint::History => {
-            let url = req.url().map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("url: {e}")))?;
-            let at = url.query_pairs().find(|(k, _)| k == "at").map(|(_, v)| v.into_owned());
+            let at = query_param(req, "at")?;
             let db = DbRequest::new(env, &name, access, ReadFrom::Latest)?;
             return history_api::history(db, at.as_deref()).await;
+        }
+        Endpoint::Export => {
+            let as_of = query_param(req, "as_of")?;
+            let db = DbRequest::new(env, &name, access, ReadFrom::Latest)?;
+            return export_api::export(db, as_of.as_deref(), &name).await;
+        }
+        Endpoint::Import => {
+            if access != Access::Write {
+                return Err(auth::read_only_error());
+            }
+            let replace = match query_param(req, "replace")?.as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => {
+                    return Err(ApiError::bad_request("INVALID_REQUEST", format!("replace must be true or false, not {other:?}")))
+                }
+            };
+            let db = DbRequest::new(env, &name, access, ReadFrom::Latest)?;
+            return import_api::import(db, req, replace).await;
         }
         _ => {}
     }
@@ -98,9 +122,9 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
             } else {
                 json!({ "results": results.iter().map(result_to_json).collect::<Vec<_>>(), "meta": performed.meta })
             };
-            Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark) })
+            Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
         }
-        Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) | Endpoint::History => {
+        Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) | Endpoint::History | Endpoint::Export | Endpoint::Import => {
             Err(crate::internal("unreachable route"))
         }
     }
@@ -134,7 +158,7 @@ async fn hrana_pipeline(mut db: DbRequest, env: &Env, body: &[u8], started: f64)
     let ctx = hrana::Context { db: &name, key: key.as_ref(), now_ms: started, tx_idle_ms };
     let mut body = hrana::respond(plan, outcome, &ctx);
     body["meta"] = performed.meta;
-    Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark) })
+    Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
 }
 
 /// Statements separated by semicolons, each committed as it runs (D1's exec):
@@ -184,7 +208,7 @@ pub(crate) async fn exec(db: DbRequest, sql: String, started: f64) -> Result<Ans
         return Err(error);
     }
     let body = json!({ "count": count, "duration": performed.meta["duration_ms"], "meta": performed.meta });
-    Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark) })
+    Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
 }
 
 fn stats(name: &str, env: &Env) -> Value {

@@ -72,7 +72,8 @@ impl From<EngineError> for ApiError {
             | EngineError::InvalidBookmark(_)
             | EngineError::Interrupted(_) => 400,
             EngineError::OutsideHistory(_) => 404,
-            EngineError::Exists(_) => 409,
+            EngineError::Exists(_) | EngineError::NotEmpty(_) => 409,
+            EngineError::InvalidFile(_) => 400,
             EngineError::Conflict { .. } | EngineError::TxConflict(_) => 409,
             EngineError::CommitUnknown(_) | EngineError::Storage(_) => 503,
             EngineError::Corrupt(_) | EngineError::Internal(_) | EngineError::PagesMissing(_) | EngineError::BaseGone(_) => 500,

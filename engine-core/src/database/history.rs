@@ -116,26 +116,8 @@ impl Database {
     pub async fn past(&mut self, seq: u64) -> Result<Database, EngineError> {
         self.check_in_window(seq).await?;
         let base = self.past_base(seq).await?;
-        let mut past = Database {
-            layout: self.layout.clone(),
-            store: self.store.clone(),
-            cache: self.cache.clone(),
-            host: self.host.clone(),
-            sleeper: self.sleeper.clone(),
-            config: self.config,
-            mode: Mode::Past { seq },
-            local: None,
-            base: self.base.clone(),
-            base_etag: self.base_etag.clone(),
-            image: Image { view: base.view, snapshot_seq: None },
-            entries: Default::default(),
-            applied_seq: base.checkpoint_seq,
-            records: Vec::new(),
-            last_commit_ms: 0,
-            unverified_records: false,
-            validated_ms: f64::INFINITY,
-            listed_absent: None,
-        };
+        let mut past = self.read_only_on(Image { view: base.view, snapshot_seq: None }, seq);
+        past.applied_seq = base.checkpoint_seq;
         past.local = Some(past.create_local().await.map_err(gone_from_history)?);
         let seqs: Vec<u64> = (base.checkpoint_seq + 1..=seq).collect();
         for batch in seqs.chunks(self.config.fetch_concurrency.max(1)) {
@@ -158,6 +140,31 @@ impl Database {
             }
         }
         Ok(past)
+    }
+
+    /// A read-only database on `image` (nothing applied on it yet) that answers as the
+    /// state after commit `seq`; it shares this one's store and page cache.
+    pub(super) fn read_only_on(&self, image: Image, seq: u64) -> Database {
+        Database {
+            layout: self.layout.clone(),
+            store: self.store.clone(),
+            cache: self.cache.clone(),
+            host: self.host.clone(),
+            sleeper: self.sleeper.clone(),
+            config: self.config,
+            mode: Mode::Past { seq },
+            local: None,
+            base: self.base.clone(),
+            base_etag: self.base_etag.clone(),
+            image,
+            entries: Default::default(),
+            applied_seq: seq,
+            records: Vec::new(),
+            last_commit_ms: 0,
+            unverified_records: false,
+            validated_ms: f64::INFINITY,
+            listed_absent: None,
+        }
     }
 
     /// Makes the state after commit `seq` the current one, as a new commit (a snapshot
@@ -197,7 +204,17 @@ impl Database {
     pub(super) fn as_snapshot(&self, origin: SnapshotOrigin) -> Result<(Snapshot, Vec<Frame>, u32), EngineError> {
         let local = self.local()?;
         let page_size = local.page_size();
-        let frames = merged(local.frames(1, local.durable_frames())?);
+        let (pages, size) = local.durable_pages()?;
+        // Only the newest version of each page, in page order, the final size on the last
+        // frame: a restore's record holds a state, not the steps to it.
+        let mut frames: Vec<Frame> = pages
+            .into_iter()
+            .filter(|(page_no, _)| *page_no <= size)
+            .map(|(page_no, page)| Frame { page_no, db_size_after: 0, page })
+            .collect();
+        if let Some(last) = frames.last_mut() {
+            last.db_size_after = size;
+        }
         let view = &self.image.view;
         let snapshot = Snapshot {
             page_count: view.page_count,
@@ -360,23 +377,6 @@ impl Database {
         }
         Ok(lo)
     }
-}
-
-/// Only the newest version of each page, in page order, with the final size on the last
-/// frame (a restore's record holds a state, not the steps to it).
-fn merged(frames: Vec<Frame>) -> Vec<Frame> {
-    let size = frames.iter().rev().find(|f| f.db_size_after > 0).map_or(0, |f| f.db_size_after);
-    let mut newest = std::collections::BTreeMap::new();
-    for f in frames {
-        if f.page_no <= size {
-            newest.insert(f.page_no, f);
-        }
-    }
-    let mut out: Vec<Frame> = newest.into_values().map(|f| Frame { db_size_after: 0, ..f }).collect();
-    if let Some(last) = out.last_mut() {
-        last.db_size_after = size;
-    }
-    out
 }
 
 /// A checkpoint object missing while rebuilding the past means that state left the window.

@@ -10,14 +10,18 @@
 //! * [`entries`]: the history entry of every checkpoint generation;
 //! * [`gc`]: deleting what neither a reader nor the history window still needs;
 //! * [`history`]: the commit at a time, the state after a past commit, restoring it;
-//! * [`fork`]: a new database starting from a past commit, sharing its chunks.
+//! * [`fork`]: a new database starting from a past commit, sharing its chunks;
+//! * [`export`]: a state as a SQLite file, piece by piece;
+//! * [`import`]: a SQLite file as a new state, checked before it is published.
 
 mod checkpoint;
 mod commit;
 mod entries;
+mod export;
 mod fork;
 mod gc;
 mod history;
+mod import;
 mod pages;
 mod replay;
 mod run;
@@ -42,7 +46,9 @@ use crate::value::{ExecStats, Statement, StatementResult};
 use commit::Publish;
 use replay::ProbeResult;
 
+pub use export::FileExport;
 pub use fork::Forked;
+pub use import::{FileCheck, Imported, QUICK_CHECK_MAX_BYTES};
 pub use history::{HistoryWindow, Restored, HISTORY_EDGE_MARGIN_MS};
 
 /// How far back history reaches by default: 7 days.
@@ -79,6 +85,8 @@ pub struct DbConfig {
     /// Read-only requests skip the freshness probe if the last one (or the last commit)
     /// was less than this long ago. 0 = every request sees every earlier commit.
     pub max_staleness_ms: f64,
+    /// Imported files up to this size are checked with SQLite's `quick_check`.
+    pub quick_check_max_bytes: u64,
     pub limits: ExecLimits,
 }
 
@@ -98,6 +106,7 @@ impl Default for DbConfig {
             history_retention_ms: DEFAULT_HISTORY_RETENTION_MS,
             orphan_sweep_interval_ms: gc::ORPHAN_SWEEP_INTERVAL_MS,
             max_staleness_ms: 0.0,
+            quick_check_max_bytes: import::QUICK_CHECK_MAX_BYTES,
             limits: ExecLimits::default(),
         }
     }

@@ -1,0 +1,274 @@
+//! Importing a SQLite database file: streamed into chunk objects under
+//! `upload/{id}/` in bounded memory (six 256 KiB chunks at most in flight), checked, then
+//! published as one snapshot record. Until that record lands nothing of the file is
+//! visible; after it, all of it is. Replacing a database that has data is a commit like any
+//! other, so it stays in history and can be restored away.
+
+use futures::future::join_all;
+use futures::{Stream, StreamExt};
+
+use crate::bookmark::Bookmark;
+use crate::chunk_file::CheckpointView;
+use crate::error::EngineError;
+use crate::log_record::{Snapshot, SnapshotOrigin};
+use crate::store::{PutCondition, PutOutcome};
+use crate::value::{SqlValue, Statement};
+
+use super::commit::Publish;
+use super::{Database, Image, ReadFrom, Reply, Request, Work};
+
+/// Bytes per chunk object of an imported file (pages per chunk follow from the page size).
+const IMPORT_CHUNK_BYTES: usize = 256 << 10;
+/// Files up to this size get SQLite's `quick_check` by default (their pages are still in
+/// the cache); larger ones a structural check: the header, the schema, every root page.
+pub const QUICK_CHECK_MAX_BYTES: u64 = 32 << 20;
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    /// The import's commit.
+    pub bookmark: Bookmark,
+    /// The state before it (restore it to undo the import).
+    pub previous: Bookmark,
+    pub bytes: u64,
+    pub pages: u32,
+    /// Which check the file passed.
+    pub check: FileCheck,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileCheck {
+    /// SQLite's `PRAGMA quick_check` over every page.
+    QuickCheck,
+    /// The header, the schema, and the root page of every table and index.
+    Structure,
+}
+
+fn invalid(why: impl Into<String>) -> EngineError {
+    EngineError::InvalidFile(why.into())
+}
+
+/// The page size a SQLite header declares, if the header is one.
+fn header_page_size(header: &[u8]) -> Result<u32, EngineError> {
+    if header.len() < 100 || &header[..16] != b"SQLite format 3\0" {
+        return Err(invalid("not a SQLite database file (the header does not start with \"SQLite format 3\")"));
+    }
+    let raw = u16::from_be_bytes([header[16], header[17]]) as u32;
+    let page_size = if raw == 1 { 65536 } else { raw };
+    if !(512..=65536).contains(&page_size) || !page_size.is_power_of_two() {
+        return Err(invalid(format!("the header declares page size {raw}, which SQLite never writes")));
+    }
+    if header[20] != 0 {
+        return Err(invalid(format!(
+            "pages reserve {} bytes (an encrypted or checksummed file); only files without reserved bytes can be imported",
+            header[20]
+        )));
+    }
+    Ok(page_size)
+}
+
+impl Database {
+    /// Imports the SQLite file `source` yields. Refused if the database has tables, views
+    /// or triggers, unless `replace`.
+    pub async fn import_file<S>(&mut self, mut source: S, replace: bool) -> Result<Imported, EngineError>
+    where
+        S: Stream<Item = Result<Vec<u8>, EngineError>> + Unpin,
+    {
+        if !replace {
+            self.refuse_if_not_empty().await?;
+        }
+        let mut id = [0u8; 8];
+        self.host.fill_random(&mut id);
+        let upload = self.layout.upload_prefix(&hex::encode(id));
+
+        let mut buffer: Vec<u8> = Vec::with_capacity(IMPORT_CHUNK_BYTES);
+        let mut page_size: Option<u32> = None;
+        let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut chunks: Vec<String> = Vec::new();
+        let mut bytes: u64 = 0;
+        let uploaded = async {
+            loop {
+                let next = source.next().await.transpose()?;
+                if let Some(piece) = &next {
+                    bytes += piece.len() as u64;
+                    buffer.extend_from_slice(piece);
+                }
+                if page_size.is_none() && (buffer.len() >= 100 || next.is_none()) {
+                    page_size = Some(header_page_size(&buffer)?);
+                }
+                while buffer.len() >= IMPORT_CHUNK_BYTES || (next.is_none() && !buffer.is_empty()) {
+                    let take = buffer.len().min(IMPORT_CHUNK_BYTES);
+                    let mut chunk: Vec<u8> = buffer.drain(..take).collect();
+                    if chunks.is_empty() && pending.is_empty() {
+                        // The engine keeps every database in WAL mode.
+                        chunk[18] = 2;
+                        chunk[19] = 2;
+                    }
+                    let key = format!("{upload}chunk-{:08}", chunks.len() + pending.len());
+                    self.cache_import_pages(&key, &chunk, page_size.unwrap_or(4096), bytes);
+                    pending.push((key, chunk));
+                    if pending.len() == self.config.fetch_concurrency.max(1) {
+                        chunks.extend(self.put_chunks(std::mem::take(&mut pending)).await?);
+                    }
+                }
+                if next.is_none() {
+                    chunks.extend(self.put_chunks(std::mem::take(&mut pending)).await?);
+                    return Ok::<(), EngineError>(());
+                }
+            }
+        }
+        .await;
+        let result = match uploaded {
+            Ok(()) => self.publish_import(chunks.clone(), page_size, bytes, replace).await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // Nothing references the upload: take it away again (best effort).
+            let keys: Vec<String> = (0..chunks.len().max(1) + 6).map(|i| format!("{upload}chunk-{i:08}")).collect();
+            let _ = self.store.delete_many(&keys).await;
+        }
+        result
+    }
+
+    async fn put_chunks(&self, chunks: Vec<(String, Vec<u8>)>) -> Result<Vec<String>, EngineError> {
+        let puts = chunks.into_iter().map(|(key, body)| {
+            let store = self.store.clone();
+            async move {
+                match store.put(&key, body, PutCondition::CreateOnly).await? {
+                    PutOutcome::Stored(_) => Ok(key),
+                    PutOutcome::PreconditionFailed => {
+                        Err(EngineError::Internal(format!("upload chunk {key} already exists (a repeated upload id)")))
+                    }
+                }
+            }
+        });
+        join_all(puts).await.into_iter().collect()
+    }
+
+    /// Keeps the pages of small imports in the cache, so that checking them reads nothing.
+    fn cache_import_pages(&self, key: &str, chunk: &[u8], page_size: u32, bytes_so_far: u64) {
+        if bytes_so_far > self.config.quick_check_max_bytes {
+            return;
+        }
+        let key: std::sync::Arc<str> = std::sync::Arc::from(key);
+        for (i, page) in chunk.chunks_exact(page_size as usize).enumerate() {
+            self.cache.insert((key.clone(), i as u32), page.into());
+        }
+    }
+
+    async fn publish_import(
+        &mut self,
+        chunks: Vec<String>,
+        page_size: Option<u32>,
+        bytes: u64,
+        replace: bool,
+    ) -> Result<Imported, EngineError> {
+        let page_size = page_size.ok_or_else(|| invalid("the file is empty"))?;
+        if bytes % page_size as u64 != 0 {
+            return Err(invalid(format!("the file is {bytes} bytes, not a whole number of {page_size}-byte pages")));
+        }
+        let pages = u32::try_from(bytes / page_size as u64).map_err(|_| invalid("the file has more pages than SQLite allows"))?;
+        let snapshot = Snapshot {
+            page_count: pages,
+            pages_per_chunk: (IMPORT_CHUNK_BYTES as u32 / page_size).max(1),
+            chunks,
+            origin: SnapshotOrigin::Import,
+        };
+        let check = self.check_imported(&snapshot, page_size, bytes).await?;
+        let started_ms = self.now_ms();
+        let mut attempt = 1;
+        loop {
+            let previous = Bookmark(self.applied_seq);
+            match self.publish_snapshot(snapshot.clone(), Vec::new(), page_size).await {
+                Publish::Published => {
+                    self.validated_ms = self.now_ms();
+                    let _ = self.maybe_checkpoint().await;
+                    return Ok(Imported { bookmark: Bookmark(previous.0 + 1), previous, bytes, pages, check });
+                }
+                Publish::Stale => {
+                    let elapsed = self.now_ms() - started_ms;
+                    if attempt >= self.config.max_commit_attempts || elapsed >= self.config.commit_budget_ms {
+                        return Err(EngineError::Conflict { attempts: attempt, elapsed_ms: elapsed.max(0.0) as u64 });
+                    }
+                    self.back_off(attempt).await;
+                    attempt += 1;
+                    self.discard_local().await?;
+                    if !replace {
+                        self.refuse_if_not_empty().await?;
+                    } else {
+                        self.refresh(&mut Default::default()).await?;
+                    }
+                }
+                Publish::Unknown(why) => return Err(EngineError::CommitUnknown(why)),
+            }
+        }
+    }
+
+    /// Opens the uploaded image read-only and checks it, before anyone can see it.
+    async fn check_imported(&self, snapshot: &Snapshot, page_size: u32, bytes: u64) -> Result<FileCheck, EngineError> {
+        let view = CheckpointView {
+            page_size,
+            page_count: snapshot.page_count,
+            pages_per_chunk: snapshot.pages_per_chunk,
+            chunks: snapshot.chunks.iter().map(|k| std::sync::Arc::from(k.as_str())).collect(),
+        };
+        let mut image = self.read_only_on(Image { view, snapshot_seq: None }, self.applied_seq);
+        image.local = Some(image.create_local().await.map_err(not_a_database)?);
+        if bytes <= self.config.quick_check_max_bytes {
+            let rows = image.read_rows("PRAGMA quick_check").await.map_err(not_a_database)?;
+            return match rows.as_slice() {
+                [row] if row.first() == Some(&SqlValue::Text("ok".into())) => Ok(FileCheck::QuickCheck),
+                _ => Err(invalid(format!("SQLite's quick_check found damage: {rows:?}"))),
+            };
+        }
+        // Every table and index must start at a page inside the file, and every table's
+        // first rows must read.
+        let schema = image
+            .read_rows("SELECT type, name, rootpage FROM sqlite_schema WHERE rootpage > 0")
+            .await
+            .map_err(not_a_database)?;
+        for row in schema {
+            let [SqlValue::Text(kind), SqlValue::Text(name), SqlValue::Integer(root)] = row.as_slice() else {
+                return Err(invalid("the schema table holds a malformed row"));
+            };
+            if *root as u64 > snapshot.page_count as u64 {
+                return Err(invalid(format!("{name} starts at page {root}, outside the file's {} pages", snapshot.page_count)));
+            }
+            if kind == "table" {
+                let probe = format!("SELECT * FROM \"{}\" LIMIT 1", name.replace('"', "\"\""));
+                image.read_rows(&probe).await.map_err(not_a_database)?;
+            }
+        }
+        Ok(FileCheck::Structure)
+    }
+
+    /// Rows of one read-only statement on this database.
+    async fn read_rows(&mut self, sql: &str) -> Result<Vec<Vec<SqlValue>>, EngineError> {
+        let request = Request { work: Work::Transaction(vec![Statement::new(sql)]), read_from: ReadFrom::Latest };
+        let done = self.perform(vec![request]).await.pop().unwrap_or_else(|| Err(EngineError::Internal("no reply".into())))?;
+        match done.reply {
+            Reply::Transaction(mut results) => Ok(results.pop().map(|r| r.rows).unwrap_or_default()),
+            Reply::Script(_) => Err(EngineError::Internal("a read got a script's reply".into())),
+        }
+    }
+
+    /// Refuses (`DATABASE_NOT_EMPTY`) if the newest state has any table, view or trigger.
+    async fn refuse_if_not_empty(&mut self) -> Result<(), EngineError> {
+        let rows = self.read_rows("SELECT count(*) FROM sqlite_schema").await?;
+        match rows.first().and_then(|r| r.first()) {
+            Some(SqlValue::Integer(0)) => Ok(()),
+            _ => Err(EngineError::NotEmpty(
+                "the database already has tables: import with replace=true to replace it (a commit in its history, which can be restored away)".into(),
+            )),
+        }
+    }
+}
+
+/// A file that does not open or read as a database is the client's, not our corruption.
+fn not_a_database(e: EngineError) -> EngineError {
+    match e {
+        EngineError::Corrupt(why) => invalid(format!("the file is not a valid SQLite database: {why}")),
+        EngineError::Sql(f) => invalid(format!("the file is not a valid SQLite database: {}", f.message)),
+        e => e,
+    }
+}

@@ -1,0 +1,83 @@
+//! `PUT /v1/db/{name}/import[?replace=true]`: a SQLite database file as the body (also
+//! `content-encoding: gzip`), streamed into the engine's import in bounded memory.
+
+use engine_core::EngineError;
+use futures::{FutureExt, StreamExt};
+use serde_json::json;
+use wasm_bindgen::JsCast;
+use worker::{ByteStream, Request};
+
+use crate::db_request::DbRequest;
+use crate::wire::ApiError;
+use crate::Answer;
+
+/// Bytes an import may hold once decompressed (a gzip bomb stops here).
+pub const MAX_IMPORT_BYTES: u64 = 4 << 30;
+
+fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers().get(name).ok().flatten().map(|v| v.trim().to_ascii_lowercase())
+}
+
+/// The request body as bytes, decompressed if it says it is gzip.
+fn body_stream(req: &mut Request) -> Result<ByteStream, ApiError> {
+    let invalid = |m: &str| ApiError::bad_request("INVALID_REQUEST", m);
+    match header(req, "content-encoding").as_deref() {
+        None | Some("identity") => req.stream().map_err(|_| invalid("the import needs the database file as the body")),
+        Some("gzip") => {
+            let body = req.inner().body().ok_or_else(|| invalid("the import needs the database file as the body"))?;
+            let decompressed = (|| {
+                let ctor = js_sys::Reflect::get(&js_sys::global(), &"DecompressionStream".into())?;
+                let ctor: js_sys::Function = ctor.unchecked_into();
+                let ds = js_sys::Reflect::construct(&ctor, &js_sys::Array::of1(&"gzip".into()))?;
+                let pipe: js_sys::Function = js_sys::Reflect::get(&body, &"pipeThrough".into())?.unchecked_into();
+                pipe.call1(&body, &ds)
+            })()
+            .map_err(|_| crate::internal("DecompressionStream is not available"))?;
+            Ok(ByteStream::from(decompressed.unchecked_into::<worker::web_sys::ReadableStream>()))
+        }
+        Some(other) => Err(ApiError::new(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            format!("content-encoding {other} is not accepted: send the file as is, or gzip-compressed"),
+        )),
+    }
+}
+
+pub async fn import(db: DbRequest, req: &mut Request, replace: bool) -> Result<Answer, ApiError> {
+    if let Some(kind) = header(req, "content-type") {
+        let accepted = ["application/vnd.sqlite3", "application/x-sqlite3", "application/octet-stream"];
+        if !accepted.iter().any(|a| kind.starts_with(a)) {
+            return Err(ApiError::new(
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+                format!("content-type {kind} is not accepted: import a SQLite database file ({})", accepted.join(", ")),
+            ));
+        }
+    }
+    let mut total: u64 = 0;
+    let body = body_stream(req)?.map(move |piece| {
+        let piece = piece.map_err(|e| EngineError::InvalidFile(format!("reading the body failed: {e}")))?;
+        total += piece.len() as u64;
+        if total > MAX_IMPORT_BYTES {
+            return Err(EngineError::Limit(format!(
+                "an import may hold at most {MAX_IMPORT_BYTES} bytes once decompressed (IMPORT_SIZE limit)"
+            )));
+        }
+        Ok(piece)
+    });
+    let (imported, r2) = db.exclusive(move |d| d.import_file(Box::pin(body), replace).boxed_local()).await?;
+    let bookmark = imported.bookmark.to_string();
+    let check = match imported.check {
+        engine_core::FileCheck::QuickCheck => "quick_check",
+        engine_core::FileCheck::Structure => "structure",
+    };
+    let body = json!({
+        "bookmark": bookmark,
+        "previous": imported.previous.to_string(),
+        "bytes": imported.bytes,
+        "pages": imported.pages,
+        "check": check,
+        "meta": { "bookmark": bookmark, "r2_reads": r2.reads, "r2_writes": r2.writes },
+    });
+    Ok(Answer { body, timing: None, bookmark: Some(bookmark), file: None })
+}
