@@ -124,6 +124,9 @@ async function stats(url) {
 
 // ---------------------------------------------------------------- throughput and latency
 
+let sessionR2 = NaN;
+let strictRoundTrips = null;
+
 async function throughput() {
   const rows = [];
   const r2 = {};
@@ -156,12 +159,26 @@ async function throughput() {
     await loadData(http);
     await measure(http, ["point select", "single-row insert"], () => stats(rt.url));
     await measure(httpSystem("TwillDB Edge, HTTP, staleness ≤ 1 s", rt.url, { "x-twill-max-staleness-ms": "1000" }), ["point select"]);
+    // A session: reads carry the bookmark of the session's last write.
+    const bookmark = (await json(...http.point(0))).meta.bookmark;
+    const session = httpSystem("TwillDB Edge, HTTP, session bookmark", rt.url, { "x-twill-bookmark": bookmark });
+    await measure(session, ["point select"]);
+    let sessionReads = 0;
+    const probes = scale(200, 10);
+    for (let i = 0; i < probes; i++) sessionReads += (await json(...session.point(i))).meta.r2_reads;
+    sessionR2 = sessionReads / probes;
     await rt.mf.dispose();
 
     // The same inserts with every R2 call delayed as if R2 were a network round trip away.
     rt = await start([engine({ bindings: { TWILL_EMULATE_R2_LATENCY_MS: String(EMULATED_R2_MS) } })], { r2Persist: dir });
     const slow = httpSystem(`TwillDB Edge, HTTP, R2 calls +${EMULATED_R2_MS} ms`, rt.url);
     pointOk(await json(...slow.point(0))); // opens the database in this isolate, so its counters exist
+    // Strict reads prove freshness with the next log record's GET and the manifest's HEAD
+    // at once: one round trip.
+    const strict = await loadCell(slow.point, pointOk, 1);
+    let strictReads = 0;
+    for (let i = 0; i < 10; i++) strictReads += (await json(...slow.point(i))).meta.r2_reads;
+    strictRoundTrips = { p50: strict.p50, reads: strictReads / 10 };
     for (const c of [1, 16]) {
       const base = nextId;
       nextId += CELL_MAX;
@@ -213,7 +230,17 @@ async function throughput() {
     const d1Row = rows.find((r) => r.op === "point select" && r.c === c && r.system.startsWith("D1"));
     const ratio = ours.rps / d1Row.rps;
     target(`Worker point-select throughput over HTTP ≥ 1.0× the D1 Worker (concurrency ${c})`, `${ratio.toFixed(2)}×`, ratio >= 1.0);
+    const session = rows.find((r) => r.op === "point select" && r.c === c && r.system === "TwillDB Edge, HTTP, session bookmark");
+    const sRatio = session.rps / d1Row.rps;
+    target(`point-select throughput with a session bookmark ≥ 1.5× the D1 Worker (concurrency ${c})`, `${sRatio.toFixed(2)}×`, sRatio >= 1.5);
   }
+  target("R2 reads per session read on a warm isolate = 0", sessionR2.toFixed(2), sessionR2 === 0);
+  const trips = strictRoundTrips.p50 / EMULATED_R2_MS;
+  out(`**Strict reads** with every R2 call delayed ${EMULATED_R2_MS} ms: p50 ${strictRoundTrips.p50.toFixed(1)} ms ` +
+      `(${trips.toFixed(2)} × one R2 call), ${strictRoundTrips.reads.toFixed(1)} R2 calls per read (the next log record's GET and ` +
+      `the manifest's HEAD, issued together). **Sessions**: ${sessionR2.toFixed(2)} R2 reads per read on a warm isolate.`);
+  out();
+  target("R2 round trips per strict read = 1 (p50 latency ÷ emulated R2 latency)", `${trips.toFixed(2)}`, trips < 2);
 
   // R2 writes per commit, from the engine's own counters around the insert cells.
   out("**R2 writes per commit in the Worker** (counted by the engine around the HTTP insert cells, one isolate): log records are the");
@@ -244,6 +271,61 @@ async function throughput() {
   target("≤ 0.2 R2 writes per commit with 16 concurrent writers",
     `${(slow16.writes / slow16.commits).toFixed(3)} with ${EMULATED_R2_MS} ms per R2 call; ${(local16.writes / local16.commits).toFixed(3)} against miniflare's ~1 ms R2 (all writes incl. checkpoints)`,
     slow16.writes / slow16.commits <= 0.2);
+}
+
+// ---------------------------------------------------------------- interactive transactions
+
+/** `@libsql/client`'s transaction(): read a row, update it, commit; on one isolate, and with
+ * every request going to the other of two isolates (no sticky routing). */
+async function interactive() {
+  const { createRequire } = await import("node:module");
+  const require = createRequire(new URL("../../ts/package.json", import.meta.url));
+  const { createClient } = require("@libsql/client");
+  const dir = tempDir("twill-bench-tx-");
+  const n = scale(300, 10);
+  const rows = [];
+  try {
+    const mf = new Miniflare({ r2Persist: dir, workers: [engineWorker("a"), engineWorker("b")] });
+    await mf.ready;
+    const via = (pick) => {
+      let i = 0;
+      return async (input, init) => {
+        const req = input instanceof Request ? input : new Request(input, init);
+        const worker = await mf.getWorker(pick(i++));
+        const body = req.method === "GET" || req.method === "HEAD" ? undefined : await req.arrayBuffer();
+        const res = await worker.fetch(req.url, { method: req.method, headers: req.headers, body });
+        return new Response(await res.arrayBuffer(), { status: res.status, headers: res.headers });
+      };
+    };
+    const setup = createClient({ url: "http://localhost/v1/db/txbench/", fetch: via(() => "a") });
+    await setup.batch(["CREATE TABLE acct (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)", "INSERT INTO acct VALUES (1, 0)"], "write");
+    for (const [label, pick] of [["same isolate", () => "a"], ["each request on the other isolate", (i) => (i % 2 ? "a" : "b")]]) {
+      const client = createClient({ url: "http://localhost/v1/db/txbench/", fetch: via(pick) });
+      const latencies = [];
+      for (let i = 0; i < n; i++) {
+        const t = performance.now();
+        const tx = await client.transaction("write");
+        const row = await tx.execute("SELECT n FROM acct WHERE id = 1");
+        await tx.execute({ sql: "UPDATE acct SET n = ? WHERE id = 1", args: [Number(row.rows[0][0]) + 1] });
+        await tx.commit();
+        latencies.push(performance.now() - t);
+      }
+      latencies.sort((a, b) => a - b);
+      rows.push({ label, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99) });
+    }
+    const final = await setup.execute("SELECT n FROM acct WHERE id = 1");
+    if (Number(final.rows[0][0]) !== 2 * n) throw new Error(`interactive transactions lost increments: ${final.rows[0][0]} of ${2 * n}`);
+    await mf.dispose();
+  } finally {
+    removeDir(dir);
+  }
+  out(`\`@libsql/client\` \`transaction("write")\`: BEGIN, a SELECT, an UPDATE, COMMIT (4 Hrana requests), ${n} times in a row; ` +
+      "miniflare's local R2. The counter is checked afterwards.");
+  out();
+  out("| routing | transaction p50 ms | p99 ms | × same isolate (p50) |");
+  out("|---|---|---|---|");
+  for (const r of rows) out(`| ${r.label} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${(r.p50 / rows[0].p50).toFixed(2)} |`);
+  out();
 }
 
 // ---------------------------------------------------------------- cold start
@@ -347,6 +429,9 @@ async function coldStart() {
 out("### In the Worker (workerd via miniflare)");
 out();
 await throughput();
+out("### Interactive transactions");
+out();
+await interactive();
 out("### Cold start (Exp 5)");
 out();
 await coldStart();

@@ -174,6 +174,21 @@ impl Database {
         let past = self.past(seq).await?;
         let (snapshot, frames, page_size) = past.as_snapshot(SnapshotOrigin::Restore { seq })?;
         drop(past);
+        let (previous, bookmark) = self.commit_snapshot(snapshot, frames, page_size, false).await?;
+        Ok(Restored { previous, restored: Bookmark(seq), bookmark })
+    }
+
+    /// Publishes a snapshot record as the next commit, fenced like any other: a writer that
+    /// wins the race first is caught up with, and the record goes after it (within the
+    /// commit budget). With `only_if_empty` the database must still have no tables then.
+    /// Returns the bookmarks of the state before and of the new commit.
+    pub(super) async fn commit_snapshot(
+        &mut self,
+        snapshot: Snapshot,
+        frames: Vec<Frame>,
+        page_size: u32,
+        only_if_empty: bool,
+    ) -> Result<(Bookmark, Bookmark), EngineError> {
         let started_ms = self.now_ms();
         let mut attempt = 1;
         loop {
@@ -182,7 +197,7 @@ impl Database {
                 Publish::Published => {
                     self.validated_ms = self.now_ms();
                     let _ = self.maybe_checkpoint().await;
-                    return Ok(Restored { previous, restored: Bookmark(seq), bookmark: Bookmark(previous.0 + 1) });
+                    return Ok((previous, Bookmark(previous.0 + 1)));
                 }
                 Publish::Stale => {
                     let elapsed = self.now_ms() - started_ms;
@@ -193,6 +208,9 @@ impl Database {
                     attempt += 1;
                     self.discard_local().await?;
                     self.refresh(&mut ExecStats::default()).await?;
+                    if only_if_empty {
+                        self.refuse_if_not_empty().await?;
+                    }
                 }
                 Publish::Unknown(why) => return Err(EngineError::CommitUnknown(why)),
             }

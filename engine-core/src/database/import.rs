@@ -14,7 +14,6 @@ use crate::log_record::{Snapshot, SnapshotOrigin};
 use crate::store::{PutCondition, PutOutcome};
 use crate::value::{SqlValue, Statement};
 
-use super::commit::Publish;
 use super::{Database, Image, ReadFrom, Reply, Request, Work};
 
 /// Bytes per chunk object of an imported file (pages per chunk follow from the page size).
@@ -175,33 +174,8 @@ impl Database {
             origin: SnapshotOrigin::Import,
         };
         let check = self.check_imported(&snapshot, page_size, bytes).await?;
-        let started_ms = self.now_ms();
-        let mut attempt = 1;
-        loop {
-            let previous = Bookmark(self.applied_seq);
-            match self.publish_snapshot(snapshot.clone(), Vec::new(), page_size).await {
-                Publish::Published => {
-                    self.validated_ms = self.now_ms();
-                    let _ = self.maybe_checkpoint().await;
-                    return Ok(Imported { bookmark: Bookmark(previous.0 + 1), previous, bytes, pages, check });
-                }
-                Publish::Stale => {
-                    let elapsed = self.now_ms() - started_ms;
-                    if attempt >= self.config.max_commit_attempts || elapsed >= self.config.commit_budget_ms {
-                        return Err(EngineError::Conflict { attempts: attempt, elapsed_ms: elapsed.max(0.0) as u64 });
-                    }
-                    self.back_off(attempt).await;
-                    attempt += 1;
-                    self.discard_local().await?;
-                    if !replace {
-                        self.refuse_if_not_empty().await?;
-                    } else {
-                        self.refresh(&mut Default::default()).await?;
-                    }
-                }
-                Publish::Unknown(why) => return Err(EngineError::CommitUnknown(why)),
-            }
-        }
+        let (previous, bookmark) = self.commit_snapshot(snapshot, Vec::new(), page_size, !replace).await?;
+        Ok(Imported { bookmark, previous, bytes, pages, check })
     }
 
     /// Opens the uploaded image read-only and checks it, before anyone can see it.
@@ -253,7 +227,7 @@ impl Database {
     }
 
     /// Refuses (`DATABASE_NOT_EMPTY`) if the newest state has any table, view or trigger.
-    async fn refuse_if_not_empty(&mut self) -> Result<(), EngineError> {
+    pub(super) async fn refuse_if_not_empty(&mut self) -> Result<(), EngineError> {
         let rows = self.read_rows("SELECT count(*) FROM sqlite_schema").await?;
         match rows.first().and_then(|r| r.first()) {
             Some(SqlValue::Integer(0)) => Ok(()),
