@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export WRANGLER_SEND_METRICS := false
 export CARGO_TERM_COLOR := never
 
-.PHONY: dev test tools worker test-native test-e2e bench bench-smoke soak clean
+.PHONY: dev test tools worker deploy bundle-check test-native test-e2e bench bench-smoke soak clean
 
 .dev.vars:
 	@printf 'TWILL_ALLOW_ANONYMOUS=true\nTWILL_BATON_KEY=%s\n' "$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" > $@
@@ -25,13 +25,24 @@ dev: worker .dev.vars
 	@echo
 	cd ts && npx wrangler dev --config ../wrangler.toml --ip 127.0.0.1 --port 8787 --persist-to ../.wrangler/state
 
-# Every test: native unit and simulation tests, the wasm build, end-to-end tests in workerd.
+# Every test: native unit and simulation tests, the wasm build and the bundle wrangler would
+# upload, end-to-end tests in workerd.
 test: tools
 	cargo test --quiet
 	cargo test --quiet -p worker-engine --lib
 	$(MAKE) --no-print-directory worker
+	$(MAKE) --no-print-directory bundle-check
 	$(MAKE) --no-print-directory test-e2e
 	$(MAKE) --no-print-directory bench-smoke
+
+# Build the release Worker and deploy it with wrangler (see README: Deploying to Cloudflare).
+deploy: worker
+	cd ts && npx wrangler deploy --config ../wrangler.toml
+
+# The exact bundle `wrangler deploy` would upload: it must build, hold only what runs, and
+# stay within the size budget.
+bundle-check:
+	@bash scripts/check-bundle.sh
 
 # Every benchmark, bounded in time, loopback only: writes benches/RESULTS.md.
 bench: worker

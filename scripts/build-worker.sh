@@ -36,4 +36,4 @@ ts/node_modules/.bin/esbuild "$OUT/entry.ts" --bundle --format=esm --platform=ne
 rm "$OUT/entry.ts" "$OUT/worker_engine.js" "$OUT"/*.d.ts
 raw=$(stat -c %s "$OUT/worker_engine_bg.wasm")
 gz=$(gzip -9 -c "$OUT/worker_engine_bg.wasm" | wc -c)
-echo "worker wasm: $raw bytes raw, $gz bytes gzip -9" | tee "$OUT/size.txt"
+mkdir -p target && echo "worker wasm: $raw bytes raw, $gz bytes gzip -9" | tee target/worker-size.txt

@@ -328,6 +328,95 @@ async function interactive() {
   out();
 }
 
+// ---------------------------------------------------------------- memory
+
+/** The resident memory (kB) of the workerd processes this process started. */
+function workerdRssKb() {
+  let total = 0;
+  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    try {
+      const status = readFileSync(`/proc/${pid}/status`, "utf8");
+      if (!/^Name:\s*workerd/m.test(status) || !new RegExp(`^PPid:\\s*${process.pid}$`, "m").test(status)) continue;
+      total += Number(/^VmRSS:\s*(\d+)/m.exec(status)?.[1] ?? 0);
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return total;
+}
+
+/** A database far larger than the cache, imported as a SQLite file, then scanned whole:
+ * the isolate's memory stays within the cache budget, far from the 128 MB isolate limit. */
+async function memory() {
+  const { createRequire } = await import("node:module");
+  const require = createRequire(new URL("../../ts/package.json", import.meta.url));
+  const { createClient } = require("@libsql/client");
+  const mib = Number(process.env.TWILL_BENCH_MEMORY_MIB ?? scale(1024, 8));
+  const dir = tempDir("twill-bench-mem-");
+  try {
+    const file = path.join(dir, "big.db");
+    const src = createClient({ url: `file:${file}` });
+    await src.execute("CREATE TABLE kv (id INTEGER PRIMARY KEY, pad BLOB NOT NULL)");
+    const rowsTotal = Math.floor((mib * 1048576) / 1040);
+    for (let from = 0; from < rowsTotal; from += 50_000) {
+      await src.execute({
+        sql: "WITH RECURSIVE s(v) AS (SELECT ? UNION ALL SELECT v + 1 FROM s WHERE v < ?) INSERT INTO kv SELECT v, randomblob(1000) FROM s",
+        args: [from, Math.min(rowsTotal, from + 50_000) - 1],
+      });
+    }
+    src.close();
+    const bytes = readFileSync(file);
+    const rt = await start([engine({ bindings: { TWILL_MAX_VM_STEPS: "1000000000" } })], { r2Persist: path.join(dir, "r2") });
+    // Idle: after a first request, so the module is compiled and the engine instantiated.
+    await json(`${rt.url}/v1/db/warm/query`, postJson({ sql: "SELECT 1" }));
+    const idle = workerdRssKb();
+    const wasmIdle = (await json(`${rt.url}/v1/db/mem/stats`)).wasm_memory_bytes;
+    let peak = idle;
+    const sampler = setInterval(() => (peak = Math.max(peak, workerdRssKb())), 20);
+    const t0 = performance.now();
+    const res = await fetch(`${rt.url}/v1/db/mem/import`, { method: "PUT", body: bytes });
+    const imported = await res.json();
+    if (!res.ok) throw new Error(`import failed: ${JSON.stringify(imported).slice(0, 300)}`);
+    const importSeconds = (performance.now() - t0) / 1000;
+    const afterImport = peak;
+    const wasmAfterImport = (await json(`${rt.url}/v1/db/mem/stats`)).wasm_memory_bytes;
+    peak = workerdRssKb();
+    const t1 = performance.now();
+    const scan = await json(`${rt.url}/v1/db/mem/query`, postJson({ sql: "SELECT count(*), sum(length(pad)) FROM kv" }));
+    const scanSeconds = (performance.now() - t1) / 1000;
+    clearInterval(sampler);
+    peak = Math.max(peak, workerdRssKb());
+    if (scan.rows[0][0] !== rowsTotal || scan.rows[0][1] !== rowsTotal * 1000) {
+      throw new Error(`the scan answered ${JSON.stringify(scan.rows)} for ${rowsTotal} rows`);
+    }
+    const stats = await json(`${rt.url}/v1/db/mem/stats`);
+    await rt.mf.dispose();
+    const mb = (kb) => (kb / 1024).toFixed(0);
+    out(`A ${mib} MiB SQLite file (${rowsTotal.toLocaleString("en")} rows of 1,000 bytes) imported over HTTP (${importSeconds.toFixed(1)} s, ` +
+        `${imported.meta.r2_writes} R2 writes, check: ${imported.check}), then \`SELECT count(*), sum(length(pad))\` over all of it ` +
+        `(${scanSeconds.toFixed(1)} s, ${scan.meta.r2_reads} R2 reads, ${(scan.meta.r2_bytes_read / 1048576).toFixed(0)} MiB read). ` +
+        `Resident memory of the workerd process (the runtime and the isolate), sampled every 20 ms:`);
+    out();
+    const mib1 = (b) => (b / 1048576).toFixed(0);
+    out("The isolate's own memory is its wasm linear memory (which only grows, so each figure is the peak so far); the workerd " +
+        "process also holds miniflare's local R2 and the request bodies.");
+    out();
+    out("| phase | isolate wasm memory MiB | workerd RSS MB | RSS over idle MB |");
+    out("|---|---|---|---|");
+    out(`| idle, Worker loaded | ${mib1(wasmIdle)} | ${mb(idle)} | 0 |`);
+    out(`| after the import | ${mib1(wasmAfterImport)} | ${mb(afterImport)} | ${mb(afterImport - idle)} |`);
+    out(`| after the full scan | ${mib1(stats.wasm_memory_bytes)} | ${mb(peak)} | ${mb(peak - idle)} |`);
+    out();
+    out(`Page cache after the scan: ${(stats.cache.bytes / 1048576).toFixed(1)} MiB of its ${(stats.cache.budget_bytes / 1048576).toFixed(0)} MiB budget, ` +
+        `${stats.cache.evictions.toLocaleString("en")} evictions.`);
+    out();
+    target(`full scan of a ${mib} MiB database: the isolate's memory stays under 128 MB`, `${mib1(stats.wasm_memory_bytes)} MiB wasm memory at its peak (cache budget ${mib1(stats.cache.budget_bytes)} MiB)`,
+      stats.wasm_memory_bytes < 128e6);
+  } finally {
+    removeDir(dir);
+  }
+}
+
 // ---------------------------------------------------------------- cold start
 
 function wasmSize() {
@@ -426,12 +515,17 @@ async function coldStart() {
     biggest.meta.r2_reads <= 4 && biggest.meta.r2_bytes_read <= 1048576);
 }
 
-out("### In the Worker (workerd via miniflare)");
-out();
-await throughput();
-out("### Interactive transactions");
-out();
-await interactive();
-out("### Cold start (Exp 5)");
-out();
-await coldStart();
+// TWILL_BENCH_ONLY=<section> runs one section (throughput, memory, interactive, cold).
+const ONLY = process.env.TWILL_BENCH_ONLY;
+const sections = [
+  ["throughput", "In the Worker (workerd via miniflare)", throughput],
+  ["memory", "Memory", memory],
+  ["interactive", "Interactive transactions", interactive],
+  ["cold", "Cold start (Exp 5)", coldStart],
+];
+for (const [key, title, run] of sections) {
+  if (ONLY && ONLY !== key) continue;
+  out(`### ${title}`);
+  out();
+  await run();
+}

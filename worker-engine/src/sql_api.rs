@@ -211,6 +211,14 @@ pub(crate) async fn exec(db: DbRequest, sql: String, started: f64) -> Result<Ans
     Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
 }
 
+/// The isolate's wasm linear memory in bytes: it only grows, so this is also its peak.
+fn wasm_memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    return core::arch::wasm32::memory_size(0) as u64 * 65536;
+    #[cfg(not(target_arch = "wasm32"))]
+    0
+}
+
 fn stats(name: &str, env: &Env) -> Value {
     let c = registry::cache(settings::cache_bytes(env)).stats();
     let cache = json!({
@@ -218,7 +226,7 @@ fn stats(name: &str, env: &Env) -> Value {
         "hits": c.hits, "misses": c.misses, "evictions": c.evictions,
     });
     let Some(slot) = registry::existing_slot(name) else {
-        return json!({ "database": name, "open_in_this_isolate": false, "cache": cache });
+        return json!({ "database": name, "open_in_this_isolate": false, "cache": cache, "wasm_memory_bytes": wasm_memory_bytes() });
     };
     let r2 = slot.store.counts();
     let (applied, checkpoint) = slot.positions().unwrap_or((0, 0));
@@ -230,6 +238,7 @@ fn stats(name: &str, env: &Env) -> Value {
         "checkpoint_seq": checkpoint,
         "r2": { "reads": r2.reads, "writes": r2.writes, "bytes_read": r2.bytes_read, "bytes_written": r2.bytes_written },
         "cache": cache,
+        "wasm_memory_bytes": wasm_memory_bytes(),
     })
 }
 

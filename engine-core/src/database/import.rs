@@ -88,16 +88,24 @@ impl Database {
         let uploaded = async {
             loop {
                 let next = source.next().await.transpose()?;
-                if let Some(piece) = &next {
-                    bytes += piece.len() as u64;
-                    buffer.extend_from_slice(piece);
-                }
-                if page_size.is_none() && (buffer.len() >= 100 || next.is_none()) {
-                    page_size = Some(header_page_size(&buffer)?);
-                }
-                while buffer.len() >= IMPORT_CHUNK_BYTES || (next.is_none() && !buffer.is_empty()) {
-                    let take = buffer.len().min(IMPORT_CHUNK_BYTES);
-                    let mut chunk: Vec<u8> = buffer.drain(..take).collect();
+                let piece = next.as_deref().unwrap_or(&[]);
+                bytes += piece.len() as u64;
+                // Fill the chunk being built from the piece, a slice at a time: pieces may
+                // be large, and nothing is moved more than once.
+                let mut rest = piece;
+                loop {
+                    let room = IMPORT_CHUNK_BYTES - buffer.len();
+                    let (now, later) = rest.split_at(room.min(rest.len()));
+                    buffer.extend_from_slice(now);
+                    rest = later;
+                    if page_size.is_none() && (buffer.len() >= 100 || next.is_none()) {
+                        page_size = Some(header_page_size(&buffer)?);
+                    }
+                    let full = buffer.len() == IMPORT_CHUNK_BYTES;
+                    if !(full || (next.is_none() && !buffer.is_empty())) {
+                        break;
+                    }
+                    let mut chunk = std::mem::replace(&mut buffer, Vec::with_capacity(IMPORT_CHUNK_BYTES));
                     if chunks.is_empty() && pending.is_empty() {
                         // The engine keeps every database in WAL mode.
                         chunk[18] = 2;
@@ -108,6 +116,9 @@ impl Database {
                     pending.push((key, chunk));
                     if pending.len() == self.config.fetch_concurrency.max(1) {
                         chunks.extend(self.put_chunks(std::mem::take(&mut pending)).await?);
+                    }
+                    if rest.is_empty() {
+                        break;
                     }
                 }
                 if next.is_none() {
