@@ -140,3 +140,18 @@ fn databases_are_isolated() {
     let e = block_on(b.transact(&[Statement::new("SELECT * FROM t")])).unwrap_err();
     assert_eq!(e.code(), "SQL_ERROR");
 }
+
+#[test]
+fn sqlite_collations_work_and_icu_locales_are_not_linked() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "collate");
+    exec(&mut db, "CREATE TABLE t (s TEXT COLLATE NOCASE)", vec![]);
+    exec(&mut db, "INSERT INTO t VALUES ('b'), ('A'), ('a  ')", vec![]);
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM t WHERE s = 'B'"), [1]);
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM t WHERE s = 'a' COLLATE RTRIM"), [1]);
+    assert_eq!(query_ints(&mut db, "SELECT 'a' < 'B' COLLATE BINARY"), [0]);
+    // Locale collations are a turso extension SQLite has only with ICU; the Worker leaves
+    // them out (patches/turso_core-0.8.3.patch, item 6).
+    let e = block_on(db.transact(&[Statement::new("SELECT s FROM t ORDER BY s COLLATE \"de_DE\"")])).unwrap_err();
+    assert!(e.to_string().contains("no such collation sequence"), "{e}");
+}
