@@ -1,8 +1,9 @@
 //! The database file as turso sees it: the pages of a checkpoint, read lazily from the
 //! page cache. A page that is not cached is not fetched here (the isolate is
-//! single-threaded and turso sometimes waits for reads by spinning): the read fails, the
-//! page is recorded as wanted (its read stays pending, see [`StalledReads`]), and the engine
-//! fetches it from the object store and runs the transaction again ("fetch first and retry").
+//! single-threaded and the store is async): the page is recorded as wanted and its read
+//! stays pending (see [`StalledReads`]). The engine fetches the page from a
+//! [`PageSource`] and completes the read, and turso goes on where it stopped; where turso
+//! cannot wait, the read fails and the request runs again once the page is cached.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -10,8 +11,20 @@ use std::sync::{Arc, Mutex};
 use turso_core::{Buffer, Completion, File};
 
 use crate::cache::{PageCache, PageKey};
-use crate::io::StalledReads;
+use crate::error::EngineError;
+use crate::io::{StalledRead, StalledReads};
 use crate::manifest::Manifest;
+
+/// Where pages that are not cached come from (the object store, through the engine).
+#[async_trait::async_trait(?Send)]
+pub trait PageSource {
+    /// Fetches the pages `pages` (1-based numbers of the checkpoint) and at least their
+    /// neighbours in one page group; returns every page fetched.
+    async fn fetch_pages(&self, pages: &[u32]) -> Result<Vec<(u32, Arc<[u8]>)>, EngineError>;
+}
+
+/// Pages just fetched, by page number.
+pub type FetchedPages = HashMap<u32, Arc<[u8]>>;
 
 /// Which chunk object holds each page of a checkpoint.
 #[derive(Debug, Clone)]
@@ -72,7 +85,7 @@ impl ChunkFile {
     }
 
     /// Copies `dst.len()` bytes at `pos`; returns false if a needed page is not cached.
-    fn read_into(&self, pos: u64, dst: &mut [u8]) -> bool {
+    fn read_into(&self, pos: u64, dst: &mut [u8], fetched: Option<&FetchedPages>) -> bool {
         let page_size = self.view.page_size.max(1) as u64;
         let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         let mut done = 0usize;
@@ -87,7 +100,8 @@ impl ChunkFile {
                 out.copy_from_slice(&p[in_page..in_page + n]);
             } else if let Some(key) = self.view.page_key(page_no) {
                 let pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner()).get(&page_no).cloned();
-                match pinned.or_else(|| self.cache.get(&key)) {
+                let just_fetched = || fetched.and_then(|f| f.get(&page_no)).cloned();
+                match pinned.or_else(just_fetched).or_else(|| self.cache.get(&key)) {
                     Some(p) if p.len() >= in_page + n => out.copy_from_slice(&p[in_page..in_page + n]),
                     _ => {
                         self.wanted.lock().unwrap_or_else(|p| p.into_inner()).insert(page_no);
@@ -120,11 +134,11 @@ impl File for ChunkFile {
             c.complete(0);
             return Ok(c);
         }
-        let ok = self.read_into(pos, &mut buf.as_mut_slice()[..len]);
+        let ok = self.read_into(pos, &mut buf.as_mut_slice()[..len], None);
         if ok {
             c.complete(len as i32);
         } else {
-            self.stalled.lock().unwrap_or_else(|p| p.into_inner()).push(c.clone());
+            self.stalled.lock().unwrap_or_else(|p| p.into_inner()).push(StalledRead { pos, completion: c.clone() });
         }
         Ok(c)
     }
@@ -161,6 +175,32 @@ impl File for ChunkFile {
 }
 
 impl ChunkFile {
+    /// True while some read waits for pages.
+    pub fn has_stalled_reads(&self) -> bool {
+        !self.stalled.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// Completes every stalled read whose pages are now at hand (`fetched` is read first,
+    /// so a page the cache has already evicted again still serves the read it was fetched
+    /// for); returns how many were completed. The others stay stalled, their pages wanted.
+    pub fn complete_stalled(&self, fetched: &FetchedPages) -> usize {
+        let stalled = std::mem::take(&mut *self.stalled.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut still = Vec::new();
+        let mut completed = 0;
+        for read in stalled {
+            let buf = read.completion.as_read().buf();
+            let len = (buf.len() as u64).min(self.size_now().saturating_sub(read.pos)) as usize;
+            if self.read_into(read.pos, &mut buf.as_mut_slice()[..len], Some(fetched)) {
+                read.completion.complete(len as i32);
+                completed += 1;
+            } else {
+                still.push(read);
+            }
+        }
+        self.stalled.lock().unwrap_or_else(|p| p.into_inner()).extend(still);
+        completed
+    }
+
     /// Whole-page writes only (turso writes the database file in pages).
     fn write_at(&self, pos: u64, data: &[u8]) -> usize {
         let page_size = self.view.page_size.max(1) as usize;

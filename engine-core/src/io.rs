@@ -22,12 +22,19 @@ pub struct EngineIo {
     stalled: StalledReads,
 }
 
-/// Reads of pages that are not cached. They stay pending until the next [`IO::step`],
-/// which fails them: turso code that waits for a read gets an error then, while code
-/// that goes on without waiting (B-tree balancing marks sibling pages dirty right after
-/// asking for them) finds them still loading instead of half-loaded, and the engine
-/// abandons the statement when turso hands control back (see `LocalDb::run_prepared`).
-pub type StalledReads = Arc<Mutex<Vec<Completion>>>;
+/// A read of the database file that waits for pages that are not cached.
+pub struct StalledRead {
+    /// Byte offset in the file; the length is the completion's buffer (clipped to the file).
+    pub pos: u64,
+    pub completion: Completion,
+}
+
+/// Reads of pages that are not cached. While the engine steps a statement, it fetches
+/// their pages and completes them, and the statement goes on where it stopped (see
+/// `LocalDb::run_prepared`). Where turso instead waits for I/O by spinning on
+/// [`IO::step`] (opening, preparing, BEGIN/COMMIT), the next step fails them: the code
+/// that waited gets an error, the engine fetches the pages and runs the request again.
+pub type StalledReads = Arc<Mutex<Vec<StalledRead>>>;
 
 impl EngineIo {
     pub fn new(host: Arc<dyn Host>) -> Self {
@@ -138,7 +145,7 @@ impl IO for EngineIo {
 
     fn step(&self) -> turso_core::Result<()> {
         let stalled = std::mem::take(&mut *self.stalled.lock().unwrap_or_else(|p| p.into_inner()));
-        for c in stalled {
+        for StalledRead { completion: c, .. } in stalled {
             c.error(CompletionError::IOError(std::io::ErrorKind::WouldBlock, "page not cached"));
         }
         Ok(())

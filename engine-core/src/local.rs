@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use crate::cache::PageCache;
-use crate::chunk_file::{CheckpointView, ChunkFile, PinnedPages, WantedPages};
+use crate::chunk_file::{CheckpointView, ChunkFile, PageSource, PinnedPages, WantedPages};
 use crate::error::{sql_err, EngineError, SqliteCode};
 use crate::guard::Dml;
 use crate::host::Host;
@@ -49,13 +49,12 @@ impl Default for ExecLimits {
     }
 }
 
-/// What the local database's file is made of: a checkpoint read through the cache.
+/// The local database's file (a checkpoint read through the cache) and what its reads miss.
 #[derive(Clone)]
 struct Base {
-    view: CheckpointView,
-    cache: Arc<PageCache>,
     wanted: WantedPages,
     pinned: PinnedPages,
+    file: Arc<ChunkFile>,
 }
 
 pub struct LocalDb {
@@ -73,29 +72,45 @@ pub struct LocalDb {
     vm_steps_left: Arc<AtomicI64>,
 }
 
+/// One statement being stepped, and what it produced so far.
+struct Stepping {
+    stmt: turso_core::Statement,
+    keep_rows: bool,
+    columns: Vec<String>,
+    decltypes: Vec<Option<String>>,
+    rows: Vec<Vec<SqlValue>>,
+    /// Approximate bytes of `rows` (sum of value sizes).
+    result_bytes: usize,
+    rowid_before: i64,
+}
+
+impl Stepping {
+    fn new(stmt: turso_core::Statement, keep_rows: bool, rowid_before: i64) -> Self {
+        let columns = (0..stmt.num_columns()).map(|i| stmt.get_column_name(i).into_owned()).collect();
+        let decltypes = (0..stmt.num_columns()).map(|i| stmt.get_column_decltype(i)).collect();
+        Stepping { stmt, keep_rows, columns, decltypes, rows: Vec::new(), result_bytes: 0, rowid_before }
+    }
+}
+
+/// Where a statement being stepped stands.
+enum Progress {
+    Done,
+    /// It waits for pages that are not cached.
+    Stalled,
+}
+
 impl LocalDb {
     /// A database whose file is the checkpoint `view` (empty if it has no pages) and whose
     /// WAL is empty. Fails with [`EngineError::PagesMissing`] if turso needs pages that are
     /// not cached yet: fetch them and call again.
     pub fn create(view: CheckpointView, cache: Arc<PageCache>, host: Arc<dyn Host>) -> Result<Self, EngineError> {
-        let base = Base {
-            view,
-            cache,
-            wanted: Arc::new(Mutex::new(Default::default())),
-            pinned: Arc::new(Mutex::new(HashMap::new())),
-        };
         let io = Arc::new(EngineIo::new(host));
+        let wanted: WantedPages = Arc::new(Mutex::new(Default::default()));
+        let pinned: PinnedPages = Arc::new(Mutex::new(HashMap::new()));
+        let file = Arc::new(ChunkFile::new(view, cache, wanted.clone(), pinned.clone(), io.stalled_reads()));
+        let base = Base { wanted, pinned, file };
         let path = format!("twill-{}.db", NEXT_OPEN_ID.fetch_add(1, Ordering::Relaxed));
-        io.register(
-            &path,
-            Arc::new(ChunkFile::new(
-                base.view.clone(),
-                base.cache.clone(),
-                base.wanted.clone(),
-                base.pinned.clone(),
-                io.stalled_reads(),
-            )),
-        );
+        io.register(&path, base.file.clone());
         Self::open_at(io, base, path, 0)
     }
 
@@ -177,7 +192,8 @@ impl LocalDb {
     }
 
     fn query_page_size(&self) -> Result<u32, EngineError> {
-        let r = self.execute(&Statement::new("PRAGMA page_size"), &ExecLimits::default())?;
+        let sql = "PRAGMA page_size";
+        let r = self.run_prepared_now(self.prepare_one(sql)?, sql, &ExecLimits::default())?;
         match r.rows.first().and_then(|row| row.first()) {
             Some(SqlValue::Integer(n)) if *n > 0 => Ok(*n as u32),
             _ => Ok(4096),
@@ -243,16 +259,24 @@ impl LocalDb {
     }
 
     /// Runs one statement (SQL text holding exactly one statement) with its parameters.
-    pub fn execute(&self, statement: &Statement, limits: &ExecLimits) -> Result<StatementResult, EngineError> {
+    pub async fn execute(
+        &self,
+        statement: &Statement,
+        limits: &ExecLimits,
+        pages: &dyn PageSource,
+    ) -> Result<StatementResult, EngineError> {
         let mut stmt = self.prepare_one(&statement.sql)?;
         bind_params(&mut stmt, &statement.params)?;
-        self.run_prepared(stmt, &statement.sql, limits, true).map_err(|e| self.refine_error(e))
+        match self.run_prepared(stmt, &statement.sql, limits, true, pages).await {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.refine_error(e, pages).await),
+        }
     }
 
     /// SQLite reports a duplicate primary key as "UNIQUE constraint failed" with the
     /// extended code SQLITE_CONSTRAINT_PRIMARYKEY; turso does not tell the two apart, so
     /// look at the table's primary key.
-    fn refine_error(&self, e: EngineError) -> EngineError {
+    async fn refine_error(&self, e: EngineError, pages: &dyn PageSource) -> EngineError {
         let EngineError::Sql(mut failure) = e else { return e };
         if failure.code != SqliteCode::ConstraintUnique {
             return EngineError::Sql(failure);
@@ -266,10 +290,11 @@ impl LocalDb {
             "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk",
             vec![SqlValue::Text(table.to_string())],
         );
-        if let Ok(r) = self.prepare_one(&pk.sql).and_then(|mut stmt| {
-            bind_params(&mut stmt, &pk.params)?;
-            self.run_prepared(stmt, &pk.sql, &ExecLimits::default(), true)
-        }) {
+        let table_info = match self.prepare_one(&pk.sql).and_then(|mut stmt| bind_params(&mut stmt, &pk.params).map(|()| stmt)) {
+            Ok(stmt) => self.run_prepared(stmt, &pk.sql, &ExecLimits::default(), true, pages).await,
+            Err(e) => Err(e),
+        };
+        if let Ok(r) = table_info {
             let pk_columns: Vec<&str> =
                 r.rows.iter().filter_map(|row| match row.first() { Some(SqlValue::Text(t)) => Some(t.as_str()), _ => None }).collect();
             let named: Vec<&str> = columns.iter().map(|(_, c)| *c).collect();
@@ -282,11 +307,12 @@ impl LocalDb {
 
     /// Runs every statement of `sql` in order, without parameters, discarding their rows.
     /// `check` vets each statement's text before it runs.
-    pub fn execute_sequence(
+    pub async fn execute_sequence(
         &self,
         sql: &str,
         limits: &ExecLimits,
         check: impl Fn(&str) -> Result<(), EngineError>,
+        pages: &dyn PageSource,
     ) -> Result<(), EngineError> {
         let mut rest = sql;
         while !is_blank_sql(rest) {
@@ -300,7 +326,7 @@ impl LocalDb {
             if stmt.parameters_count() > 0 {
                 return Err(EngineError::Params("statements of a sequence cannot take parameters".into()));
             }
-            self.run_prepared(stmt, text, limits, false)?;
+            self.run_prepared(stmt, text, limits, false, pages).await?;
             rest = &rest[tail..];
         }
         Ok(())
@@ -324,18 +350,52 @@ impl LocalDb {
         })
     }
 
-    fn run_prepared(
+    /// Steps `stmt` to the end. A read of a page that is not cached suspends the statement
+    /// where it is: the page's group is fetched from `pages`, the read completed, and the
+    /// statement goes on (a scan streams through the cache in one pass, whatever its size).
+    async fn run_prepared(
         &self,
-        mut stmt: turso_core::Statement,
+        stmt: turso_core::Statement,
         sql: &str,
         limits: &ExecLimits,
         keep_rows: bool,
+        pages: &dyn PageSource,
     ) -> Result<StatementResult, EngineError> {
-        let columns: Vec<String> = (0..stmt.num_columns()).map(|i| stmt.get_column_name(i).into_owned()).collect();
-        let decltypes = (0..stmt.num_columns()).map(|i| stmt.get_column_decltype(i)).collect();
-        let rowid_before = self.conn.last_insert_rowid();
-        let mut rows = Vec::new();
-        let mut result_bytes = 0usize;
+        let mut run = Stepping::new(stmt, keep_rows, self.conn.last_insert_rowid());
+        while let Progress::Stalled = self.advance(&mut run, limits)? {
+            self.fetch_stalled(pages).await?;
+        }
+        Ok(self.finish(run, sql))
+    }
+
+    /// [`Self::run_prepared`] for the few statements run where nothing may wait (opening
+    /// the database): a page that is not cached fails it with [`EngineError::PagesMissing`].
+    fn run_prepared_now(&self, stmt: turso_core::Statement, sql: &str, limits: &ExecLimits) -> Result<StatementResult, EngineError> {
+        let mut run = Stepping::new(stmt, true, self.conn.last_insert_rowid());
+        match self.advance(&mut run, limits)? {
+            Progress::Done => Ok(self.finish(run, sql)),
+            Progress::Stalled => Err(self.missing_or(EngineError::Internal("a page is not cached".into()))),
+        }
+    }
+
+    /// Fetches the pages that stalled reads wait for and completes those reads.
+    async fn fetch_stalled(&self, pages: &dyn PageSource) -> Result<(), EngineError> {
+        let wanted = self.take_wanted();
+        let fetched: crate::chunk_file::FetchedPages = match pages.fetch_pages(&wanted).await {
+            Ok(fetched) => fetched.into_iter().collect(),
+            // The checkpoint's chunks are gone (collected after a newer checkpoint): the
+            // caller moves onto the newest manifest and runs the request again.
+            Err(EngineError::BaseGone(_)) => return Err(EngineError::PagesMissing(wanted)),
+            Err(e) => return Err(e),
+        };
+        if self.base.file.complete_stalled(&fetched) == 0 {
+            return Err(EngineError::Corrupt(format!("pages {wanted:?} are needed but the checkpoint does not have them")));
+        }
+        Ok(())
+    }
+
+    /// Steps `run` until it is done or waits for pages that are not cached.
+    fn advance(&self, run: &mut Stepping, limits: &ExecLimits) -> Result<Progress, EngineError> {
         let interrupted = || {
             EngineError::Interrupted(format!(
                 "query interrupted: the request used up its budget of {} VM steps (VM_STEPS limit); the statement changed nothing",
@@ -343,44 +403,50 @@ impl LocalDb {
             ))
         };
         loop {
-            let step = match stmt.step() {
+            let step = match run.stmt.step() {
                 Err(_) if self.vm_steps_left.load(Ordering::Relaxed) <= 0 => return Err(interrupted()),
                 other => other.map_err(sql_err)?,
             };
             match step {
-                StepResult::Row if !keep_rows => {}
+                StepResult::Row if !run.keep_rows => {}
                 StepResult::Row => {
-                    let row = stmt.row().ok_or_else(|| EngineError::Internal("row missing after Row step".into()))?;
+                    let row = run.stmt.row().ok_or_else(|| EngineError::Internal("row missing after Row step".into()))?;
                     let values: Vec<SqlValue> = row.get_values().map(|v| from_turso(v)).collect();
-                    result_bytes += values.iter().map(SqlValue::weight).sum::<usize>();
-                    rows.push(values);
-                    if rows.len() > limits.max_result_rows {
+                    run.result_bytes += values.iter().map(SqlValue::weight).sum::<usize>();
+                    run.rows.push(values);
+                    if run.rows.len() > limits.max_result_rows {
                         return Err(EngineError::Limit(format!(
                             "result has more than {} rows (RESULT_ROWS limit); add a LIMIT or page through the data",
                             limits.max_result_rows
                         )));
                     }
-                    if result_bytes > limits.max_result_bytes {
+                    if run.result_bytes > limits.max_result_bytes {
                         return Err(EngineError::Limit(format!(
                             "result is larger than {} bytes (RESULT_BYTES limit); select fewer rows or columns",
                             limits.max_result_bytes
                         )));
                     }
                 }
-                StepResult::Done => break,
+                StepResult::Done => return Ok(Progress::Done),
                 StepResult::IO | StepResult::Yield | StepResult::Sleep { .. } => {
-                    // Waiting on a page that is not cached: abandon the statement rather than
-                    // let turso go on with it (the request is rolled back and run again once
-                    // the page is fetched).
+                    if self.base.file.has_stalled_reads() {
+                        return Ok(Progress::Stalled);
+                    }
+                    // A read turso did not wait for failed (see `StalledReads`): what it
+                    // goes on with cannot be trusted, so the request runs again.
                     if self.has_wanted() {
                         return Err(self.missing_or(EngineError::Internal("a page is not cached".into())));
                     }
-                    stmt._io().step().map_err(sql_err)?;
+                    run.stmt._io().step().map_err(sql_err)?;
                 }
                 StepResult::Interrupt => return Err(interrupted()),
                 StepResult::Busy => return Err(EngineError::Internal("database busy".into())),
             }
         }
+    }
+
+    fn finish(&self, run: Stepping, sql: &str) -> StatementResult {
+        let Stepping { stmt, rows, columns, decltypes, rowid_before, .. } = run;
         let dml = crate::guard::dml_of(sql);
         // SQLite's changes() counts INSERT, UPDATE and DELETE only (turso's counter also
         // moves for other statements, e.g. window functions and DROP).
@@ -389,7 +455,7 @@ impl LocalDb {
         let rows_written = stmt.stmt_status(StatementStatusCounter::RowsWritten);
         let rowid_after = self.conn.last_insert_rowid();
         let is_insert = dml == Dml::Insert;
-        Ok(StatementResult {
+        StatementResult {
             columns,
             decltypes,
             rows,
@@ -400,7 +466,7 @@ impl LocalDb {
                 .then_some(rowid_after),
             connection_last_insert_rowid: rowid_after,
             is_insert,
-        })
+        }
     }
 
     /// Runs `sql` that the engine itself issues (BEGIN, COMMIT, ROLLBACK).

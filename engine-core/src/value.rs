@@ -128,6 +128,10 @@ pub struct ExecStats {
     pub records_applied: u64,
     /// Times the transaction was re-run after losing a commit race.
     pub retries: u32,
+    /// Times the request ran again from its start because a page it needed was not cached
+    /// where turso cannot wait for it (opening, BEGIN/COMMIT); reads inside statements wait
+    /// for their pages and never cause this.
+    pub page_restarts: u32,
     /// Log records this request committed (0 for read-only requests).
     pub records_committed: u64,
     /// The log position the answer reflects (its bookmark): the newest commit it saw, or

@@ -164,6 +164,7 @@ impl Database {
             unverified_records: false,
             validated_ms: f64::INFINITY,
             listed_absent: None,
+            scan_resumes_at: Default::default(),
         }
     }
 

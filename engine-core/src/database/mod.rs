@@ -327,6 +327,8 @@ pub struct Database {
     /// A LIST during the request in progress showed no log record at this seq (the next
     /// one): its freshness probe then needs only the manifest HEAD, not a GET.
     listed_absent: Option<u64>,
+    /// The page after the last group a waiting statement fetched (see [`PageSource`]).
+    scan_resumes_at: std::cell::Cell<u32>,
 }
 
 /// Page-fetch rounds one group may take (each round fetches at least one new page group).
@@ -365,6 +367,7 @@ impl Database {
             unverified_records: false,
             validated_ms: f64::NEG_INFINITY,
             listed_absent: None,
+            scan_resumes_at: Default::default(),
         };
         db.local = Some(db.create_local().await?);
         db.replay_listed_log().await?;
@@ -544,8 +547,8 @@ impl Database {
             for (request, check) in requests.iter().zip(checked) {
                 let outcome = match (check, &request.work) {
                     (Err(e), _) => Err(e.clone()),
-                    (Ok(shape), Work::Transaction(stmts)) => self.run_local(stmts, *shape).map(Reply::Transaction),
-                    (Ok(_), Work::Script(script)) => self.run_script_local(script).map(Reply::Script),
+                    (Ok(shape), Work::Transaction(stmts)) => self.run_local(stmts, *shape).await.map(Reply::Transaction),
+                    (Ok(_), Work::Script(script)) => self.run_script_local(script).await.map(Reply::Script),
                 };
                 if let Err(EngineError::PagesMissing(pages)) = &outcome {
                     missing = Some(pages.clone());
@@ -555,6 +558,7 @@ impl Database {
             }
             if let Some(pages) = missing {
                 fetch_rounds += 1;
+                stats.page_restarts += 1;
                 if fetch_rounds > MAX_FETCH_ROUNDS {
                     return Err(EngineError::Internal("transaction kept missing pages".into()));
                 }

@@ -1,13 +1,15 @@
-//! Lazy page reads ("fetch first and retry") and (re)building the local database on its
-//! checkpoint. A page turso needs that is not cached fails the request locally; its aligned
-//! page group is fetched with one range GET (six at a time) and the request runs again.
+//! Lazy page reads and (re)building the local database on its checkpoint. A page turso
+//! needs that is not cached is fetched with its aligned page group (one range GET, six at a
+//! time): while a statement steps, the statement waits for it and goes on; where turso
+//! cannot wait (opening, BEGIN/COMMIT), the request fails locally and runs again once the
+//! group is fetched ("fetch first and retry"; those pages are pinned for the retry).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::future::join_all;
 
-use crate::chunk_file::CheckpointView;
+use crate::chunk_file::{CheckpointView, PageSource};
 use crate::error::EngineError;
 use crate::local::LocalDb;
 use crate::store::ByteRange;
@@ -143,6 +145,32 @@ impl Database {
                     fetched.push((run.chunk * view.pages_per_chunk + index + 1, bytes));
                 }
             }
+        }
+        Ok(fetched)
+    }
+}
+
+/// The pages a statement waits for. A miss in the page group right after the last one
+/// fetched is a scan going through the file: the groups after it are fetched with it, as
+/// many as may be in flight at once (while the cache has room for them to wait there).
+#[async_trait::async_trait(?Send)]
+impl PageSource for Database {
+    async fn fetch_pages(&self, pages: &[u32]) -> Result<Vec<(u32, Arc<[u8]>)>, EngineError> {
+        let view = self.view();
+        let group = self.config.fetch_group_pages.clamp(1, view.pages_per_chunk.max(1));
+        let group_of = |page_no: u32| page_no.saturating_sub(1) / group;
+        let mut wanted = pages.to_vec();
+        if let [page_no] = pages {
+            let sequential = group_of(*page_no) == group_of(self.scan_resumes_at.get());
+            let room = self.cache.stats().budget / (4 * group as usize * view.page_size as usize).max(1);
+            let ahead = (self.config.fetch_concurrency.max(1) - 1).min(room) as u32;
+            if sequential {
+                wanted.extend((1..=ahead).map(|k| (group_of(*page_no) + k) * group + 1));
+            }
+        }
+        let fetched = self.fetch_page_bytes(&wanted).await?;
+        if let Some(last) = fetched.iter().map(|(page_no, _)| *page_no).max() {
+            self.scan_resumes_at.set(last + 1);
         }
         Ok(fetched)
     }

@@ -2,6 +2,7 @@
 //! or a script that controls transactions itself. Nothing here touches the store; what a
 //! request committed locally is shipped by the caller.
 
+use crate::chunk_file::PageSource;
 use crate::error::{EngineError, SqlFailure, SqliteCode};
 use crate::guard::{begins_read_only, check_script_statement, is_transaction_control, StatementKind};
 use crate::local::LocalDb;
@@ -25,7 +26,7 @@ struct UnitState {
 impl Database {
     /// BEGIN, the statements, COMMIT, all locally (a single read runs on its own). Leaves
     /// no transaction open; a failure rolls back this request only.
-    pub(super) fn run_local(&mut self, statements: &[Statement], shape: Shape) -> Result<Vec<StatementResult>, EngineError> {
+    pub(super) async fn run_local(&mut self, statements: &[Statement], shape: Shape) -> Result<Vec<StatementResult>, EngineError> {
         let limits = self.config.limits;
         let local = self.local()?;
         local.start_request(&limits);
@@ -44,7 +45,7 @@ impl Database {
             Err(e)
         };
         for s in statements {
-            match local.execute(s, &limits) {
+            match local.execute(s, &limits, &*self).await {
                 Ok(r) => results.push(r),
                 Err(e) => return rollback(local, e),
             }
@@ -72,7 +73,7 @@ impl Database {
     /// is not the client's (or pages to fetch) fails the whole script, and the caller
     /// discards its local effects. Leaves no transaction open: one still open at the end
     /// is rolled back, and carried to the next request if the script says so.
-    pub(super) fn run_script_local(&mut self, script: &Script) -> Result<ScriptOutcome, EngineError> {
+    pub(super) async fn run_script_local(&mut self, script: &Script) -> Result<ScriptOutcome, EngineError> {
         let limits = self.config.limits;
         self.local()?.start_request(&limits);
         let mut outcomes: Vec<StepOutcome> = Vec::with_capacity(script.steps.len());
@@ -81,7 +82,7 @@ impl Database {
         let mut tx: Option<TxLog> = None;
         let mut opened_at: Option<usize> = None;
         if let Some(resume) = &script.resume {
-            match self.replay_transaction(resume) {
+            match self.replay_transaction(resume).await {
                 Ok(()) => tx = Some(resume.clone()),
                 Err(e) if e.is_client_error() => {
                     let local = self.local()?;
@@ -110,7 +111,7 @@ impl Database {
             let outcome = if !step.condition.as_ref().is_none_or(|c| c.holds(&outcomes, autocommit)) {
                 StepOutcome::Skipped
             } else {
-                match run_action(local, &step.action, autocommit, read_only_tx, &limits) {
+                match run_action(local, &step.action, autocommit, read_only_tx, &limits, &*self).await {
                     Ok(outcome) => outcome,
                     Err(e) => {
                         if local.in_transaction() {
@@ -202,7 +203,7 @@ impl Database {
     /// Opens the transaction `log` describes and runs its statements again, checking that
     /// each answers as it did before. Leaves the transaction open (and SQL's clock and
     /// randomness pinned to it) on success.
-    fn replay_transaction(&self, log: &TxLog) -> Result<(), EngineError> {
+    async fn replay_transaction(&self, log: &TxLog) -> Result<(), EngineError> {
         let limits = self.config.limits;
         let local = self.local()?;
         if self.applied_seq < log.seen_seq {
@@ -221,7 +222,7 @@ impl Database {
                 TxAction::Execute(s) => Action::Execute(s.clone()),
                 TxAction::Sequence(sql) => Action::Sequence(sql.clone()),
             };
-            let outcome = run_action(local, &action, false, read_only, &limits)?;
+            let outcome = run_action(local, &action, false, read_only, &limits, self).await?;
             let missed = local.take_wanted();
             if !missed.is_empty() {
                 return Err(EngineError::PagesMissing(missed));
@@ -278,26 +279,32 @@ impl Database {
 
 /// Runs one step's action. `Ok` holds the step's outcome (a failure the client sees is an
 /// outcome too); `Err` is a failure of the engine (or pages to fetch).
-fn run_action(
+async fn run_action(
     local: &LocalDb,
     action: &Action,
     autocommit: bool,
     read_only_tx: bool,
     limits: &crate::local::ExecLimits,
+    pages: &dyn PageSource,
 ) -> Result<StepOutcome, EngineError> {
     let writes_refused =
         || EngineError::NotAllowed("this is a read-only transaction (BEGIN READONLY); the statement may write".into());
     let result = match action {
-        Action::Execute(statement) => check_script_statement(&statement.sql)
-            .and_then(|kind| if read_only_tx && kind == StatementKind::Write { Err(writes_refused()) } else { Ok(()) })
-            .and_then(|_| local.execute(statement, limits))
-            .map(StepOutcome::Executed),
-        Action::Sequence(sql) => local
-            .execute_sequence(sql, limits, |text| match check_script_statement(text)? {
+        Action::Execute(statement) => {
+            match check_script_statement(&statement.sql).and_then(|kind| {
+                if read_only_tx && kind == StatementKind::Write { Err(writes_refused()) } else { Ok(()) }
+            }) {
+                Ok(()) => local.execute(statement, limits, pages).await.map(StepOutcome::Executed),
+                Err(e) => Err(e),
+            }
+        }
+        Action::Sequence(sql) => {
+            let check = |text: &str| match check_script_statement(text)? {
                 StatementKind::Write if read_only_tx => Err(writes_refused()),
                 _ => Ok(()),
-            })
-            .map(|()| StepOutcome::Sequenced),
+            };
+            local.execute_sequence(sql, limits, check, pages).await.map(|()| StepOutcome::Sequenced)
+        }
         Action::Describe(sql) => local.describe(sql).map(StepOutcome::Described),
         Action::GetAutocommit => Ok(StepOutcome::Autocommit(autocommit)),
     };
