@@ -91,6 +91,11 @@ impl Layout {
         format!("{}forks/", self.prefix)
     }
 
+    /// Every reference fork `child` keeps on this database.
+    pub fn fork_refs_of(&self, child: &str) -> String {
+        format!("{}forks/{}/", self.prefix, child)
+    }
+
     /// Everything of an import upload session `id`: its state and its staged chunks.
     pub fn upload_prefix(&self, id: &str) -> String {
         format!("{}upload/{}/", self.prefix, id)
@@ -126,6 +131,26 @@ impl Layout {
     }
 }
 
+/// Names an import's upload session: `{start ms:013}-{random}`, so the time it began can be
+/// read off its keys (a purge leaves uploads that may still be in progress alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadId(pub String);
+
+impl UploadId {
+    pub fn new(started_ms: u64, host: &dyn crate::host::Host) -> Self {
+        UploadId(format!("{started_ms:013}-{}", crate::host::random_hex(host, 8)))
+    }
+
+    /// When the upload that wrote `key` (any key under an upload prefix) began; `None`
+    /// for ids of another form (uploads from before ids carried their time).
+    pub fn started_ms_of(layout: &Layout, key: &str) -> Option<u64> {
+        let rest = key.strip_prefix(&layout.uploads_prefix())?;
+        let (id, _) = rest.split_once('/')?;
+        let (ms, _) = id.split_once('-')?;
+        ms.parse().ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +168,8 @@ mod tests {
         assert_eq!(Layout::owner_prefix_of(&l.chunk_key(1, 2, "n")), Some("db/app/"));
         assert_eq!(Layout::new("r/", "x").sibling("y"), Layout::new("r/", "y"));
         assert_eq!(l.sibling("b"), Layout::new("", "b"));
+        let upload = format!("{}chunk-00000003", l.upload_prefix("0001700000000123-ab12"));
+        assert_eq!(UploadId::started_ms_of(&l, &upload), Some(1_700_000_000_123));
+        assert_eq!(UploadId::started_ms_of(&l, &format!("{}chunk-1", l.upload_prefix("ab12cd"))), None);
     }
 }

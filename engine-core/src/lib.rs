@@ -26,7 +26,7 @@ pub mod txn;
 pub mod value;
 
 pub use bookmark::Bookmark;
-pub use database::{Database, DbConfig, DbContext, Done, FileCheck, FileExport, Forked, Imported, HistoryWindow, ReadFrom, Reply, Request, Restored, TxResult, Work};
+pub use database::{Database, DbConfig, DbContext, Deleted, Done, FileCheck, FileExport, Forked, Imported, HistoryWindow, ReadFrom, Reply, Request, Restored, TxResult, Work};
 pub use error::EngineError;
 pub use layout::Layout;
 pub use store::ObjectStore;

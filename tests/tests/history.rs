@@ -351,3 +351,78 @@ fn imports_publish_a_checked_file_atomically_and_refuse_what_is_not_one() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn deleting_a_database_empties_it_purges_its_objects_and_spares_its_forks() {
+    let store = Rc::new(MemStore::new());
+    let host = Arc::new(SimHost::new(13));
+    let window = 2.0 * HOUR;
+    let ctx = |h: &Arc<SimHost>| DbContext::new(store.clone()).with_host(h.clone()).with_sleeper(engine_core::dst::sleeper(h));
+    let mut db = open(&store, &host, window);
+    exec(&mut db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER, pad BLOB)", vec![]);
+    exec(
+        &mut db,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) INSERT INTO t (v, pad) SELECT i, randomblob(2000) FROM n",
+        vec![],
+    );
+    let commits = insert_rows(&mut db, &host, 8);
+    block_on(db.fork(commits[3].0, "kept")).unwrap();
+    let mut kept = try_open_in(ctx(&host), "kept", config(window)).unwrap();
+    exec(&mut kept, "DELETE FROM t WHERE v > 200", vec![]);
+    block_on(kept.fork(kept.applied_seq(), "kept2")).unwrap();
+    let mut stale = open(&store, &host, window);
+    assert_eq!(count(&mut stale), 308);
+    let before = store.keys().iter().filter(|k| k.starts_with("db/h/")).count();
+
+    let deleted = block_on(db.delete()).unwrap();
+    assert!(deleted.purge_complete, "{deleted:?}");
+    assert!(deleted.objects_deleted > 10, "{deleted:?} of {before} objects");
+    assert!(deleted.chunks_kept_for_forks > 0, "{deleted:?}");
+
+    // Empty from every isolate: a replica opened before answers from the new state, its
+    // write loses the race and runs again on the empty database.
+    let mut fresh = open(&store, &host, window);
+    assert_eq!(query_ints(&mut fresh, "SELECT count(*) FROM sqlite_schema"), [0]);
+    let e = block_on(stale.transact(&[engine_core::Statement::new("INSERT INTO t (v) VALUES (1)")])).unwrap_err();
+    assert!(e.to_string().contains("no such table"), "{e}");
+    // What is left of the old state: the manifest, and the chunks the forks use.
+    let left: Vec<String> = store.keys().into_iter().filter(|k| k.starts_with("db/h/")).collect();
+    let unexpected: Vec<&String> = left
+        .iter()
+        .filter(|k| !(k.starts_with("db/h/chunk/") || k.starts_with("db/h/forks/") || k.as_str() == "db/h/manifest"))
+        .filter(|k| !k.starts_with(&format!("db/h/log/{:020}", deleted.bookmark.0)))
+        .collect();
+    assert!(unexpected.is_empty(), "left after the purge: {unexpected:?}");
+    let chunks_left = left.iter().filter(|k| k.starts_with("db/h/chunk/")).count() as u64;
+    assert_eq!(chunks_left, deleted.chunks_kept_for_forks, "only chunks forks use are left: {left:?}");
+
+    // The past before the deletion is gone; restoring it is refused.
+    let e = block_on(fresh.past(commits[5].0)).err().expect("the past before a deletion is gone");
+    assert_eq!(e.code(), "HISTORY_UNAVAILABLE", "{e}");
+    let e = block_on(fresh.restore(commits[5].0)).unwrap_err();
+    assert_eq!(e.code(), "HISTORY_UNAVAILABLE", "{e}");
+
+    // The forks read everything they had, cold.
+    let mut cold = try_open_in(ctx(&host), "kept", config(window)).unwrap();
+    assert_eq!(count(&mut cold), 204);
+    assert_eq!(query_ints(&mut cold, "SELECT sum(length(pad)) FROM t")[0], 400_000);
+    let mut cold2 = try_open_in(ctx(&host), "kept2", config(window)).unwrap();
+    assert_eq!(count(&mut cold2), 204);
+
+    // The name works again at once, from any isolate.
+    exec(&mut fresh, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER, pad BLOB)", vec![]);
+    for _ in 0..5 {
+        exec(&mut fresh, "INSERT INTO t (v) VALUES (1)", vec![]);
+    }
+    assert_eq!(count(&mut stale), 5);
+
+    // Deleting a fork drops its references on the parent (its own fork keeps its own).
+    let refs = |child: &str| store.keys().into_iter().filter(|k| k.starts_with(&format!("db/h/forks/{child}/"))).count();
+    assert!(refs("kept") > 0 && refs("kept2") > 0);
+    let gone = block_on(kept.delete()).unwrap();
+    assert!(gone.purge_complete);
+    assert_eq!(refs("kept"), 0, "the deleted fork's references are dropped");
+    assert!(refs("kept2") > 0);
+    let mut cold2 = try_open_in(ctx(&host), "kept2", config(window)).unwrap();
+    assert_eq!(query_ints(&mut cold2, "SELECT sum(length(pad)) FROM t")[0], 400_000);
+}

@@ -304,3 +304,72 @@ test("import: a SQLite file (plain or gzip) becomes the database at once; refuse
     removeDir(dir);
   }
 });
+
+test("DELETE /v1/db/{name}: empty at once from every isolate, history gone, objects purged, forks intact", async () => {
+  const db = "/v1/db/doomed";
+  await call("a", `${db}/query`, { body: { sql: "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, pad BLOB)" } });
+  const marks = [];
+  for (let i = 1; i <= 7; i++) {
+    const r = await call(i % 2 ? "a" : "b", `${db}/query`, {
+      body: { sql: "INSERT INTO t (v, pad) SELECT ?, randomblob(3000) FROM (SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3)", params: [`d${i}`] },
+    });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    marks.push(r.body.meta.bookmark);
+  }
+  const fork = await call("b", `${db}/fork`, { body: { to: "doomed-fork", bookmark: marks[4] } });
+  assert.equal(fork.status, 200, JSON.stringify(fork.body));
+  const bucket = await mf.getR2Bucket("BUCKET", "a");
+  const keys = async (prefix) => {
+    const out = [];
+    let cursor;
+    do {
+      const page = await bucket.list({ prefix, cursor });
+      out.push(...page.objects.map((o) => o.key));
+      cursor = page.truncated ? page.cursor : undefined;
+    } while (cursor);
+    return out;
+  };
+  const before = await keys("db/doomed/");
+  assert.ok(before.some((k) => k.includes("/chunk/")) && before.some((k) => k.includes("/log/")), before.join(" "));
+
+  // Only DELETE on the database itself deletes.
+  assert.equal((await call("a", `${db}/`, { method: "POST", body: {} })).status, 404);
+  const deleted = await call("b", db, { method: "DELETE" });
+  assert.equal(deleted.status, 200, JSON.stringify(deleted.body));
+  assert.equal(deleted.body.deleted, "doomed");
+  assert.equal(deleted.body.purge_complete, true);
+  assert.ok(deleted.body.objects_deleted > 5, JSON.stringify(deleted.body));
+  assert.ok(deleted.body.bookmark > marks[6], "the deletion is a commit after the last write");
+
+  // Both isolates (a had it open) answer from the empty database.
+  for (const isolate of ["a", "b"]) {
+    const r = await call(isolate, `${db}/query`, { body: { sql: "SELECT count(*) FROM sqlite_schema" } });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.equal(r.body.rows[0][0], 0);
+    const gone = await call(isolate, `${db}/query`, { body: { sql: "SELECT count(*) FROM t" } });
+    assert.equal(gone.status, 400);
+    assert.equal(gone.body.error.code, "SQL_ERROR");
+  }
+  // The past is gone with it.
+  const past = await call("a", `${db}/query`, { body: { sql: "SELECT 1", as_of: marks[2] } });
+  assert.equal(past.body.error?.code, "HISTORY_UNAVAILABLE", JSON.stringify(past.body));
+  const restore = await call("b", `${db}/restore`, { body: { bookmark: marks[2] } });
+  assert.equal(restore.body.error?.code, "HISTORY_UNAVAILABLE", JSON.stringify(restore.body));
+  const history = await call("a", `${db}/history`);
+  assert.equal(history.body.window.from, deleted.body.bookmark);
+
+  // In R2: the manifest, the deletion's record, the fork's reference and the chunks it uses.
+  const after = await keys("db/doomed/");
+  const chunks = after.filter((k) => k.includes("/chunk/"));
+  assert.equal(chunks.length, deleted.body.chunks_kept_for_forks, after.join(" "));
+  const others = after.filter((k) => !k.includes("/chunk/") && !k.includes("/forks/") && !k.endsWith("/manifest"));
+  assert.ok(others.length <= 1 && others.every((k) => k.includes("/log/")), others.join(" "));
+  assert.ok(after.length < before.length, `${after.length} of ${before.length} objects left`);
+
+  // The fork reads all it had; the name works again at once.
+  const forked = await call("a", "/v1/db/doomed-fork/query", { body: { sql: "SELECT count(*), sum(length(pad)) FROM t" } });
+  assert.deepEqual(forked.body.rows[0], [15, 45000]);
+  assert.equal((await call("a", `${db}/query`, { body: { sql: "CREATE TABLE t (x)" } })).status, 200);
+  assert.equal((await call("b", `${db}/query`, { body: { sql: "INSERT INTO t VALUES (1)" } })).status, 200);
+  assert.equal((await call("a", `${db}/query`, { body: { sql: "SELECT count(*) FROM t" } })).body.rows[0][0], 1);
+});

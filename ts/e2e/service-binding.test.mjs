@@ -104,7 +104,7 @@ test("RPC: exact 64-bit integers as BigInt, blobs as bytes, errors as codes", as
   assert.equal(r.thrown.code, "SQL_ERROR");
 });
 
-test("history through the client, over RPC and HTTP: asOf, history, restore and undo, fork", async () => {
+test("history through the client, over RPC and HTTP: asOf, history, restore and undo, fork, delete", async () => {
   const out = await get("/history");
   for (const kind of ["rpc", "http"]) {
     const r = out[kind];
@@ -116,6 +116,8 @@ test("history through the client, over RPC and HTTP: asOf, history, restore and 
     assert.equal(r.fork, `${kind}-hist-fork`);
     assert.ok(r.undone, kind);
     assert.match(r.afterUndo, /no such table/, kind);
+    assert.ok(r.deleted, kind);
+    assert.equal(r.tablesAfterDelete, 0, kind);
   }
   assert.deepEqual(out.forkRows, [[1]]);
 });

@@ -61,6 +61,16 @@ export interface RestoreAnswer {
   bookmark: string;
 }
 
+export interface DeleteAnswer {
+  deleted: string;
+  /** The deletion's commit: the database is empty there, with no history before it. */
+  bookmark: string;
+  objects_deleted: number;
+  chunks_kept_for_forks: number;
+  /** False if the purge stopped at its call budget: delete again to finish it. */
+  purge_complete: boolean;
+}
+
 export interface ForkAnswer {
   database: string;
   from: string;
@@ -79,6 +89,7 @@ export interface Transport {
   history(database: string, at?: string | number): Promise<HistoryAnswer | Failure>;
   restore(database: string, point: HistoryPoint): Promise<RestoreAnswer | Failure>;
   fork(database: string, request: { to: string } & Partial<{ bookmark: string; time: string | number }>): Promise<ForkAnswer | Failure>;
+  delete(database: string): Promise<DeleteAnswer | Failure>;
 }
 
 /** A database error, with the server's code (e.g. SQL_ERROR, LIMIT_EXCEEDED, READ_ONLY)
@@ -264,6 +275,12 @@ export class TwillDatabase {
     return unwrap(await this.transport.fork(this.name, { to, ...(point ?? {}) }));
   }
 
+  /** Deletes the database's data and its history (forks keep theirs); the name can be
+   * used again at once, as an empty database. */
+  async delete(): Promise<DeleteAnswer> {
+    return unwrap(await this.transport.delete(this.name));
+  }
+
   /** @internal Options for the next request. */
   requestOptions(): RequestOptions | undefined {
     return undefined;
@@ -321,6 +338,7 @@ export interface TwillBinding {
   history(database: string, at?: string | number): Promise<unknown>;
   restore(database: string, point: HistoryPoint): Promise<unknown>;
   fork(database: string, request: { to: string } & Partial<{ bookmark: string; time: string | number }>): Promise<unknown>;
+  delete(database: string): Promise<unknown>;
 }
 
 /** Database `name` through a service binding to the TwillDB Edge Worker. */
@@ -333,6 +351,7 @@ export function fromBinding(binding: TwillBinding, name: string): TwillDatabase 
     history: async (db, at) => (await binding.history(db, at)) as HistoryAnswer | Failure,
     restore: async (db, point) => (await binding.restore(db, point)) as RestoreAnswer | Failure,
     fork: async (db, request) => (await binding.fork(db, request)) as ForkAnswer | Failure,
+    delete: async (db) => (await binding.delete(db)) as DeleteAnswer | Failure,
   };
   return new TwillDatabase(transport, name);
 }
@@ -381,13 +400,13 @@ export function overHttp(
 ): TwillDatabase {
   const doFetch = options.fetch ?? fetch;
   const base = url.replace(/\/+$/, "");
-  async function call(path: string, body: unknown, request?: RequestOptions): Promise<any> {
+  async function call(path: string, body: unknown, request?: RequestOptions, method?: string): Promise<any> {
     const headers: Record<string, string> = { "content-type": "application/json" };
     if (options.token) headers.authorization = `Bearer ${options.token}`;
     if (request?.bookmark) headers["x-twill-bookmark"] = request.bookmark;
     if (request?.as_of) headers["x-twill-as-of"] = request.as_of;
-    const res = await doFetch(`${base}/v1/db/${encodeURIComponent(name)}/${path}`, {
-      method: body === undefined ? "GET" : "POST",
+    const res = await doFetch(`${base}/v1/db/${encodeURIComponent(name)}${path === "" ? "" : `/${path}`}`, {
+      method: method ?? (body === undefined ? "GET" : "POST"),
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
@@ -424,6 +443,7 @@ export function overHttp(
     history: (_db, at) => call(at === undefined ? "history" : `history?at=${encodeURIComponent(String(at))}`, undefined),
     restore: (_db, point) => call("restore", point),
     fork: (_db, request) => call("fork", request),
+    delete: () => call("", undefined, undefined, "DELETE"),
   };
   return new TwillDatabase(transport, name);
 }

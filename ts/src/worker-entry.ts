@@ -51,6 +51,11 @@ export default class TwillDbEdge extends WorkerEntrypoint {
     return rpc("restore", database, point, undefined, undefined, this.env);
   }
 
+  /** Deletes `database`'s data and history (its forks keep theirs); see `DELETE /v1/db/{name}`. */
+  async delete(database: string) {
+    return rpc("delete", database, undefined, undefined, undefined, this.env);
+  }
+
   /** Creates database `to` as the state after a commit of `database` (default: now). */
   async fork(database: string, request: { to: string } & Partial<{ bookmark: string; time: string | number }>) {
     return rpc("fork", database, request, undefined, undefined, this.env);

@@ -109,6 +109,7 @@ pub(crate) fn describe_service() -> Value {
             "POST /v1/db/{name}/restore": {"bookmark": "or", "time": "RFC 3339 or ms"},
             "POST /v1/db/{name}/fork": {"to": "new database", "bookmark": "optional (or time)"},
             "PUT /v1/db/{name}/import": {"body": "a SQLite database file (or gzip with content-encoding: gzip)", "replace": "query parameter: true to replace a database that has tables"},
+            "DELETE /v1/db/{name}": {"answer": "the deletion's bookmark and what the purge deleted; data and history before it are gone (forks keep theirs)"},
             "GET /v1/db/{name}/export": {"as_of": "optional query parameter: bookmark or time; the SQLite file of that commit"},
             "as_of": "in /query and /batch (or header x-twill-as-of): read the state after a past commit",
             "libSQL (Hrana over HTTP, JSON)": "client URL http(s)://<host>/v1/db/{name}/ (POST v2/pipeline, v3/pipeline)",

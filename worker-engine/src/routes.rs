@@ -26,12 +26,15 @@ pub enum Endpoint {
     Export,
     /// `PUT .../import[?replace=true]`: a SQLite file becomes the database's state.
     Import,
+    /// `DELETE /v1/db/{name}`: the database's data and history go.
+    Delete,
 }
 
 impl Endpoint {
     fn method(self) -> Method {
         match self {
             Endpoint::Import => Method::Put,
+            Endpoint::Delete => Method::Delete,
             Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) | Endpoint::History | Endpoint::Export => {
                 Method::Get
             }
@@ -83,6 +86,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                     return Err(not_found("Hrana's protobuf encoding is not supported; use JSON (v2 or v3)"))
                 }
                 ["v3", "cursor"] => return Err(not_found("Hrana cursors are not supported; use v3/pipeline")),
+                [] if *method == Method::Delete => Endpoint::Delete,
                 // A libSQL client given .../v1/db/<name> without the trailing slash.
                 ["pipeline"] | [] => {
                     return Err(not_found(format!(
@@ -101,6 +105,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         let name = match wanted {
             Method::Get => "GET",
             Method::Put => "PUT",
+            Method::Delete => "DELETE",
             _ => "POST",
         };
         return Err(ApiError::new(405, "METHOD_NOT_ALLOWED", format!("this route accepts {name} only")));
@@ -124,6 +129,9 @@ mod tests {
         assert_eq!(route(&Method::Get, "/v1/db/v3/v3").unwrap().endpoint, Endpoint::HranaVersion(3));
         assert_eq!(route(&Method::Get, "/v1/db/app/query").unwrap_err().status, 405);
         assert_eq!(route(&Method::Post, "/v1/db/app").unwrap_err().status, 404);
+        assert_eq!(route(&Method::Delete, "/v1/db/app").unwrap().endpoint, Endpoint::Delete);
+        assert_eq!(route(&Method::Delete, "/v1/db/app/").unwrap().endpoint, Endpoint::Delete);
+        assert_eq!(route(&Method::Delete, "/v1/db/app/query").unwrap_err().status, 405);
         assert_eq!(route(&Method::Post, "/v1/db/app/v3-protobuf/pipeline").unwrap_err().status, 404);
         assert_eq!(route(&Method::Get, "/").unwrap().endpoint, Endpoint::Describe);
     }

@@ -134,6 +134,7 @@ async fn run(
             Ok(to_js(&history_api::history(db, at.as_deref()).await?.body))
         }
         "restore" => Ok(to_js(&history_api::restore(db, &js_json(payload)?).await?.body)),
+        "delete" => Ok(to_js(&history_api::delete(db).await?.body)),
         "fork" => {
             let request = history_api::parse_fork(&js_json(payload)?)?;
             validate_db_name(&request.to)?;

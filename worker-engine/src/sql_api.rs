@@ -49,6 +49,12 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
             let db = DbRequest::new(env, &name, access, ReadFrom::Latest)?;
             return export_api::export(db, as_of.as_deref(), &name).await;
         }
+        Endpoint::Delete => {
+            if access != Access::Write {
+                return Err(auth::read_only_error());
+            }
+            return history_api::delete(DbRequest::new(env, &name, access, ReadFrom::Latest)?).await;
+        }
         Endpoint::Import => {
             if access != Access::Write {
                 return Err(auth::read_only_error());
@@ -124,7 +130,13 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
             };
             Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
         }
-        Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) | Endpoint::History | Endpoint::Export | Endpoint::Import => {
+        Endpoint::Describe
+        | Endpoint::Stats
+        | Endpoint::HranaVersion(_)
+        | Endpoint::History
+        | Endpoint::Export
+        | Endpoint::Import
+        | Endpoint::Delete => {
             Err(crate::internal("unreachable route"))
         }
     }

@@ -56,10 +56,24 @@ impl Database {
                 .ok_or_else(|| EngineError::Corrupt(format!("chunk key {key} names no database")))?;
             by_owner.entry(owner).or_default().push(key.clone());
         }
+        let mut references = Vec::new();
         for (owner, chunks) in by_owner {
             let reference = ForkRef { child: child.to_string(), seq, created_ms, chunks };
             let body = serde_json::to_vec(&reference).expect("fork reference serializes");
-            self.store.put(&Layout::of_prefix(owner).fork_ref_key(child, &nonce), body, PutCondition::Unconditional).await?;
+            let key = Layout::of_prefix(owner).fork_ref_key(child, &nonce);
+            self.store.put(&key, body, PutCondition::Unconditional).await?;
+            references.push(key);
+        }
+        // A deletion purges the old state's chunks once its checkpoint is published, keeping
+        // those that references name when it lists them. A reference written after that
+        // listing finds the checkpoint here, and the fork is not made.
+        let (manifest, _) = super::replay::read_manifest(&self.store, &self.layout).await?;
+        if manifest.history_from_seq > seq {
+            self.store.delete_many(&references).await?;
+            return Err(EngineError::OutsideHistory(format!(
+                "{} left the history window while the fork was being made (the database was deleted?)",
+                Bookmark(seq)
+            )));
         }
 
         let mut record_nonce = [0u8; 16];
@@ -82,7 +96,7 @@ impl Database {
     }
 
     /// This database's name (the last part of its prefix).
-    fn parent_name(&self) -> String {
+    pub(super) fn parent_name(&self) -> String {
         let prefix = self.layout.prefix().trim_end_matches('/');
         prefix.rsplit('/').next().unwrap_or(prefix).to_string()
     }

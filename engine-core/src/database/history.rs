@@ -175,24 +175,34 @@ impl Database {
         let past = self.past(seq).await?;
         let (snapshot, frames, page_size) = past.as_snapshot(SnapshotOrigin::Restore { seq })?;
         drop(past);
-        let (previous, bookmark) = self.commit_snapshot(snapshot, frames, page_size, false).await?;
+        let (previous, bookmark) = self.commit_snapshot(snapshot, frames, page_size, false, Some(seq)).await?;
         Ok(Restored { previous, restored: Bookmark(seq), bookmark })
     }
 
     /// Publishes a snapshot record as the next commit, fenced like any other: a writer that
     /// wins the race first is caught up with, and the record goes after it (within the
     /// commit budget). With `only_if_empty` the database must still have no tables then.
-    /// Returns the bookmarks of the state before and of the new commit.
+    /// `source` is the commit the snapshot's content was read at: if the history moves past
+    /// it before the record lands (the database was deleted, and its objects may be purged),
+    /// nothing is committed. Returns the bookmarks of the state before and of the new commit.
     pub(super) async fn commit_snapshot(
         &mut self,
         snapshot: Snapshot,
         frames: Vec<Frame>,
         page_size: u32,
         only_if_empty: bool,
+        source: Option<u64>,
     ) -> Result<(Bookmark, Bookmark), EngineError> {
         let started_ms = self.now_ms();
         let mut attempt = 1;
         loop {
+            if let Some(source) = source.filter(|s| *s < self.history_from_seq()) {
+                return Err(EngineError::OutsideHistory(format!(
+                    "the database was deleted at {} while this operation ran on its state at {}: nothing was committed",
+                    Bookmark(self.history_from_seq()),
+                    Bookmark(source)
+                )));
+            }
             let previous = Bookmark(self.applied_seq);
             match self.publish_snapshot(snapshot.clone(), frames.clone(), page_size).await {
                 Publish::Published => {
@@ -245,7 +255,7 @@ impl Database {
     }
 
     /// Brings the local state up to the newest commit.
-    async fn catch_up(&mut self) -> Result<(), EngineError> {
+    pub(super) async fn catch_up(&mut self) -> Result<(), EngineError> {
         if self.local.is_none() {
             self.reload().await?;
         }
@@ -255,8 +265,15 @@ impl Database {
         self.refresh(&mut ExecStats::default()).await.map(|_| ())
     }
 
-    fn history_from_seq(&self) -> u64 {
-        self.base.history_from_seq
+    /// Where history starts: the manifest says so, unless a deletion applied since moved it.
+    pub(super) fn history_from_seq(&self) -> u64 {
+        let deleted_at = self
+            .records
+            .iter()
+            .rev()
+            .find(|r| matches!(r.meta.kind, super::RecordKind::Snapshot { deletes: true, .. }))
+            .map(|r| r.meta.seq);
+        self.base.history_from_seq.max(deleted_at.unwrap_or(0))
     }
 
     /// Refuses commits outside the window, and those close enough to its old edge that GC

@@ -10,6 +10,7 @@ use futures::{Stream, StreamExt};
 use crate::bookmark::Bookmark;
 use crate::chunk_file::CheckpointView;
 use crate::error::EngineError;
+use crate::layout::UploadId;
 use crate::log_record::{Snapshot, SnapshotOrigin};
 use crate::store::{PutCondition, PutOutcome};
 use crate::value::{SqlValue, Statement};
@@ -76,9 +77,8 @@ impl Database {
         if !replace {
             self.refuse_if_not_empty().await?;
         }
-        let mut id = [0u8; 8];
-        self.host.fill_random(&mut id);
-        let upload = self.layout.upload_prefix(&hex::encode(id));
+        let began_at = self.applied_seq;
+        let upload = self.layout.upload_prefix(&UploadId::new(self.now_ms() as u64, self.host.as_ref()).0);
 
         let mut buffer: Vec<u8> = Vec::with_capacity(IMPORT_CHUNK_BYTES);
         let mut page_size: Option<u32> = None;
@@ -129,7 +129,7 @@ impl Database {
         }
         .await;
         let result = match uploaded {
-            Ok(()) => self.publish_import(chunks.clone(), page_size, bytes, replace).await,
+            Ok(()) => self.publish_import(chunks.clone(), page_size, bytes, replace, began_at).await,
             Err(e) => Err(e),
         };
         if result.is_err() {
@@ -172,6 +172,7 @@ impl Database {
         page_size: Option<u32>,
         bytes: u64,
         replace: bool,
+        began_at: u64,
     ) -> Result<Imported, EngineError> {
         let page_size = page_size.ok_or_else(|| invalid("the file is empty"))?;
         if bytes % page_size as u64 != 0 {
@@ -185,7 +186,7 @@ impl Database {
             origin: SnapshotOrigin::Import,
         };
         let check = self.check_imported(&snapshot, page_size, bytes).await?;
-        let (previous, bookmark) = self.commit_snapshot(snapshot, Vec::new(), page_size, !replace).await?;
+        let (previous, bookmark) = self.commit_snapshot(snapshot, Vec::new(), page_size, !replace, Some(began_at)).await?;
         Ok(Imported { bookmark, previous, bytes, pages, check })
     }
 

@@ -16,6 +16,7 @@
 
 mod checkpoint;
 mod commit;
+mod delete;
 mod entries;
 mod export;
 mod fork;
@@ -46,6 +47,7 @@ use crate::value::{ExecStats, Statement, StatementResult};
 use commit::Publish;
 use replay::ProbeResult;
 
+pub use delete::{Deleted, PURGE_CALL_BUDGET};
 pub use export::FileExport;
 pub use fork::Forked;
 pub use import::{FileCheck, Imported, QUICK_CHECK_MAX_BYTES};

@@ -98,6 +98,12 @@ impl Database {
 
     /// Fetches the page groups holding `pages` into the cache; returns every page fetched.
     pub(super) async fn fetch_page_bytes(&self, pages: &[u32]) -> Result<Vec<(u32, Arc<[u8]>)>, EngineError> {
+        self.fetch_page_runs(pages, self.config.fetch_group_pages).await
+    }
+
+    /// Fetches, for each of `pages`, the run of `run_pages` pages (at most to the end of its
+    /// chunk) that starts at the page's aligned group; returns every page fetched.
+    async fn fetch_page_runs(&self, pages: &[u32], run_pages: u32) -> Result<Vec<(u32, Arc<[u8]>)>, EngineError> {
         let view = self.view();
         let group = self.config.fetch_group_pages.clamp(1, view.pages_per_chunk.max(1));
         let mut runs = BTreeSet::new();
@@ -109,7 +115,8 @@ impl Database {
             let chunk = idx / view.pages_per_chunk;
             let first_in_chunk = chunk * view.pages_per_chunk;
             let start = (idx - first_in_chunk) / group * group;
-            let count = group.min(view.page_count - first_in_chunk - start);
+            let in_chunk = view.pages_per_chunk.min(view.page_count - first_in_chunk);
+            let count = run_pages.max(group).min(in_chunk - start);
             runs.insert(PageRun { chunk, start, count });
         }
         let runs: Vec<PageRun> = runs.into_iter().collect();
@@ -150,25 +157,29 @@ impl Database {
     }
 }
 
-/// The pages a statement waits for. A miss in the page group right after the last one
-/// fetched is a scan going through the file: the groups after it are fetched with it, as
-/// many as may be in flight at once (while the cache has room for them to wait there).
+/// The pages a statement waits for. A miss right where the last fetch ended is a scan
+/// going through the file: the rest of that chunk and whole chunks after it are fetched
+/// (one GET each, as many as may be in flight at once while the cache has room for them to
+/// wait there), so a scan makes one R2 call per 256 KiB chunk, not one per 64 KiB group.
 #[async_trait::async_trait(?Send)]
 impl PageSource for Database {
     async fn fetch_pages(&self, pages: &[u32]) -> Result<Vec<(u32, Arc<[u8]>)>, EngineError> {
         let view = self.view();
         let group = self.config.fetch_group_pages.clamp(1, view.pages_per_chunk.max(1));
         let group_of = |page_no: u32| page_no.saturating_sub(1) / group;
-        let mut wanted = pages.to_vec();
-        if let [page_no] = pages {
-            let sequential = group_of(*page_no) == group_of(self.scan_resumes_at.get());
-            let room = self.cache.stats().budget / (4 * group as usize * view.page_size as usize).max(1);
-            let ahead = (self.config.fetch_concurrency.max(1) - 1).min(room) as u32;
-            if sequential {
-                wanted.extend((1..=ahead).map(|k| (group_of(*page_no) + k) * group + 1));
+        let fetched = match pages {
+            [page_no] if group_of(*page_no) == group_of(self.scan_resumes_at.get()) => {
+                let ppc = view.pages_per_chunk.max(1);
+                let chunk_bytes = ppc as usize * view.page_size as usize;
+                let room = self.cache.stats().budget / (4 * chunk_bytes).max(1);
+                let ahead = (self.config.fetch_concurrency.max(1) - 1).min(room) as u32;
+                let chunk = (page_no - 1) / ppc;
+                let mut wanted = vec![*page_no];
+                wanted.extend((1..=ahead).map(|k| (chunk + k) * ppc + 1));
+                self.fetch_page_runs(&wanted, ppc).await?
             }
-        }
-        let fetched = self.fetch_page_bytes(&wanted).await?;
+            _ => self.fetch_page_bytes(pages).await?,
+        };
         if let Some(last) = fetched.iter().map(|(page_no, _)| *page_no).max() {
             self.scan_resumes_at.set(last + 1);
         }

@@ -1,0 +1,189 @@
+//! Deleting a database: its state becomes empty and its history ends, as one fenced commit
+//! (a snapshot record with an empty image); a checkpoint then publishes that, and a purge
+//! deletes the objects of the old state. What forks still use stays (their references name
+//! it), and so does the manifest: it is the compare-and-swap anchor that fences writers
+//! which have not seen the deletion yet, and the name can be used again at once.
+
+use std::collections::{BTreeSet, HashSet};
+
+use crate::bookmark::Bookmark;
+use crate::error::EngineError;
+use crate::layout::{Layout, UploadId};
+use crate::log_record::{Snapshot, SnapshotOrigin};
+use crate::store::MAX_LIST_LIMIT;
+
+use super::Database;
+
+/// Store calls (LIST and DELETE) one deletion's purge may make. A Worker invocation may make
+/// 1,000 calls on the free plan; what is left over, calling delete again finishes.
+pub const PURGE_CALL_BUDGET: u32 = 400;
+
+/// Checkpoint attempts that publish the deletion before the purge gives up for this call.
+const CHECKPOINT_ATTEMPTS: u32 = 3;
+
+/// Uploads begun this long before the deletion may belong to an import still running:
+/// the purge leaves them (an import that began before the deletion never publishes after it).
+const UPLOAD_GRACE_MS: u64 = 10 * 60 * 1000;
+
+/// What a deletion did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    /// The deletion's own commit: the database is empty there, with no history before it.
+    pub bookmark: Bookmark,
+    /// Objects of the old state this call deleted.
+    pub objects_deleted: u64,
+    /// Chunks of the old state kept because forks still use them.
+    pub chunks_kept_for_forks: u64,
+    /// False if the purge stopped at [`PURGE_CALL_BUDGET`] or could not publish its
+    /// checkpoint yet: delete again to finish (nothing of the old state is readable either way).
+    pub purge_complete: bool,
+}
+
+/// Where one purge stands: what it may still call, what it did.
+struct Purge {
+    calls_left: u32,
+    deleted: u64,
+}
+
+impl Purge {
+    fn spend(&mut self) -> bool {
+        if self.calls_left == 0 {
+            return false;
+        }
+        self.calls_left -= 1;
+        true
+    }
+}
+
+impl Database {
+    /// Deletes everything the database holds, and its history. Concurrent writers lose a
+    /// normal commit race and run again on the empty database.
+    pub async fn delete(&mut self) -> Result<Deleted, EngineError> {
+        self.catch_up().await?;
+        // Databases whose chunks the old state used (a fork's parents): our references there
+        // are dropped once nothing of ours needs them.
+        let mut owners: BTreeSet<String> = BTreeSet::new();
+        for key in self.image.view.chunks.iter().map(|k| k.to_string()).chain(self.base.chunks.iter().cloned()) {
+            if let Some(owner) = Layout::owner_prefix_of(&key).filter(|o| *o != self.layout.prefix()) {
+                owners.insert(owner.to_string());
+            }
+        }
+        let page_size = self.local()?.page_size();
+        let empty = Snapshot {
+            page_count: 0,
+            pages_per_chunk: self.view().pages_per_chunk.max(1),
+            chunks: Vec::new(),
+            origin: SnapshotOrigin::Delete,
+        };
+        let (_, bookmark) = self.commit_snapshot(empty, Vec::new(), page_size, false, None).await?;
+        let deleted_ms = self.last_commit_ms;
+
+        let mut published = self.base.checkpoint_seq >= bookmark.0;
+        for _ in 0..CHECKPOINT_ATTEMPTS {
+            if published {
+                break;
+            }
+            self.checkpoint().await?;
+            self.catch_up().await?;
+            published = self.base.checkpoint_seq >= bookmark.0;
+        }
+        let mut deleted = Deleted { bookmark, objects_deleted: 0, chunks_kept_for_forks: 0, purge_complete: false };
+        if !published {
+            return Ok(deleted);
+        }
+        let mut purge = Purge { calls_left: PURGE_CALL_BUDGET, deleted: 0 };
+        let complete = self.purge(&mut purge, deleted_ms, &mut deleted.chunks_kept_for_forks).await?
+            && self.drop_references(&mut purge, &owners).await?;
+        deleted.objects_deleted = purge.deleted;
+        deleted.purge_complete = complete;
+        Ok(deleted)
+    }
+
+    /// Deletes what the state before the published deletion used: chunks of generations up
+    /// to the manifest's that it does not name, uploads older than the deletion (less the
+    /// grace), history entries and log records before where history now starts. Returns
+    /// false if the call budget ran out first.
+    async fn purge(&self, purge: &mut Purge, deleted_ms: u64, kept_for_forks: &mut u64) -> Result<bool, EngineError> {
+        if !purge.spend() {
+            return Ok(false);
+        }
+        let forks = self.fork_referenced_chunks().await?;
+        let live: HashSet<&str> = self.base.chunks.iter().map(String::as_str).collect();
+        let generation = self.base.generation;
+        let history_from = self.base.history_from_seq;
+        let entries_from = self.base.entries_from;
+        let layout = &self.layout;
+        let chunk_doomed = |key: &str| match layout.chunk_generation_of(key) {
+            // Later generations may be a checkpoint in progress.
+            Some(g) => g <= generation,
+            None => false,
+        };
+        let upload_doomed =
+            |key: &str| UploadId::started_ms_of(layout, key).is_none_or(|ms| ms + UPLOAD_GRACE_MS < deleted_ms);
+        let entry_doomed = |key: &str| {
+            key.strip_prefix(&layout.history_prefix()).and_then(|g| g.parse::<u64>().ok()).is_some_and(|g| g < entries_from)
+        };
+        let record_doomed = |key: &str| layout.log_seq_of(key).is_some_and(|seq| seq < history_from);
+        let sets: [(String, &dyn Fn(&str) -> bool); 4] = [
+            (layout.chunk_prefix(), &chunk_doomed),
+            (layout.uploads_prefix(), &upload_doomed),
+            (layout.history_prefix(), &entry_doomed),
+            (layout.log_prefix(), &record_doomed),
+        ];
+        for (prefix, doomed) in sets {
+            let mut after: Option<String> = None;
+            loop {
+                if !purge.spend() {
+                    return Ok(false);
+                }
+                let page = self.store.list(&prefix, after.as_deref(), MAX_LIST_LIMIT).await?;
+                let mut doomed_keys = Vec::new();
+                for m in &page.objects {
+                    if live.contains(m.key.as_str()) || !doomed(&m.key) {
+                        continue;
+                    }
+                    if forks.contains(&m.key) {
+                        *kept_for_forks += 1;
+                    } else {
+                        doomed_keys.push(m.key.clone());
+                    }
+                }
+                if !doomed_keys.is_empty() {
+                    if !purge.spend() {
+                        return Ok(false);
+                    }
+                    self.store.delete_many(&doomed_keys).await?;
+                    purge.deleted += doomed_keys.len() as u64;
+                }
+                match page.next_start_after {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Deletes the references this database (as a fork) keeps on `owners`: nothing of its
+    /// state uses their chunks any more. (Forks of this one keep references of their own.)
+    async fn drop_references(&self, purge: &mut Purge, owners: &BTreeSet<String>) -> Result<bool, EngineError> {
+        let me = self.parent_name();
+        for owner in owners {
+            let prefix = Layout::of_prefix(owner).fork_refs_of(&me);
+            if !purge.spend() {
+                return Ok(false);
+            }
+            let page = self.store.list(&prefix, None, MAX_LIST_LIMIT).await?;
+            let keys: Vec<String> = page.objects.into_iter().map(|m| m.key).collect();
+            if keys.is_empty() {
+                continue;
+            }
+            if !purge.spend() {
+                return Ok(false);
+            }
+            self.store.delete_many(&keys).await?;
+            purge.deleted += keys.len() as u64;
+        }
+        Ok(true)
+    }
+}
