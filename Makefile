@@ -52,10 +52,12 @@ bench: worker
 bench-smoke:
 	TWILL_BENCH_SMOKE=1 bash benches/run.sh
 
-# Long runs, not part of `make test`: 100,000 crash-gate seeds on every core, then 100,000
-# HTTP fuzz cases against the Worker in workerd; each prints its seed and a progress line.
+# Long runs, not part of `make test`: 100,000 crash-gate seeds on every core, 20,000 seeds of
+# restores, forks and deletions under faults, then 100,000 HTTP fuzz cases against the Worker
+# in workerd; each prints its seed and a progress line.
 soak: worker
 	cargo run -q -p twill-tests --bin crash_soak -- $${TWILL_SOAK_SEEDS:-100000}
+	TWILL_HISTORY_SEEDS=$${TWILL_SOAK_HISTORY_SEEDS:-20000} cargo test -q -p twill-tests --test history_faults -- --nocapture
 	cd ts && TWILL_FUZZ_RUNS=$${TWILL_SOAK_FUZZ:-100000} TWILL_FUZZ_SEED=$${TWILL_FUZZ_SEED:-$$(date +%s)} \
 	  node --test --test-concurrency=1 e2e/fuzz.test.mjs
 

@@ -1,5 +1,5 @@
-//! Restores, forks and imports under seeded store faults and crashes: an answer that
-//! promises something keeps it. `TWILL_HISTORY_SEEDS=N` runs N seeds (default 300),
+//! Restores, forks and deletions under seeded store faults and crashes: an answer that
+//! promises something keeps it, and a deletion never takes what a fork uses. `TWILL_HISTORY_SEEDS=N` runs N seeds (default 300),
 //! `TWILL_HISTORY_SEED=S` replays one.
 
 use std::rc::Rc;
@@ -59,11 +59,21 @@ fn run_seed(seed: u64) -> Result<String, String> {
     let (target, target_rows) = states[(seed % 10) as usize];
     let before_rows = 10;
 
+    let op = seed % 4;
+    let kept_rows = if op == 3 {
+        // A fork made before the deletion: its chunks must survive the purge.
+        block_on(db.fork(target, "kept")).map_err(|e| e.to_string())?;
+        block_on(db.checkpoint()).map_err(|e| e.to_string())?;
+        target_rows
+    } else {
+        0
+    };
+
     store.set_faults(Some(Box::new(SeededFaults::new(seed ^ 0xF0F0, 0.06, 0.06, 0.03).with_delay(0.2))));
-    let op = seed % 3;
     let outcome = match op {
         0 => block_on(db.restore(target)).map(|r| r.bookmark.0),
         1 => block_on(db.fork(target, "child")).map(|f| f.bookmark.0),
+        3 => block_on(db.delete()).map(|d| d.bookmark.0),
         _ => {
             // A restore, then a write on top, from a replica that never saw the history.
             let mut other = match open(&store, &host, "h") {
@@ -84,6 +94,9 @@ fn run_seed(seed: u64) -> Result<String, String> {
 
     // The truth, from a fresh replica without faults.
     let mut fresh = open(&store, &host, "h").map_err(|e| format!("recovery failed: {e}"))?;
+    if op == 3 {
+        return check_deletion(&store, &host, &mut fresh, &outcome, before_rows, kept_rows);
+    }
     let rows = count(&mut fresh).map_err(|e| format!("reading after recovery: {e}"))?;
     match (op, &outcome) {
         (1, Ok(_)) => {
@@ -131,6 +144,60 @@ fn run_seed(seed: u64) -> Result<String, String> {
         return Err(format!("{after} rows after 4 more writes on {rows}"));
     }
     Ok(match &outcome {
+        Ok(_) => "ok".into(),
+        Err(e) => e.code().to_string(),
+    })
+}
+
+/// After a deletion under faults: acknowledged, the table is gone; refused (nothing
+/// committed), every row is there; unknown, one or the other. Either way the fork reads all
+/// it had, a deletion without faults then purges completely, and the name works again.
+fn check_deletion(
+    store: &Rc<MemStore>,
+    host: &Arc<SimHost>,
+    fresh: &mut Database,
+    outcome: &Result<u64, EngineError>,
+    before_rows: i64,
+    kept_rows: i64,
+) -> Result<String, String> {
+    let rows = match count(fresh) {
+        Ok(n) => Some(n),
+        Err(e) if e.to_string().contains("no such table") => None,
+        Err(e) => return Err(format!("reading after recovery: {e}")),
+    };
+    match (outcome, rows) {
+        (Ok(_), Some(n)) => return Err(format!("the acknowledged deletion left {n} rows")),
+        (Err(e), None) if promises_nothing(e) => return Err(format!("delete answered {} (nothing committed) but the table is gone", e.code())),
+        (_, Some(n)) if n != before_rows => return Err(format!("after a failed deletion {n} rows, expected {before_rows}")),
+        _ => {}
+    }
+    let kept = |what: &str| -> Result<(), String> {
+        let mut kept = open(store, host, "kept").map_err(|e| format!("the fork does not open {what}: {e}"))?;
+        match count(&mut kept) {
+            Ok(n) if n == kept_rows => Ok(()),
+            Ok(n) => Err(format!("the fork has {n} rows {what}, expected {kept_rows}")),
+            Err(e) => Err(format!("the fork does not read {what}: {e}")),
+        }
+    };
+    kept("after the deletion under faults")?;
+    let again = block_on(fresh.delete()).map_err(|e| format!("deleting again without faults: {e}"))?;
+    if !again.purge_complete {
+        return Err(format!("the purge without faults did not complete: {again:?}"));
+    }
+    kept("after the purge")?;
+    let strays: Vec<String> = store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("db/h/") && !(k.starts_with("db/h/chunk/") || k.starts_with("db/h/forks/") || k.starts_with("db/h/log/")))
+        .filter(|k| k.as_str() != "db/h/manifest" && !k.starts_with("db/h/checkpoint/"))
+        .collect();
+    if !strays.is_empty() {
+        return Err(format!("left after the purge: {strays:?}"));
+    }
+    block_on(fresh.transact(&[Statement::new("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")]))
+        .map_err(|e| format!("the name does not work again: {e}"))?;
+    insert(fresh, 1).map_err(|e| format!("writing after the deletion: {e}"))?;
+    Ok(match outcome {
         Ok(_) => "ok".into(),
         Err(e) => e.code().to_string(),
     })

@@ -76,27 +76,36 @@ impl Database {
             origin: SnapshotOrigin::Delete,
         };
         let (_, bookmark) = self.commit_snapshot(empty, Vec::new(), page_size, false, None).await?;
+        // The deletion is committed: from here on a failure only leaves the purge unfinished
+        // (the answer says so, and deleting again finishes it).
         let deleted_ms = self.last_commit_ms;
+        let mut deleted = Deleted { bookmark, objects_deleted: 0, chunks_kept_for_forks: 0, purge_complete: false };
+        let mut purge = Purge { calls_left: PURGE_CALL_BUDGET, deleted: 0 };
+        let finished = self.finish_deletion(bookmark.0, &mut purge, deleted_ms, &owners, &mut deleted.chunks_kept_for_forks).await;
+        deleted.objects_deleted = purge.deleted;
+        deleted.purge_complete = finished.unwrap_or(false);
+        Ok(deleted)
+    }
 
-        let mut published = self.base.checkpoint_seq >= bookmark.0;
+    /// Publishes the deletion's checkpoint, then purges; true once nothing is left to do.
+    async fn finish_deletion(
+        &mut self,
+        deletion: u64,
+        purge: &mut Purge,
+        deleted_ms: u64,
+        owners: &BTreeSet<String>,
+        kept_for_forks: &mut u64,
+    ) -> Result<bool, EngineError> {
+        let mut published = self.base.checkpoint_seq >= deletion;
         for _ in 0..CHECKPOINT_ATTEMPTS {
             if published {
                 break;
             }
             self.checkpoint().await?;
             self.catch_up().await?;
-            published = self.base.checkpoint_seq >= bookmark.0;
+            published = self.base.checkpoint_seq >= deletion;
         }
-        let mut deleted = Deleted { bookmark, objects_deleted: 0, chunks_kept_for_forks: 0, purge_complete: false };
-        if !published {
-            return Ok(deleted);
-        }
-        let mut purge = Purge { calls_left: PURGE_CALL_BUDGET, deleted: 0 };
-        let complete = self.purge(&mut purge, deleted_ms, &mut deleted.chunks_kept_for_forks).await?
-            && self.drop_references(&mut purge, &owners).await?;
-        deleted.objects_deleted = purge.deleted;
-        deleted.purge_complete = complete;
-        Ok(deleted)
+        Ok(published && self.purge(purge, deleted_ms, kept_for_forks).await? && self.drop_references(purge, owners).await?)
     }
 
     /// Deletes what the state before the published deletion used: chunks of generations up
