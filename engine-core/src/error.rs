@@ -116,7 +116,7 @@ pub enum EngineError {
     CommitUnknown(String),
     /// The store failed before anything was committed.
     #[error("storage unavailable: {0}")]
-    Storage(#[from] StoreError),
+    Storage(StoreError),
     /// The durable state is not readable (a record failed validation).
     #[error("corrupt durable state: {0}")]
     Corrupt(String),
@@ -210,6 +210,22 @@ impl EngineError {
                 | EngineError::Interrupted(_)
                 | EngineError::TxConflict(_)
         )
+    }
+}
+
+impl From<StoreError> for EngineError {
+    /// A call the operation's budget did not allow is a limit the client can act on (read
+    /// less per request); any other failure is the store's.
+    fn from(e: StoreError) -> Self {
+        match e.kind {
+            crate::store::StoreErrorKind::OutOfCalls => EngineError::Limit(
+                "the request needs more R2 calls than one Worker invocation may make (R2_CALLS limit: TWILL_MAX_R2_CALLS, \
+                 1,000 by default as on the free plan; 10,000 on a paid plan). Read less per request: a LIMIT, an index, \
+                 or pages of the data"
+                    .into(),
+            ),
+            crate::store::StoreErrorKind::Failed => EngineError::Storage(e),
+        }
     }
 }
 

@@ -188,7 +188,7 @@ impl MemStore {
         key: &str,
         apply: impl FnOnce() -> T,
     ) -> Result<T, StoreError> {
-        let err = |message: &str| StoreError { op: op_name, key: key.to_string(), message: message.to_string() };
+        let err = |message: &str| StoreError::failed(op_name, key, message);
         if self.crashed.get() {
             return Err(err("engine crashed (simulated)"));
         }

@@ -60,6 +60,24 @@ pub struct StoreError {
     pub op: &'static str,
     pub key: String,
     pub message: String,
+    pub kind: StoreErrorKind,
+}
+
+/// Why a store call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The store failed (the call may or may not have been applied).
+    Failed,
+    /// The operation used up its budget of store calls ([`CountingStore::budget_calls`]):
+    /// the call was never made.
+    OutOfCalls,
+}
+
+impl StoreError {
+    /// A failed call (the usual kind).
+    pub fn failed(op: &'static str, key: &str, message: impl Into<String>) -> Self {
+        StoreError { op, key: key.to_string(), message: message.into(), kind: StoreErrorKind::Failed }
+    }
 }
 
 /// The most keys one `list` call returns (R2's own limit).
@@ -118,11 +136,36 @@ impl StoreCounts {
 pub struct CountingStore<S: ?Sized> {
     inner: std::rc::Rc<S>,
     counts: std::cell::Cell<StoreCounts>,
+    /// Calls the operation in progress may still make (`None`: no bound).
+    calls_left: std::cell::Cell<Option<u64>>,
 }
 
 impl<S: ObjectStore + ?Sized> CountingStore<S> {
     pub fn new(inner: std::rc::Rc<S>) -> Self {
-        CountingStore { inner, counts: Default::default() }
+        CountingStore { inner, counts: Default::default(), calls_left: Default::default() }
+    }
+
+    /// Bounds the calls made from now on (`None`: unbounded), e.g. by the platform's
+    /// subrequest limit for the operation about to run. A call past the bound fails with
+    /// [`StoreErrorKind::OutOfCalls`] without being made.
+    pub fn budget_calls(&self, calls: Option<u64>) {
+        self.calls_left.set(calls);
+    }
+
+    fn spend(&self, op: &'static str, key: &str, calls: u64) -> Result<(), StoreError> {
+        match self.calls_left.get() {
+            Some(left) if left < calls => Err(StoreError {
+                op,
+                key: key.to_string(),
+                message: "the operation used up its budget of R2 calls".into(),
+                kind: StoreErrorKind::OutOfCalls,
+            }),
+            Some(left) => {
+                self.calls_left.set(Some(left - calls));
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     pub fn counts(&self) -> StoreCounts {
@@ -139,6 +182,7 @@ impl<S: ObjectStore + ?Sized> CountingStore<S> {
 #[async_trait(?Send)]
 impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Object>, StoreError> {
+        self.spend("get", key, 1)?;
         self.add(|c| c.reads += 1);
         let r = self.inner.get(key, range).await;
         if let Ok(Some(o)) = &r {
@@ -148,10 +192,12 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
         r
     }
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.spend("head", key, 1)?;
         self.add(|c| c.reads += 1);
         self.inner.head(key).await
     }
     async fn put(&self, key: &str, body: Vec<u8>, condition: PutCondition) -> Result<PutOutcome, StoreError> {
+        self.spend("put", key, 1)?;
         let n = body.len() as u64;
         self.add(|c| {
             c.writes += 1;
@@ -160,10 +206,12 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
         self.inner.put(key, body, condition).await
     }
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage, StoreError> {
+        self.spend("list", prefix, 1)?;
         self.add(|c| c.reads += 1);
         self.inner.list(prefix, start_after, limit).await
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.spend("delete", key, 1)?;
         self.add(|c| c.writes += 1);
         self.inner.delete(key).await
     }
@@ -171,7 +219,33 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
         if keys.is_empty() {
             return Ok(());
         }
-        self.add(|c| c.writes += keys.len().div_ceil(MAX_LIST_LIMIT) as u64);
+        let calls = keys.len().div_ceil(MAX_LIST_LIMIT) as u64;
+        self.spend("delete", &keys[0], calls)?;
+        self.add(|c| c.writes += calls);
         self.inner.delete_many(keys).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem_store::MemStore;
+
+    #[test]
+    fn a_budget_of_calls_refuses_the_call_past_it_without_making_it() {
+        let inner = std::rc::Rc::new(MemStore::new());
+        let store = CountingStore::new(inner.clone());
+        store.budget_calls(Some(2));
+        futures::executor::block_on(async {
+            assert!(store.put("a", vec![1], PutCondition::CreateOnly).await.is_ok());
+            assert!(store.get("a", None).await.unwrap().is_some());
+            let e = store.put("b", vec![2], PutCondition::CreateOnly).await.unwrap_err();
+            assert_eq!(e.kind, StoreErrorKind::OutOfCalls);
+            assert_eq!(crate::EngineError::from(e).code(), "LIMIT_EXCEEDED");
+            assert!(inner.raw_get("b").is_none(), "the refused call was never made");
+            store.budget_calls(None);
+            assert!(store.put("b", vec![2], PutCondition::CreateOnly).await.is_ok());
+        });
+        assert_eq!(store.counts().writes, 2);
     }
 }

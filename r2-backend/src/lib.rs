@@ -109,7 +109,7 @@ impl R2Store {
         key: &str,
         run: F,
     ) -> Result<T, StoreError> {
-        let injected = |when: &str| StoreError { op, key: key.to_string(), message: format!("injected fault ({when})") };
+        let injected = |when: &str| StoreError::failed(op, key, format!("injected fault ({when})"));
         match self.before_call().await {
             Fault::Before => Err(injected("before the call reached R2")),
             Fault::After => {
@@ -122,7 +122,7 @@ impl R2Store {
 }
 
 fn store_error(op: &'static str, key: &str, e: worker::Error) -> StoreError {
-    StoreError { op, key: key.to_string(), message: e.to_string() }
+    StoreError::failed(op, key, e.to_string())
 }
 
 fn meta_of(o: &worker::Object) -> ObjectMeta {

@@ -334,3 +334,26 @@ fn a_zombie_record_left_behind_is_never_read_as_real() {
     assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t"), [4]);
     assert_eq!(query_ints(&mut check, "SELECT count(*) FROM u"), [1]);
 }
+
+/// An operation that runs out of store calls before its commit's PUT answers
+/// `LIMIT_EXCEEDED` and commits nothing; reads past the budget are refused the same way.
+#[test]
+fn running_out_of_store_calls_commits_nothing_and_names_the_limit() {
+    let mem = Rc::new(MemStore::new());
+    let counting = Rc::new(engine_core::store::CountingStore::new(mem.clone() as Rc<dyn engine_core::ObjectStore>));
+    let ctx = DbContext::new(counting.clone());
+    let mut db = try_open_in(ctx, "calls", DbConfig::default()).expect("open");
+    exec(&mut db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", vec![]);
+    exec(&mut db, "INSERT INTO t (v) VALUES ('kept')", vec![]);
+
+    counting.budget_calls(Some(0));
+    let e = block_on(db.transact(&[Statement::new("INSERT INTO t (v) VALUES ('refused')")])).unwrap_err();
+    assert_eq!(e.code(), "LIMIT_EXCEEDED", "{e}");
+    assert!(e.to_string().contains("R2_CALLS"), "{e}");
+    counting.budget_calls(None);
+
+    let mut fresh = open_with(&mem, "calls", DbConfig::default(), 32 << 20);
+    assert_eq!(query_ints(&mut fresh, "SELECT count(*) FROM t"), [1], "nothing of the refused write is there");
+    exec(&mut db, "INSERT INTO t (v) VALUES ('after')", vec![]);
+    assert_eq!(query_ints(&mut fresh, "SELECT count(*) FROM t"), [2]);
+}

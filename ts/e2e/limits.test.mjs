@@ -3,7 +3,7 @@
 // clock or opens turso's temp database works in workerd (no wasm panic).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startEngine, post, query, batch } from "./harness.mjs";
+import { startEngine, post, query, batch, tempDir, removeDir } from "./harness.mjs";
 
 let engine, base;
 before(async () => {
@@ -73,4 +73,40 @@ test("clock functions and BEGIN IMMEDIATE work in workerd; TEMP objects are refu
   expectError(await query(base, "clock", "CREATE TEMP TABLE scratch(x)"), 400, "STATEMENT_NOT_ALLOWED", /TEMP/);
   const still = await query(base, "clock", "SELECT count(*) FROM kept");
   assert.deepEqual(still.body.rows, [[1]]);
+});
+
+test("R2_CALLS: a request that needs more R2 calls than an invocation may make is refused by name, changes nothing", async () => {
+  const persistDir = tempDir();
+  try {
+    // 6 MiB of rows, checkpointed into chunks, by a Worker without the bound.
+    const setup = await startEngine({ persistDir, extra: { bindings: { TWILL_MAX_R2_CALLS: "0" } } });
+    await query(setup.url, "calls", "CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB)");
+    for (let i = 0; i < 6; i++) {
+      const r = await query(setup.url, "calls",
+        "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM s WHERE v < 1000) INSERT INTO t (pad) SELECT randomblob(1000) FROM s");
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+    }
+    await setup.stop();
+
+    // A cold isolate allowed 12 calls: a point query fits, a full scan does not.
+    const bounded = await startEngine({ persistDir, extra: { bindings: { TWILL_MAX_R2_CALLS: "12" } } });
+    try {
+      const point = await query(bounded.url, "calls", "SELECT length(pad) FROM t WHERE id = 4321");
+      assert.equal(point.status, 200, JSON.stringify(point.body));
+      assert.equal(point.body.rows[0][0], 1000);
+      assert.ok(point.body.meta.r2_reads <= 12, JSON.stringify(point.body.meta));
+      expectError(await query(bounded.url, "calls", "SELECT count(*), sum(length(pad)) FROM t"), 400, "LIMIT_EXCEEDED", /R2_CALLS/);
+      expectError(await query(bounded.url, "calls", "UPDATE t SET pad = zeroblob(1)"), 400, "LIMIT_EXCEEDED", /R2_CALLS/);
+      // The isolate goes on serving, and the refused write changed nothing.
+      const after = await query(bounded.url, "calls", "SELECT count(*) FROM t WHERE id BETWEEN 10 AND 20 AND length(pad) = 1000");
+      assert.equal(after.status, 200, JSON.stringify(after.body));
+      assert.equal(after.body.rows[0][0], 11);
+      const write = await query(bounded.url, "calls", "INSERT INTO t (pad) VALUES (x'00')");
+      assert.equal(write.status, 200, JSON.stringify(write.body));
+    } finally {
+      await bounded.stop();
+    }
+  } finally {
+    removeDir(persistDir);
+  }
 });

@@ -33,6 +33,8 @@ pub struct DbRequest {
     bucket: worker::Bucket,
     emulated_r2_latency_ms: u64,
     emulated_r2_faults: Option<r2_backend::FaultPlan>,
+    /// R2 calls one engine operation may make (see [`settings::r2_call_budget`]).
+    r2_calls: Option<u64>,
 }
 
 /// A request's durable reply with its `meta` and `Server-Timing` entry.
@@ -79,6 +81,7 @@ impl DbRequest {
             bucket,
             emulated_r2_latency_ms: settings::emulated_r2_latency_ms(env),
             emulated_r2_faults: settings::emulated_r2_faults(env)?,
+            r2_calls: settings::r2_call_budget(env),
         })
     }
 
@@ -95,7 +98,7 @@ impl DbRequest {
         let slot = self.slot();
         let cache_before = self.cache.stats();
         let request = Request { work, read_from: self.read_from };
-        let (done, r2) = slot.submit(&self.name, self.config, self.cache.clone(), request).await?;
+        let (done, r2) = slot.submit(&self.name, self.config, self.cache.clone(), self.r2_calls, request).await?;
         Ok(self.measured(done, r2, cache_before, started))
     }
 
@@ -104,7 +107,7 @@ impl DbRequest {
         &self,
         op: impl for<'a> FnOnce(&'a mut Database) -> LocalBoxFuture<'a, Result<T, EngineError>>,
     ) -> Result<(T, StoreCounts), ApiError> {
-        Ok(self.slot().exclusive(&self.name, self.config, self.cache.clone(), op).await?)
+        Ok(self.slot().exclusive(&self.name, self.config, self.cache.clone(), self.r2_calls, op).await?)
     }
 
     /// Runs `work` on a past state (an `as_of` read), found by `find` on the database.
@@ -117,9 +120,12 @@ impl DbRequest {
         let cache_before = self.cache.stats();
         let slot = self.slot();
         let before = slot.store.counts();
-        let (mut past, _) = slot.exclusive(&self.name, self.config, self.cache.clone(), find).await?;
+        let (mut past, _) = slot.exclusive(&self.name, self.config, self.cache.clone(), self.r2_calls, find).await?;
         let request = Request { work, read_from: ReadFrom::Latest };
-        let done = past.perform(vec![request]).await.pop().unwrap_or_else(|| Err(EngineError::Internal("no reply".into())))?;
+        slot.store.budget_calls(self.r2_calls);
+        let done = past.perform(vec![request]).await.pop().unwrap_or_else(|| Err(EngineError::Internal("no reply".into())));
+        slot.store.budget_calls(None);
+        let done = done?;
         let r2 = slot.store.counts().since(&before);
         Ok(self.measured(done, r2, cache_before, started))
     }

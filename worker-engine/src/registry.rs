@@ -114,7 +114,7 @@ fn drops_state(e: &EngineError) -> bool {
 
 impl DbSlot {
     /// Runs `request` (one transaction or one script), grouped with whatever else is waiting.
-    pub async fn submit(&self, name: &str, config: DbConfig, cache: Arc<PageCache>, request: Request) -> Answer {
+    pub async fn submit(&self, name: &str, config: DbConfig, cache: Arc<PageCache>, r2_calls: Option<u64>, request: Request) -> Answer {
         let reply: Reply = Rc::new(RefCell::new(None));
         self.pending.borrow_mut().push(Pending { request, reply: reply.clone() });
         loop {
@@ -124,7 +124,9 @@ impl DbSlot {
             let taken = self.db.borrow_mut().take();
             match taken {
                 Some(db) => {
+                    self.store.budget_calls(r2_calls);
                     let db = self.run_group(name, config, cache.clone(), db).await;
+                    self.store.budget_calls(None);
                     *self.db.borrow_mut() = Some(db);
                 }
                 None => worker::Delay::from(POLL).await,
@@ -188,6 +190,7 @@ impl DbSlot {
         name: &str,
         config: DbConfig,
         cache: Arc<PageCache>,
+        r2_calls: Option<u64>,
         op: impl for<'a> FnOnce(&'a mut Database) -> LocalBoxFuture<'a, Result<T, EngineError>>,
     ) -> Result<(T, StoreCounts), EngineError> {
         let taken = loop {
@@ -197,17 +200,20 @@ impl DbSlot {
             worker::Delay::from(POLL).await;
         };
         let before = self.store.counts();
+        self.store.budget_calls(r2_calls);
         let mut db = match taken {
             Some(db) => db,
             None => match self.open(name, config, cache).await {
                 Ok(db) => db,
                 Err(e) => {
+                    self.store.budget_calls(None);
                     *self.db.borrow_mut() = Some(None);
                     return Err(e);
                 }
             },
         };
         let result = op(&mut db).await;
+        self.store.budget_calls(None);
         let keep = !matches!(&result, Err(e) if drops_state(e));
         *self.db.borrow_mut() = Some(keep.then_some(db));
         result.map(|t| (t, self.store.counts().since(&before)))

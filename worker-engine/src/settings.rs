@@ -56,6 +56,22 @@ pub fn db_config(env: &Env) -> DbConfig {
     c
 }
 
+/// R2 calls one engine operation may make (`TWILL_MAX_R2_CALLS`; 0: unbounded). A Worker
+/// invocation may make 1,000 calls to Cloudflare services on the free plan (10,000 paid):
+/// past that the runtime fails the call, which would look like an R2 outage. Bounding it
+/// here turns it into a named limit (`LIMIT_EXCEEDED`, R2_CALLS) before the call is made.
+pub fn r2_call_budget(env: &Env) -> Option<u64> {
+    match number(env, "TWILL_MAX_R2_CALLS") {
+        Some(v) if v <= 0.0 => None,
+        Some(v) => Some(v as u64),
+        None => Some(DEFAULT_R2_CALL_BUDGET),
+    }
+}
+
+/// The free plan's limit on subrequests per invocation, less a margin for the request's
+/// own other calls.
+pub const DEFAULT_R2_CALL_BUDGET: u64 = 950;
+
 pub fn cache_bytes(env: &Env) -> usize {
     number(env, "TWILL_CACHE_BYTES").map_or(DEFAULT_CACHE_BYTES, |v| v as usize)
 }

@@ -5,7 +5,7 @@
 //! nobody will read (the zombie fence).
 
 use crate::log_record::{Frame, LogRecord, Snapshot};
-use crate::store::{PutCondition, PutOutcome, StoreError};
+use crate::store::{PutCondition, PutOutcome, StoreError, StoreErrorKind};
 
 use super::{Database, RecordMeta};
 
@@ -18,6 +18,8 @@ pub(super) enum Publish {
     Stale,
     /// Could not determine whether the record landed.
     Unknown(String),
+    /// The record was never sent (the operation ran out of store calls): nothing committed.
+    NotStored(crate::EngineError),
 }
 
 /// Where a record stands after an attempt to store it.
@@ -25,6 +27,7 @@ pub(super) enum Landing {
     Landed,
     Stale,
     Unknown(String),
+    NotStored(crate::EngineError),
 }
 
 impl Database {
@@ -73,6 +76,7 @@ impl Database {
             Landing::Landed => {}
             Landing::Stale => return Publish::Stale,
             Landing::Unknown(why) => return Publish::Unknown(why),
+            Landing::NotStored(e) => return Publish::NotStored(e),
         }
         // The fence: the record must be one that readers will read.
         let meta = RecordMeta::of(&record, body.len() as u64);
@@ -165,6 +169,8 @@ impl Database {
                     Ok(_) => return Landing::Stale,
                     Err(e) => last_error = Some(e),
                 },
+                // Never sent: known not to have landed (unless an earlier attempt did).
+                Err(e) if e.kind == StoreErrorKind::OutOfCalls && attempt == 1 => return Landing::NotStored(e.into()),
                 Err(e) => {
                     last_error = Some(e);
                     match self.read_back(key, body).await {

@@ -89,6 +89,7 @@ impl Database {
         match self.store_record(&child_layout.log_key(1), &record.encode()).await {
             Landing::Landed => Ok(Forked { database: child.to_string(), from: Bookmark(seq), bookmark: Bookmark(1) }),
             Landing::Stale => Err(exists()),
+            Landing::NotStored(e) => Err(e),
             Landing::Unknown(why) => Err(EngineError::CommitUnknown(format!(
                 "whether fork {child} was created is unknown ({why}); read it to find out"
             ))),

@@ -224,6 +224,7 @@ impl Database {
                     }
                 }
                 Publish::Unknown(why) => return Err(EngineError::CommitUnknown(why)),
+                Publish::NotStored(e) => return Err(e),
             }
         }
     }

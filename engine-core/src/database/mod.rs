@@ -615,6 +615,14 @@ impl Database {
                         self.refresh(stats).await?;
                         true
                     }
+                    Publish::NotStored(e) => {
+                        // Nothing was sent: nothing committed. The local copy is rebuilt
+                        // by a later request if discarding needs calls this one lacks.
+                        if self.discard_local().await.is_err() {
+                            self.local = None;
+                        }
+                        return Err(e);
+                    }
                     Publish::Unknown(why) => {
                         // Whatever else fails now, the answer is that the outcome is
                         // unknown: any other error would promise that nothing committed.
