@@ -43,10 +43,26 @@ fn body_stream(req: &mut Request) -> Result<ByteStream, ApiError> {
     }
 }
 
+/// Reads what is left of `stream` and drops it. An answer sent while the client is still
+/// uploading makes many HTTP clients (Node's fetch among them) fail with a connection reset
+/// instead of reading the answer: a refused import reads its body to the end first.
+async fn drain(stream: &mut ByteStream) {
+    let mut read: u64 = 0;
+    while let Some(Ok(piece)) = stream.next().await {
+        read += piece.len() as u64;
+        if read > MAX_IMPORT_BYTES {
+            break;
+        }
+    }
+}
+
 pub async fn import(db: DbRequest, req: &mut Request, replace: bool) -> Result<Answer, ApiError> {
     if let Some(kind) = header(req, "content-type") {
         let accepted = ["application/vnd.sqlite3", "application/x-sqlite3", "application/octet-stream"];
         if !accepted.iter().any(|a| kind.starts_with(a)) {
+            if let Ok(mut raw) = req.stream() {
+                drain(&mut raw).await;
+            }
             return Err(ApiError::new(
                 415,
                 "UNSUPPORTED_MEDIA_TYPE",
@@ -54,8 +70,19 @@ pub async fn import(db: DbRequest, req: &mut Request, replace: bool) -> Result<A
             ));
         }
     }
+    let stream = match body_stream(req) {
+        Ok(stream) => std::rc::Rc::new(std::cell::RefCell::new(stream)),
+        Err(e) => {
+            if let Ok(mut raw) = req.stream() {
+                drain(&mut raw).await;
+            }
+            return Err(e);
+        }
+    };
     let mut total: u64 = 0;
-    let body = body_stream(req)?.map(move |piece| {
+    let shared = stream.clone();
+    let pieces = futures::stream::poll_fn(move |cx| shared.borrow_mut().poll_next_unpin(cx));
+    let body = pieces.map(move |piece| {
         let piece = piece.map_err(|e| EngineError::InvalidFile(format!("reading the body failed: {e}")))?;
         total += piece.len() as u64;
         if total > MAX_IMPORT_BYTES {
@@ -65,7 +92,14 @@ pub async fn import(db: DbRequest, req: &mut Request, replace: bool) -> Result<A
         }
         Ok(piece)
     });
-    let (imported, r2) = db.exclusive(move |d| d.import_file(Box::pin(body), replace).boxed_local()).await?;
+    let outcome = db.exclusive(move |d| d.import_file(Box::pin(body), replace).boxed_local()).await;
+    let (imported, r2) = match outcome {
+        Ok(done) => done,
+        Err(e) => {
+            drain(&mut stream.borrow_mut()).await;
+            return Err(e);
+        }
+    };
     let bookmark = imported.bookmark.to_string();
     let check = match imported.check {
         engine_core::FileCheck::QuickCheck => "quick_check",
