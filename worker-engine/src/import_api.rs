@@ -14,8 +14,9 @@ use crate::Answer;
 /// Bytes an import may hold once decompressed (a gzip bomb stops here).
 pub const MAX_IMPORT_BYTES: u64 = 4 << 30;
 
+/// A header's value, trimmed and lowercased (media types and encodings fold case).
 fn header(req: &Request, name: &str) -> Option<String> {
-    req.headers().get(name).ok().flatten().map(|v| v.trim().to_ascii_lowercase())
+    crate::sql_api::header(req, name).map(|v| v.trim().to_ascii_lowercase())
 }
 
 /// The request body as bytes, decompressed if it says it is gzip.

@@ -13,7 +13,7 @@ use crate::routes::{self, Endpoint};
 use crate::wire::{self, result_to_json, validate_db_name, ApiError, LIMITS};
 use crate::{export_api, history_api, hrana, import_api, registry, settings, Answer, BOOKMARK_HEADER};
 
-fn header(req: &Request, name: &str) -> Option<String> {
+pub(crate) fn header(req: &Request, name: &str) -> Option<String> {
     req.headers().get(name).ok().flatten()
 }
 
