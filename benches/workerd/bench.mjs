@@ -34,7 +34,16 @@ function percentile(sorted, p) {
 }
 
 async function json(url, init) {
-  const res = await fetch(url, init);
+  let res;
+  try {
+    res = await fetch(url, init);
+  } catch (e) {
+    // After a very long request (a 1 GiB upload, a long scan) the pooled keep-alive
+    // connection is sometimes already closed by workerd: a GET (safe to repeat) is sent
+    // again once, on a new connection. Anything else is reported.
+    if ((init?.method ?? "GET") !== "GET" || e?.cause?.code !== "ECONNRESET") throw e;
+    res = await fetch(url, init);
+  }
   const text = await res.text();
   let body;
   try {
