@@ -188,6 +188,38 @@ pub fn check_script_statement(sql: &str) -> Result<StatementKind, EngineError> {
     check_statement(sql)
 }
 
+/// What importing a SQL dump does with one of its statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpStatement {
+    Run,
+    /// The import runs the dump in transactions of its own, with foreign keys off (as
+    /// sqlite3's `.dump` asks): the dump's `BEGIN`, `COMMIT` and `PRAGMA foreign_keys` are
+    /// already done.
+    Skip,
+}
+
+/// Classifies a statement of a SQL dump; refuses what an import cannot honour.
+pub fn dump_statement(sql: &str) -> Result<DumpStatement, EngineError> {
+    let invalid = |why: &str| Err(EngineError::InvalidFile(why.to_string()));
+    match Parser::new(sql.as_bytes()).next() {
+        Some(Ok(Cmd::Stmt(Stmt::Begin { .. } | Stmt::Commit { .. }))) => Ok(DumpStatement::Skip),
+        Some(Ok(Cmd::Stmt(Stmt::Rollback { savepoint_name: None, .. }))) => invalid(
+            "the dump ends its transaction with ROLLBACK (sqlite3 writes that when the dump itself failed): it is incomplete",
+        ),
+        Some(Ok(Cmd::Stmt(Stmt::Pragma { name, .. }))) => {
+            match name.name.as_str().trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']').to_ascii_lowercase().as_str() {
+                "foreign_keys" => Ok(DumpStatement::Skip),
+                "writable_schema" => invalid(
+                    "the dump writes the schema directly (sqlite3's .dump does that for virtual tables such as FTS): \
+                     the engine cannot create tables that way; drop the virtual tables (or export without them) and import again",
+                ),
+                _ => check_statement(sql).map(|_| DumpStatement::Run),
+            }
+        }
+        _ => check_statement(sql).map(|_| DumpStatement::Run),
+    }
+}
+
 /// The most a text of several statements may do: `Write` if any statement may write or
 /// the text does not parse (it cannot be proven read-only then).
 pub fn script_text_kind(sql: &str) -> Result<StatementKind, EngineError> {

@@ -21,12 +21,13 @@ pub mod log_record;
 pub mod manifest;
 pub mod mem_store;
 pub mod script;
+pub mod sql_text;
 pub mod store;
 pub mod txn;
 pub mod value;
 
 pub use bookmark::Bookmark;
-pub use database::{Database, DbConfig, DbContext, Deleted, Done, FileCheck, FileExport, Forked, Imported, HistoryWindow, ReadFrom, Reply, Request, Restored, TxResult, Work};
+pub use database::{Database, DbConfig, DbContext, Deleted, Done, FileCheck, FileExport, Forked, SqlDump, Imported, HistoryWindow, ReadFrom, Reply, Request, Restored, TxResult, Work};
 pub use error::EngineError;
 pub use layout::Layout;
 pub use store::ObjectStore;

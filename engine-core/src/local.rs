@@ -239,7 +239,7 @@ impl LocalDb {
     /// for itself with `PRAGMA foreign_keys = OFF`).
     pub fn start_request(&self, limits: &ExecLimits) {
         self.pin_transaction(None);
-        self.vm_steps_left.store(limits.max_vm_steps.min(i64::MAX as u64) as i64, Ordering::Relaxed);
+        self.renew_vm_budget(limits);
         // Only when it changed: setting it invalidates every prepared statement.
         if !self.conn.foreign_keys_enabled() {
             self.conn.set_foreign_keys_enabled(true);
@@ -247,6 +247,11 @@ impl LocalDb {
         if self.conn.check_constraints_ignored() {
             self.conn.set_check_constraints_ignored(false);
         }
+    }
+
+    /// Gives the statements run from now on `limits.max_vm_steps` VM steps between them.
+    pub fn renew_vm_budget(&self, limits: &ExecLimits) {
+        self.vm_steps_left.store(limits.max_vm_steps.min(i64::MAX as u64) as i64, Ordering::Relaxed);
     }
 
     /// Prepares the first statement of `sql`; returns it and where the next one starts.

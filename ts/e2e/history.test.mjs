@@ -291,7 +291,7 @@ test("import: a SQLite file (plain or gzip) becomes the database at once; refuse
       ["text", Buffer.from("CREATE TABLE t (x);".repeat(20)), 400, "INVALID_DATABASE_FILE", {}],
       ["damaged", damaged, 400, "INVALID_DATABASE_FILE", {}],
       ["truncated", bytes.subarray(0, bytes.length - 1000), 400, "INVALID_DATABASE_FILE", {}],
-      ["sql dump", Buffer.from("CREATE TABLE t (x);"), 415, "UNSUPPORTED_MEDIA_TYPE", { "content-type": "application/sql" }],
+      ["html", Buffer.from("<p>CREATE TABLE t (x);</p>"), 415, "UNSUPPORTED_MEDIA_TYPE", { "content-type": "text/html" }],
       ["brotli", bytes, 415, "UNSUPPORTED_MEDIA_TYPE", { "content-encoding": "br" }],
     ]) {
       const r = await put("a", `bad-${what.replace(" ", "-")}`, body, { headers });
@@ -303,6 +303,79 @@ test("import: a SQLite file (plain or gzip) becomes the database at once; refuse
   } finally {
     removeDir(dir);
   }
+});
+
+test("SQL dumps: ?format=sql loads in SQLite as it is; a dump imports (plain or gzip) as one commit; a failing one commits nothing", async () => {
+  const { createClient } = await import("@libsql/client");
+  const { gzipSync } = await import("node:zlib");
+  const path = await import("node:path");
+  const db = "/v1/db/dump-me";
+  await call("a", `${db}/batch`, {
+    body: {
+      statements: [
+        { sql: "CREATE TABLE \"Users\" (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, score REAL, avatar BLOB)" },
+        { sql: "CREATE TABLE audit (msg TEXT)" },
+        { sql: "CREATE INDEX users_score ON \"Users\" (score)" },
+        { sql: "CREATE VIEW top AS SELECT name FROM \"Users\" WHERE score > 0.5" },
+        { sql: "CREATE TRIGGER users_in AFTER INSERT ON \"Users\" BEGIN INSERT INTO audit VALUES (new.name); END" },
+        { sql: "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) INSERT INTO \"Users\" (name, score, avatar) SELECT 'it''s user ' || i, i / 3000.0, randomblob(64) FROM n" },
+        { sql: "INSERT INTO \"Users\" (id, name) VALUES (9000, 'gone')" },
+        { sql: "DELETE FROM \"Users\" WHERE id = 9000" },
+      ],
+    },
+  });
+  const facts = "SELECT count(*), sum(score), sum(length(avatar)), (SELECT count(*) FROM audit), (SELECT count(*) FROM top) FROM \"Users\"";
+  const ours = async (isolate, name) => (await call(isolate, `/v1/db/${name}/query`, { body: { sql: facts } })).body.rows[0];
+  const want = await ours("b", "dump-me");
+  assert.equal(want[0], 3000);
+
+  const worker = await mf.getWorker("b");
+  const res = await worker.fetch(`http://localhost${db}/export?format=sql`);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type"), /^application\/sql/);
+  assert.match(res.headers.get("content-disposition"), /dump-me-tw[0-9a-f]+\.sql/);
+  const text = await res.text();
+  assert.ok(text.startsWith("PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\n") && text.endsWith("COMMIT;\n"), text.slice(0, 200));
+
+  // SQLite (libSQL's local files) rebuilds the same database from the text as it is.
+  const dir = tempDir("twill-dump-");
+  try {
+    const local = createClient({ url: `file:${path.join(dir, "from-dump.db")}` });
+    await local.executeMultiple(text);
+    assert.deepEqual(Array.from((await local.execute(facts)).rows[0]), want);
+    const next = await local.execute("INSERT INTO \"Users\" (name) VALUES ('next') RETURNING id");
+    assert.equal(next.rows[0][0], 9001, "the AUTOINCREMENT counter came along");
+    local.close();
+  } finally {
+    removeDir(dir);
+  }
+
+  // It imports back here, as one commit, plain or gzip-compressed.
+  const put = async (isolate, name, body, headers) => {
+    const w = await mf.getWorker(isolate);
+    const r = await w.fetch(`http://localhost/v1/db/${name}/import`, { method: "PUT", headers, body });
+    return { status: r.status, body: await r.json() };
+  };
+  const plain = await put("a", "from-dump", text, { "content-type": "application/sql" });
+  assert.equal(plain.status, 200, JSON.stringify(plain.body));
+  assert.ok(plain.body.statements > 3000, JSON.stringify(plain.body));
+  assert.equal(plain.body.check, "quick_check");
+  assert.deepEqual(await ours("b", "from-dump"), want);
+  assert.deepEqual([plain.body.previous, plain.body.bookmark], ["tw0000000000000000", "tw0000000000000001"], "the import is one commit");
+  const zipped = await put("b", "from-dump-gz", gzipSync(Buffer.from(text)), { "content-type": "application/sql", "content-encoding": "gzip" });
+  assert.equal(zipped.status, 200, JSON.stringify(zipped.body));
+  assert.deepEqual(await ours("a", "from-dump-gz"), want);
+  const inserted = await call("a", "/v1/db/from-dump-gz/query", { body: { sql: "INSERT INTO \"Users\" (name) VALUES ('next') RETURNING id" } });
+  assert.equal(inserted.body.rows[0][0], 9001, "AUTOINCREMENT goes on from the dump's counter");
+
+  const bad = await put("a", "bad-dump", "CREATE TABLE t (x);\nINSERT INTO t VALUES (1);\nINSERT INTO nope VALUES (2);\n", { "content-type": "application/sql" });
+  assert.equal(bad.status, 400, JSON.stringify(bad.body));
+  assert.equal(bad.body.error.code, "SQL_ERROR");
+  assert.match(bad.body.error.message, /statement 3 \(line 3\)/);
+  const after = await call("b", "/v1/db/bad-dump/query", { body: { sql: "SELECT count(*) FROM sqlite_schema" } });
+  assert.equal(after.body.rows[0][0], 0, "nothing of a failing dump is visible");
+  const format = await call("a", `${db}/export?format=csv`);
+  assert.equal(format.status, 400);
 });
 
 test("DELETE /v1/db/{name}: empty at once from every isolate, history gone, objects purged, forks intact", async () => {

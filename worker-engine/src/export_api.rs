@@ -1,9 +1,10 @@
-//! `GET /v1/db/{name}/export[?as_of=<bookmark or time>]`: the SQLite file of one commit
-//! (default: the newest), streamed with its `content-length` in bounded memory: one chunk
-//! of the state (256 KiB) is in memory at a time.
+//! `GET /v1/db/{name}/export[?as_of=<bookmark or time>][&format=sqlite|sql]`: one commit
+//! (default: the newest) as a SQLite file, streamed with its `content-length`, or as SQL
+//! text (what sqlite3's `.dump` writes), streamed without one; either way in bounded
+//! memory (a chunk of 256 KiB, or 100 rows, at a time).
 
 use engine_core::bookmark::Bookmark;
-use engine_core::FileExport;
+use engine_core::{FileExport, SqlDump};
 use futures::FutureExt;
 use worker::{FixedLengthStream, Response, ResponseBody};
 
@@ -12,20 +13,56 @@ use crate::history_api::Point;
 use crate::wire::ApiError;
 use crate::Answer;
 
-pub async fn export(db: DbRequest, as_of: Option<&str>, name: &str) -> Result<Answer, ApiError> {
+/// What an export is written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    SqliteFile,
+    SqlText,
+}
+
+impl ExportFormat {
+    pub fn parse(format: Option<&str>) -> Result<Self, ApiError> {
+        match format {
+            None | Some("sqlite") => Ok(ExportFormat::SqliteFile),
+            Some("sql") => Ok(ExportFormat::SqlText),
+            Some(other) => {
+                Err(ApiError::bad_request("INVALID_REQUEST", format!("format must be sqlite (a database file) or sql (SQL text), not {other:?}")))
+            }
+        }
+    }
+}
+
+pub async fn export(db: DbRequest, as_of: Option<&str>, name: &str, format: ExportFormat) -> Result<Answer, ApiError> {
     let as_of = as_of.map(Point::parse).transpose()?;
-    let ((file, seq), _) = db
+    let ((past, seq), _) = db
         .exclusive(move |d| {
             async move {
                 let seq = match as_of {
                     Some(point) => point.resolve(d).await?,
                     None => d.history_window().await?.head.seq(),
                 };
-                Ok((d.past(seq).await?.export_file()?, seq))
+                Ok((d.past(seq).await?, seq))
             }
             .boxed_local()
         })
         .await?;
+    let bookmark = Bookmark(seq).to_string();
+    if format == ExportFormat::SqlText {
+        let pieces = futures::stream::try_unfold(past.export_sql(), |mut dump: SqlDump| async move {
+            match dump.next_piece().await {
+                Ok(Some(piece)) => Ok(Some((piece, dump))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(worker::Error::from(e.to_string())),
+            }
+        });
+        let response = Response::from_stream(pieces).map_err(|e| crate::internal(&e.to_string()))?;
+        let headers = response.headers();
+        let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| crate::internal(&e.to_string()));
+        set("content-type", "application/sql; charset=utf-8")?;
+        set("content-disposition", &format!("attachment; filename=\"{name}-{bookmark}.sql\""))?;
+        return Ok(Answer::file(response, bookmark));
+    }
+    let file = past.export_file()?;
     let length = file.len();
     let pieces = futures::stream::try_unfold(file, |mut file: FileExport| async move {
         match file.next_piece().await {
@@ -39,7 +76,6 @@ pub async fn export(db: DbRequest, as_of: Option<&str>, name: &str) -> Result<An
         .map_err(|_| crate::internal("FixedLengthStream has no readable side"))?;
     let response = Response::from_body(ResponseBody::Stream(wasm_bindgen::JsCast::unchecked_into(readable)))
         .map_err(|e| crate::internal(&e.to_string()))?;
-    let bookmark = Bookmark(seq).to_string();
     let headers = response.headers();
     let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| crate::internal(&e.to_string()));
     set("content-type", "application/vnd.sqlite3")?;

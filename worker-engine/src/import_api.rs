@@ -1,5 +1,6 @@
-//! `PUT /v1/db/{name}/import[?replace=true]`: a SQLite database file as the body (also
-//! `content-encoding: gzip`), streamed into the engine's import in bounded memory.
+//! `PUT /v1/db/{name}/import[?replace=true]`: a SQLite database file, or a SQL dump
+//! (`content-type: application/sql`), as the body (also `content-encoding: gzip`), streamed
+//! into the engine's import in bounded memory.
 
 use engine_core::EngineError;
 use futures::{FutureExt, StreamExt};
@@ -57,17 +58,33 @@ async fn drain(stream: &mut ByteStream) {
     }
 }
 
+/// What the body of an import holds, by its content-type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ImportKind {
+    SqliteFile,
+    SqlDump,
+}
+
+const FILE_TYPES: [&str; 3] = ["application/vnd.sqlite3", "application/x-sqlite3", "application/octet-stream"];
+const SQL_TYPES: [&str; 3] = ["application/sql", "application/x-sql", "text/plain"];
+
 pub async fn import(db: DbRequest, req: &mut Request, replace: bool) -> Result<Answer, ApiError> {
-    if let Some(kind) = header(req, "content-type") {
-        let accepted = ["application/vnd.sqlite3", "application/x-sqlite3", "application/octet-stream"];
-        if !accepted.iter().any(|a| kind.starts_with(a)) {
+    let mut kind = ImportKind::SqliteFile;
+    if let Some(content_type) = header(req, "content-type") {
+        if SQL_TYPES.iter().any(|a| content_type.starts_with(a)) {
+            kind = ImportKind::SqlDump;
+        } else if !FILE_TYPES.iter().any(|a| content_type.starts_with(a)) {
             if let Ok(mut raw) = req.stream() {
                 drain(&mut raw).await;
             }
             return Err(ApiError::new(
                 415,
                 "UNSUPPORTED_MEDIA_TYPE",
-                format!("content-type {kind} is not accepted: import a SQLite database file ({})", accepted.join(", ")),
+                format!(
+                    "content-type {content_type} is not accepted: import a SQLite database file ({}) or a SQL dump ({})",
+                    FILE_TYPES.join(", "),
+                    SQL_TYPES.join(", ")
+                ),
             ));
         }
     }
@@ -93,7 +110,10 @@ pub async fn import(db: DbRequest, req: &mut Request, replace: bool) -> Result<A
         }
         Ok(piece)
     });
-    let outcome = db.exclusive(move |d| d.import_file(Box::pin(body), replace).boxed_local()).await;
+    let outcome = match kind {
+        ImportKind::SqliteFile => db.exclusive(move |d| d.import_file(Box::pin(body), replace).boxed_local()).await,
+        ImportKind::SqlDump => db.exclusive(move |d| d.import_sql(Box::pin(body), replace).boxed_local()).await,
+    };
     let (imported, r2) = match outcome {
         Ok(done) => done,
         Err(e) => {
@@ -112,6 +132,7 @@ pub async fn import(db: DbRequest, req: &mut Request, replace: bool) -> Result<A
         "bytes": imported.bytes,
         "pages": imported.pages,
         "check": check,
+        "statements": imported.statements,
         "meta": { "bookmark": bookmark, "r2_reads": r2.reads, "r2_writes": r2.writes },
     });
     Ok(Answer { body, timing: None, bookmark: Some(bookmark), file: None })

@@ -46,8 +46,9 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
         }
         Endpoint::Export => {
             let as_of = query_param(req, "as_of")?;
+            let format = export_api::ExportFormat::parse(query_param(req, "format")?.as_deref())?;
             let db = DbRequest::new(env, &name, access, ReadFrom::Latest)?;
-            return export_api::export(db, as_of.as_deref(), &name).await;
+            return export_api::export(db, as_of.as_deref(), &name, format).await;
         }
         Endpoint::Delete => {
             if access != Access::Write {

@@ -34,6 +34,8 @@ pub struct Imported {
     pub pages: u32,
     /// Which check the file passed.
     pub check: FileCheck,
+    /// For a SQL dump: how many of its statements ran.
+    pub statements: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +189,7 @@ impl Database {
         };
         let check = self.check_imported(&snapshot, page_size, bytes).await?;
         let (previous, bookmark) = self.commit_snapshot(snapshot, Vec::new(), page_size, !replace, Some(began_at)).await?;
-        Ok(Imported { bookmark, previous, bytes, pages, check })
+        Ok(Imported { bookmark, previous, bytes, pages, check, statements: None })
     }
 
     /// Opens the uploaded image read-only and checks it, before anyone can see it.
@@ -229,7 +231,7 @@ impl Database {
     }
 
     /// Rows of one read-only statement on this database.
-    async fn read_rows(&mut self, sql: &str) -> Result<Vec<Vec<SqlValue>>, EngineError> {
+    pub(super) async fn read_rows(&mut self, sql: &str) -> Result<Vec<Vec<SqlValue>>, EngineError> {
         let request = Request { work: Work::Transaction(vec![Statement::new(sql)]), read_from: ReadFrom::Latest };
         let done = self.perform(vec![request]).await.pop().unwrap_or_else(|| Err(EngineError::Internal("no reply".into())))?;
         match done.reply {

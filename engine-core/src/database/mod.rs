@@ -17,6 +17,7 @@
 mod checkpoint;
 mod commit;
 mod delete;
+mod dump;
 mod entries;
 mod export;
 mod fork;
@@ -26,6 +27,7 @@ mod import;
 mod pages;
 mod replay;
 mod run;
+mod sql_import;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -48,9 +50,11 @@ use commit::Publish;
 use replay::ProbeResult;
 
 pub use delete::{Deleted, PURGE_CALL_BUDGET};
+pub use dump::SqlDump;
 pub use export::FileExport;
 pub use fork::Forked;
 pub use import::{FileCheck, Imported, QUICK_CHECK_MAX_BYTES};
+pub use sql_import::MAX_SQL_IMPORT_BYTES;
 pub use history::{HistoryWindow, Restored, HISTORY_EDGE_MARGIN_MS};
 
 /// How far back history reaches by default: 7 days.
@@ -89,6 +93,8 @@ pub struct DbConfig {
     pub max_staleness_ms: f64,
     /// Imported files up to this size are checked with SQLite's `quick_check`.
     pub quick_check_max_bytes: u64,
+    /// The most WAL a SQL dump may write while it is built in memory (`SQL_IMPORT_SIZE`).
+    pub sql_import_max_bytes: u64,
     pub limits: ExecLimits,
 }
 
@@ -109,6 +115,7 @@ impl Default for DbConfig {
             orphan_sweep_interval_ms: gc::ORPHAN_SWEEP_INTERVAL_MS,
             max_staleness_ms: 0.0,
             quick_check_max_bytes: import::QUICK_CHECK_MAX_BYTES,
+            sql_import_max_bytes: sql_import::MAX_SQL_IMPORT_BYTES,
             limits: ExecLimits::default(),
         }
     }
