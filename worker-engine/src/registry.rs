@@ -176,11 +176,21 @@ impl DbSlot {
     }
 
     async fn open(&self, name: &str, config: DbConfig, cache: Arc<PageCache>) -> Result<Database, EngineError> {
-        let store: Rc<dyn ObjectStore> = self.store.clone();
-        let ctx = DbContext { store, cache, host: engine_core::host::system(), sleeper: Rc::new(DelaySleeper) };
-        let db = Database::open_for_waiting_requests(ctx, Layout::new("", name), config).await?;
+        let db = Database::open_for_waiting_requests(self.context(cache), Layout::new("", name), config).await?;
         self.opens.set(self.opens.get() + 1);
         Ok(db)
+    }
+
+    /// Opens the database for an operation other than the waiting requests' group.
+    async fn open_alone(&self, name: &str, config: DbConfig, cache: Arc<PageCache>) -> Result<Database, EngineError> {
+        let db = Database::open(self.context(cache), Layout::new("", name), config).await?;
+        self.opens.set(self.opens.get() + 1);
+        Ok(db)
+    }
+
+    fn context(&self, cache: Arc<PageCache>) -> DbContext {
+        let store: Rc<dyn ObjectStore> = self.store.clone();
+        DbContext { store, cache, host: engine_core::host::system(), sleeper: Rc::new(DelaySleeper) }
     }
 
     /// Runs `op` on the database alone (history: finding a commit, building a past state,
@@ -203,7 +213,10 @@ impl DbSlot {
         self.store.budget_calls(r2_calls);
         let mut db = match taken {
             Some(db) => db,
-            None => match self.open(name, config, cache).await {
+            // Not `open`: its LIST may stand in for the freshness probe of the requests that
+            // waited for the open, and an exclusive operation is not those requests (a read
+            // much later would skip its probe and miss commits made in between).
+            None => match self.open_alone(name, config, cache).await {
                 Ok(db) => db,
                 Err(e) => {
                     self.store.budget_calls(None);
