@@ -53,3 +53,27 @@ pub fn query_ints(db: &mut Database, sql: &str) -> Vec<i64> {
         })
         .collect()
 }
+
+/// One simulated deployment: an in-memory bucket and a seeded host clock shared by every
+/// isolate (each [`World::open`] is one).
+pub struct World {
+    pub store: Rc<MemStore>,
+    pub host: Arc<engine_core::dst::SimHost>,
+}
+
+impl World {
+    pub fn new(seed: u64) -> Self {
+        World { store: Rc::new(MemStore::new()), host: Arc::new(engine_core::dst::SimHost::new(seed)) }
+    }
+
+    /// Database `name` as a new isolate sees it.
+    pub fn open(&self, name: &str, config: DbConfig) -> Database {
+        let ctx = DbContext::new(self.store.clone()).with_host(self.host.clone()).with_sleeper(engine_core::dst::sleeper(&self.host));
+        try_open_in(ctx, name, config).expect("open")
+    }
+
+    /// The keys of database `name` under `under` (e.g. "upload/").
+    pub fn keys(&self, name: &str, under: &str) -> Vec<String> {
+        self.store.keys().into_iter().filter(|k| k.starts_with(&format!("db/{name}/{under}"))).collect()
+    }
+}

@@ -142,6 +142,16 @@ pub enum EngineError {
     /// The statement was interrupted (time or work budget).
     #[error("{0}")]
     Interrupted(String),
+    /// No upload session of that id (never begun, finished, aborted or swept).
+    #[error("{0}")]
+    UploadNotFound(String),
+    /// The upload session is not in a state that allows this (a part sent again with
+    /// other bytes, a session being completed, parts missing).
+    #[error("{0}")]
+    UploadConflict(String),
+    /// The upload session outlived its lifetime.
+    #[error("{0}")]
+    UploadExpired(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// Pages turso needed were not cached (internal: the engine fetches them and retries).
@@ -177,6 +187,9 @@ impl EngineError {
             EngineError::InvalidFile(_) => "INVALID_DATABASE_FILE",
             EngineError::NotEmpty(_) => "DATABASE_NOT_EMPTY",
             EngineError::Interrupted(_) => "QUERY_INTERRUPTED",
+            EngineError::UploadNotFound(_) => "UPLOAD_NOT_FOUND",
+            EngineError::UploadConflict(_) => "UPLOAD_CONFLICT",
+            EngineError::UploadExpired(_) => "UPLOAD_EXPIRED",
             EngineError::Internal(_) | EngineError::PagesMissing(_) | EngineError::BaseGone(_) => "INTERNAL_ERROR",
         }
     }
@@ -209,6 +222,9 @@ impl EngineError {
                 | EngineError::NotEmpty(_)
                 | EngineError::Interrupted(_)
                 | EngineError::TxConflict(_)
+                | EngineError::UploadNotFound(_)
+                | EngineError::UploadConflict(_)
+                | EngineError::UploadExpired(_)
         )
     }
 }

@@ -105,6 +105,16 @@ impl Layout {
         format!("{}upload/", self.prefix)
     }
 
+    /// The state of upload session `id` (an import in several requests). Kept apart from
+    /// the uploads' chunks so that finding sessions lists only sessions.
+    pub fn upload_session_key(&self, id: &UploadId) -> String {
+        format!("{}sessions/{}", self.prefix, id.0)
+    }
+
+    pub fn upload_sessions_prefix(&self) -> String {
+        format!("{}sessions/", self.prefix)
+    }
+
     /// True if `key` is one of this database's objects (a fork's map also names its
     /// parents' chunks, which only their own database may delete).
     pub fn owns(&self, key: &str) -> bool {
@@ -141,13 +151,31 @@ impl UploadId {
         UploadId(format!("{started_ms:013}-{}", crate::host::random_hex(host, 8)))
     }
 
-    /// When the upload that wrote `key` (any key under an upload prefix) began; `None`
-    /// for ids of another form (uploads from before ids carried their time).
+    /// When the upload that wrote `key` (any key under an upload prefix, or a session's
+    /// key) began; `None` for ids of another form (uploads from before ids carried their
+    /// time).
     pub fn started_ms_of(layout: &Layout, key: &str) -> Option<u64> {
-        let rest = key.strip_prefix(&layout.uploads_prefix())?;
-        let (id, _) = rest.split_once('/')?;
-        let (ms, _) = id.split_once('-')?;
-        ms.parse().ok()
+        let id = match key.strip_prefix(&layout.uploads_prefix()) {
+            Some(rest) => rest.split_once('/')?.0,
+            None => key.strip_prefix(&layout.upload_sessions_prefix())?,
+        };
+        Self::parse(id).ok()?.started_ms()
+    }
+
+    /// An id a client sent back: exactly the form [`Self::new`] makes.
+    pub fn parse(id: &str) -> Result<Self, crate::error::EngineError> {
+        let well_formed = (15..=46).contains(&id.len())
+            && id.as_bytes()[13] == b'-'
+            && id[..13].bytes().all(|b| b.is_ascii_digit())
+            && id[14..].bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !well_formed {
+            return Err(crate::error::EngineError::UploadNotFound(format!("{id:?} is not an upload id")));
+        }
+        Ok(UploadId(id.to_string()))
+    }
+
+    pub fn started_ms(&self) -> Option<u64> {
+        self.0.split_once('-')?.0.parse().ok()
     }
 }
 
@@ -168,8 +196,13 @@ mod tests {
         assert_eq!(Layout::owner_prefix_of(&l.chunk_key(1, 2, "n")), Some("db/app/"));
         assert_eq!(Layout::new("r/", "x").sibling("y"), Layout::new("r/", "y"));
         assert_eq!(l.sibling("b"), Layout::new("", "b"));
-        let upload = format!("{}chunk-00000003", l.upload_prefix("0001700000000123-ab12"));
+        let upload = format!("{}chunk-00000003", l.upload_prefix("1700000000123-ab12"));
         assert_eq!(UploadId::started_ms_of(&l, &upload), Some(1_700_000_000_123));
+        let session = l.upload_session_key(&UploadId::parse("1700000000123-ab12").unwrap());
+        assert_eq!(UploadId::started_ms_of(&l, &session), Some(1_700_000_000_123));
+        for bad in ["", "1700000000123", "1700000000123-", "1700000000123-AB", "170000000012x-ab", "../1700000000123-ab", "1700000000123-ab/.."] {
+            assert_eq!(UploadId::parse(bad).unwrap_err().code(), "UPLOAD_NOT_FOUND", "{bad:?}");
+        }
         assert_eq!(UploadId::started_ms_of(&l, &format!("{}chunk-1", l.upload_prefix("ab12cd"))), None);
     }
 }

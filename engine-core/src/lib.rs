@@ -27,7 +27,7 @@ pub mod txn;
 pub mod value;
 
 pub use bookmark::Bookmark;
-pub use database::{Database, DbConfig, DbContext, Deleted, Done, FileCheck, FileExport, Forked, SqlDump, Imported, HistoryWindow, ReadFrom, Reply, Request, Restored, TxResult, Work};
+pub use database::{Database, DbConfig, DbContext, Deleted, Done, FileCheck, FileExport, Forked, SqlDump, SessionState, UPLOAD_MAX_BYTES, UPLOAD_PART_MAX_BYTES, Imported, HistoryWindow, ReadFrom, Reply, Request, Restored, TxResult, Work};
 pub use error::EngineError;
 pub use layout::Layout;
 pub use store::ObjectStore;

@@ -1,38 +1,13 @@
 //! SQL text in and out: a state exported as sqlite3's `.dump` writes it (C SQLite rebuilds
 //! the same rows from it), dumps imported as one atomic commit, and what a dump may not do.
 
-use std::rc::Rc;
-use std::sync::Arc;
-
-use engine_core::dst::SimHost;
-use engine_core::mem_store::MemStore;
-use engine_core::{Database, DbConfig, DbContext, EngineError, SqlValue};
-use twill_tests::{block_on, exec, query_ints, try_open_in};
+use engine_core::{Database, DbConfig, EngineError, SqlValue};
+use twill_tests::{block_on, exec, query_ints, World};
 
 const HOUR: f64 = 3_600_000.0;
 
 fn config() -> DbConfig {
     DbConfig { checkpoint_records: 3, gc_retention_ms: 0.0, history_retention_ms: 24.0 * HOUR, ..DbConfig::default() }
-}
-
-struct World {
-    store: Rc<MemStore>,
-    host: Arc<SimHost>,
-}
-
-impl World {
-    fn new(seed: u64) -> Self {
-        World { store: Rc::new(MemStore::new()), host: Arc::new(SimHost::new(seed)) }
-    }
-
-    fn open(&self, name: &str, config: DbConfig) -> Database {
-        let ctx = DbContext::new(self.store.clone()).with_host(self.host.clone()).with_sleeper(engine_core::dst::sleeper(&self.host));
-        try_open_in(ctx, name, config).expect("open")
-    }
-
-    fn keys_of(&self, name: &str) -> Vec<String> {
-        self.store.keys().into_iter().filter(|k| k.starts_with(&format!("db/{name}/"))).collect()
-    }
 }
 
 /// The whole SQL text of a state, as the Worker streams it.
@@ -233,7 +208,7 @@ fn a_dump_that_fails_commits_nothing_and_says_where() {
         assert_eq!(e.code(), code, "{what}: {e}");
         assert!(e.to_string().contains(says), "{what}: {e}");
         assert_eq!(db.applied_seq(), 0, "{what}: nothing was committed");
-        assert!(world.keys_of("bad").iter().all(|k| !k.contains("upload")), "{what}: nothing uploaded is left");
+        assert!(world.keys("bad", "").iter().all(|k| !k.contains("upload")), "{what}: nothing uploaded is left");
     }
 
     // Into a database with tables: refused unless replace, and a replace can be undone.

@@ -378,6 +378,103 @@ test("SQL dumps: ?format=sql loads in SQLite as it is; a dump imports (plain or 
   assert.equal(format.status, 400);
 });
 
+test("regression: an isolate whose first request on a database was not a query (history, export, upload) still sees every later commit", async () => {
+  for (const [what, first] of [
+    ["history", (db) => call("b", `${db}/history`)],
+    ["export", async (db) => (await (await mf.getWorker("b")).fetch(`http://localhost${db}/export`)).arrayBuffer()],
+    ["upload", (db) => call("b", `${db}/uploads/0001700000000000-00ff`)],
+  ]) {
+    const db = `/v1/db/first-${what}`;
+    await call("a", `${db}/query`, { body: { sql: "CREATE TABLE t (x)" } });
+    await first(db); // opens the database on isolate b
+    await call("a", `${db}/query`, { body: { sql: "INSERT INTO t VALUES (1)" } });
+    const seen = await call("b", `${db}/query`, { body: { sql: "SELECT count(*) FROM t" } });
+    assert.deepEqual(seen.body.rows, [[1]], `${what}: a strict read after the commit sees it`);
+  }
+});
+
+test("upload sessions: a file in parts over several requests and isolates, resumable, one commit; aborts and bad sessions", async () => {
+  const { createClient } = await import("@libsql/client");
+  const { readFileSync } = await import("node:fs");
+  const { gzipSync } = await import("node:zlib");
+  const path = await import("node:path");
+  const dir = tempDir("twill-upload-");
+  try {
+    const file = path.join(dir, "big.db");
+    const src = createClient({ url: `file:${file}` });
+    await src.batch(
+      [
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE, pad BLOB)",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 8000) INSERT INTO t (v, pad) SELECT 'row' || i, randomblob(400) FROM n",
+      ],
+      "write",
+    );
+    src.close();
+    const bytes = readFileSync(file);
+    const partBytes = 1 << 20;
+    const parts = [];
+    for (let at = 0; at < bytes.length; at += partBytes) parts.push(bytes.subarray(at, at + partBytes));
+    assert.ok(parts.length >= 3, `${parts.length} parts`);
+    const send = async (isolate, method, url, body, headers = {}) => {
+      const worker = await mf.getWorker(isolate);
+      const res = await worker.fetch(`http://localhost/v1/db/parts${url}`, { method, headers, body });
+      return { status: res.status, body: await res.json() };
+    };
+
+    const begun = await send("a", "POST", "/uploads", JSON.stringify({ part_bytes: partBytes }));
+    assert.equal(begun.status, 200, JSON.stringify(begun.body));
+    const id = begun.body.upload;
+    // Parts from both isolates, the last first, one gzip-compressed, one sent twice.
+    for (let i = parts.length - 1; i >= 0; i--) {
+      const gz = i === 1;
+      const r = await send(i % 2 ? "a" : "b", "PUT", `/uploads/${id}/${i}`, gz ? gzipSync(parts[i]) : parts[i], gz ? { "content-encoding": "gzip" } : {});
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      assert.deepEqual([r.body.part, r.body.bytes, r.body.already_stored], [i, parts[i].length, false]);
+    }
+    const again = await send("b", "PUT", `/uploads/${id}/0`, parts[0]);
+    assert.equal(again.body.already_stored, true);
+    const status = await send("b", "GET", `/uploads/${id}`);
+    assert.equal(status.body.state, "open");
+    assert.equal(status.body.bytes, bytes.length);
+    assert.deepEqual(status.body.parts.map((p) => p.part), parts.map((_, i) => i));
+    const empty = await call("a", "/v1/db/parts/query", { body: { sql: "SELECT count(*) FROM sqlite_schema" } });
+    assert.equal(empty.body.rows[0][0], 0, "nothing is visible before completion");
+
+    const noCount = await send("a", "POST", `/uploads/${id}/complete`);
+    assert.equal(noCount.body.error.code, "INVALID_REQUEST", "the completion names its part count");
+    const done = await send("a", "POST", `/uploads/${id}/complete`, JSON.stringify({ parts: parts.length }));
+    assert.equal(done.status, 200, JSON.stringify(done.body));
+    assert.equal(done.body.bytes, bytes.length);
+    assert.equal(done.body.bookmark, "tw0000000000000001");
+    const rows = await call("b", "/v1/db/parts/query", { body: { sql: "SELECT count(*), sum(length(pad)) FROM t" } });
+    assert.deepEqual(rows.body.rows?.[0], [8000, 3200000], JSON.stringify(rows.body));
+    assert.equal((await send("b", "GET", `/uploads/${id}`)).status, 404, "the session ended");
+
+    // An aborted session leaves nothing; unknown and malformed ids are 404; a part past
+    // part_bytes is refused.
+    const other = await send("b", "POST", "/uploads", JSON.stringify({ part_bytes: partBytes, replace: true }));
+    const oid = other.body.upload;
+    const tooLong = await send("a", "PUT", `/uploads/${oid}/0`, Buffer.concat([parts[0], Buffer.from("x")]));
+    assert.equal(tooLong.status, 400);
+    assert.equal(tooLong.body.error.code, "LIMIT_EXCEEDED");
+    assert.equal((await send("a", "PUT", `/uploads/${oid}/0`, parts[0])).status, 200);
+    const missing = await send("a", "POST", `/uploads/${oid}/complete`, JSON.stringify({ parts: 2 }));
+    assert.equal(missing.status, 409, JSON.stringify(missing.body));
+    assert.equal(missing.body.error.code, "UPLOAD_CONFLICT");
+    const aborted = await send("b", "DELETE", `/uploads/${oid}`);
+    assert.equal(aborted.status, 200, JSON.stringify(aborted.body));
+    assert.ok(aborted.body.objects_deleted >= 5, JSON.stringify(aborted.body));
+    assert.equal((await send("a", "PUT", `/uploads/${oid}/1`, parts[1])).status, 404);
+    assert.equal((await send("a", "GET", "/uploads/not-an-id")).body.error.code, "UPLOAD_NOT_FOUND");
+    const refused = await send("a", "POST", "/uploads", "");
+    assert.equal(refused.status, 409, "a database with tables needs replace");
+    assert.equal(refused.body.error.code, "DATABASE_NOT_EMPTY");
+    assert.equal((await send("a", "POST", "/uploads", JSON.stringify({ part_bytes: 1000 }))).body.error.code, "LIMIT_EXCEEDED");
+  } finally {
+    removeDir(dir);
+  }
+});
+
 test("DELETE /v1/db/{name}: empty at once from every isolate, history gone, objects purged, forks intact", async () => {
   const db = "/v1/db/doomed";
   await call("a", `${db}/query`, { body: { sql: "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, pad BLOB)" } });

@@ -45,10 +45,49 @@ fn body_stream(req: &mut Request) -> Result<ByteStream, ApiError> {
     }
 }
 
+/// At most how many bytes a body may hold once decompressed, and the limit's name.
+pub(crate) struct BodyLimit {
+    pub what: &'static str,
+    pub bytes: u64,
+    pub name: &'static str,
+}
+
+/// The request body to hand to the engine: its pieces (decompressed if gzip) up to
+/// `limit`, and a handle on the stream for [`drain`] once the engine is done with it.
+pub(crate) async fn uploaded_body(
+    req: &mut Request,
+    limit: BodyLimit,
+) -> Result<(SharedBody, impl futures::Stream<Item = Result<Vec<u8>, EngineError>> + Unpin + 'static), ApiError> {
+    let stream = match body_stream(req) {
+        Ok(stream) => std::rc::Rc::new(std::cell::RefCell::new(stream)),
+        Err(e) => {
+            if let Ok(mut raw) = req.stream() {
+                drain(&mut raw).await;
+            }
+            return Err(e);
+        }
+    };
+    let mut total: u64 = 0;
+    let shared = stream.clone();
+    let pieces = futures::stream::poll_fn(move |cx| shared.borrow_mut().poll_next_unpin(cx)).map(move |piece| {
+        let piece = piece.map_err(|e| EngineError::InvalidFile(format!("reading the body failed: {e}")))?;
+        total += piece.len() as u64;
+        if total > limit.bytes {
+            let BodyLimit { what, bytes, name } = limit;
+            return Err(EngineError::Limit(format!("{what} may hold at most {bytes} bytes once decompressed ({name} limit)")));
+        }
+        Ok(piece)
+    });
+    Ok((stream, Box::pin(pieces)))
+}
+
+/// A request body shared between the engine reading it and the handler draining it.
+pub(crate) type SharedBody = std::rc::Rc<std::cell::RefCell<ByteStream>>;
+
 /// Reads what is left of `stream` and drops it. An answer sent while the client is still
 /// uploading makes many HTTP clients (Node's fetch among them) fail with a connection reset
 /// instead of reading the answer: a refused import reads its body to the end first.
-async fn drain(stream: &mut ByteStream) {
+pub(crate) async fn drain(stream: &mut ByteStream) {
     let mut read: u64 = 0;
     while let Some(Ok(piece)) = stream.next().await {
         read += piece.len() as u64;
@@ -88,31 +127,11 @@ pub async fn import(db: DbRequest, req: &mut Request, replace: bool) -> Result<A
             ));
         }
     }
-    let stream = match body_stream(req) {
-        Ok(stream) => std::rc::Rc::new(std::cell::RefCell::new(stream)),
-        Err(e) => {
-            if let Ok(mut raw) = req.stream() {
-                drain(&mut raw).await;
-            }
-            return Err(e);
-        }
-    };
-    let mut total: u64 = 0;
-    let shared = stream.clone();
-    let pieces = futures::stream::poll_fn(move |cx| shared.borrow_mut().poll_next_unpin(cx));
-    let body = pieces.map(move |piece| {
-        let piece = piece.map_err(|e| EngineError::InvalidFile(format!("reading the body failed: {e}")))?;
-        total += piece.len() as u64;
-        if total > MAX_IMPORT_BYTES {
-            return Err(EngineError::Limit(format!(
-                "an import may hold at most {MAX_IMPORT_BYTES} bytes once decompressed (IMPORT_SIZE limit)"
-            )));
-        }
-        Ok(piece)
-    });
+    let limit = BodyLimit { what: "an import", bytes: MAX_IMPORT_BYTES, name: "IMPORT_SIZE" };
+    let (stream, body) = uploaded_body(req, limit).await?;
     let outcome = match kind {
-        ImportKind::SqliteFile => db.exclusive(move |d| d.import_file(Box::pin(body), replace).boxed_local()).await,
-        ImportKind::SqlDump => db.exclusive(move |d| d.import_sql(Box::pin(body), replace).boxed_local()).await,
+        ImportKind::SqliteFile => db.exclusive(move |d| d.import_file(body, replace).boxed_local()).await,
+        ImportKind::SqlDump => db.exclusive(move |d| d.import_sql(body, replace).boxed_local()).await,
     };
     let (imported, r2) = match outcome {
         Ok(done) => done,
@@ -121,6 +140,11 @@ pub async fn import(db: DbRequest, req: &mut Request, replace: bool) -> Result<A
             return Err(e);
         }
     };
+    Ok(imported_answer(&imported, r2))
+}
+
+/// The answer to an import that published.
+pub(crate) fn imported_answer(imported: &engine_core::Imported, r2: engine_core::store::StoreCounts) -> Answer {
     let bookmark = imported.bookmark.to_string();
     let check = match imported.check {
         engine_core::FileCheck::QuickCheck => "quick_check",
@@ -135,5 +159,5 @@ pub async fn import(db: DbRequest, req: &mut Request, replace: bool) -> Result<A
         "statements": imported.statements,
         "meta": { "bookmark": bookmark, "r2_reads": r2.reads, "r2_writes": r2.writes },
     });
-    Ok(Answer { body, timing: None, bookmark: Some(bookmark), file: None })
+    Answer { body, timing: None, bookmark: Some(bookmark), file: None }
 }

@@ -17,6 +17,7 @@ mod routes;
 mod rpc;
 mod settings;
 mod sql_api;
+mod upload_api;
 pub mod wire;
 
 use serde_json::Value;

@@ -28,13 +28,39 @@ pub enum Endpoint {
     Import,
     /// `DELETE /v1/db/{name}`: the database's data and history go.
     Delete,
+    /// `.../uploads[/{id}[/{part} | /complete]]`: an import in several requests.
+    Upload(UploadStep),
+}
+
+/// What a request of an upload session does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadStep {
+    /// `POST .../uploads`
+    Begin,
+    /// `PUT .../uploads/{id}/{part}`
+    Part,
+    /// `GET .../uploads/{id}`
+    Status,
+    /// `POST .../uploads/{id}/complete`
+    Complete,
+    /// `DELETE .../uploads/{id}`
+    Abort,
+}
+
+/// The session (and part) an upload request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadTarget {
+    pub id: String,
+    pub part: Option<u32>,
 }
 
 impl Endpoint {
     fn method(self) -> Method {
         match self {
-            Endpoint::Import => Method::Put,
-            Endpoint::Delete => Method::Delete,
+            Endpoint::Import | Endpoint::Upload(UploadStep::Part) => Method::Put,
+            Endpoint::Delete | Endpoint::Upload(UploadStep::Abort) => Method::Delete,
+            Endpoint::Upload(UploadStep::Status) => Method::Get,
+            Endpoint::Upload(UploadStep::Begin | UploadStep::Complete) => Method::Post,
             Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) | Endpoint::History | Endpoint::Export => {
                 Method::Get
             }
@@ -51,6 +77,7 @@ impl Endpoint {
 pub struct Route {
     pub endpoint: Endpoint,
     pub database: Option<String>,
+    pub upload: Option<UploadTarget>,
 }
 
 fn not_found(message: impl Into<String>) -> ApiError {
@@ -66,10 +93,26 @@ pub fn looks_like_hrana(path: &str) -> bool {
 /// Finds the endpoint a method and path name. Database names are validated by the caller.
 pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let mut upload = None;
     let (endpoint, database) = match segments.as_slice() {
         [""] => (Endpoint::Describe, None),
         ["v1", "db", name, rest @ ..] => {
             let endpoint = match rest {
+                ["uploads"] => Endpoint::Upload(UploadStep::Begin),
+                ["uploads", id, rest @ ..] => {
+                    let (step, part) = match rest {
+                        [] if *method == Method::Delete => (UploadStep::Abort, None),
+                        [] => (UploadStep::Status, None),
+                        ["complete"] => (UploadStep::Complete, None),
+                        [part] => match part.parse::<u32>() {
+                            Ok(n) => (UploadStep::Part, Some(n)),
+                            Err(_) => return Err(not_found(format!("no route for {path}: parts are numbered from 0"))),
+                        },
+                        _ => return Err(not_found(format!("no route for {path}"))),
+                    };
+                    upload = Some(UploadTarget { id: id.to_string(), part });
+                    Endpoint::Upload(step)
+                }
                 ["query"] => Endpoint::Query,
                 ["batch"] => Endpoint::Batch,
                 ["exec"] => Endpoint::Exec,
@@ -110,7 +153,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         };
         return Err(ApiError::new(405, "METHOD_NOT_ALLOWED", format!("this route accepts {name} only")));
     }
-    Ok(Route { endpoint, database })
+    Ok(Route { endpoint, database, upload })
 }
 
 #[cfg(test)]
@@ -134,5 +177,22 @@ mod tests {
         assert_eq!(route(&Method::Delete, "/v1/db/app/query").unwrap_err().status, 405);
         assert_eq!(route(&Method::Post, "/v1/db/app/v3-protobuf/pipeline").unwrap_err().status, 404);
         assert_eq!(route(&Method::Get, "/").unwrap().endpoint, Endpoint::Describe);
+    }
+
+    #[test]
+    fn upload_sessions_have_a_route_per_step() {
+        let id = "0001700000000000-00ff";
+        let step = |m: Method, p: &str| route(&m, p).map(|r| (r.endpoint, r.upload));
+        assert_eq!(step(Method::Post, "/v1/db/app/uploads").unwrap(), (Endpoint::Upload(UploadStep::Begin), None));
+        let target = |part| Some(UploadTarget { id: id.to_string(), part });
+        assert_eq!(step(Method::Put, &format!("/v1/db/app/uploads/{id}/7")).unwrap(), (Endpoint::Upload(UploadStep::Part), target(Some(7))));
+        assert_eq!(step(Method::Get, &format!("/v1/db/app/uploads/{id}")).unwrap(), (Endpoint::Upload(UploadStep::Status), target(None)));
+        assert_eq!(step(Method::Delete, &format!("/v1/db/app/uploads/{id}")).unwrap(), (Endpoint::Upload(UploadStep::Abort), target(None)));
+        assert_eq!(
+            step(Method::Post, &format!("/v1/db/app/uploads/{id}/complete")).unwrap(),
+            (Endpoint::Upload(UploadStep::Complete), target(None))
+        );
+        assert_eq!(route(&Method::Put, &format!("/v1/db/app/uploads/{id}/-1")).unwrap_err().status, 404);
+        assert_eq!(route(&Method::Post, &format!("/v1/db/app/uploads/{id}/3")).unwrap_err().status, 405);
     }
 }

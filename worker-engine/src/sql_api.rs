@@ -11,7 +11,7 @@ use crate::auth::{self, Access};
 use crate::db_request::{self, DbRequest, STALENESS_HEADER};
 use crate::routes::{self, Endpoint};
 use crate::wire::{self, result_to_json, validate_db_name, ApiError, LIMITS};
-use crate::{export_api, history_api, hrana, import_api, registry, settings, Answer, BOOKMARK_HEADER};
+use crate::{export_api, history_api, hrana, import_api, registry, settings, upload_api, Answer, BOOKMARK_HEADER};
 
 pub(crate) fn header(req: &Request, name: &str) -> Option<String> {
     req.headers().get(name).ok().flatten()
@@ -69,6 +69,17 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
             };
             let db = DbRequest::new(env, &name, access, ReadFrom::Latest)?;
             return import_api::import(db, req, replace).await;
+        }
+        Endpoint::Upload(step) => {
+            if access != Access::Write {
+                return Err(auth::read_only_error());
+            }
+            let body = match step {
+                routes::UploadStep::Begin | routes::UploadStep::Complete => Some(read_body(req).await?),
+                _ => None,
+            };
+            let db = DbRequest::new(env, &name, access, ReadFrom::Latest)?;
+            return upload_api::handle(db, req, step, route.upload.clone(), body).await;
         }
         _ => {}
     }
@@ -137,6 +148,7 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
         | Endpoint::History
         | Endpoint::Export
         | Endpoint::Import
+        | Endpoint::Upload(_)
         | Endpoint::Delete => {
             Err(crate::internal("unreachable route"))
         }

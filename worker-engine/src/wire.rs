@@ -71,7 +71,9 @@ impl From<EngineError> for ApiError {
             | EngineError::Limit(_)
             | EngineError::InvalidBookmark(_)
             | EngineError::Interrupted(_) => 400,
-            EngineError::OutsideHistory(_) => 404,
+            EngineError::OutsideHistory(_) | EngineError::UploadNotFound(_) => 404,
+            EngineError::UploadConflict(_) => 409,
+            EngineError::UploadExpired(_) => 410,
             EngineError::Exists(_) | EngineError::NotEmpty(_) => 409,
             EngineError::InvalidFile(_) => 400,
             EngineError::Conflict { .. } | EngineError::TxConflict(_) => 409,

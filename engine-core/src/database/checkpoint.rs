@@ -130,6 +130,7 @@ impl Database {
         let swept_generation = if sweep {
             // Generations before the base one: an attempt at the base generation may still
             // be writing chunks. Best effort: what it misses, the next sweep finds.
+            let _ = self.sweep_abandoned_uploads().await;
             match self.sweep_orphans(self.base.generation.saturating_sub(1)).await {
                 Ok(swept) => swept,
                 Err(_) => self.base.swept_generation,

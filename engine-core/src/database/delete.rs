@@ -133,9 +133,10 @@ impl Database {
             key.strip_prefix(&layout.history_prefix()).and_then(|g| g.parse::<u64>().ok()).is_some_and(|g| g < entries_from)
         };
         let record_doomed = |key: &str| layout.log_seq_of(key).is_some_and(|seq| seq < history_from);
-        let sets: [(String, &dyn Fn(&str) -> bool); 4] = [
+        let sets: [(String, &dyn Fn(&str) -> bool); 5] = [
             (layout.chunk_prefix(), &chunk_doomed),
             (layout.uploads_prefix(), &upload_doomed),
+            (layout.upload_sessions_prefix(), &upload_doomed),
             (layout.history_prefix(), &entry_doomed),
             (layout.log_prefix(), &record_doomed),
         ];

@@ -18,7 +18,7 @@ use crate::value::{SqlValue, Statement};
 use super::{Database, Image, ReadFrom, Reply, Request, Work};
 
 /// Bytes per chunk object of an imported file (pages per chunk follow from the page size).
-const IMPORT_CHUNK_BYTES: usize = 256 << 10;
+pub(super) const IMPORT_CHUNK_BYTES: usize = 256 << 10;
 /// Files up to this size get SQLite's `quick_check` by default (their pages are still in
 /// the cache); larger ones a structural check: the header, the schema, every root page.
 pub const QUICK_CHECK_MAX_BYTES: u64 = 32 << 20;
@@ -46,12 +46,133 @@ pub enum FileCheck {
     Structure,
 }
 
-fn invalid(why: impl Into<String>) -> EngineError {
+/// Whether the bytes a [`ChunkWriter`] gets begin a SQLite file (their header is checked
+/// and set to WAL mode) or continue one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FileStart {
+    Here,
+    Elsewhere,
+}
+
+/// Bytes streamed into chunk objects of [`IMPORT_CHUNK_BYTES`], at most six PUTs in flight.
+pub(super) struct ChunkWriter {
+    start: FileStart,
+    buffer: Vec<u8>,
+    pending: Vec<(String, Vec<u8>)>,
+    keys: Vec<String>,
+    bytes: u64,
+    page_size: Option<u32>,
+    /// The file's first 100 bytes (its header), if these bytes begin it.
+    header: Option<Vec<u8>>,
+    /// Chunks are kept in the cache while the bytes so far are at most this.
+    cache_up_to: u64,
+}
+
+/// What a [`ChunkWriter`] stored.
+pub(super) struct WrittenChunks {
+    pub keys: Vec<String>,
+    pub bytes: u64,
+    /// The file's header, if the bytes began a file.
+    pub header: Option<Vec<u8>>,
+}
+
+impl ChunkWriter {
+    pub(super) fn new(start: FileStart, cache_up_to: u64) -> Self {
+        ChunkWriter {
+            start,
+            buffer: Vec::with_capacity(IMPORT_CHUNK_BYTES),
+            pending: Vec::new(),
+            keys: Vec::new(),
+            bytes: 0,
+            page_size: None,
+            header: None,
+            cache_up_to,
+        }
+    }
+
+    /// Chunk objects written or being written: the ones to delete if the upload fails.
+    pub(super) fn attempted(&self) -> usize {
+        self.keys.len() + self.pending.len() + 6
+    }
+
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes + self.buffer.len() as u64
+    }
+
+    /// Adds `piece`; stores every chunk it fills. `key_of` names chunk `i`.
+    pub(super) async fn push(&mut self, db: &Database, piece: &[u8], key_of: impl Fn(usize) -> String) -> Result<(), EngineError> {
+        // Fill the chunk being built a slice at a time: pieces may be large, and nothing
+        // is moved more than once.
+        let mut rest = piece;
+        while !rest.is_empty() {
+            let room = IMPORT_CHUNK_BYTES - self.buffer.len();
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            self.buffer.extend_from_slice(now);
+            rest = later;
+            self.check_header(false)?;
+            if self.buffer.len() == IMPORT_CHUNK_BYTES {
+                self.seal(db, &key_of).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores what is left; returns every chunk in order.
+    pub(super) async fn finish(&mut self, db: &Database, key_of: impl Fn(usize) -> String) -> Result<WrittenChunks, EngineError> {
+        self.check_header(true)?;
+        if !self.buffer.is_empty() {
+            self.seal(db, &key_of).await?;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.keys.extend(db.put_chunks(pending).await?);
+        Ok(WrittenChunks { keys: self.keys.clone(), bytes: self.bytes, header: self.header.clone() })
+    }
+
+    fn check_header(&mut self, at_end: bool) -> Result<(), EngineError> {
+        let first = self.keys.is_empty() && self.pending.is_empty();
+        if self.start == FileStart::Here && first && self.page_size.is_none() && (self.buffer.len() >= 100 || (at_end && !self.buffer.is_empty())) {
+            self.page_size = Some(header_page_size(&self.buffer)?);
+            self.header = Some(self.buffer[..self.buffer.len().min(100)].to_vec());
+        }
+        Ok(())
+    }
+
+    async fn seal(&mut self, db: &Database, key_of: &impl Fn(usize) -> String) -> Result<(), EngineError> {
+        let mut chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(IMPORT_CHUNK_BYTES));
+        let first = self.keys.is_empty() && self.pending.is_empty();
+        if self.start == FileStart::Here && first {
+            // The engine keeps every database in WAL mode.
+            chunk[18] = 2;
+            chunk[19] = 2;
+        }
+        self.bytes += chunk.len() as u64;
+        let key = key_of(self.keys.len() + self.pending.len());
+        if self.bytes <= self.cache_up_to {
+            db.cache_import_pages(&key, &chunk, self.page_size.unwrap_or(4096));
+        }
+        self.pending.push((key, chunk));
+        if self.pending.len() == db.config.fetch_concurrency.max(1) {
+            let pending = std::mem::take(&mut self.pending);
+            self.keys.extend(db.put_chunks(pending).await?);
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn invalid(why: impl Into<String>) -> EngineError {
     EngineError::InvalidFile(why.into())
 }
 
+/// The database size in pages a SQLite header declares, where SQLite would trust it (the
+/// size is non-zero and "version-valid-for" equals the change counter).
+fn declared_pages(header: &[u8]) -> Option<u32> {
+    let word = |at: usize| header.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let size = word(28)?;
+    (size > 0 && word(92)? == word(24)?).then_some(size)
+}
+
 /// The page size a SQLite header declares, if the header is one.
-fn header_page_size(header: &[u8]) -> Result<u32, EngineError> {
+pub(super) fn header_page_size(header: &[u8]) -> Result<u32, EngineError> {
     if header.len() < 100 || &header[..16] != b"SQLite format 3\0" {
         return Err(invalid("not a SQLite database file (the header does not start with \"SQLite format 3\")"));
     }
@@ -81,68 +202,30 @@ impl Database {
         }
         let began_at = self.applied_seq;
         let upload = self.layout.upload_prefix(&UploadId::new(self.now_ms() as u64, self.host.as_ref()).0);
-
-        let mut buffer: Vec<u8> = Vec::with_capacity(IMPORT_CHUNK_BYTES);
-        let mut page_size: Option<u32> = None;
-        let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut chunks: Vec<String> = Vec::new();
-        let mut bytes: u64 = 0;
+        let mut writer = ChunkWriter::new(FileStart::Here, self.config.quick_check_max_bytes);
         let uploaded = async {
-            loop {
-                let next = source.next().await.transpose()?;
-                let piece = next.as_deref().unwrap_or(&[]);
-                bytes += piece.len() as u64;
-                // Fill the chunk being built from the piece, a slice at a time: pieces may
-                // be large, and nothing is moved more than once.
-                let mut rest = piece;
-                loop {
-                    let room = IMPORT_CHUNK_BYTES - buffer.len();
-                    let (now, later) = rest.split_at(room.min(rest.len()));
-                    buffer.extend_from_slice(now);
-                    rest = later;
-                    if page_size.is_none() && (buffer.len() >= 100 || next.is_none()) {
-                        page_size = Some(header_page_size(&buffer)?);
-                    }
-                    let full = buffer.len() == IMPORT_CHUNK_BYTES;
-                    if !(full || (next.is_none() && !buffer.is_empty())) {
-                        break;
-                    }
-                    let mut chunk = std::mem::replace(&mut buffer, Vec::with_capacity(IMPORT_CHUNK_BYTES));
-                    if chunks.is_empty() && pending.is_empty() {
-                        // The engine keeps every database in WAL mode.
-                        chunk[18] = 2;
-                        chunk[19] = 2;
-                    }
-                    let key = format!("{upload}chunk-{:08}", chunks.len() + pending.len());
-                    self.cache_import_pages(&key, &chunk, page_size.unwrap_or(4096), bytes);
-                    pending.push((key, chunk));
-                    if pending.len() == self.config.fetch_concurrency.max(1) {
-                        chunks.extend(self.put_chunks(std::mem::take(&mut pending)).await?);
-                    }
-                    if rest.is_empty() {
-                        break;
-                    }
-                }
-                if next.is_none() {
-                    chunks.extend(self.put_chunks(std::mem::take(&mut pending)).await?);
-                    return Ok::<(), EngineError>(());
-                }
+            while let Some(piece) = source.next().await.transpose()? {
+                writer.push(self, &piece, |i| format!("{upload}chunk-{i:08}")).await?;
             }
+            writer.finish(self, |i| format!("{upload}chunk-{i:08}")).await
         }
         .await;
         let result = match uploaded {
-            Ok(()) => self.publish_import(chunks.clone(), page_size, bytes, replace, began_at).await,
+            Ok(written) => match written.header {
+                Some(header) => self.publish_import(written.keys, &header, written.bytes, replace, began_at).await,
+                None => Err(invalid("the file is empty")),
+            },
             Err(e) => Err(e),
         };
         if result.is_err() {
             // Nothing references the upload: take it away again (best effort).
-            let keys: Vec<String> = (0..chunks.len().max(1) + 6).map(|i| format!("{upload}chunk-{i:08}")).collect();
+            let keys: Vec<String> = (0..writer.attempted()).map(|i| format!("{upload}chunk-{i:08}")).collect();
             let _ = self.store.delete_many(&keys).await;
         }
         result
     }
 
-    async fn put_chunks(&self, chunks: Vec<(String, Vec<u8>)>) -> Result<Vec<String>, EngineError> {
+    pub(super) async fn put_chunks(&self, chunks: Vec<(String, Vec<u8>)>) -> Result<Vec<String>, EngineError> {
         let puts = chunks.into_iter().map(|(key, body)| {
             let store = self.store.clone();
             async move {
@@ -157,30 +240,34 @@ impl Database {
         join_all(puts).await.into_iter().collect()
     }
 
-    /// Keeps the pages of small imports in the cache, so that checking them reads nothing.
-    fn cache_import_pages(&self, key: &str, chunk: &[u8], page_size: u32, bytes_so_far: u64) {
-        if bytes_so_far > self.config.quick_check_max_bytes {
-            return;
-        }
+    /// Keeps the pages of a chunk in the cache, so that checking them reads nothing.
+    fn cache_import_pages(&self, key: &str, chunk: &[u8], page_size: u32) {
         let key: std::sync::Arc<str> = std::sync::Arc::from(key);
         for (i, page) in chunk.chunks_exact(page_size as usize).enumerate() {
             self.cache.insert((key.clone(), i as u32), page.into());
         }
     }
 
-    async fn publish_import(
+    /// Checks the uploaded `chunks` (a file of `bytes` that begins with `header`) and
+    /// publishes them as one commit.
+    pub(super) async fn publish_import(
         &mut self,
         chunks: Vec<String>,
-        page_size: Option<u32>,
+        header: &[u8],
         bytes: u64,
         replace: bool,
         began_at: u64,
     ) -> Result<Imported, EngineError> {
-        let page_size = page_size.ok_or_else(|| invalid("the file is empty"))?;
+        let page_size = header_page_size(header)?;
         if bytes % page_size as u64 != 0 {
             return Err(invalid(format!("the file is {bytes} bytes, not a whole number of {page_size}-byte pages")));
         }
         let pages = u32::try_from(bytes / page_size as u64).map_err(|_| invalid("the file has more pages than SQLite allows"))?;
+        if let Some(declared) = declared_pages(header).filter(|d| *d > pages) {
+            return Err(invalid(format!(
+                "the file holds {pages} pages but its header declares {declared}: it is cut short (an upload missing its end?)"
+            )));
+        }
         let snapshot = Snapshot {
             page_count: pages,
             pages_per_chunk: (IMPORT_CHUNK_BYTES as u32 / page_size).max(1),

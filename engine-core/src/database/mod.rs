@@ -28,6 +28,7 @@ mod pages;
 mod replay;
 mod run;
 mod sql_import;
+mod upload;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -55,6 +56,10 @@ pub use export::FileExport;
 pub use fork::Forked;
 pub use import::{FileCheck, Imported, QUICK_CHECK_MAX_BYTES};
 pub use sql_import::MAX_SQL_IMPORT_BYTES;
+pub use upload::{
+    PartStored, SessionState, UploadSession, UploadStatus, UPLOAD_LIFETIME_MS, UPLOAD_MAX_BYTES, UPLOAD_PART_DEFAULT_BYTES,
+    UPLOAD_PART_MAX_BYTES,
+};
 pub use history::{HistoryWindow, Restored, HISTORY_EDGE_MARGIN_MS};
 
 /// How far back history reaches by default: 7 days.
