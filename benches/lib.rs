@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use engine_core::mem_store::SplitMix64;
-use engine_core::store::{ByteRange, ListPage, Object, ObjectMeta, ObjectStore, PutCondition, PutOutcome, StoreError};
+use engine_core::store::{ByteRange, FolderPage, ListPage, Object, ObjectMeta, ObjectStore, PutCondition, PutOutcome, StoreError};
 
 /// Simulated object-store latency: every call waits `base ± jitter` (uniform) before it
 /// reaches the inner store, like a round trip to R2 from a Worker.
@@ -93,6 +93,11 @@ impl<S: ObjectStore + ?Sized> ObjectStore for SimStore<S> {
         self.wait(self.latency.read).await;
         self.record(|| format!("LIST {prefix} after {start_after:?}"));
         self.inner.list(prefix, start_after, limit).await
+    }
+    async fn list_folders(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<FolderPage, StoreError> {
+        self.wait(self.latency.read).await;
+        self.record(|| format!("LIST {prefix}*/ after {start_after:?}"));
+        self.inner.list_folders(prefix, start_after, limit).await
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.wait(self.latency.write).await;

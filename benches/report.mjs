@@ -26,7 +26,8 @@ const titles = {
   "1-engine-overhead.md": "Engine overhead (native)",
   "2-commit-cost.md": "Commit cost and contention (native, simulated R2 latency; Exp 1, 2, 3)",
   "3-cold-read.md": "Cold reads through the engine (native, in-memory object store; Exp 5 cross-check)",
-  "4-workerd.md": "In workerd",
+  "4-history.md": "History: forks, restores, import and export, storage (native, in-memory object store)",
+  "5-workerd.md": "In workerd",
 };
 
 const cpus = os.cpus();

@@ -29,7 +29,9 @@ echo "bench: commit cost and contention (native, simulated latency)" >&2
 "$bin/commit-cost" > "$OUT/2-commit-cost.md"
 echo "bench: cold reads (native, in-memory object store)" >&2
 "$bin/cold-read" "${cold_sizes[@]}" > "$OUT/3-cold-read.md"
+echo "bench: history: forks, restores, import, export, storage (native)" >&2
+"$bin/history" > "$OUT/4-history.md"
 echo "bench: workerd (miniflare)" >&2
-node benches/workerd/bench.mjs > "$OUT/4-workerd.md"
+node benches/workerd/bench.mjs > "$OUT/5-workerd.md"
 node benches/report.mjs "$OUT" "$results" "$(( $(date +%s) - started ))"
 echo "bench: wrote $results" >&2

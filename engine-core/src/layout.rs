@@ -13,11 +13,22 @@ const SEQ_WIDTH: usize = 20;
 impl Layout {
     /// `root` is a bucket-wide prefix (may be empty); `db_name` must already be validated.
     pub fn new(root: &str, db_name: &str) -> Self {
-        Layout { prefix: format!("{root}db/{db_name}/") }
+        Layout { prefix: format!("{}{db_name}/", Self::databases_prefix(root)) }
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The database's name (the last part of its prefix).
+    pub fn name(&self) -> &str {
+        let without_slash = self.prefix.trim_end_matches('/');
+        without_slash.rsplit('/').next().unwrap_or(without_slash)
+    }
+
+    /// The prefix every database under `root` starts with.
+    pub fn databases_prefix(root: &str) -> String {
+        format!("{root}db/")
     }
 
     /// The only mutable object: changed by etag compare-and-swap at checkpoints.

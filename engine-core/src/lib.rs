@@ -6,6 +6,7 @@
 
 pub mod bookmark;
 pub mod cache;
+pub mod catalog;
 pub mod chunk_file;
 pub mod database;
 pub mod dst;
@@ -27,7 +28,7 @@ pub mod txn;
 pub mod value;
 
 pub use bookmark::Bookmark;
-pub use database::{Database, DbConfig, DbContext, Deleted, Done, FileCheck, FileExport, Forked, SqlDump, SessionState, UPLOAD_MAX_BYTES, UPLOAD_PART_MAX_BYTES, Imported, HistoryWindow, ReadFrom, Reply, Request, Restored, TxResult, Work};
+pub use database::{Database, DbConfig, DbContext, DeleteMode, Deleted, Done, FileCheck, FileExport, Forked, SqlDump, SessionState, UPLOAD_MAX_BYTES, UPLOAD_PART_MAX_BYTES, Imported, HistoryWindow, ReadFrom, Reply, Request, Restored, TxResult, Work};
 pub use error::EngineError;
 pub use layout::Layout;
 pub use store::ObjectStore;

@@ -75,8 +75,13 @@ pub enum SnapshotOrigin {
     Import,
     /// The first record of a fork of `parent` at its log record `seq`.
     Fork { parent: String, seq: u64 },
-    /// The database was deleted: it is empty again and its history is gone.
-    Delete,
+    /// The database was deleted: it is empty again. With `purge` its history ended there
+    /// (the objects of the states before were deleted at once); without, the states
+    /// before stay restorable until they leave the history window.
+    Delete {
+        #[serde(default)]
+        purge: bool,
+    },
 }
 
 impl Snapshot {

@@ -59,6 +59,27 @@ pub struct Manifest {
     /// ...and the generations swept so far (chunks of each are checked once).
     #[serde(default)]
     pub swept_generation: u64,
+    /// Set when the checkpoint's state is a deletion (the last record it folded deleted the
+    /// database): listings read it here, without the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<Deletion>,
+    /// Set if this database began as a fork (kept across checkpoints, restores and imports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<ForkedFrom>,
+}
+
+/// The database and commit a fork was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkedFrom {
+    pub parent: String,
+    pub seq: u64,
+}
+
+/// The commit that deleted a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    pub seq: u64,
+    pub committed_ms: u64,
 }
 
 /// A snapshot record (restore, import) folded into generation `generation`: the chunks of
@@ -118,6 +139,8 @@ impl Manifest {
             revivals: Vec::new(),
             last_sweep_ms: 0.0,
             swept_generation: 0,
+            deleted: None,
+            forked_from: None,
         }
     }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 use crate::store::{
-    content_etag, ByteRange, ListPage, Object, ObjectMeta, ObjectStore, PutCondition, PutOutcome, StoreError,
+    content_etag, ByteRange, FolderPage, ListPage, Object, ObjectMeta, ObjectStore, PutCondition, PutOutcome, StoreError,
     MAX_LIST_LIMIT,
 };
 
@@ -256,6 +256,23 @@ impl Stored {
     }
 }
 
+/// The objects under `prefix` strictly after `start_after`, in key order.
+fn under<'a>(
+    objects: &'a BTreeMap<String, Stored>,
+    prefix: &'a str,
+    start_after: Option<&str>,
+) -> impl Iterator<Item = (&'a String, &'a Stored)> + 'a {
+    let lower = match start_after {
+        Some(after) => std::ops::Bound::Excluded(after.to_string()),
+        None => std::ops::Bound::Included(prefix.to_string()),
+    };
+    // Keys under the prefix sort at or after it, and together.
+    objects
+        .range((lower, std::ops::Bound::Unbounded))
+        .skip_while(move |(key, _)| key.as_str() < prefix)
+        .take_while(move |(key, _)| key.starts_with(prefix))
+}
+
 #[async_trait(?Send)]
 impl ObjectStore for MemStore {
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Object>, StoreError> {
@@ -303,22 +320,33 @@ impl ObjectStore for MemStore {
             let limit = limit.clamp(1, MAX_LIST_LIMIT);
             let objects = self.objects.borrow();
             let mut page = ListPage::default();
-            let lower = match start_after {
-                Some(after) => std::ops::Bound::Excluded(after.to_string()),
-                None => std::ops::Bound::Included(prefix.to_string()),
-            };
-            for (key, stored) in objects.range((lower, std::ops::Bound::Unbounded)) {
-                if !key.starts_with(prefix) {
-                    if key.as_str() > prefix {
-                        break;
-                    }
-                    continue;
-                }
+            for (key, stored) in under(&objects, prefix, start_after) {
                 if page.objects.len() == limit {
                     page.next_start_after = page.objects.last().map(|m| m.key.clone());
                     break;
                 }
                 page.objects.push(stored.meta(key));
+            }
+            page
+        }).await
+    }
+
+    async fn list_folders(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<FolderPage, StoreError> {
+        self.run(OpKind::List, "list", prefix, || {
+            let limit = limit.clamp(1, MAX_LIST_LIMIT);
+            let objects = self.objects.borrow();
+            let mut page = FolderPage::default();
+            for (key, _) in under(&objects, prefix, start_after) {
+                let Some(slash) = key[prefix.len()..].find('/') else { continue };
+                let folder = &key[..prefix.len() + slash + 1];
+                if page.folders.last().is_some_and(|f| f == folder) {
+                    continue;
+                }
+                if page.folders.len() == limit {
+                    page.next_start_after = page.folders.last().map(|f| crate::store::after_folder(f));
+                    break;
+                }
+                page.folders.push(folder.to_string());
             }
             page
         }).await

@@ -52,6 +52,22 @@ pub struct ListPage {
     pub next_start_after: Option<String>,
 }
 
+#[derive(Debug, Clone, Default)]
+pub struct FolderPage {
+    /// Folder prefixes (each ends with '/') in ascending byte order.
+    pub folders: Vec<String>,
+    /// Set when more folders follow: pass it as `start_after` to continue.
+    pub next_start_after: Option<String>,
+}
+
+/// The first key after every key under `folder` (which ends with '/'): listing on from it
+/// skips the folder's keys.
+pub fn after_folder(folder: &str) -> String {
+    let mut next = folder.strip_suffix('/').unwrap_or(folder).to_string();
+    next.push('0'); // the byte after '/'
+    next
+}
+
 /// A failed store call. The operation may or may not have been applied (R2 can fail after
 /// a write landed), so callers on the commit path must resolve the outcome by reading.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,6 +107,9 @@ pub trait ObjectStore {
     async fn put(&self, key: &str, body: Vec<u8>, condition: PutCondition) -> Result<PutOutcome, StoreError>;
     /// Keys under `prefix` strictly after `start_after`, at most `limit` (≤ [`MAX_LIST_LIMIT`]).
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage, StoreError>;
+    /// The folders under `prefix` (each distinct `prefix…/` a key continues with, as R2's
+    /// `delimiter: "/"` gives them) strictly after `start_after`, at most `limit`.
+    async fn list_folders(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<FolderPage, StoreError>;
     /// Deleting an absent key succeeds.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
 
@@ -209,6 +228,11 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
         self.spend("list", prefix, 1)?;
         self.add(|c| c.reads += 1);
         self.inner.list(prefix, start_after, limit).await
+    }
+    async fn list_folders(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<FolderPage, StoreError> {
+        self.spend("list", prefix, 1)?;
+        self.add(|c| c.reads += 1);
+        self.inner.list_folders(prefix, start_after, limit).await
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.spend("delete", key, 1)?;

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use async_trait::async_trait;
 use engine_core::mem_store::SplitMix64;
 use engine_core::store::{
-    ByteRange, ListPage, Object, ObjectMeta, ObjectStore, PutCondition, PutOutcome, StoreError, MAX_LIST_LIMIT,
+    after_folder, ByteRange, FolderPage, ListPage, Object, ObjectMeta, ObjectStore, PutCondition, PutOutcome, StoreError, MAX_LIST_LIMIT,
 };
 use serde::Deserialize;
 use worker::{Bucket, Conditional, Range};
@@ -188,6 +188,33 @@ impl ObjectStore for R2Store {
             let objects: Vec<ObjectMeta> = listed.objects().iter().map(meta_of).collect();
             let next_start_after = if listed.truncated() { objects.last().map(|m| m.key.clone()) } else { None };
             Ok(ListPage { objects, next_start_after })
+        })
+        .await
+    }
+
+    async fn list_folders(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<FolderPage, StoreError> {
+        self.call("list", prefix, async {
+            let limit = limit.clamp(1, MAX_LIST_LIMIT) as u32;
+            let mut cursor: Option<String> = None;
+            // R2 may end a page early (truncated, with a cursor) before it found a folder:
+            // go on until one is found or the listing ends.
+            loop {
+                let mut req = self.bucket.list().prefix(prefix).delimiter("/").limit(limit);
+                req = match (&cursor, start_after) {
+                    (Some(c), _) => req.cursor(c.clone()),
+                    (None, Some(after)) => req.start_after(after),
+                    (None, None) => req,
+                };
+                let listed = req.execute().await.map_err(|e| store_error("list", prefix, e))?;
+                let mut folders = listed.delimited_prefixes();
+                folders.sort();
+                if folders.is_empty() && listed.truncated() && listed.cursor().is_some() {
+                    cursor = listed.cursor();
+                    continue;
+                }
+                let next_start_after = if listed.truncated() { folders.last().map(|f| after_folder(f)) } else { None };
+                return Ok(FolderPage { folders, next_start_after });
+            }
         })
         .await
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use engine_core::dst::SimHost;
 use engine_core::mem_store::{MemStore, SeededFaults};
-use engine_core::{Database, DbConfig, DbContext, EngineError, SqlValue, Statement};
+use engine_core::{Database, DbConfig, DbContext, DeleteMode, EngineError, SqlValue, Statement};
 use twill_tests::block_on;
 
 const WINDOW_MS: f64 = 3_600_000.0;
@@ -59,7 +59,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
     let (target, target_rows) = states[(seed % 10) as usize];
     let before_rows = 10;
 
-    let op = seed % 4;
+    let op = seed % 5;
     let kept_rows = if op == 3 {
         // A fork made before the deletion: its chunks must survive the purge.
         block_on(db.fork(target, "kept")).map_err(|e| e.to_string())?;
@@ -73,7 +73,8 @@ fn run_seed(seed: u64) -> Result<String, String> {
     let outcome = match op {
         0 => block_on(db.restore(target)).map(|r| r.bookmark.0),
         1 => block_on(db.fork(target, "child")).map(|f| f.bookmark.0),
-        3 => block_on(db.delete()).map(|d| d.bookmark.0),
+        3 => block_on(db.delete(DeleteMode::Purge)).map(|d| d.bookmark.0),
+        4 => block_on(db.delete(DeleteMode::KeepHistory)).map(|d| d.bookmark.0),
         _ => {
             // A restore, then a write on top, from a replica that never saw the history.
             let mut other = match open(&store, &host, "h") {
@@ -96,6 +97,9 @@ fn run_seed(seed: u64) -> Result<String, String> {
     let mut fresh = open(&store, &host, "h").map_err(|e| format!("recovery failed: {e}"))?;
     if op == 3 {
         return check_deletion(&store, &host, &mut fresh, &outcome, before_rows, kept_rows);
+    }
+    if op == 4 {
+        return check_restorable_deletion(&mut fresh, &outcome, before_rows);
     }
     let rows = count(&mut fresh).map_err(|e| format!("reading after recovery: {e}"))?;
     match (op, &outcome) {
@@ -149,6 +153,23 @@ fn run_seed(seed: u64) -> Result<String, String> {
     })
 }
 
+/// The rows left after a deletion under faults (`None`: the table is gone), checked against
+/// its answer: acknowledged, the table is gone; refused (nothing committed), every row is
+/// there; unknown, one or the other.
+fn rows_after_deletion(fresh: &mut Database, outcome: &Result<u64, EngineError>, before_rows: i64) -> Result<Option<i64>, String> {
+    let rows = match count(fresh) {
+        Ok(n) => Some(n),
+        Err(e) if e.to_string().contains("no such table") => None,
+        Err(e) => return Err(format!("reading after recovery: {e}")),
+    };
+    match (outcome, rows) {
+        (Ok(_), Some(n)) => Err(format!("the acknowledged deletion left {n} rows")),
+        (Err(e), None) if promises_nothing(e) => Err(format!("delete answered {} (nothing committed) but the table is gone", e.code())),
+        (_, Some(n)) if n != before_rows => Err(format!("after a failed deletion {n} rows, expected {before_rows}")),
+        _ => Ok(rows),
+    }
+}
+
 /// After a deletion under faults: acknowledged, the table is gone; refused (nothing
 /// committed), every row is there; unknown, one or the other. Either way the fork reads all
 /// it had, a deletion without faults then purges completely, and the name works again.
@@ -160,17 +181,7 @@ fn check_deletion(
     before_rows: i64,
     kept_rows: i64,
 ) -> Result<String, String> {
-    let rows = match count(fresh) {
-        Ok(n) => Some(n),
-        Err(e) if e.to_string().contains("no such table") => None,
-        Err(e) => return Err(format!("reading after recovery: {e}")),
-    };
-    match (outcome, rows) {
-        (Ok(_), Some(n)) => return Err(format!("the acknowledged deletion left {n} rows")),
-        (Err(e), None) if promises_nothing(e) => return Err(format!("delete answered {} (nothing committed) but the table is gone", e.code())),
-        (_, Some(n)) if n != before_rows => return Err(format!("after a failed deletion {n} rows, expected {before_rows}")),
-        _ => {}
-    }
+    let rows = rows_after_deletion(fresh, outcome, before_rows)?;
     let kept = |what: &str| -> Result<(), String> {
         let mut kept = open(store, host, "kept").map_err(|e| format!("the fork does not open {what}: {e}"))?;
         match count(&mut kept) {
@@ -180,8 +191,8 @@ fn check_deletion(
         }
     };
     kept("after the deletion under faults")?;
-    let again = block_on(fresh.delete()).map_err(|e| format!("deleting again without faults: {e}"))?;
-    if !again.purge_complete {
+    let again = block_on(fresh.delete(DeleteMode::Purge)).map_err(|e| format!("deleting again without faults: {e}"))?;
+    if !again.purge.is_some_and(|p| p.complete) {
         return Err(format!("the purge without faults did not complete: {again:?}"));
     }
     kept("after the purge")?;
@@ -197,6 +208,35 @@ fn check_deletion(
     block_on(fresh.transact(&[Statement::new("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")]))
         .map_err(|e| format!("the name does not work again: {e}"))?;
     insert(fresh, 1).map_err(|e| format!("writing after the deletion: {e}"))?;
+    Ok(match outcome {
+        Ok(_) => "ok".into(),
+        Err(e) => e.code().to_string(),
+    })
+}
+
+/// After a deletion that keeps the history, under faults: acknowledged, the table is gone
+/// and the database says it is deleted; refused, every row is there; unknown, one or the
+/// other. A deleted database comes back whole by restoring the commit before the deletion.
+fn check_restorable_deletion(fresh: &mut Database, outcome: &Result<u64, EngineError>, before_rows: i64) -> Result<String, String> {
+    let rows = rows_after_deletion(fresh, outcome, before_rows)?;
+    if rows.is_none() {
+        let info = block_on(fresh.info()).map_err(|e| format!("info after the deletion: {e}"))?;
+        let deletion = info.deleted.ok_or_else(|| format!("the table is gone but the database is not deleted: {info:?}"))?;
+        if let Ok(bookmark) = outcome {
+            if deletion.bookmark.0 != *bookmark {
+                return Err(format!("the deletion was acknowledged as {bookmark}, info says {}", deletion.bookmark));
+            }
+        }
+        block_on(fresh.restore(deletion.previous.0)).map_err(|e| format!("undoing the deletion: {e}"))?;
+        let back = count(fresh).map_err(|e| format!("reading the undone deletion: {e}"))?;
+        if back != before_rows {
+            return Err(format!("undoing the deletion gave {back} rows, expected {before_rows}"));
+        }
+    }
+    insert(fresh, 1).map_err(|e| format!("writing after the deletion: {e}"))?;
+    if block_on(fresh.info()).map_err(|e| e.to_string())?.deleted.is_some() {
+        return Err("written to, the database still says it is deleted".into());
+    }
     Ok(match outcome {
         Ok(_) => "ok".into(),
         Err(e) => e.code().to_string(),

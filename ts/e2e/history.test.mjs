@@ -475,7 +475,7 @@ test("upload sessions: a file in parts over several requests and isolates, resum
   }
 });
 
-test("DELETE /v1/db/{name}: empty at once from every isolate, history gone, objects purged, forks intact", async () => {
+test("GET /v1/db, GET and DELETE /v1/db/{name}: listings, info, a deletion undone by restore, a purge (history gone, objects purged, forks intact)", async () => {
   const db = "/v1/db/doomed";
   await call("a", `${db}/query`, { body: { sql: "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, pad BLOB)" } });
   const marks = [];
@@ -504,11 +504,52 @@ test("DELETE /v1/db/{name}: empty at once from every isolate, history gone, obje
 
   // Only DELETE on the database itself deletes.
   assert.equal((await call("a", `${db}/`, { method: "POST", body: {} })).status, 404);
-  const deleted = await call("b", db, { method: "DELETE" });
+  const listed = async (isolate, query = "") => {
+    const names = [];
+    let after = null;
+    do {
+      const sep = query ? "&" : "";
+      const r = await call(isolate, `/v1/db?limit=2${sep}${query}${after ? `&after=${after}` : ""}`);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      assert.ok(r.body.databases.length <= 2);
+      names.push(...r.body.databases.map((d) => (d.deleted ? `${d.name} (deleted)` : d.name)));
+      after = r.body.next;
+    } while (after);
+    return names;
+  };
+  assert.ok((await listed("a")).includes("doomed"));
+  const info = await call("b", db);
+  assert.equal(info.status, 200, JSON.stringify(info.body));
+  assert.equal(info.body.bookmark, marks[6]);
+  assert.ok(info.body.size_bytes >= 21 * 3000 && info.body.page_count * info.body.page_size === info.body.size_bytes, JSON.stringify(info.body));
+  assert.equal(info.body.deleted, undefined);
+  assert.deepEqual((await call("a", "/v1/db/doomed-fork")).body.forked_from, { database: "doomed", bookmark: marks[4] });
+  assert.equal(info.body.forked_from, null);
+  assert.equal((await call("a", "/v1/db/never-used")).body.error.code, "DATABASE_NOT_FOUND");
+
+  // A deletion keeps the history: listings leave the database out, restoring undoes it.
+  const soft = await call("b", db, { method: "DELETE" });
+  assert.equal(soft.status, 200, JSON.stringify(soft.body));
+  assert.equal(soft.body.previous, marks[6]);
+  assert.equal(soft.body.published, true);
+  assert.equal(soft.body.purge, undefined);
+  assert.equal((await call("a", `${db}/query`, { body: { sql: "SELECT count(*) FROM sqlite_schema" } })).body.rows[0][0], 0);
+  assert.ok(!(await listed("a")).includes("doomed"));
+  assert.ok((await listed("b", "deleted=true")).includes("doomed (deleted)"));
+  const deletedInfo = await call("a", db);
+  assert.deepEqual(deletedInfo.body.deleted?.restore, { bookmark: marks[6] }, JSON.stringify(deletedInfo.body));
+  const undo = await call("a", `${db}/restore`, { body: { bookmark: deletedInfo.body.deleted.restore.bookmark } });
+  assert.equal(undo.status, 200, JSON.stringify(undo.body));
+  assert.deepEqual((await call("b", `${db}/query`, { body: { sql: "SELECT count(*) FROM t" } })).body.rows[0], [21]);
+  assert.ok((await listed("b")).includes("doomed"), "listed again once restored");
+  assert.equal((await call("b", "/v1/db?limit=0")).body.error.code, "INVALID_REQUEST");
+
+  // A purge ends the history and deletes the old objects.
+  const deleted = await call("b", `${db}?purge=true`, { method: "DELETE" });
   assert.equal(deleted.status, 200, JSON.stringify(deleted.body));
   assert.equal(deleted.body.deleted, "doomed");
-  assert.equal(deleted.body.purge_complete, true);
-  assert.ok(deleted.body.objects_deleted > 5, JSON.stringify(deleted.body));
+  assert.equal(deleted.body.purge.complete, true);
+  assert.ok(deleted.body.purge.objects_deleted > 5, JSON.stringify(deleted.body));
   assert.ok(deleted.body.bookmark > marks[6], "the deletion is a commit after the last write");
 
   // Both isolates (a had it open) answer from the empty database.
@@ -531,7 +572,7 @@ test("DELETE /v1/db/{name}: empty at once from every isolate, history gone, obje
   // In R2: the manifest, the deletion's record, the fork's reference and the chunks it uses.
   const after = await keys("db/doomed/");
   const chunks = after.filter((k) => k.includes("/chunk/"));
-  assert.equal(chunks.length, deleted.body.chunks_kept_for_forks, after.join(" "));
+  assert.equal(chunks.length, deleted.body.purge.chunks_kept_for_forks, after.join(" "));
   const others = after.filter((k) => !k.includes("/chunk/") && !k.includes("/forks/") && !k.endsWith("/manifest"));
   assert.ok(others.length <= 1 && others.every((k) => k.includes("/log/")), others.join(" "));
   assert.ok(after.length < before.length, `${after.length} of ${before.length} objects left`);

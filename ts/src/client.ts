@@ -63,12 +63,32 @@ export interface RestoreAnswer {
 
 export interface DeleteAnswer {
   deleted: string;
-  /** The deletion's commit: the database is empty there, with no history before it. */
+  /** The deletion's commit: the database is empty there. */
   bookmark: string;
-  objects_deleted: number;
-  chunks_kept_for_forks: number;
-  /** False if the purge stopped at its call budget: delete again to finish it. */
-  purge_complete: boolean;
+  /** The state before the deletion: restore it to undo the deletion (within the history
+   * window; never after a purge). */
+  previous: string;
+  /** False if the deletion is not yet published to listings (the database is empty anyway). */
+  published: boolean;
+  /** With `purge`: what the purge deleted; `complete: false` if it stopped at its call
+   * budget (delete again to finish it). */
+  purge?: { objects_deleted: number; chunks_kept_for_forks: number; complete: boolean };
+}
+
+/** What a database is now (`GET /v1/db/{name}`). */
+export interface DatabaseInfo {
+  name: string;
+  size_bytes: number;
+  page_size: number;
+  page_count: number;
+  bookmark: string;
+  history: { from: string; from_ms: number; head: string; head_ms: number };
+  history_retention_ms: number;
+  checkpoint: { generation: number; bookmark: string; time_ms: number; log_records_since: number; log_bytes_since: number };
+  /** The database and commit this one was forked from (null if it was not). */
+  forked_from: { database: string; bookmark: string } | null;
+  /** Set while the database is deleted: restore `restore.bookmark` to undo it. */
+  deleted?: { bookmark: string; time_ms: number; restore: { bookmark: string } };
 }
 
 export interface ForkAnswer {
@@ -89,7 +109,8 @@ export interface Transport {
   history(database: string, at?: string | number): Promise<HistoryAnswer | Failure>;
   restore(database: string, point: HistoryPoint): Promise<RestoreAnswer | Failure>;
   fork(database: string, request: { to: string } & Partial<{ bookmark: string; time: string | number }>): Promise<ForkAnswer | Failure>;
-  delete(database: string): Promise<DeleteAnswer | Failure>;
+  delete(database: string, options?: { purge?: boolean }): Promise<DeleteAnswer | Failure>;
+  info(database: string): Promise<DatabaseInfo | Failure>;
 }
 
 /** A database error, with the server's code (e.g. SQL_ERROR, LIMIT_EXCEEDED, READ_ONLY)
@@ -275,10 +296,17 @@ export class TwillDatabase {
     return unwrap(await this.transport.fork(this.name, { to, ...(point ?? {}) }));
   }
 
-  /** Deletes the database's data and its history (forks keep theirs); the name can be
-   * used again at once, as an empty database. */
-  async delete(): Promise<DeleteAnswer> {
-    return unwrap(await this.transport.delete(this.name));
+  /** Empties the database as one commit. Its history stays: `restore({ bookmark: previous })`
+   * undoes the deletion until it leaves the history window. With `{ purge: true }` the
+   * history ends there and the old objects are deleted at once (forks keep what they use).
+   * The name can be used again at once, as an empty database. */
+  async delete(options?: { purge?: boolean }): Promise<DeleteAnswer> {
+    return unwrap(await this.transport.delete(this.name, options));
+  }
+
+  /** Size, newest commit, checkpoint, history window, fork origin and deletion. */
+  async info(): Promise<DatabaseInfo> {
+    return unwrap(await this.transport.info(this.name));
   }
 
   /** @internal Options for the next request. */
@@ -338,7 +366,8 @@ export interface TwillBinding {
   history(database: string, at?: string | number): Promise<unknown>;
   restore(database: string, point: HistoryPoint): Promise<unknown>;
   fork(database: string, request: { to: string } & Partial<{ bookmark: string; time: string | number }>): Promise<unknown>;
-  delete(database: string): Promise<unknown>;
+  delete(database: string, options?: { purge?: boolean }): Promise<unknown>;
+  info(database: string): Promise<unknown>;
 }
 
 /** Database `name` through a service binding to the TwillDB Edge Worker. */
@@ -351,7 +380,8 @@ export function fromBinding(binding: TwillBinding, name: string): TwillDatabase 
     history: async (db, at) => (await binding.history(db, at)) as HistoryAnswer | Failure,
     restore: async (db, point) => (await binding.restore(db, point)) as RestoreAnswer | Failure,
     fork: async (db, request) => (await binding.fork(db, request)) as ForkAnswer | Failure,
-    delete: async (db) => (await binding.delete(db)) as DeleteAnswer | Failure,
+    delete: async (db, options) => (await binding.delete(db, options)) as DeleteAnswer | Failure,
+    info: async (db) => (await binding.info(db)) as DatabaseInfo | Failure,
   };
   return new TwillDatabase(transport, name);
 }
@@ -405,7 +435,8 @@ export function overHttp(
     if (options.token) headers.authorization = `Bearer ${options.token}`;
     if (request?.bookmark) headers["x-twill-bookmark"] = request.bookmark;
     if (request?.as_of) headers["x-twill-as-of"] = request.as_of;
-    const res = await doFetch(`${base}/v1/db/${encodeURIComponent(name)}${path === "" ? "" : `/${path}`}`, {
+    const suffix = path === "" || path.startsWith("?") ? path : `/${path}`;
+    const res = await doFetch(`${base}/v1/db/${encodeURIComponent(name)}${suffix}`, {
       method: method ?? (body === undefined ? "GET" : "POST"),
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -443,7 +474,8 @@ export function overHttp(
     history: (_db, at) => call(at === undefined ? "history" : `history?at=${encodeURIComponent(String(at))}`, undefined),
     restore: (_db, point) => call("restore", point),
     fork: (_db, request) => call("fork", request),
-    delete: () => call("", undefined, undefined, "DELETE"),
+    delete: (_db, options) => call(options?.purge ? "?purge=true" : "", undefined, undefined, "DELETE"),
+    info: () => call("", undefined),
   };
   return new TwillDatabase(transport, name);
 }

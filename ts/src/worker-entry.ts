@@ -51,9 +51,15 @@ export default class TwillDbEdge extends WorkerEntrypoint {
     return rpc("restore", database, point, undefined, undefined, this.env);
   }
 
-  /** Deletes `database`'s data and history (its forks keep theirs); see `DELETE /v1/db/{name}`. */
-  async delete(database: string) {
-    return rpc("delete", database, undefined, undefined, undefined, this.env);
+  /** Empties `database` as one commit, restorable within the history window (`{ purge: true }`:
+   * its history and objects go now); see `DELETE /v1/db/{name}`. */
+  async delete(database: string, options?: { purge?: boolean }) {
+    return rpc("delete", database, options, undefined, undefined, this.env);
+  }
+
+  /** What `database` is now; see `GET /v1/db/{name}`. */
+  async info(database: string) {
+    return rpc("info", database, undefined, undefined, undefined, this.env);
   }
 
   /** Creates database `to` as the state after a commit of `database` (default: now). */

@@ -69,9 +69,7 @@ pub fn read_from(config: &DbConfig, bookmark: Option<&str>, staleness: Option<&s
 impl DbRequest {
     /// For database `name` (already validated), with the caller's access and freshness.
     pub fn new(env: &Env, name: &str, access: Access, read_from: ReadFrom) -> Result<Self, ApiError> {
-        let bucket = env.bucket(settings::BUCKET_BINDING).map_err(|_| {
-            ApiError::new(500, "MISCONFIGURED", format!("R2 binding {} is missing", settings::BUCKET_BINDING))
-        })?;
+        let bucket = settings::bucket(env)?;
         Ok(DbRequest {
             name: name.to_string(),
             access,
@@ -87,10 +85,13 @@ impl DbRequest {
 
     /// This isolate's slot for the database (opening nothing yet).
     fn slot(&self) -> Rc<registry::DbSlot> {
-        let r2 = r2_backend::R2Store::new(self.bucket.clone())
+        registry::slot(&self.name, self.r2_store())
+    }
+
+    fn r2_store(&self) -> r2_backend::R2Store {
+        r2_backend::R2Store::new(self.bucket.clone())
             .with_emulated_latency(self.emulated_r2_latency_ms)
-            .with_faults(self.emulated_r2_faults.clone());
-        registry::slot(&self.name, r2)
+            .with_faults(self.emulated_r2_faults.clone())
     }
 
     /// Runs `work` (grouped with concurrent requests) and measures it.

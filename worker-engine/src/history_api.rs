@@ -159,24 +159,6 @@ pub async fn restore(db: DbRequest, body: &[u8]) -> Result<Answer, ApiError> {
     Ok(Answer { body, timing: None, bookmark: Some(bookmark), file: None })
 }
 
-/// `DELETE /v1/db/{name}`: the database becomes empty and its history ends, as one commit;
-/// the objects of the old state are purged (those its forks use stay). A purge cut short
-/// by its call budget says so (`purge_complete: false`): deleting again finishes it.
-pub async fn delete(db: DbRequest) -> Result<Answer, ApiError> {
-    let name = db.name.clone();
-    let (deleted, r2) = db.exclusive(|d| d.delete().boxed_local()).await?;
-    let bookmark = deleted.bookmark.to_string();
-    let body = json!({
-        "deleted": name,
-        "bookmark": bookmark,
-        "objects_deleted": deleted.objects_deleted,
-        "chunks_kept_for_forks": deleted.chunks_kept_for_forks,
-        "purge_complete": deleted.purge_complete,
-        "meta": { "bookmark": bookmark, "r2_reads": r2.reads, "r2_writes": r2.writes },
-    });
-    Ok(Answer { body, timing: None, bookmark: Some(bookmark), file: None })
-}
-
 /// A fork request: the new database's name, and the commit to start from (default: the
 /// newest).
 #[derive(Deserialize)]

@@ -5,6 +5,7 @@
 //! isolate's [`registry`]) → a JSON answer with `meta` (its bookmark among it).
 //! Service-binding RPC enters through [`rpc`]. Settings: see [`settings`].
 
+mod admin_api;
 mod auth;
 pub mod baton;
 mod db_request;

@@ -26,7 +26,11 @@ pub enum Endpoint {
     Export,
     /// `PUT .../import[?replace=true]`: a SQLite file becomes the database's state.
     Import,
-    /// `DELETE /v1/db/{name}`: the database's data and history go.
+    /// `GET /v1/db`: the databases, paged.
+    ListDatabases,
+    /// `GET /v1/db/{name}`: one database's size, newest commit, checkpoint and history.
+    Info,
+    /// `DELETE /v1/db/{name}[?purge=true]`: the database becomes empty (restorable, or purged).
     Delete,
     /// `.../uploads[/{id}[/{part} | /complete]]`: an import in several requests.
     Upload(UploadStep),
@@ -61,9 +65,13 @@ impl Endpoint {
             Endpoint::Delete | Endpoint::Upload(UploadStep::Abort) => Method::Delete,
             Endpoint::Upload(UploadStep::Status) => Method::Get,
             Endpoint::Upload(UploadStep::Begin | UploadStep::Complete) => Method::Post,
-            Endpoint::Describe | Endpoint::Stats | Endpoint::HranaVersion(_) | Endpoint::History | Endpoint::Export => {
-                Method::Get
-            }
+            Endpoint::Describe
+            | Endpoint::Stats
+            | Endpoint::HranaVersion(_)
+            | Endpoint::History
+            | Endpoint::Export
+            | Endpoint::ListDatabases
+            | Endpoint::Info => Method::Get,
             Endpoint::Query | Endpoint::Batch | Endpoint::Exec | Endpoint::HranaPipeline | Endpoint::Restore | Endpoint::Fork => {
                 Method::Post
             }
@@ -96,6 +104,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     let mut upload = None;
     let (endpoint, database) = match segments.as_slice() {
         [""] => (Endpoint::Describe, None),
+        ["v1", "db"] => (Endpoint::ListDatabases, None),
         ["v1", "db", name, rest @ ..] => {
             let endpoint = match rest {
                 ["uploads"] => Endpoint::Upload(UploadStep::Begin),
@@ -130,6 +139,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                 }
                 ["v3", "cursor"] => return Err(not_found("Hrana cursors are not supported; use v3/pipeline")),
                 [] if *method == Method::Delete => Endpoint::Delete,
+                [] if *method == Method::Get || *method == Method::Head => Endpoint::Info,
                 // A libSQL client given .../v1/db/<name> without the trailing slash.
                 ["pipeline"] | [] => {
                     return Err(not_found(format!(
@@ -177,6 +187,10 @@ mod tests {
         assert_eq!(route(&Method::Delete, "/v1/db/app/query").unwrap_err().status, 405);
         assert_eq!(route(&Method::Post, "/v1/db/app/v3-protobuf/pipeline").unwrap_err().status, 404);
         assert_eq!(route(&Method::Get, "/").unwrap().endpoint, Endpoint::Describe);
+        assert_eq!(route(&Method::Get, "/v1/db").unwrap().endpoint, Endpoint::ListDatabases);
+        assert_eq!(route(&Method::Get, "/v1/db/").unwrap().endpoint, Endpoint::ListDatabases);
+        assert_eq!(route(&Method::Get, "/v1/db/app").unwrap().endpoint, Endpoint::Info);
+        assert_eq!(route(&Method::Post, "/v1/db").unwrap_err().status, 405);
     }
 
     #[test]

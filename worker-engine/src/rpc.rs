@@ -134,7 +134,17 @@ async fn run(
             Ok(to_js(&history_api::history(db, at.as_deref()).await?.body))
         }
         "restore" => Ok(to_js(&history_api::restore(db, &js_json(payload)?).await?.body)),
-        "delete" => Ok(to_js(&history_api::delete(db).await?.body)),
+        // `delete`: the payload may be `{purge: true}`.
+        "delete" => {
+            let purge = if payload.is_null() || payload.is_undefined() {
+                None
+            } else {
+                let options: DeleteOptions = serde_wasm_bindgen::from_value(payload).map_err(|e| bad(format!("delete options: {e}")))?;
+                options.purge.then_some("true")
+            };
+            Ok(to_js(&crate::admin_api::delete(db, purge).await?.body))
+        }
+        "info" => Ok(to_js(&crate::admin_api::info(db, env).await?.body)),
         "fork" => {
             let request = history_api::parse_fork(&js_json(payload)?)?;
             validate_db_name(&request.to)?;
@@ -142,6 +152,13 @@ async fn run(
         }
         other => Err(ApiError::new(404, "NOT_FOUND", format!("no RPC method {other:?}"))),
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteOptions {
+    #[serde(default)]
+    purge: bool,
 }
 
 /// A string, or a number written as one (times in ms).

@@ -26,6 +26,19 @@ fn text(env: &Env, name: &str) -> Option<String> {
     env.secret(name).ok().map(|v| v.to_string()).or_else(|| env.var(name).ok().map(|v| v.to_string()))
 }
 
+/// The R2 bucket every database lives in.
+pub fn bucket(env: &Env) -> Result<worker::Bucket, ApiError> {
+    env.bucket(BUCKET_BINDING)
+        .map_err(|_| ApiError::new(500, "MISCONFIGURED", format!("R2 binding {BUCKET_BINDING} is missing")))
+}
+
+/// A store over the bucket, as configured for local runs (emulated latency and faults).
+pub fn r2_store(env: &Env) -> Result<r2_backend::R2Store, ApiError> {
+    Ok(r2_backend::R2Store::new(bucket(env)?)
+        .with_emulated_latency(emulated_r2_latency_ms(env))
+        .with_faults(emulated_r2_faults(env)?))
+}
+
 pub fn number(env: &Env, name: &str) -> Option<f64> {
     text(env, name).and_then(|v| v.trim().parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0)
 }

@@ -11,7 +11,7 @@ use crate::auth::{self, Access};
 use crate::db_request::{self, DbRequest, STALENESS_HEADER};
 use crate::routes::{self, Endpoint};
 use crate::wire::{self, result_to_json, validate_db_name, ApiError, LIMITS};
-use crate::{export_api, history_api, hrana, import_api, registry, settings, upload_api, Answer, BOOKMARK_HEADER};
+use crate::{admin_api, export_api, history_api, hrana, import_api, registry, settings, upload_api, Answer, BOOKMARK_HEADER};
 
 pub(crate) fn header(req: &Request, name: &str) -> Option<String> {
     req.headers().get(name).ok().flatten()
@@ -30,6 +30,14 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
     auth::authorize(&rules, authorization.as_deref(), None)?;
     let route = routes::route(&req.method(), &req.path())?;
     let Some(name) = route.database else {
+        if route.endpoint == Endpoint::ListDatabases {
+            let query = admin_api::ListQuery {
+                after: query_param(req, "after")?,
+                limit: query_param(req, "limit")?,
+                deleted: query_param(req, "deleted")?,
+            };
+            return admin_api::list(env, &rules, authorization.as_deref(), query).await;
+        }
         return Ok(Answer::json(crate::describe_service()));
     };
     validate_db_name(&name)?;
@@ -51,11 +59,10 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
             return export_api::export(db, as_of.as_deref(), &name, format).await;
         }
         Endpoint::Delete => {
-            if access != Access::Write {
-                return Err(auth::read_only_error());
-            }
-            return history_api::delete(DbRequest::new(env, &name, access, ReadFrom::Latest)?).await;
+            let purge = query_param(req, "purge")?;
+            return admin_api::delete(DbRequest::new(env, &name, access, ReadFrom::Latest)?, purge.as_deref()).await;
         }
+        Endpoint::Info => return admin_api::info(DbRequest::new(env, &name, access, ReadFrom::Latest)?, env).await,
         Endpoint::Import => {
             if access != Access::Write {
                 return Err(auth::read_only_error());
@@ -149,6 +156,8 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
         | Endpoint::Export
         | Endpoint::Import
         | Endpoint::Upload(_)
+        | Endpoint::ListDatabases
+        | Endpoint::Info
         | Endpoint::Delete => {
             Err(crate::internal("unreachable route"))
         }

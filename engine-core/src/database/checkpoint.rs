@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 
 use crate::error::EngineError;
-use crate::manifest::{Garbage, Manifest, Revival};
+use crate::manifest::{Deletion, Garbage, Manifest, Revival};
 use crate::store::{ByteRange, PutCondition, PutOutcome};
 
 use super::{Database, RecordKind};
@@ -20,14 +20,17 @@ struct NewChunk {
 
 impl Database {
     /// The log records after the base checkpoint: how many and how many bytes.
-    fn log_since_checkpoint(&self) -> (u64, u64) {
+    pub(super) fn log_since_checkpoint(&self) -> (u64, u64) {
         let records = self.records.iter().filter(|r| r.meta.seq > self.base.checkpoint_seq);
         records.fold((0, 0), |(n, b), r| (n + 1, b + r.meta.bytes))
     }
 
     pub(super) async fn maybe_checkpoint(&mut self) -> Result<(), EngineError> {
         let (n, bytes) = self.log_since_checkpoint();
-        if n >= self.config.checkpoint_records.max(1) || bytes >= self.config.checkpoint_bytes {
+        // The first commit after a deletion is published at once, so that listings (which
+        // read manifests only) show the database again.
+        let revives_deleted = self.base.deleted.is_some() && n > 0;
+        if n >= self.config.checkpoint_records.max(1) || bytes >= self.config.checkpoint_bytes || revives_deleted {
             self.checkpoint().await?;
         }
         Ok(())
@@ -151,9 +154,9 @@ impl Database {
         for m in &folded {
             match m.kind {
                 RecordKind::Snapshot { revives: true, .. } => revivals.push(Revival { generation, record_seq: m.seq }),
-                // A deletion ends the history before it: its objects are purged by listing
-                // (see `fork::purge`), not by walking the generations.
-                RecordKind::Snapshot { deletes: true, .. } => {
+                // A purging deletion ends the history before it: its objects are purged by
+                // listing (see `delete::purge`), not by walking the generations.
+                RecordKind::Snapshot { ends_history: true, .. } => {
                     (history_from_seq, history_from_ms) = (m.seq, m.committed_ms);
                     (gc_floor, entries_from) = (generation, generation);
                     revivals.clear();
@@ -185,6 +188,11 @@ impl Database {
             revivals,
             last_sweep_ms: if sweep { now } else { self.base.last_sweep_ms },
             swept_generation,
+            forked_from: self.image.forked_from.clone(),
+            deleted: folded
+                .last()
+                .filter(|m| m.seq == self.applied_seq && matches!(m.kind, RecordKind::Snapshot { deletes: true, .. }))
+                .map(|m| Deletion { seq: m.seq, committed_ms: m.committed_ms }),
         };
         let condition = match &self.base_etag {
             Some(etag) => PutCondition::EtagMatches(etag.clone()),

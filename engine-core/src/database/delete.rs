@@ -1,8 +1,12 @@
-//! Deleting a database: its state becomes empty and its history ends, as one fenced commit
-//! (a snapshot record with an empty image); a checkpoint then publishes that, and a purge
-//! deletes the objects of the old state. What forks still use stays (their references name
-//! it), and so does the manifest: it is the compare-and-swap anchor that fences writers
-//! which have not seen the deletion yet, and the name can be used again at once.
+//! Deleting a database: its state becomes empty, as one fenced commit (a snapshot record
+//! with an empty image), and a checkpoint publishes that at once so that listings, which
+//! read manifests only, leave the database out. By default the states before stay in the
+//! history: restoring the bookmark before the deletion undoes it, until the window ends and
+//! GC takes their objects as any other garbage. A purging deletion also ends the history
+//! there and deletes the objects of the old state at once. Either way what forks still use
+//! stays (their references name it), and so does the manifest: it is the compare-and-swap
+//! anchor that fences writers which have not seen the deletion yet, and the name can be
+//! used again at once.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -18,25 +22,47 @@ use super::Database;
 /// 1,000 calls on the free plan; what is left over, calling delete again finishes.
 pub const PURGE_CALL_BUDGET: u32 = 400;
 
-/// Checkpoint attempts that publish the deletion before the purge gives up for this call.
+/// Checkpoint attempts that publish the deletion before the call gives up on it.
 const CHECKPOINT_ATTEMPTS: u32 = 3;
 
 /// Uploads begun this long before the deletion may belong to an import still running:
 /// the purge leaves them (an import that began before the deletion never publishes after it).
 const UPLOAD_GRACE_MS: u64 = 10 * 60 * 1000;
 
+/// How much of the old state a deletion takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteMode {
+    /// The states before stay restorable until they leave the history window.
+    KeepHistory,
+    /// The history ends at the deletion and the old state's objects are deleted now.
+    Purge,
+}
+
 /// What a deletion did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deleted {
-    /// The deletion's own commit: the database is empty there, with no history before it.
+    /// The deletion's own commit: the database is empty there.
     pub bookmark: Bookmark,
+    /// The state before the deletion: restoring it undoes the deletion (while it is in the
+    /// history window; never after a purge).
+    pub previous: Bookmark,
+    /// False if the deletion's checkpoint could not be published yet: the database is
+    /// empty either way, but listings show it until a later checkpoint (or deleting again).
+    pub published: bool,
+    /// What the purge did, for a purging deletion.
+    pub purge: Option<Purged>,
+}
+
+/// What a purge deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
     /// Objects of the old state this call deleted.
     pub objects_deleted: u64,
     /// Chunks of the old state kept because forks still use them.
     pub chunks_kept_for_forks: u64,
     /// False if the purge stopped at [`PURGE_CALL_BUDGET`] or could not publish its
     /// checkpoint yet: delete again to finish (nothing of the old state is readable either way).
-    pub purge_complete: bool,
+    pub complete: bool,
 }
 
 /// Where one purge stands: what it may still call, what it did.
@@ -56,12 +82,12 @@ impl Purge {
 }
 
 impl Database {
-    /// Deletes everything the database holds, and its history. Concurrent writers lose a
-    /// normal commit race and run again on the empty database.
-    pub async fn delete(&mut self) -> Result<Deleted, EngineError> {
+    /// Empties the database as one commit; `mode` says whether its history goes too.
+    /// Concurrent writers lose a normal commit race and run again on the empty database.
+    pub async fn delete(&mut self, mode: DeleteMode) -> Result<Deleted, EngineError> {
         self.catch_up().await?;
-        // Databases whose chunks the old state used (a fork's parents): our references there
-        // are dropped once nothing of ours needs them.
+        // Databases whose chunks the old state used (a fork's parents): a purge drops our
+        // references there once nothing of ours needs them.
         let mut owners: BTreeSet<String> = BTreeSet::new();
         for key in self.image.view.chunks.iter().map(|k| k.to_string()).chain(self.base.chunks.iter().cloned()) {
             if let Some(owner) = Layout::owner_prefix_of(&key).filter(|o| *o != self.layout.prefix()) {
@@ -73,39 +99,38 @@ impl Database {
             page_count: 0,
             pages_per_chunk: self.view().pages_per_chunk.max(1),
             chunks: Vec::new(),
-            origin: SnapshotOrigin::Delete,
+            origin: SnapshotOrigin::Delete { purge: mode == DeleteMode::Purge },
         };
-        let (_, bookmark) = self.commit_snapshot(empty, Vec::new(), page_size, false, None).await?;
-        // The deletion is committed: from here on a failure only leaves the purge unfinished
-        // (the answer says so, and deleting again finishes it).
+        let (previous, bookmark) = self.commit_snapshot(empty, Vec::new(), page_size, false, None).await?;
+        // The deletion is committed: from here on a failure only leaves its publication (and
+        // the purge) unfinished; the answer says so, and deleting again finishes it.
         let deleted_ms = self.last_commit_ms;
-        let mut deleted = Deleted { bookmark, objects_deleted: 0, chunks_kept_for_forks: 0, purge_complete: false };
-        let mut purge = Purge { calls_left: PURGE_CALL_BUDGET, deleted: 0 };
-        let finished = self.finish_deletion(bookmark.0, &mut purge, deleted_ms, &owners, &mut deleted.chunks_kept_for_forks).await;
-        deleted.objects_deleted = purge.deleted;
-        deleted.purge_complete = finished.unwrap_or(false);
-        Ok(deleted)
+        let published = self.publish_deletion(bookmark.0).await.unwrap_or(false);
+        let purge = match mode {
+            DeleteMode::KeepHistory => None,
+            DeleteMode::Purge => {
+                let mut purge = Purge { calls_left: PURGE_CALL_BUDGET, deleted: 0 };
+                let mut kept_for_forks = 0;
+                let complete = published
+                    && self.purge(&mut purge, deleted_ms, &mut kept_for_forks).await.unwrap_or(false)
+                    && self.drop_references(&mut purge, &owners).await.unwrap_or(false);
+                Some(Purged { objects_deleted: purge.deleted, chunks_kept_for_forks: kept_for_forks, complete })
+            }
+        };
+        Ok(Deleted { bookmark, previous, published, purge })
     }
 
-    /// Publishes the deletion's checkpoint, then purges; true once nothing is left to do.
-    async fn finish_deletion(
-        &mut self,
-        deletion: u64,
-        purge: &mut Purge,
-        deleted_ms: u64,
-        owners: &BTreeSet<String>,
-        kept_for_forks: &mut u64,
-    ) -> Result<bool, EngineError> {
-        let mut published = self.base.checkpoint_seq >= deletion;
+    /// Publishes the checkpoint of the deletion at `deletion` (or a later one); true once
+    /// the manifest covers it.
+    async fn publish_deletion(&mut self, deletion: u64) -> Result<bool, EngineError> {
         for _ in 0..CHECKPOINT_ATTEMPTS {
-            if published {
-                break;
+            if self.base.checkpoint_seq >= deletion {
+                return Ok(true);
             }
             self.checkpoint().await?;
             self.catch_up().await?;
-            published = self.base.checkpoint_seq >= deletion;
         }
-        Ok(published && self.purge(purge, deleted_ms, kept_for_forks).await? && self.drop_references(purge, owners).await?)
+        Ok(self.base.checkpoint_seq >= deletion)
     }
 
     /// Deletes what the state before the published deletion used: chunks of generations up

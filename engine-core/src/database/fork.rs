@@ -98,7 +98,6 @@ impl Database {
 
     /// This database's name (the last part of its prefix).
     pub(super) fn parent_name(&self) -> String {
-        let prefix = self.layout.prefix().trim_end_matches('/');
-        prefix.rsplit('/').next().unwrap_or(prefix).to_string()
+        self.layout.name().to_string()
     }
 }

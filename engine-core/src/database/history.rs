@@ -116,7 +116,7 @@ impl Database {
     pub async fn past(&mut self, seq: u64) -> Result<Database, EngineError> {
         self.check_in_window(seq).await?;
         let base = self.past_base(seq).await?;
-        let mut past = self.read_only_on(Image { view: base.view, snapshot_seq: None }, seq);
+        let mut past = self.read_only_on(Image::read_only(base.view), seq);
         past.applied_seq = base.checkpoint_seq;
         past.local = Some(past.create_local().await.map_err(gone_from_history)?);
         let seqs: Vec<u64> = (base.checkpoint_seq + 1..=seq).collect();
@@ -266,13 +266,14 @@ impl Database {
         self.refresh(&mut ExecStats::default()).await.map(|_| ())
     }
 
-    /// Where history starts: the manifest says so, unless a deletion applied since moved it.
+    /// Where history starts: the manifest says so, unless a purging deletion applied since
+    /// moved it.
     pub(super) fn history_from_seq(&self) -> u64 {
         let deleted_at = self
             .records
             .iter()
             .rev()
-            .find(|r| matches!(r.meta.kind, super::RecordKind::Snapshot { deletes: true, .. }))
+            .find(|r| matches!(r.meta.kind, super::RecordKind::Snapshot { ends_history: true, .. }))
             .map(|r| r.meta.seq);
         self.base.history_from_seq.max(deleted_at.unwrap_or(0))
     }

@@ -287,7 +287,7 @@ impl Database {
             pages_per_chunk: snapshot.pages_per_chunk,
             chunks: snapshot.chunks.iter().map(|k| std::sync::Arc::from(k.as_str())).collect(),
         };
-        let mut image = self.read_only_on(Image { view, snapshot_seq: None }, self.applied_seq);
+        let mut image = self.read_only_on(Image::read_only(view), self.applied_seq);
         image.local = Some(image.create_local().await.map_err(not_a_database)?);
         if bytes <= self.config.quick_check_max_bytes {
             let rows = image.read_rows("PRAGMA quick_check").await.map_err(not_a_database)?;

@@ -24,6 +24,7 @@ mod fork;
 mod gc;
 mod history;
 mod import;
+mod info;
 mod pages;
 mod replay;
 mod run;
@@ -42,7 +43,7 @@ use crate::host::{Host, Sleeper};
 use crate::layout::Layout;
 use crate::local::{ExecLimits, LocalDb};
 use crate::log_record::{LogRecord, SnapshotOrigin};
-use crate::manifest::Manifest;
+use crate::manifest::{ForkedFrom, Manifest};
 use crate::script::{Script, ScriptOutcome, StepOutcome};
 use crate::store::ObjectStore;
 use crate::value::{ExecStats, Statement, StatementResult};
@@ -50,7 +51,7 @@ use crate::value::{ExecStats, Statement, StatementResult};
 use commit::Publish;
 use replay::ProbeResult;
 
-pub use delete::{Deleted, PURGE_CALL_BUDGET};
+pub use delete::{DeleteMode, Deleted, Purged, PURGE_CALL_BUDGET};
 pub use dump::SqlDump;
 pub use export::FileExport;
 pub use fork::Forked;
@@ -61,6 +62,7 @@ pub use upload::{
     UPLOAD_PART_MAX_BYTES,
 };
 pub use history::{HistoryWindow, Restored, HISTORY_EDGE_MARGIN_MS};
+pub use info::{CheckpointInfo, DatabaseInfo, DeletionInfo};
 
 /// How far back history reaches by default: 7 days.
 pub const DEFAULT_HISTORY_RETENTION_MS: f64 = 7.0 * 24.0 * 60.0 * 60.0 * 1000.0;
@@ -253,8 +255,9 @@ enum RecordKind {
     /// Its frames change some pages.
     Frames,
     /// It replaces the whole state with an image (see [`SnapshotOrigin`]): restored chunks
-    /// come back to life, a deletion ends the history before it.
-    Snapshot { revives: bool, deletes: bool },
+    /// come back to life; a deletion empties the database, and a purging one also ends the
+    /// history before it.
+    Snapshot { revives: bool, deletes: bool, ends_history: bool },
 }
 
 impl RecordMeta {
@@ -263,7 +266,8 @@ impl RecordMeta {
             None => RecordKind::Frames,
             Some(s) => RecordKind::Snapshot {
                 revives: matches!(s.origin, SnapshotOrigin::Restore { .. }),
-                deletes: matches!(s.origin, SnapshotOrigin::Delete),
+                deletes: matches!(s.origin, SnapshotOrigin::Delete { .. }),
+                ends_history: matches!(s.origin, SnapshotOrigin::Delete { purge: true }),
             },
         };
         RecordMeta { seq: record.seq, bytes, committed_ms: record.committed_ms, nonce: nonce_id(&record.nonce), kind }
@@ -277,11 +281,18 @@ struct Image {
     view: CheckpointView,
     /// The snapshot record it comes from (`None`: the base manifest).
     snapshot_seq: Option<u64>,
+    /// The fork this database began as, if it did (see [`Manifest::forked_from`]).
+    forked_from: Option<ForkedFrom>,
 }
 
 impl Image {
     fn of_manifest(m: &Manifest) -> Self {
-        Image { view: CheckpointView::from_manifest(m), snapshot_seq: None }
+        Image { view: CheckpointView::from_manifest(m), snapshot_seq: None, forked_from: m.forked_from.clone() }
+    }
+
+    /// An image that is only read (a past state, an import being checked).
+    fn read_only(view: CheckpointView) -> Self {
+        Image { view, snapshot_seq: None, forked_from: None }
     }
 }
 

@@ -15,8 +15,8 @@ use futures::future::join_all;
 use crate::error::EngineError;
 use crate::layout::Layout;
 use crate::chunk_file::CheckpointView;
-use crate::log_record::{Frame, LogRecord, Snapshot};
-use crate::manifest::Manifest;
+use crate::log_record::{Frame, LogRecord, Snapshot, SnapshotOrigin};
+use crate::manifest::{ForkedFrom, Manifest};
 use crate::store::{ObjectStore, MAX_LIST_LIMIT};
 use crate::value::ExecStats;
 
@@ -124,7 +124,13 @@ impl Database {
         frames: &[Frame],
         page_size: u32,
     ) -> Result<(), EngineError> {
-        let image = Image { view: snapshot_view(snapshot, page_size), snapshot_seq: Some(meta.seq) };
+        let forked_from = match &snapshot.origin {
+            SnapshotOrigin::Fork { parent, seq } => Some(ForkedFrom { parent: parent.clone(), seq: *seq }),
+            // A purge begins the database anew; restores and imports keep it a fork.
+            SnapshotOrigin::Delete { purge: true } => None,
+            _ => self.image.forked_from.clone(),
+        };
+        let image = Image { view: snapshot_view(snapshot, page_size), snapshot_seq: Some(meta.seq), forked_from };
         let old_image = std::mem::replace(&mut self.image, image);
         let fresh = match self.create_local().await {
             Ok(fresh) => fresh,
