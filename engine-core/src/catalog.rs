@@ -29,6 +29,8 @@ pub struct ListedDatabase {
     pub checkpoint_ms: u64,
     /// Set if the database is deleted (only listed when asked for).
     pub deleted: Option<Deletion>,
+    /// The deletion ended the history too (a purge): nothing of the old state is left.
+    pub purged: bool,
 }
 
 /// One page of a listing.
@@ -77,10 +79,18 @@ pub async fn list_databases(
                             checkpoint: Bookmark(m.checkpoint_seq),
                             checkpoint_ms: m.committed_ms,
                             deleted: m.deleted,
+                            purged: m.deleted.is_some_and(|d| m.history_from_seq >= d.seq),
                         }
                     }
                     // Never checkpointed: fewer commits than a checkpoint folds.
-                    None => ListedDatabase { name, checkpoint_bytes: 0, checkpoint: Bookmark(0), checkpoint_ms: 0, deleted: None },
+                    None => ListedDatabase {
+                        name,
+                        checkpoint_bytes: 0,
+                        checkpoint: Bookmark(0),
+                        checkpoint_ms: 0,
+                        deleted: None,
+                        purged: false,
+                    },
                 };
                 page.next_after = Some(listed.name.clone());
                 if listed.deleted.is_none() || request.include_deleted {

@@ -1,12 +1,13 @@
-//! Restores, forks and deletions under seeded store faults and crashes: an answer that
-//! promises something keeps it, and a deletion never takes what a fork uses. `TWILL_HISTORY_SEEDS=N` runs N seeds (default 300),
+//! Restores, forks, deletions and imports under seeded store faults and crashes, and at
+//! every operation boundary of each: an answer that promises something keeps it, and a
+//! deletion never takes what a fork uses. `TWILL_HISTORY_SEEDS=N` runs N seeds (default 300),
 //! `TWILL_HISTORY_SEED=S` replays one.
 
 use std::rc::Rc;
 use std::sync::Arc;
 
 use engine_core::dst::SimHost;
-use engine_core::mem_store::{MemStore, SeededFaults};
+use engine_core::mem_store::{Fault, FaultInjector, MemStore, OpKind, ScriptedFaults, SeededFaults};
 use engine_core::{Database, DbConfig, DbContext, DeleteMode, EngineError, SqlValue, Statement};
 use twill_tests::block_on;
 
@@ -45,7 +46,50 @@ fn promises_nothing(e: &EngineError) -> bool {
     e.code() != "COMMIT_OUTCOME_UNKNOWN"
 }
 
+/// The history operations under test, one per seed (`seed % 6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HistoryOp {
+    Restore,
+    Fork,
+    /// A restore, then a write on top, from a replica that never saw the history.
+    RestoreThenWrite,
+    /// A purging deletion, with a fork made before it whose chunks must survive.
+    Purge,
+    /// A deletion that keeps the history (undone by a restore).
+    Delete,
+    /// The target state's file imported over the database (`replace`).
+    Import,
+}
+
+impl HistoryOp {
+    const ALL: [HistoryOp; 6] =
+        [HistoryOp::Restore, HistoryOp::Fork, HistoryOp::RestoreThenWrite, HistoryOp::Purge, HistoryOp::Delete, HistoryOp::Import];
+
+    fn of_seed(seed: u64) -> Self {
+        Self::ALL[(seed % Self::ALL.len() as u64) as usize]
+    }
+}
+
+fn seeded(seed: u64) -> Box<dyn FaultInjector> {
+    Box::new(SeededFaults::new(seed ^ 0xF0F0, 0.06, 0.06, 0.03).with_delay(0.2))
+}
+
 fn run_seed(seed: u64) -> Result<String, String> {
+    run_case(seed, seeded(seed))
+}
+
+fn export(db: &Database) -> Result<Vec<u8>, EngineError> {
+    let mut file = db.export_file()?;
+    let mut out = Vec::new();
+    while let Some(piece) = block_on(file.next_piece())? {
+        out.extend_from_slice(&piece);
+    }
+    Ok(out)
+}
+
+/// Runs seed `seed`'s operation with `faults` injected into the store while it runs, then
+/// checks what a fresh replica sees against the answer.
+fn run_case(seed: u64, faults: Box<dyn FaultInjector>) -> Result<String, String> {
     let store = Rc::new(MemStore::new());
     let host = Arc::new(SimHost::new(seed));
     let mut db = open(&store, &host, "h").map_err(|e| e.to_string())?;
@@ -59,8 +103,8 @@ fn run_seed(seed: u64) -> Result<String, String> {
     let (target, target_rows) = states[(seed % 10) as usize];
     let before_rows = 10;
 
-    let op = seed % 5;
-    let kept_rows = if op == 3 {
+    let op = HistoryOp::of_seed(seed);
+    let kept_rows = if op == HistoryOp::Purge {
         // A fork made before the deletion: its chunks must survive the purge.
         block_on(db.fork(target, "kept")).map_err(|e| e.to_string())?;
         block_on(db.checkpoint()).map_err(|e| e.to_string())?;
@@ -68,15 +112,24 @@ fn run_seed(seed: u64) -> Result<String, String> {
     } else {
         0
     };
+    let file = if op == HistoryOp::Import {
+        let past = block_on(db.past(target)).map_err(|e| e.to_string())?;
+        export(&past).map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
 
-    store.set_faults(Some(Box::new(SeededFaults::new(seed ^ 0xF0F0, 0.06, 0.06, 0.03).with_delay(0.2))));
+    store.set_faults(Some(faults));
     let outcome = match op {
-        0 => block_on(db.restore(target)).map(|r| r.bookmark.0),
-        1 => block_on(db.fork(target, "child")).map(|f| f.bookmark.0),
-        3 => block_on(db.delete(DeleteMode::Purge)).map(|d| d.bookmark.0),
-        4 => block_on(db.delete(DeleteMode::KeepHistory)).map(|d| d.bookmark.0),
-        _ => {
-            // A restore, then a write on top, from a replica that never saw the history.
+        HistoryOp::Restore => block_on(db.restore(target)).map(|r| r.bookmark.0),
+        HistoryOp::Fork => block_on(db.fork(target, "child")).map(|f| f.bookmark.0),
+        HistoryOp::Purge => block_on(db.delete(DeleteMode::Purge)).map(|d| d.bookmark.0),
+        HistoryOp::Delete => block_on(db.delete(DeleteMode::KeepHistory)).map(|d| d.bookmark.0),
+        HistoryOp::Import => {
+            let pieces = futures::stream::iter(file.chunks(100_000).map(|c| Ok::<_, EngineError>(c.to_vec())).collect::<Vec<_>>());
+            block_on(db.import_file(pieces, true)).map(|i| i.bookmark.0)
+        }
+        HistoryOp::RestoreThenWrite => {
             let mut other = match open(&store, &host, "h") {
                 Ok(o) => o,
                 Err(e) => return Ok(format!("open failed under faults: {}", e.code())),
@@ -95,15 +148,15 @@ fn run_seed(seed: u64) -> Result<String, String> {
 
     // The truth, from a fresh replica without faults.
     let mut fresh = open(&store, &host, "h").map_err(|e| format!("recovery failed: {e}"))?;
-    if op == 3 {
+    if op == HistoryOp::Purge {
         return check_deletion(&store, &host, &mut fresh, &outcome, before_rows, kept_rows);
     }
-    if op == 4 {
+    if op == HistoryOp::Delete {
         return check_restorable_deletion(&mut fresh, &outcome, before_rows);
     }
     let rows = count(&mut fresh).map_err(|e| format!("reading after recovery: {e}"))?;
     match (op, &outcome) {
-        (1, Ok(_)) => {
+        (HistoryOp::Fork, Ok(_)) => {
             let mut child = open(&store, &host, "child").map_err(|e| format!("the fork does not open: {e}"))?;
             let child_rows = count(&mut child).map_err(|e| format!("the acknowledged fork does not read: {e}"))?;
             if child_rows != target_rows {
@@ -113,7 +166,7 @@ fn run_seed(seed: u64) -> Result<String, String> {
                 return Err(format!("forking changed the parent: {rows} rows"));
             }
         }
-        (1, Err(e)) => {
+        (HistoryOp::Fork, Err(e)) => {
             let child = open(&store, &host, "child").map_err(|e| format!("the child does not open: {e}"))?;
             if promises_nothing(e) && child.applied_seq() != 0 {
                 return Err(format!("fork answered {} but the child exists", e.code()));
@@ -262,4 +315,40 @@ fn restores_and_forks_under_faults_keep_their_answers() {
     println!("outcomes: {tally:?}");
     assert!(tally.get("ok").copied().unwrap_or(0) > 0, "some operations succeed under faults: {tally:?}");
     assert!(tally.len() > 1, "the faults did hit some operations: {tally:?}");
+}
+
+/// Every store-operation boundary of each history operation, one at a time: a crash before
+/// or after, an error before or after the n-th operation of the operation under test.
+#[test]
+fn every_operation_boundary_of_each_history_operation() {
+    let mut failures = Vec::new();
+    let mut swept = 0;
+    for (i, op) in HistoryOp::ALL.iter().enumerate() {
+        let seed = 600 + i as u64; // `seed % 6` picks the operation
+        assert_eq!(HistoryOp::of_seed(seed), *op);
+        let counter = Rc::new(std::cell::Cell::new(0u64));
+        let c = counter.clone();
+        run_case(seed, Box::new(ScriptedFaults(move |_: OpKind, _: &str| {
+            c.set(c.get() + 1);
+            Fault::None
+        })))
+        .unwrap_or_else(|e| panic!("{op:?} fails without faults: {e}"));
+        let total = counter.get();
+        assert!(total > 0, "{op:?} made no store operations");
+        for n in 1..=total {
+            for fault in [Fault::CrashBefore, Fault::CrashAfter, Fault::ErrorBefore, Fault::ErrorAfter] {
+                let mut seen = 0u64;
+                let injector = ScriptedFaults(move |_: OpKind, _: &str| {
+                    seen += 1;
+                    if seen == n { fault } else { Fault::None }
+                });
+                swept += 1;
+                if let Err(why) = run_case(seed, Box::new(injector)) {
+                    failures.push(format!("{op:?}: {fault:?} at operation {n} of {total}: {why}"));
+                }
+            }
+        }
+    }
+    println!("history boundary sweep: {swept} cases, {} failures", failures.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -584,3 +584,49 @@ test("GET /v1/db, GET and DELETE /v1/db/{name}: listings, info, a deletion undon
   assert.equal((await call("b", `${db}/query`, { body: { sql: "INSERT INTO t VALUES (1)" } })).status, 200);
   assert.equal((await call("a", `${db}/query`, { body: { sql: "SELECT count(*) FROM t" } })).body.rows[0][0], 1);
 });
+
+test("the scheduled sweep purges databases deleted longer ago than the history window, and no others", async () => {
+  const dir = tempDir();
+  const bindings = { TWILL_HISTORY_RETENTION_MS: "1500", TWILL_GC_RETENTION_MS: "0" };
+  const short = new Miniflare({ r2Persist: dir, workers: [engineWorker("s", { bindings })] });
+  try {
+    const worker = await short.getWorker("s");
+    const bucket = await short.getR2Bucket("BUCKET", "s");
+    const send = async (path, init = {}) => {
+      const res = await worker.fetch(`http://localhost${path}`, { headers: { "content-type": "application/json" }, ...init });
+      return { status: res.status, body: await res.json() };
+    };
+    const q = (db, sql) => send(`/v1/db/${db}/query`, { method: "POST", body: JSON.stringify({ sql }) });
+    const keys = async (prefix) => (await bucket.list({ prefix, limit: 1000 })).objects.map((o) => o.key);
+    const sweep = () => worker.scheduled({ cron: "*/10 * * * *" });
+    for (const db of ["gone", "kept", "reused"]) {
+      assert.equal((await q(db, "CREATE TABLE t (x)")).status, 200);
+      assert.equal((await q(db, "INSERT INTO t VALUES (randomblob(50000))")).status, 200);
+    }
+    const gone = await send("/v1/db/gone", { method: "DELETE" });
+    assert.equal(gone.status, 200, JSON.stringify(gone.body));
+    await send("/v1/db/reused", { method: "DELETE" });
+    await q("reused", "CREATE TABLE again (y)");
+    const firstRecord = "db/gone/log/00000000000000000001";
+
+    // Inside the window nothing is purged: the deletion can still be undone.
+    await sweep();
+    assert.ok((await keys("db/gone/")).includes(firstRecord));
+    assert.equal((await send("/v1/db/gone")).body.deleted.restore.bookmark, gone.body.previous);
+
+    await new Promise((r) => setTimeout(r, 2000));
+    for (let run = 0; run < 3; run++) await sweep();
+    const left = await keys("db/gone/");
+    assert.ok(!left.includes(firstRecord), left.join(" "));
+    assert.ok(left.every((k) => k.endsWith("/manifest") || k.includes("/log/") || k.includes("/checkpoint/")), left.join(" "));
+    const undo = await send("/v1/db/gone/restore", { method: "POST", body: JSON.stringify({ bookmark: gone.body.previous }) });
+    assert.equal(undo.body.error?.code, "HISTORY_UNAVAILABLE", JSON.stringify(undo.body));
+    // The others keep everything.
+    assert.equal((await q("kept", "SELECT length(x) FROM t")).body.rows[0][0], 50000);
+    assert.equal((await q("reused", "SELECT count(*) FROM again")).body.rows[0][0], 0);
+    assert.ok((await keys("db/kept/")).includes("db/kept/log/00000000000000000001"));
+  } finally {
+    await short.dispose();
+    removeDir(dir);
+  }
+});

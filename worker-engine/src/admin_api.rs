@@ -1,13 +1,14 @@
 //! Database administration: `GET /v1/db` (the databases, paged), `GET /v1/db/{name}` (one
 //! database's size, newest commit, checkpoint, history window, deletion and fork origin) and
-//! `DELETE /v1/db/{name}[?purge=true]`.
+//! `DELETE /v1/db/{name}[?purge=true]`; and the scheduled sweep that purges databases deleted
+//! longer ago than the history window (nothing else runs on them, so nothing else would).
 
 use std::rc::Rc;
 
 use engine_core::bookmark::Bookmark;
 use engine_core::catalog::{self, ListRequest, LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT};
 use engine_core::store::{CountingStore, ObjectStore};
-use engine_core::{DeleteMode, HistoryWindow};
+use engine_core::{DeleteMode, HistoryWindow, ReadFrom};
 use futures::FutureExt;
 use serde_json::{json, Value};
 use worker::Env;
@@ -146,4 +147,68 @@ pub async fn delete(db: DbRequest, purge: Option<&str>) -> Result<Answer, ApiErr
         });
     }
     Ok(Answer { body, timing: None, bookmark: Some(bookmark), file: None })
+}
+
+/// Deleted databases one scheduled run purges at most: each purge may make 400 R2 calls, and
+/// an invocation 1,000 on the free plan (the listing takes the rest).
+const EXPIRIES_PER_RUN: usize = 1;
+/// Listing pages (of 100 databases, one manifest GET each) one scheduled run reads.
+const SWEEP_PAGES: usize = 3;
+const SWEEP_PAGE_LIMIT: usize = 100;
+
+/// What one scheduled sweep did.
+pub struct Sweep {
+    pub listed: usize,
+    pub expired: Vec<String>,
+}
+
+/// The scheduled sweep (the Worker's cron trigger): finds databases whose deletion is older
+/// than the retention window and not yet purged, and purges them ([`engine_core::Database::expire_deletion`],
+/// which checks again and gives way to a writer that used the name since). Each run starts
+/// at a random point of the names and wraps around, so run after run every database is
+/// reached whatever their number.
+pub async fn expire_deletions(env: &Env) -> Result<Sweep, ApiError> {
+    let config = settings::db_config(env);
+    let retention_ms = config.gc_retention_ms.max(config.history_retention_ms);
+    let now = js_sys::Date::now();
+    let r2: Rc<dyn ObjectStore> = Rc::new(settings::r2_store(env)?);
+    let store = CountingStore::new(r2);
+    store.budget_calls(settings::r2_call_budget(env));
+    const STARTS: &str = "0123456789abcdefghijklmnopqrstuvwxyz";
+    let pick = (js_sys::Math::random() * (STARTS.len() + 1) as f64) as usize;
+    let start: Option<String> = STARTS.get(pick..pick + 1).map(str::to_string);
+    let mut after = start.clone();
+    let mut wrapped = start.is_none();
+    let mut sweep = Sweep { listed: 0, expired: Vec::new() };
+    let mut candidates = Vec::new();
+    for _ in 0..SWEEP_PAGES {
+        let request = ListRequest { after: after.as_deref(), limit: SWEEP_PAGE_LIMIT, include_deleted: true };
+        let page = catalog::list_databases(&store, "", request, config.fetch_concurrency).await?;
+        sweep.listed += page.databases.len();
+        candidates.extend(
+            page.databases
+                .into_iter()
+                .filter(|d| !d.purged && d.deleted.is_some_and(|del| del.committed_ms as f64 + retention_ms <= now))
+                .map(|d| d.name),
+        );
+        if candidates.len() >= EXPIRIES_PER_RUN {
+            break;
+        }
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None if !wrapped => {
+                wrapped = true;
+                after = None;
+            }
+            None => break,
+        }
+    }
+    for name in candidates.into_iter().take(EXPIRIES_PER_RUN) {
+        let db = DbRequest::new(env, &name, Access::Write, ReadFrom::Latest)?;
+        let (expired, _) = db.exclusive(|d| d.expire_deletion().boxed_local()).await?;
+        if expired.is_some() {
+            sweep.expired.push(name);
+        }
+    }
+    Ok(sweep)
 }

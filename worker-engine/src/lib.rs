@@ -23,7 +23,7 @@ pub mod wire;
 
 use serde_json::Value;
 use wire::ApiError;
-use worker::{event, Context, Env, Request, Response};
+use worker::{console_error, console_log, event, Context, Env, Request, Response, ScheduleContext, ScheduledEvent};
 
 /// The clock std reads on wasm32 (see scripts/patch-wasm-std-time.py): without it std's
 /// `Instant::now`/`SystemTime::now` panic, and turso_core calls them (its temp database,
@@ -93,6 +93,16 @@ async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
     Ok(resp)
 }
 
+/// The cron trigger (wrangler.toml): purges databases deleted longer ago than the history
+/// window. Failures are logged; the next run tries again.
+#[event(scheduled)]
+async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
+    match admin_api::expire_deletions(&env).await {
+        Ok(sweep) => console_log!("twill sweep: {} databases listed, purged {:?}", sweep.listed, sweep.expired),
+        Err(e) => console_error!("twill sweep failed: {} {}", e.code, e.message),
+    }
+}
+
 /// Errors of the engine, as answers: used where no endpoint-specific shape applies.
 pub(crate) fn internal(message: &str) -> ApiError {
     ApiError::new(500, "INTERNAL_ERROR", message)
@@ -111,7 +121,9 @@ pub(crate) fn describe_service() -> Value {
             "POST /v1/db/{name}/restore": {"bookmark": "or", "time": "RFC 3339 or ms"},
             "POST /v1/db/{name}/fork": {"to": "new database", "bookmark": "optional (or time)"},
             "PUT /v1/db/{name}/import": {"body": "a SQLite database file (or gzip with content-encoding: gzip)", "replace": "query parameter: true to replace a database that has tables"},
-            "DELETE /v1/db/{name}": {"answer": "the deletion's bookmark and what the purge deleted; data and history before it are gone (forks keep theirs)"},
+            "GET /v1/db": {"limit": "1-200 (default 50)", "after": "the previous page's next", "deleted": "true to list deleted databases too"},
+            "GET /v1/db/{name}": {"answer": "size, newest commit, checkpoint, history window, fork origin, deletion"},
+            "DELETE /v1/db/{name}": {"purge": "query parameter: true ends the history too and deletes the old objects now; without, restoring the answer's previous bookmark undoes the deletion within the history window"},
             "GET /v1/db/{name}/export": {"as_of": "optional query parameter: bookmark or time; the SQLite file of that commit"},
             "as_of": "in /query and /batch (or header x-twill-as-of): read the state after a past commit",
             "libSQL (Hrana over HTTP, JSON)": "client URL http(s)://<host>/v1/db/{name}/ (POST v2/pipeline, v3/pipeline)",

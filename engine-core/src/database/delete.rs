@@ -16,7 +16,9 @@ use crate::layout::{Layout, UploadId};
 use crate::log_record::{Snapshot, SnapshotOrigin};
 use crate::store::MAX_LIST_LIMIT;
 
-use super::Database;
+use crate::manifest::Deletion;
+
+use super::{Database, RecordKind};
 
 /// Store calls (LIST and DELETE) one deletion's purge may make. A Worker invocation may make
 /// 1,000 calls on the free plan; what is left over, calling delete again finishes.
@@ -86,6 +88,42 @@ impl Database {
     /// Concurrent writers lose a normal commit race and run again on the empty database.
     pub async fn delete(&mut self, mode: DeleteMode) -> Result<Deleted, EngineError> {
         self.catch_up().await?;
+        self.delete_caught_up(mode, false).await
+    }
+
+    /// What GC does for a database in use, for one deleted longer ago than the retention
+    /// window (nothing runs on it any more, so nothing else would take its old objects):
+    /// a purging deletion. `None` if it is not deleted any more, or not yet long enough; a
+    /// write that races it (a name used again) wins, and nothing is purged.
+    pub async fn expire_deletion(&mut self) -> Result<Option<Deleted>, EngineError> {
+        self.catch_up().await?;
+        let Some(deletion) = self.current_deletion() else {
+            return Ok(None);
+        };
+        let already_purged = self.history_from_seq() >= deletion.seq;
+        if already_purged || (deletion.committed_ms as f64) + self.retention_ms() > self.now_ms() {
+            return Ok(None);
+        }
+        match self.delete_caught_up(DeleteMode::Purge, true).await {
+            Ok(purged) => Ok(Some(purged)),
+            // A writer used the name since: the database lives again.
+            Err(EngineError::NotEmpty(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The deletion the newest state is, if it is one.
+    pub(super) fn current_deletion(&self) -> Option<Deletion> {
+        match self.records.last() {
+            Some(r) => matches!(r.meta.kind, RecordKind::Snapshot { deletes: true, .. })
+                .then_some(Deletion { seq: r.meta.seq, committed_ms: r.meta.committed_ms }),
+            None => self.base.deleted.filter(|d| d.seq == self.applied_seq),
+        }
+    }
+
+    /// [`Self::delete`] on a caught-up database; with `only_if_empty`, a database that has
+    /// tables by the time the record would land (a racing writer used the name) is refused.
+    async fn delete_caught_up(&mut self, mode: DeleteMode, only_if_empty: bool) -> Result<Deleted, EngineError> {
         // Databases whose chunks the old state used (a fork's parents): a purge drops our
         // references there once nothing of ours needs them.
         let mut owners: BTreeSet<String> = BTreeSet::new();
@@ -101,7 +139,7 @@ impl Database {
             chunks: Vec::new(),
             origin: SnapshotOrigin::Delete { purge: mode == DeleteMode::Purge },
         };
-        let (previous, bookmark) = self.commit_snapshot(empty, Vec::new(), page_size, false, None).await?;
+        let (previous, bookmark) = self.commit_snapshot(empty, Vec::new(), page_size, only_if_empty, None).await?;
         // The deletion is committed: from here on a failure only leaves its publication (and
         // the purge) unfinished; the answer says so, and deleting again finishes it.
         let deleted_ms = self.last_commit_ms;

@@ -217,8 +217,10 @@ impl Database {
             },
             Err(e) => Err(e),
         };
-        if result.is_err() {
-            // Nothing references the upload: take it away again (best effort).
+        // Nothing references the upload unless the commit's outcome is unknown (its record
+        // may have landed, naming these chunks): then they stay (if it did not land, they
+        // are left over until a purge of the database).
+        if result.as_ref().is_err_and(|e| !matches!(e, EngineError::CommitUnknown(_))) {
             let keys: Vec<String> = (0..writer.attempted()).map(|i| format!("{upload}chunk-{i:08}")).collect();
             let _ = self.store.delete_many(&keys).await;
         }

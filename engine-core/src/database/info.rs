@@ -5,7 +5,7 @@ use crate::bookmark::Bookmark;
 use crate::error::EngineError;
 use crate::manifest::ForkedFrom;
 
-use super::{Database, HistoryWindow, RecordKind};
+use super::{Database, HistoryWindow};
 
 /// A database's state, as `GET /v1/db/{name}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,17 +52,11 @@ impl Database {
         let (_, size) = local.durable_pages()?;
         let page_count = if size > 0 { size } else { self.image.view.page_count };
         let (records_since, bytes_since) = self.log_since_checkpoint();
-        let deleted = match self.records.last() {
-            Some(r) if matches!(r.meta.kind, RecordKind::Snapshot { deletes: true, .. }) => {
-                Some(DeletionInfo { bookmark: Bookmark(r.meta.seq), committed_ms: r.meta.committed_ms, previous: Bookmark(r.meta.seq - 1) })
-            }
-            Some(_) => None,
-            None => self.base.deleted.filter(|d| d.seq == self.applied_seq).map(|d| DeletionInfo {
-                bookmark: Bookmark(d.seq),
-                committed_ms: d.committed_ms,
-                previous: Bookmark(d.seq - 1),
-            }),
-        };
+        let deleted = self.current_deletion().map(|d| DeletionInfo {
+            bookmark: Bookmark(d.seq),
+            committed_ms: d.committed_ms,
+            previous: Bookmark(d.seq - 1),
+        });
         Ok(DatabaseInfo {
             exists: history.head.0 > 0,
             page_size,
