@@ -1,6 +1,7 @@
-//! Restores, forks, deletions and imports under seeded store faults and crashes, and at
-//! every operation boundary of each: an answer that promises something keeps it, and a
-//! deletion never takes what a fork uses. `TWILL_HISTORY_SEEDS=N` runs N seeds (default 300),
+//! Restores, forks, deletions and imports (in one request or an upload session) under seeded
+//! store faults and crashes, and at every operation boundary of each: an answer that
+//! promises something keeps it, every commit in the window stays readable, and a deletion
+//! never takes what a fork uses. `TWILL_HISTORY_SEEDS=N` runs N seeds (default 300),
 //! `TWILL_HISTORY_SEED=S` replays one.
 
 use std::rc::Rc;
@@ -46,7 +47,7 @@ fn promises_nothing(e: &EngineError) -> bool {
     e.code() != "COMMIT_OUTCOME_UNKNOWN"
 }
 
-/// The history operations under test, one per seed (`seed % 6`).
+/// The history operations under test, one per seed (`seed % 7`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HistoryOp {
     Restore,
@@ -59,11 +60,20 @@ enum HistoryOp {
     Delete,
     /// The target state's file imported over the database (`replace`).
     Import,
+    /// The same file through an upload session: begun, one part, completed.
+    Upload,
 }
 
 impl HistoryOp {
-    const ALL: [HistoryOp; 6] =
-        [HistoryOp::Restore, HistoryOp::Fork, HistoryOp::RestoreThenWrite, HistoryOp::Purge, HistoryOp::Delete, HistoryOp::Import];
+    const ALL: [HistoryOp; 7] = [
+        HistoryOp::Restore,
+        HistoryOp::Fork,
+        HistoryOp::RestoreThenWrite,
+        HistoryOp::Purge,
+        HistoryOp::Delete,
+        HistoryOp::Import,
+        HistoryOp::Upload,
+    ];
 
     fn of_seed(seed: u64) -> Self {
         Self::ALL[(seed % Self::ALL.len() as u64) as usize]
@@ -76,6 +86,10 @@ fn seeded(seed: u64) -> Box<dyn FaultInjector> {
 
 fn run_seed(seed: u64) -> Result<String, String> {
     run_case(seed, seeded(seed))
+}
+
+fn pieces(file: &[u8]) -> impl futures::Stream<Item = Result<Vec<u8>, EngineError>> + Unpin {
+    futures::stream::iter(file.chunks(100_000).map(|c| Ok::<_, EngineError>(c.to_vec())).collect::<Vec<_>>())
 }
 
 fn export(db: &Database) -> Result<Vec<u8>, EngineError> {
@@ -112,7 +126,7 @@ fn run_case(seed: u64, faults: Box<dyn FaultInjector>) -> Result<String, String>
     } else {
         0
     };
-    let file = if op == HistoryOp::Import {
+    let file = if matches!(op, HistoryOp::Import | HistoryOp::Upload) {
         let past = block_on(db.past(target)).map_err(|e| e.to_string())?;
         export(&past).map_err(|e| e.to_string())?
     } else {
@@ -125,10 +139,13 @@ fn run_case(seed: u64, faults: Box<dyn FaultInjector>) -> Result<String, String>
         HistoryOp::Fork => block_on(db.fork(target, "child")).map(|f| f.bookmark.0),
         HistoryOp::Purge => block_on(db.delete(DeleteMode::Purge)).map(|d| d.bookmark.0),
         HistoryOp::Delete => block_on(db.delete(DeleteMode::KeepHistory)).map(|d| d.bookmark.0),
-        HistoryOp::Import => {
-            let pieces = futures::stream::iter(file.chunks(100_000).map(|c| Ok::<_, EngineError>(c.to_vec())).collect::<Vec<_>>());
-            block_on(db.import_file(pieces, true)).map(|i| i.bookmark.0)
-        }
+        HistoryOp::Import => block_on(db.import_file(pieces(&file), true)).map(|i| i.bookmark.0),
+        HistoryOp::Upload => block_on(async {
+            let session = db.begin_upload(Some(256 * 1024), true).await?;
+            db.upload_part(&session.id, 0, pieces(&file)).await?;
+            db.complete_upload(&session.id, 1).await
+        })
+        .map(|i| i.bookmark.0),
         HistoryOp::RestoreThenWrite => {
             let mut other = match open(&store, &host, "h") {
                 Ok(o) => o,
@@ -151,6 +168,8 @@ fn run_case(seed: u64, faults: Box<dyn FaultInjector>) -> Result<String, String>
     if op == HistoryOp::Purge {
         return check_deletion(&store, &host, &mut fresh, &outcome, before_rows, kept_rows);
     }
+    // Every commit before the operation is still in the window, whatever GC did meanwhile.
+    check_window(&mut fresh, &states)?;
     if op == HistoryOp::Delete {
         return check_restorable_deletion(&mut fresh, &outcome, before_rows);
     }
@@ -204,6 +223,18 @@ fn run_case(seed: u64, faults: Box<dyn FaultInjector>) -> Result<String, String>
         Ok(_) => "ok".into(),
         Err(e) => e.code().to_string(),
     })
+}
+
+/// Every state in `states` ((commit, rows)) still reads, with its rows.
+fn check_window(db: &mut Database, states: &[(u64, i64)]) -> Result<(), String> {
+    for (seq, rows) in states {
+        let mut past = block_on(db.past(*seq)).map_err(|e| format!("the state after {seq}, in the window, does not open: {e}"))?;
+        let n = count(&mut past).map_err(|e| format!("the state after {seq}, in the window, does not read: {e}"))?;
+        if n != *rows {
+            return Err(format!("the state after {seq} has {n} rows, it had {rows}"));
+        }
+    }
+    Ok(())
 }
 
 /// The rows left after a deletion under faults (`None`: the table is gone), checked against
@@ -324,7 +355,7 @@ fn every_operation_boundary_of_each_history_operation() {
     let mut failures = Vec::new();
     let mut swept = 0;
     for (i, op) in HistoryOp::ALL.iter().enumerate() {
-        let seed = 600 + i as u64; // `seed % 6` picks the operation
+        let seed = 700 + i as u64; // `seed % 7` picks the operation
         assert_eq!(HistoryOp::of_seed(seed), *op);
         let counter = Rc::new(std::cell::Cell::new(0u64));
         let c = counter.clone();
