@@ -546,6 +546,22 @@ fn a_deletion_keeps_the_history_so_restoring_the_commit_before_it_undoes_it() {
     assert_eq!(block_on(cold.info()).unwrap().forked_from.as_ref(), Some(&origin));
     block_on(cold.delete(DeleteMode::Purge)).unwrap();
     assert_eq!(block_on(cold.info()).unwrap().forked_from, None, "a purged name begins anew");
+
+    // A fork deleted and left alone: once its deletion expires, its references on the parent
+    // go too (until then its history may need the parent's chunks).
+    let mut z = try_open_in(ctx(&host), "z", config(window)).unwrap();
+    exec(&mut z, "INSERT INTO x VALUES (3)", vec![]);
+    block_on(z.checkpoint()).unwrap();
+    block_on(z.fork(z.applied_seq(), "z3")).unwrap();
+    let refs = |child: &str| store.keys().into_iter().filter(|k| k.starts_with(&format!("db/z/forks/{child}/"))).count();
+    assert!(refs("z3") > 0);
+    let mut z3 = try_open_in(ctx(&host), "z3", config(window)).unwrap();
+    block_on(z3.delete(DeleteMode::KeepHistory)).unwrap();
+    assert!(refs("z3") > 0, "the deleted fork's window may still need the parent's chunks");
+    host.advance(window + MINUTE);
+    let mut z3 = try_open_in(ctx(&host), "z3", config(window)).unwrap();
+    assert!(block_on(z3.expire_deletion()).unwrap().is_some_and(|d| d.purge.is_some_and(|p| p.complete)));
+    assert_eq!(refs("z3"), 0, "the expired fork's references are dropped");
     let never = try_open_in(ctx(&host), "never", config(window)).unwrap();
     let mut never = never;
     assert!(!block_on(never.info()).unwrap().exists);

@@ -125,12 +125,19 @@ impl Database {
     /// tables by the time the record would land (a racing writer used the name) is refused.
     async fn delete_caught_up(&mut self, mode: DeleteMode, only_if_empty: bool) -> Result<Deleted, EngineError> {
         // Databases whose chunks the old state used (a fork's parents): a purge drops our
-        // references there once nothing of ours needs them.
+        // references there once nothing of ours needs them. When the database was deleted
+        // before (a deletion expiring), its map is empty: the chunks its deletion's
+        // checkpoint retired, and the parent it was forked from, still name them.
+        let retired = self.base.retired.iter().flat_map(|g| g.chunks.iter().cloned());
+        let chunks = self.image.view.chunks.iter().map(|k| k.to_string()).chain(self.base.chunks.iter().cloned()).chain(retired);
         let mut owners: BTreeSet<String> = BTreeSet::new();
-        for key in self.image.view.chunks.iter().map(|k| k.to_string()).chain(self.base.chunks.iter().cloned()) {
+        for key in chunks {
             if let Some(owner) = Layout::owner_prefix_of(&key).filter(|o| *o != self.layout.prefix()) {
                 owners.insert(owner.to_string());
             }
+        }
+        if let Some(origin) = &self.image.forked_from {
+            owners.insert(self.layout.sibling(&origin.parent).prefix().to_string());
         }
         let page_size = self.local()?.page_size();
         let empty = Snapshot {
