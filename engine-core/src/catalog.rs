@@ -66,10 +66,11 @@ pub async fn list_databases(
         let wanted = limit - page.databases.len();
         let folders = store.list_folders(&prefix, start_after.as_deref(), wanted).await?;
         for batch in folders.folders.chunks(fan_out.max(1)) {
-            let keys: Vec<String> = batch.iter().map(|folder| Layout::of_prefix(folder).manifest_key()).collect();
+            let layouts: Vec<Layout> = batch.iter().map(|folder| Layout::of_prefix(folder)).collect();
+            let keys: Vec<String> = layouts.iter().map(Layout::manifest_key).collect();
             let manifests = join_all(keys.iter().map(|key| store.get(key, None))).await;
-            for (folder, manifest) in batch.iter().zip(manifests) {
-                let name = Layout::of_prefix(folder).name().to_string();
+            for (layout, manifest) in layouts.iter().zip(manifests) {
+                let name = layout.name().to_string();
                 let listed = match manifest? {
                     Some(obj) => {
                         let m = Manifest::decode(&obj.body)?;

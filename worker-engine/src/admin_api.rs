@@ -16,7 +16,7 @@ use worker::Env;
 use crate::auth::{self, Access};
 use crate::db_request::DbRequest;
 use crate::settings::{self, AccessRules};
-use crate::wire::{validate_db_name, ApiError};
+use crate::wire::{self, validate_db_name, ApiError};
 use crate::Answer;
 
 /// What `GET /v1/db` was asked for, from its query string.
@@ -24,14 +24,6 @@ pub struct ListQuery {
     pub after: Option<String>,
     pub limit: Option<String>,
     pub deleted: Option<String>,
-}
-
-fn flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
-    match value {
-        None | Some("false") => Ok(false),
-        Some("true") => Ok(true),
-        Some(other) => Err(ApiError::bad_request("INVALID_REQUEST", format!("{name} must be true or false, not {other:?}"))),
-    }
 }
 
 /// `GET /v1/db[?limit=&after=&deleted=true]`: databases in key order, those the token may
@@ -46,7 +38,7 @@ pub async fn list(env: &Env, rules: &AccessRules, authorization: Option<&str>, q
     if let Some(after) = &query.after {
         validate_db_name(after)?;
     }
-    let include_deleted = flag("deleted", query.deleted.as_deref())?;
+    let include_deleted = wire::flag("deleted", query.deleted.as_deref())?;
     let r2: Rc<dyn ObjectStore> = Rc::new(settings::r2_store(env)?);
     let store = CountingStore::new(r2);
     store.budget_calls(settings::r2_call_budget(env));
@@ -128,7 +120,7 @@ pub async fn delete(db: DbRequest, purge: Option<&str>) -> Result<Answer, ApiErr
     if db.access != Access::Write {
         return Err(auth::read_only_error());
     }
-    let mode = if flag("purge", purge)? { DeleteMode::Purge } else { DeleteMode::KeepHistory };
+    let mode = if wire::flag("purge", purge)? { DeleteMode::Purge } else { DeleteMode::KeepHistory };
     let name = db.name.clone();
     let (deleted, r2) = db.exclusive(move |d| d.delete(mode).boxed_local()).await?;
     let bookmark = deleted.bookmark.to_string();

@@ -67,13 +67,7 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
             if access != Access::Write {
                 return Err(auth::read_only_error());
             }
-            let replace = match query_param(req, "replace")?.as_deref() {
-                None | Some("false") => false,
-                Some("true") => true,
-                Some(other) => {
-                    return Err(ApiError::bad_request("INVALID_REQUEST", format!("replace must be true or false, not {other:?}")))
-                }
-            };
+            let replace = wire::flag("replace", query_param(req, "replace")?.as_deref())?;
             let db = DbRequest::new(env, &name, access, ReadFrom::Latest)?;
             return import_api::import(db, req, replace).await;
         }

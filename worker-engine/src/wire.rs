@@ -289,6 +289,15 @@ pub fn result_to_json(r: &StatementResult) -> Value {
     })
 }
 
+/// A query-string flag: absent or `false`, or `true`; anything else is refused by name.
+pub fn flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::bad_request("INVALID_REQUEST", format!("{name} must be true or false, not {other:?}"))),
+    }
+}
+
 /// Database names: 1 to 63 characters of `a-z`, `0-9`, `-` and `_`, starting with a letter
 /// or digit. They become part of R2 keys, so nothing else is accepted.
 pub fn validate_db_name(name: &str) -> Result<(), ApiError> {

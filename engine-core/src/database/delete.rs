@@ -2,7 +2,8 @@
 //! with an empty image), and a checkpoint publishes that at once so that listings, which
 //! read manifests only, leave the database out. By default the states before stay in the
 //! history: restoring the bookmark before the deletion undoes it, until the window ends and
-//! GC takes their objects as any other garbage. A purging deletion also ends the history
+//! [`Database::expire_deletion`] (the Worker's scheduled sweep) purges them. A purging
+//! deletion also ends the history
 //! there and deletes the objects of the old state at once. Either way what forks still use
 //! stays (their references name it), and so does the manifest: it is the compare-and-swap
 //! anchor that fences writers which have not seen the deletion yet, and the name can be
