@@ -30,6 +30,12 @@ const WAL_FRAME_HEADER_LEN: usize = 24;
 /// native test and the crash gate run with.
 const TURSO_PAGE_CACHE_PAGES: u32 = 2000;
 
+/// Prepared statements kept per local database, by SQL text. Applications send the same
+/// few statements again and again; preparing one (parse, plan, emit) costs about as much
+/// as running a point query. turso re-prepares a kept statement by itself when the schema
+/// or a connection setting changed since it was prepared.
+const STATEMENT_CACHE_ENTRIES: usize = 64;
+
 /// VM steps between two looks at the request's budget.
 const PROGRESS_INTERVAL: u64 = 10_000;
 
@@ -66,7 +72,8 @@ struct Base {
 pub struct LocalDb {
     io: Arc<EngineIo>,
     base: Base,
-    // Field order matters: the connection must drop before its database.
+    // Field order matters: kept statements, then the connection, drop before the database.
+    prepared: PreparedStatements,
     conn: Arc<Connection>,
     db: Arc<turso_core::Database>,
     path: String,
@@ -78,12 +85,45 @@ pub struct LocalDb {
     vm_steps_left: Arc<AtomicI64>,
 }
 
+/// Statements that ran to their end, reset for the next run (see [`STATEMENT_CACHE_ENTRIES`]).
+#[derive(Default)]
+struct PreparedStatements(Mutex<HashMap<String, turso_core::Statement>>);
+
+impl PreparedStatements {
+    fn take(&self, sql: &str) -> Option<turso_core::Statement> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(sql)
+    }
+
+    /// Keeps `stmt`, which ran to its end, for the next run of `sql`. A statement that
+    /// failed or stopped early is never kept: resetting a write statement that returned
+    /// rows part-way would finish its write.
+    fn keep(&self, sql: &str, mut stmt: turso_core::Statement) {
+        if stmt.reset().is_err() {
+            return;
+        }
+        stmt.clear_bindings();
+        // Its counters add up across runs; each answer reports its own run's.
+        stmt.reset_metrics();
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() >= STATEMENT_CACHE_ENTRIES {
+            // Rare (an application with many distinct statements): start over rather
+            // than track recency on every hit.
+            kept.clear();
+        }
+        kept.insert(sql.to_owned(), stmt);
+    }
+}
+
+/// A statement that ran to its end, and what it returned.
+struct Finished {
+    result: StatementResult,
+    stmt: turso_core::Statement,
+}
+
 /// One statement being stepped, and what it produced so far.
 struct Stepping {
     stmt: turso_core::Statement,
     keep_rows: bool,
-    columns: Vec<String>,
-    decltypes: Vec<Option<String>>,
     rows: Vec<Vec<SqlValue>>,
     /// Approximate bytes of `rows` (sum of value sizes).
     result_bytes: usize,
@@ -92,9 +132,7 @@ struct Stepping {
 
 impl Stepping {
     fn new(stmt: turso_core::Statement, keep_rows: bool, rowid_before: i64) -> Self {
-        let columns = (0..stmt.num_columns()).map(|i| stmt.get_column_name(i).into_owned()).collect();
-        let decltypes = (0..stmt.num_columns()).map(|i| stmt.get_column_decltype(i)).collect();
-        Stepping { stmt, keep_rows, columns, decltypes, rows: Vec::new(), result_bytes: 0, rowid_before }
+        Stepping { stmt, keep_rows, rows: Vec::new(), result_bytes: 0, rowid_before }
     }
 }
 
@@ -131,8 +169,17 @@ impl LocalDb {
         if let Err(e) = conn.execute(format!("PRAGMA cache_size = {TURSO_PAGE_CACHE_PAGES}")) {
             return Err(missing_or(&base.wanted, EngineError::Internal(format!("set turso's page cache size: {e}"))));
         }
-        let mut local =
-            LocalDb { io, base, conn, db, path, durable_frames, page_size: 4096, vm_steps_left: Arc::new(AtomicI64::new(i64::MAX)) };
+        let mut local = LocalDb {
+            io,
+            base,
+            prepared: PreparedStatements::default(),
+            conn,
+            db,
+            path,
+            durable_frames,
+            page_size: 4096,
+            vm_steps_left: Arc::new(AtomicI64::new(i64::MAX)),
+        };
         let budget = local.vm_steps_left.clone();
         local.conn.set_progress_handler(
             PROGRESS_INTERVAL,
@@ -202,7 +249,7 @@ impl LocalDb {
 
     fn query_page_size(&self) -> Result<u32, EngineError> {
         let sql = "PRAGMA page_size";
-        let r = self.run_prepared_now(self.prepare_one(sql)?, sql, &ExecLimits::default())?;
+        let r = self.run_prepared_now(self.prepare_one(sql)?, sql, &ExecLimits::default())?.result;
         match r.rows.first().and_then(|row| row.first()) {
             Some(SqlValue::Integer(n)) if *n > 0 => Ok(*n as u32),
             _ => Ok(4096),
@@ -279,10 +326,16 @@ impl LocalDb {
         limits: &ExecLimits,
         pages: &dyn PageSource,
     ) -> Result<StatementResult, EngineError> {
-        let mut stmt = self.prepare_one(&statement.sql)?;
+        let mut stmt = match self.prepared.take(&statement.sql) {
+            Some(kept) => kept,
+            None => self.prepare_one(&statement.sql)?,
+        };
         bind_params(&mut stmt, &statement.params)?;
         match self.run_prepared(stmt, &statement.sql, limits, true, pages).await {
-            Ok(r) => Ok(r),
+            Ok(Finished { result, stmt }) => {
+                self.prepared.keep(&statement.sql, stmt);
+                Ok(result)
+            }
             Err(e) => Err(self.refine_error(e, pages).await),
         }
     }
@@ -305,7 +358,7 @@ impl LocalDb {
             vec![SqlValue::Text(table.to_string())],
         );
         let table_info = match self.prepare_one(&pk.sql).and_then(|mut stmt| bind_params(&mut stmt, &pk.params).map(|()| stmt)) {
-            Ok(stmt) => self.run_prepared(stmt, &pk.sql, &ExecLimits::default(), true, pages).await,
+            Ok(stmt) => self.run_prepared(stmt, &pk.sql, &ExecLimits::default(), true, pages).await.map(|f| f.result),
             Err(e) => Err(e),
         };
         if let Ok(r) = table_info {
@@ -374,7 +427,7 @@ impl LocalDb {
         limits: &ExecLimits,
         keep_rows: bool,
         pages: &dyn PageSource,
-    ) -> Result<StatementResult, EngineError> {
+    ) -> Result<Finished, EngineError> {
         let mut run = Stepping::new(stmt, keep_rows, self.conn.last_insert_rowid());
         while let Progress::Stalled = self.advance(&mut run, limits)? {
             self.fetch_stalled(pages).await?;
@@ -384,7 +437,7 @@ impl LocalDb {
 
     /// [`Self::run_prepared`] for the few statements run where nothing may wait (opening
     /// the database): a page that is not cached fails it with [`EngineError::PagesMissing`].
-    fn run_prepared_now(&self, stmt: turso_core::Statement, sql: &str, limits: &ExecLimits) -> Result<StatementResult, EngineError> {
+    fn run_prepared_now(&self, stmt: turso_core::Statement, sql: &str, limits: &ExecLimits) -> Result<Finished, EngineError> {
         let mut run = Stepping::new(stmt, true, self.conn.last_insert_rowid());
         match self.advance(&mut run, limits)? {
             Progress::Done => Ok(self.finish(run, sql)),
@@ -459,8 +512,12 @@ impl LocalDb {
         }
     }
 
-    fn finish(&self, run: Stepping, sql: &str) -> StatementResult {
-        let Stepping { stmt, rows, columns, decltypes, rowid_before, .. } = run;
+    fn finish(&self, run: Stepping, sql: &str) -> Finished {
+        let Stepping { stmt, rows, rowid_before, .. } = run;
+        // Read after the run: a statement prepared before a schema change was prepared
+        // again by its first step (`SELECT *` may have gained a column).
+        let columns = (0..stmt.num_columns()).map(|i| stmt.get_column_name(i).into_owned()).collect();
+        let decltypes = (0..stmt.num_columns()).map(|i| stmt.get_column_decltype(i)).collect();
         let dml = crate::guard::dml_of(sql);
         // SQLite's changes() counts INSERT, UPDATE and DELETE only (turso's counter also
         // moves for other statements, e.g. window functions and DROP).
@@ -469,7 +526,7 @@ impl LocalDb {
         let rows_written = stmt.stmt_status(StatementStatusCounter::RowsWritten);
         let rowid_after = self.conn.last_insert_rowid();
         let is_insert = dml == Dml::Insert;
-        StatementResult {
+        let result = StatementResult {
             columns,
             decltypes,
             rows,
@@ -480,7 +537,8 @@ impl LocalDb {
                 .then_some(rowid_after),
             connection_last_insert_rowid: rowid_after,
             is_insert,
-        }
+        };
+        Finished { result, stmt }
     }
 
     /// Runs `sql` that the engine itself issues (BEGIN, COMMIT, ROLLBACK).
@@ -546,10 +604,11 @@ impl LocalDb {
     /// was committed locally since then is undone. Any open transaction is lost.
     pub fn rewind(self, keep_frames: u64) -> Result<Self, (EngineError, Reopen)> {
         let keep_frames = keep_frames.max(self.durable_frames);
-        let LocalDb { io, base, conn, db, path, durable_frames, page_size, vm_steps_left } = self;
+        let LocalDb { io, base, prepared, conn, db, path, durable_frames, page_size, vm_steps_left } = self;
         if conn.wal_state().map(|s| s.max_frame).unwrap_or(u64::MAX) == keep_frames && conn.get_auto_commit() {
-            return Ok(LocalDb { io, base, conn, db, path, durable_frames, page_size, vm_steps_left });
+            return Ok(LocalDb { io, base, prepared, conn, db, path, durable_frames, page_size, vm_steps_left });
         }
+        drop(prepared);
         drop(conn);
         drop(db);
         let reopen = Reopen { io, base, path, durable_frames, keep_frames, page_size };
