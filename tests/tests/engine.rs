@@ -142,7 +142,7 @@ fn databases_are_isolated() {
 }
 
 #[test]
-fn sqlite_collations_work_and_icu_locales_are_not_linked() {
+fn sqlite_collations_work_and_icu_locales_and_regexp_are_not_linked() {
     let store = Rc::new(MemStore::new());
     let mut db = open(&store, "collate");
     exec(&mut db, "CREATE TABLE t (s TEXT COLLATE NOCASE)", vec![]);
@@ -154,4 +154,52 @@ fn sqlite_collations_work_and_icu_locales_are_not_linked() {
     // them out (patches/turso_core-0.8.3.patch, item 6).
     let e = block_on(db.transact(&[Statement::new("SELECT s FROM t ORDER BY s COLLATE \"de_DE\"")])).unwrap_err();
     assert!(e.to_string().contains("no such collation sequence"), "{e}");
+    // So is turso's regexp() (item 9): C SQLite has none without an extension either.
+    let e = block_on(db.transact(&[Statement::new("SELECT 'abc' REGEXP 'b'")])).unwrap_err();
+    assert!(e.to_string().contains("no such function: regexp"), "{e}");
+    assert_eq!(query_ints(&mut db, "SELECT 'abc' GLOB '*b*'"), [1]);
+}
+
+/// Statements are prepared once per replica and kept: a kept statement must behave as a
+/// freshly prepared one after schema changes (its own and other replicas'), with other
+/// parameters, after a failure, after a request changed a connection setting, and it must
+/// count only its own run's rows.
+#[test]
+fn a_kept_statement_answers_as_a_freshly_prepared_one() {
+    let store = Rc::new(MemStore::new());
+    let mut a = open(&store, "t");
+    let mut b = open(&store, "t");
+    exec(&mut a, "CREATE TABLE p (id INTEGER PRIMARY KEY)", vec![]);
+    exec(&mut a, "CREATE TABLE c (id INTEGER PRIMARY KEY, p INTEGER REFERENCES p (id), x TEXT)", vec![]);
+    exec(&mut a, "INSERT INTO p VALUES (1)", vec![]);
+    let all = "SELECT * FROM c ORDER BY id";
+    let insert = "INSERT INTO c (id, p) VALUES (?, ?)";
+    for id in 1..=3 {
+        exec(&mut b, insert, vec![SqlValue::Integer(id), SqlValue::Integer(1)]);
+        let r = exec(&mut b, all, vec![]);
+        assert_eq!(r.rows.len(), id as usize);
+        assert_eq!(r.rows_read, id as u64, "a run counts only its own rows");
+    }
+    // Another replica changes the schema; the kept SELECT * sees the new column.
+    exec(&mut a, "ALTER TABLE c ADD COLUMN y INTEGER DEFAULT 7", vec![]);
+    let r = exec(&mut b, all, vec![]);
+    assert_eq!(r.columns, ["id", "p", "x", "y"]);
+    assert_eq!(r.rows[0], vec![SqlValue::Integer(1), SqlValue::Integer(1), SqlValue::Null, SqlValue::Integer(7)]);
+    // A failed run (foreign key) is not kept half-done, and the statement still works.
+    let e = block_on(b.transact(&[Statement::with_params(insert, vec![SqlValue::Integer(9), SqlValue::Integer(2)])])).unwrap_err();
+    assert_eq!(e.code(), "SQL_ERROR", "{e}");
+    exec(&mut b, insert, vec![SqlValue::Integer(4), SqlValue::Integer(1)]);
+    // A request that turns foreign keys off leaves the next request's kept INSERT enforcing them.
+    let off = [Statement::new("PRAGMA foreign_keys = OFF"), Statement::with_params(insert, vec![SqlValue::Integer(5), SqlValue::Integer(3)])];
+    block_on(b.transact(&off)).unwrap();
+    let e = block_on(b.transact(&[Statement::with_params(insert, vec![SqlValue::Integer(6), SqlValue::Integer(4)])])).unwrap_err();
+    assert_eq!(e.code(), "SQL_ERROR", "{e}");
+    // Fewer parameters than a kept statement was last run with: nothing stays bound.
+    let e = block_on(b.transact(&[Statement::with_params(insert, vec![SqlValue::Integer(7)])])).unwrap_err();
+    assert_eq!(e.code(), "INVALID_PARAMS", "{e}");
+    // The schema change of this replica itself, through a kept statement's table.
+    exec(&mut b, "DROP TABLE c", vec![]);
+    let e = block_on(b.transact(&[Statement::new(all)])).unwrap_err();
+    assert!(e.to_string().contains("no such table"), "{e}");
+    assert_eq!(query_ints(&mut a, "SELECT count(*) FROM sqlite_schema WHERE name = 'c'"), [0]);
 }
