@@ -7,8 +7,8 @@ use engine_core::mem_store::{Fault, MemStore, OpKind, ScriptedFaults};
 use std::sync::Arc;
 
 use engine_core::dst::SimHost;
-use engine_core::{DbConfig, DbContext, SqlValue, Statement};
-use twill_tests::{block_on, exec, open_with, query_ints, try_open, try_open_in};
+use engine_core::{Database, DbConfig, DbContext, Layout, ObjectStore, SqlValue, Statement};
+use twill_tests::{block_on, exec, open, open_with, query_ints, try_open, try_open_in};
 
 fn small_checkpoints() -> DbConfig {
     DbConfig { checkpoint_records: 4, gc_retention_ms: 0.0, history_retention_ms: 0.0, ..DbConfig::default() }
@@ -356,4 +356,32 @@ fn running_out_of_store_calls_commits_nothing_and_names_the_limit() {
     assert_eq!(query_ints(&mut fresh, "SELECT count(*) FROM t"), [1], "nothing of the refused write is there");
     exec(&mut db, "INSERT INTO t (v) VALUES ('after')", vec![]);
     assert_eq!(query_ints(&mut fresh, "SELECT count(*) FROM t"), [2]);
+}
+
+/// A cold open lists the database's folder from its checkpoint on: the listing shows the
+/// log tail and the manifest's etag at once, so the first request needs no HEAD (one R2
+/// read and one round trip less), and still answers with every commit. With a retention
+/// window too short to bound the listing's age, the request proves itself with a HEAD.
+#[test]
+fn a_cold_open_proves_itself_current_with_its_own_listing() {
+    let store = Rc::new(MemStore::new());
+    let mut w = open(&store, "c");
+    exec(&mut w, "CREATE TABLE t (x INTEGER PRIMARY KEY)", vec![]);
+    for i in 0..40 {
+        exec(&mut w, "INSERT INTO t VALUES (?)", vec![SqlValue::Integer(i)]);
+    }
+    assert!(store.keys().iter().any(|k| k.ends_with("/manifest")), "a checkpoint was made");
+    let cold = |config: DbConfig| {
+        let before = store.counts();
+        let ctx = DbContext::new(store.clone() as Rc<dyn ObjectStore>);
+        let mut r = block_on(Database::open_for_waiting_requests(ctx, Layout::new("", "c"), config)).unwrap();
+        assert_eq!(query_ints(&mut r, "SELECT count(*) FROM t"), [40]);
+        let after = store.counts();
+        (after.lists - before.lists, after.heads - before.heads)
+    };
+    assert_eq!(cold(DbConfig::default()), (1, 0), "one LIST, no HEAD");
+    let short = DbConfig { gc_retention_ms: 0.0, history_retention_ms: 0.0, ..DbConfig::default() };
+    let (lists, heads) = cold(short);
+    assert_eq!(lists, 1);
+    assert!(heads >= 1, "with no retention window the listing is not enough: the manifest is read after it");
 }

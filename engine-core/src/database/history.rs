@@ -163,7 +163,7 @@ impl Database {
             last_commit_ms: 0,
             unverified_records: false,
             validated_ms: f64::INFINITY,
-            listed_absent: None,
+            listed: None,
             scan_resumes_at: Default::default(),
         }
     }

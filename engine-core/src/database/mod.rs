@@ -49,7 +49,7 @@ use crate::store::ObjectStore;
 use crate::value::{ExecStats, Statement, StatementResult};
 
 use commit::Publish;
-use replay::ProbeResult;
+use replay::{ListedTail, ProbeResult};
 
 pub use delete::{DeleteMode, Deleted, Purged, PURGE_CALL_BUDGET};
 pub use dump::SqlDump;
@@ -349,9 +349,9 @@ pub struct Database {
     unverified_records: bool,
     /// When local state was last proven current (ms since the epoch).
     validated_ms: f64,
-    /// A LIST during the request in progress showed no log record at this seq (the next
-    /// one): its freshness probe then needs only the manifest HEAD, not a GET.
-    listed_absent: Option<u64>,
+    /// What a LIST during the request in progress saw after the applied log record: its
+    /// freshness probe then needs no GET, and perhaps no HEAD either.
+    listed: Option<ListedTail>,
     /// The page after the last group a waiting statement fetched (see [`PageSource`]).
     scan_resumes_at: std::cell::Cell<u32>,
 }
@@ -364,7 +364,7 @@ impl Database {
     /// first request's freshness probe does that, or its commit's conditional PUT fences it.
     pub async fn open(ctx: DbContext, layout: Layout, config: DbConfig) -> Result<Self, EngineError> {
         let mut db = Self::open_for_waiting_requests(ctx, layout, config).await?;
-        db.listed_absent = None;
+        db.listed = None;
         Ok(db)
     }
 
@@ -391,7 +391,7 @@ impl Database {
             records: Vec::new(),
             unverified_records: false,
             validated_ms: f64::NEG_INFINITY,
-            listed_absent: None,
+            listed: None,
             scan_resumes_at: Default::default(),
         };
         db.local = Some(db.create_local().await?);
@@ -497,7 +497,7 @@ impl Database {
             local.clear_pins();
         }
         // A LIST proves absence only within the request that made it.
-        self.listed_absent = None;
+        self.listed = None;
         let outcomes = match outcome {
             Ok(outcomes) => outcomes,
             Err(e) => return requests.iter().map(|_| Err(e.clone())).collect(),

@@ -29,6 +29,19 @@ const MAX_MANIFEST_ROUNDS: u32 = 16;
 /// (shorter windows, as in tests with retention 0, probe one after the other).
 const MIN_RETENTION_FOR_CONCURRENT_PROBE_MS: f64 = 60_000.0;
 
+/// What the LIST made while opening saw after the applied log record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ListedTail {
+    /// The first log position with no record.
+    pub absent_seq: u64,
+    /// The manifest's etag in the same listing (inner `None`: no manifest), kept only when
+    /// the listing and the reads of what it found ended well inside the GC retention window.
+    /// One listing shows the record absent and the manifest as it was at once, so it proves
+    /// the state current as the concurrent GET and HEAD of a probe do (the same argument,
+    /// ARCHITECTURE.md), and the first request needs no HEAD.
+    pub manifest_etag: Option<Option<String>>,
+}
+
 /// What a freshness probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ProbeResult {
@@ -51,18 +64,36 @@ pub(super) async fn read_manifest(
 
 impl Database {
     /// Applies every log record after `applied_seq`, found by listing (used on open, where
-    /// many records may be missing; fetches them concurrently).
+    /// many records may be missing; fetches them concurrently). The listing runs over the
+    /// database's folder from the applied record on, so it also shows the manifest (which
+    /// sorts after `log/`) and its etag: see [`ListedTail`].
     pub(super) async fn replay_listed_log(&mut self) -> Result<(), EngineError> {
-        let prefix = self.layout.log_prefix();
+        let started = self.now_ms();
+        let manifest_key = self.layout.manifest_key();
         let mut start_after = Some(self.layout.log_key(self.applied_seq));
+        // The manifest's etag as listed (`None`: the listing went past where it would be).
+        let mut manifest_etag = None;
         loop {
-            let page = self.store.list(&prefix, start_after.as_deref(), MAX_LIST_LIMIT).await?;
+            let page = self.store.list(self.layout.prefix(), start_after.as_deref(), MAX_LIST_LIMIT).await?;
             let mut seqs = Vec::with_capacity(page.objects.len());
+            let mut past_the_log = false;
             for m in &page.objects {
-                match self.layout.log_seq_of(&m.key) {
-                    Some(seq) => seqs.push(seq),
-                    None => return Err(EngineError::Corrupt(format!("unexpected object {} in the log", m.key))),
+                if let Some(seq) = self.layout.log_seq_of(&m.key) {
+                    seqs.push(seq);
+                    continue;
                 }
+                if m.key.starts_with(&self.layout.log_prefix()) {
+                    return Err(EngineError::Corrupt(format!("unexpected object {} in the log", m.key)));
+                }
+                match m.key.cmp(&manifest_key) {
+                    // No such objects today; whatever sorts between the log and the
+                    // manifest is no concern of this listing.
+                    std::cmp::Ordering::Less => continue,
+                    std::cmp::Ordering::Equal => manifest_etag = Some(m.etag.clone()),
+                    std::cmp::Ordering::Greater => {}
+                }
+                past_the_log = true;
+                break;
             }
             for batch in seqs.chunks(self.config.fetch_concurrency.max(1)) {
                 let fetches = batch.iter().map(|seq| {
@@ -86,9 +117,15 @@ impl Database {
                 }
             }
             match page.next_start_after {
-                Some(next) => start_after = Some(next),
-                None => {
-                    self.listed_absent = Some(self.applied_seq + 1);
+                Some(next) if !past_the_log => start_after = Some(next),
+                _ => {
+                    let in_time = self.probe_concurrently() && self.now_ms() - started < self.retention_ms() / 2.0;
+                    if in_time && manifest_etag == self.base_etag {
+                        // The manifest the listing showed is the one this replica stands on:
+                        // no checkpoint covered the records listed with it, so they are real.
+                        self.unverified_records = false;
+                    }
+                    self.listed = Some(ListedTail { absent_seq: self.applied_seq + 1, manifest_etag: in_time.then_some(manifest_etag) });
                     return Ok(());
                 }
             }
@@ -179,10 +216,13 @@ impl Database {
             }
             // Absent at the LIST, which (like a GET) counts only if the manifest below is
             // unchanged: then no record after it can have existed and been collected.
-            let listed_absent = round == 0 && self.listed_absent.take() == Some(self.applied_seq + 1);
+            let listed = if round == 0 { self.listed.take() } else { None };
+            let listed = listed.filter(|l| l.absent_seq == self.applied_seq + 1);
+            let listed_absent = listed.is_some();
             // The manifest's etag, when a HEAD ran together with the GET that found the
-            // next record absent (one round trip; see `probe_concurrently`).
-            let mut etag_with_absence: Option<Option<String>> = None;
+            // next record absent, or the same LIST showed it (one round trip; see
+            // `probe_concurrently`).
+            let mut etag_with_absence: Option<Option<String>> = listed.and_then(|l| l.manifest_etag);
             if !listed_absent {
                 let mut first = true;
                 loop {
