@@ -148,6 +148,17 @@ pub fn scale<T>(full: T, smoke_value: T) -> T {
 
 /// Records a target figure for RESULTS.md: a JSON line appended to `$TWILL_BENCH_TARGETS`
 /// (and echoed to stderr).
+/// One point of a chart `make bench` draws next to RESULTS.md (see benches/report.mjs):
+/// appended as a JSON line to `$TWILL_BENCH_CHARTS`.
+pub fn write_chart_point(chart: &str, series: &str, x: f64, y: f64) {
+    if let Ok(path) = std::env::var("TWILL_BENCH_CHARTS") {
+        use std::io::Write;
+        let line = serde_json::json!({ "chart": chart, "series": series, "x": x, "y": y }).to_string();
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("open the charts file");
+        writeln!(f, "{line}").expect("write the charts file");
+    }
+}
+
 pub fn write_target(target: &str, value: String, met: bool) {
     let line = serde_json::json!({ "target": target, "value": value, "met": met }).to_string();
     eprintln!("target: {line}");

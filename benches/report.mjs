@@ -4,6 +4,8 @@ import { readFileSync, readdirSync, writeFileSync, existsSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import os from "node:os";
 import path from "node:path";
+import { mkdirSync } from "node:fs";
+import { groupPoints, lineChart, stackedBars } from "./charts.mjs";
 
 const [dir, output, seconds] = process.argv.slice(2);
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "..");
@@ -21,6 +23,30 @@ const run = (cmd, args) => {
 const targets = existsSync(path.join(dir, "targets.jsonl"))
   ? readFileSync(path.join(dir, "targets.jsonl"), "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l))
   : [];
+// Charts, drawn next to the output file (charts/*.svg) from the points the benches wrote.
+const chartLines = existsSync(path.join(dir, "charts.jsonl"))
+  ? readFileSync(path.join(dir, "charts.jsonl"), "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l))
+  : [];
+const points = groupPoints(chartLines);
+const chartSpecs = [
+  ["group-commit-rate", "Group commit (native, 20 ms simulated PUTs): commits/s", (series) =>
+    lineChart({ title: "Group commit: commits/s against concurrent writers", xLabel: "concurrent writers (one isolate)", yLabel: "commits/s", series })],
+  ["group-commit-writes", "Group commit: R2 writes per commit", (series) =>
+    lineChart({ title: "Group commit: R2 writes per commit", xLabel: "concurrent writers (one isolate)", yLabel: "R2 writes per commit", series })],
+  ["commit-latency", "Commit latency percentiles", (series) =>
+    lineChart({ title: "Commit latency (20 ms simulated PUTs)", xLabel: "concurrent writers (one isolate)", yLabel: "ms until acknowledged", series })],
+  ["cold-start", "Cold start by phase", (series) =>
+    stackedBars({ title: "Cold start: new workerd process, then one request", unit: "ms (runtime start, then first answer)", series })],
+];
+const chartsDir = path.join(path.dirname(output), "charts");
+const chartLinks = [];
+for (const [name, caption, draw] of chartSpecs) {
+  if (!points.has(name)) continue;
+  mkdirSync(chartsDir, { recursive: true });
+  writeFileSync(path.join(chartsDir, `${name}.svg`), draw(points.get(name)));
+  chartLinks.push(`![${caption}](charts/${name}.svg)`);
+}
+
 const sections = readdirSync(dir).filter((f) => /^\d-.*\.md$/.test(f)).sort();
 const titles = {
   "1-engine-overhead.md": "Engine overhead (native)",
@@ -49,6 +75,7 @@ const lines = [
   ...targets.map((t) => `| ${t.target} | ${t.value} | ${t.met ? "yes" : "**no**"} |`),
   "",
 ];
+if (chartLinks.length) lines.push("## Charts", "", ...chartLinks.flatMap((l) => [l, ""]));
 if (existsSync(path.join(root, "benches/NOTES.md"))) lines.push(read("benches/NOTES.md").trim(), "");
 for (const s of sections) {
   lines.push(`## ${titles[s] ?? s}`, "", readFileSync(path.join(dir, s), "utf8").trim(), "");

@@ -9,6 +9,7 @@ export WRANGLER_SEND_METRICS=false
 OUT=target/bench
 rm -rf "$OUT" && mkdir -p "$OUT"
 export TWILL_BENCH_TARGETS="$OUT/targets.jsonl"
+export TWILL_BENCH_CHARTS="$OUT/charts.jsonl"
 if [ "${TWILL_BENCH_SMOKE:-0}" = 1 ]; then
   results="$OUT/RESULTS.smoke.md"
   cold_sizes=(1)

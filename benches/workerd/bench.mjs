@@ -29,6 +29,11 @@ function target(name, value, met) {
   if (process.env.TWILL_BENCH_TARGETS) appendFileSync(process.env.TWILL_BENCH_TARGETS, line + "\n");
 }
 
+// One point of a chart `make bench` draws (benches/report.mjs), as a JSON line to $TWILL_BENCH_CHARTS.
+function chartPoint(chart, series, x, y) {
+  if (process.env.TWILL_BENCH_CHARTS) appendFileSync(process.env.TWILL_BENCH_CHARTS, JSON.stringify({ chart, series, x, y }) + "\n");
+}
+
 function percentile(sorted, p) {
   return sorted[Math.min(sorted.length, Math.max(1, Math.ceil(p * sorted.length))) - 1];
 }
@@ -105,6 +110,12 @@ function httpSystem(name, base, headers = {}) {
   };
 }
 
+// A system whose "point select" is one fixed request: the floors a point select is compared with.
+function fixedSystem(name, url, init = undefined) {
+  return { name, point: () => [url, init] };
+}
+const anyJson = () => {};
+
 const pointOk = (b) => {
   const row = b.row ?? b.rows?.[0];
   if (!row) throw new Error(`point select found no row: ${JSON.stringify(b).slice(0, 200)}`);
@@ -141,6 +152,10 @@ async function throughput() {
   const r2 = {};
   const r2Emulated = {};
   let nextId = 1_000_000;
+  // A floor: the same request loop against an answer that does no database work.
+  const measureFloor = async (sys) => {
+    for (const c of [1, 16]) rows.push({ system: sys.name, op: "point select", c, floor: true, ...(await loadCell(sys.point, anyJson, c)) });
+  };
   const measure = async (sys, ops, onInsert) => {
     for (const op of ops) {
       for (const c of [1, 16]) {
@@ -168,6 +183,7 @@ async function throughput() {
     await loadData(http);
     await measure(http, ["point select", "single-row insert"], () => stats(rt.url));
     await measure(httpSystem("TwillDB Edge, HTTP, staleness ≤ 1 s", rt.url, { "x-twill-max-staleness-ms": "1000" }), ["point select"]);
+    await measureFloor(fixedSystem("TwillDB Edge, GET / (wasm entry, routing, JSON answer; no database)", `${rt.url}/`));
     // A session: reads carry the bookmark of the session's last write.
     const bookmark = (await json(...http.point(0))).meta.bookmark;
     const session = httpSystem("TwillDB Edge, HTTP, session bookmark", rt.url, { "x-twill-bookmark": bookmark });
@@ -205,7 +221,11 @@ async function throughput() {
     removeDir(dir);
   }
 
-  let rt = await start([jsWorker("d1", d1Worker, { d1Databases: { D1: "bench-d1" } })]);
+  let rt = await start([jsWorker("hello", helloWorker)]);
+  await measureFloor(fixedSystem("empty JS Worker (fixed JSON answer)", `${rt.url}/`, postJson({ sql: POINT, params: [key(0)] })));
+  await rt.mf.dispose();
+
+  rt = await start([jsWorker("d1", d1Worker, { d1Databases: { D1: "bench-d1" } })]);
   const d1 = jsSystem("D1 Worker (miniflare local D1)", rt.url);
   await loadData(d1);
   await measure(d1, ["point select", "single-row insert"]);
@@ -244,6 +264,27 @@ async function throughput() {
     target(`point-select throughput with a session bookmark ≥ 1.5× the D1 Worker (concurrency ${c})`, `${sRatio.toFixed(2)}×`, sRatio >= 1.5);
   }
   target("R2 reads per session read on a warm isolate = 0", sessionR2.toFixed(2), sessionR2 === 0);
+  out("**Where the time of one warm point select goes** (concurrency 1, mean ms per request = 1000 ÷ req/s; by difference between the rows");
+  out("above, since a Worker's clock does not advance while its code runs, so phases cannot be timed from inside):");
+  out();
+  const perRequest = (system) => 1000 / rows.find((r) => r.op === "point select" && r.c === 1 && r.system.startsWith(system)).rps;
+  const phases = [
+    ["the runtime, loopback HTTP and a JS Worker's answer (empty JS Worker)", perRequest("empty JS Worker"), 0],
+    ["entering the wasm module, routing, building and encoding a JSON answer (`GET /`)", perRequest("TwillDB Edge, GET /"), perRequest("empty JS Worker")],
+    ["auth, JSON body parse, the engine's point select, the answer's rows and meta (staleness ≤ 1 s)", perRequest("TwillDB Edge, HTTP, staleness ≤ 1 s"), perRequest("TwillDB Edge, GET /")],
+    ["the freshness probe to R2 (strict read, the default)", perRequest("TwillDB Edge, HTTP"), perRequest("TwillDB Edge, HTTP, staleness ≤ 1 s")],
+  ];
+  out("| phase | ms per request | share of a strict read |");
+  out("|---|---|---|");
+  const total = perRequest("TwillDB Edge, HTTP");
+  for (const [what, upTo, from] of phases) out(`| ${what} | ${(upTo - from).toFixed(3)} | ${(((upTo - from) / total) * 100).toFixed(0)}% |`);
+  out();
+  {
+    const empty = rows.find((r) => r.op === "point select" && r.c === 1 && r.system.startsWith("empty JS Worker"));
+    const stale = rows.find((r) => r.op === "point select" && r.c === 1 && r.system === "TwillDB Edge, HTTP, staleness ≤ 1 s");
+    const ratio = stale.rps / empty.rps;
+    target("HTTP point select with the probe skipped (staleness ≤ 1 s) ≥ 0.8× an empty Worker (concurrency 1)", `${ratio.toFixed(2)}×`, ratio >= 0.8);
+  }
   const trips = strictRoundTrips.p50 / EMULATED_R2_MS;
   out(`**Strict reads** with every R2 call delayed ${EMULATED_R2_MS} ms: p50 ${strictRoundTrips.p50.toFixed(1)} ms ` +
       `(${trips.toFixed(2)} × one R2 call), ${strictRoundTrips.reads.toFixed(1)} R2 calls per read (the next log record's GET and ` +
@@ -508,6 +549,8 @@ async function coldStart() {
   out("|---|---|---|---|---|");
   for (const r of rows) {
     out(`| ${r.what} | ${r.startup.toFixed(0)} | ${r.first.toFixed(1)} | ${(r.first / hello.first).toFixed(1)} | ${r.warm.toFixed(1)} |`);
+    chartPoint("cold-start", "runtime start", r.what, r.startup);
+    chartPoint("cold-start", "first answer", r.what, r.first);
   }
   out();
   out("**R2 cost of the first point query on a cold isolate** (the engine's own counters, from the answer's `meta`; 1,000-byte rows, " +

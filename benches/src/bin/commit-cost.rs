@@ -16,7 +16,7 @@ use engine_core::mem_store::MemStore;
 use engine_core::store::CountingStore;
 use engine_core::{Database, DbConfig, DbContext, EngineError, Layout, ObjectStore, ReadFrom, Request, SqlValue, Statement, Work};
 use tokio::sync::{oneshot, Notify};
-use twill_benches::{scale, write_target, Latency, Percentiles, SimStore};
+use twill_benches::{write_chart_point, scale, write_target, Latency, Percentiles, SimStore};
 
 /// Requests committed together at most (as in the Worker).
 const MAX_GROUP: usize = 64;
@@ -261,6 +261,12 @@ fn main() {
         for writers in [1, 4, 16, 64] {
             let (rate, w, r, p) = concurrent(writers, run_for, cap).await;
             println!("| {writers} | {rate:.0} | {:.1} | {w:.3} | {r:.3} | {:.1} | {:.1} |", rate / seq_rate, p.p50, p.p99);
+            let x = writers as f64;
+            write_chart_point("group-commit-rate", "commits/s", x, rate);
+            write_chart_point("group-commit-writes", "R2 writes per commit", x, w);
+            write_chart_point("commit-latency", "p50", x, p.p50);
+            write_chart_point("commit-latency", "p99", x, p.p99);
+            write_chart_point("commit-latency", "p999", x, p.p999);
             if writers == 64 {
                 at64 = rate;
             }
