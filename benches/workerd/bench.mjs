@@ -486,7 +486,7 @@ async function coldStart() {
   out(`**Module size** (after \`wasm-opt -Oz\` from npm's binaryen, as built by \`make worker\`): wasm ${mb(size.raw)} MB raw, ` +
       `**${mb(size.gzip)} MB gzip -9**; JS entry and glue ${(size.entry / 1e3).toFixed(1)} kB.`);
   out();
-  target("wasm module ≤ 3 MB gzip (free plan); aim ≤ 2 MB", `${mb(size.gzip)} MB`, size.gzip <= 3e6);
+  target("wasm module ≤ 2.4 MB gzip (aim 2.0; the free plan allows 3 MB)", `${mb(size.gzip)} MB`, size.gzip <= 2.4e6);
 
   // Time from a fresh runtime (a new workerd process) to the first answer.
   const timeFresh = async (workers, extra, request, check) => {
@@ -516,6 +516,10 @@ async function coldStart() {
   } finally {
     removeDir(d1Dir);
   }
+
+  // The module alone: compile, instantiate and a first answer that opens no database.
+  const moduleOnly = await timeFresh([engine()], {}, (u) => [`${u}/`], () => {});
+  rows.push({ what: "TwillDB Edge, GET / (module only, no database)", ...moduleOnly });
 
   const cold = [];
   for (const mib of COLD_SIZES_MIB) {
@@ -552,6 +556,8 @@ async function coldStart() {
     chartPoint("cold-start", "runtime start", r.what, r.startup);
     chartPoint("cold-start", "first answer", r.what, r.first);
   }
+  const slowest = rows.filter((r) => r.what.startsWith("TwillDB Edge, point select")).reduce((a, b) => (b.first > a.first ? b : a));
+  target("cold start: first answer ≤ 60 ms (a new workerd process, then one point select)", `${slowest.first.toFixed(0)} ms (${slowest.what.replace("TwillDB Edge, point select, ", "")}; the module alone ${moduleOnly.first.toFixed(0)} ms)`, slowest.first <= 60);
   out();
   out("**R2 cost of the first point query on a cold isolate** (the engine's own counters, from the answer's `meta`; 1,000-byte rows, " +
       "4 KiB pages, page groups of 64 KiB):");

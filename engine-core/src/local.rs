@@ -31,10 +31,15 @@ const WAL_FRAME_HEADER_LEN: usize = 24;
 const TURSO_PAGE_CACHE_PAGES: u32 = 2000;
 
 /// Prepared statements kept per local database, by SQL text. Applications send the same
-/// few statements again and again; preparing one (parse, plan, emit) costs about as much
-/// as running a point query. turso re-prepares a kept statement by itself when the schema
-/// or a connection setting changed since it was prepared.
-const STATEMENT_CACHE_ENTRIES: usize = 64;
+/// few statements again and again; preparing one (parse, plan, emit) costs more than
+/// running a point query. turso re-prepares a kept statement by itself when the schema or
+/// a connection setting changed since it was prepared. Bounded so that an isolate's open
+/// databases (16) keep a few MB of programs at most.
+const STATEMENT_CACHE_ENTRIES: usize = 32;
+
+/// Longer statements (bulk inserts with their values inline, generated SQL) are not kept:
+/// they rarely repeat, and their programs grow with their text.
+const MAX_KEPT_SQL_BYTES: usize = 4096;
 
 /// VM steps between two looks at the request's budget.
 const PROGRESS_INTERVAL: u64 = 10_000;
@@ -98,7 +103,7 @@ impl PreparedStatements {
     /// failed or stopped early is never kept: resetting a write statement that returned
     /// rows part-way would finish its write.
     fn keep(&self, sql: &str, mut stmt: turso_core::Statement) {
-        if stmt.reset().is_err() {
+        if sql.len() > MAX_KEPT_SQL_BYTES || stmt.reset().is_err() {
             return;
         }
         stmt.clear_bindings();
