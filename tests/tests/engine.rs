@@ -158,6 +158,11 @@ fn sqlite_collations_work_and_icu_locales_and_regexp_are_not_linked() {
     let e = block_on(db.transact(&[Statement::new("SELECT 'abc' REGEXP 'b'")])).unwrap_err();
     assert!(e.to_string().contains("no such function: regexp"), "{e}");
     assert_eq!(query_ints(&mut db, "SELECT 'abc' GLOB '*b*'"), [1]);
+    // And turso's time extension (not SQLite's date functions, which stay).
+    let e = block_on(db.transact(&[Statement::new("SELECT time_now()")])).unwrap_err();
+    assert!(e.to_string().contains("no such function"), "{e}");
+    assert_eq!(query_ints(&mut db, "SELECT unixepoch('2026-01-01') + length(date('now')) + length(strftime('%Y', 'now'))"), [1_767_225_600 + 10 + 4]);
+    assert_eq!(query_ints(&mut db, "SELECT length(uuid4_str())"), [36]);
 }
 
 /// Statements are prepared once per replica and kept: a kept statement must behave as a
