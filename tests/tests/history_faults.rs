@@ -265,7 +265,7 @@ fn check_deletion(
     before_rows: i64,
     kept_rows: i64,
 ) -> Result<String, String> {
-    let rows = rows_after_deletion(fresh, outcome, before_rows)?;
+    rows_after_deletion(fresh, outcome, before_rows)?;
     let kept = |what: &str| -> Result<(), String> {
         let mut kept = open(store, host, "kept").map_err(|e| format!("the fork does not open {what}: {e}"))?;
         match count(&mut kept) {

@@ -70,6 +70,7 @@ impl Database {
     pub(super) async fn replay_listed_log(&mut self) -> Result<(), EngineError> {
         let started = self.now_ms();
         let manifest_key = self.layout.manifest_key();
+        let log_prefix = self.layout.log_prefix();
         let mut start_after = Some(self.layout.log_key(self.applied_seq));
         // The manifest's etag as listed (`None`: the listing went past where it would be).
         let mut manifest_etag = None;
@@ -82,7 +83,7 @@ impl Database {
                     seqs.push(seq);
                     continue;
                 }
-                if m.key.starts_with(&self.layout.log_prefix()) {
+                if m.key.starts_with(&log_prefix) {
                     return Err(EngineError::Corrupt(format!("unexpected object {} in the log", m.key)));
                 }
                 match m.key.cmp(&manifest_key) {
