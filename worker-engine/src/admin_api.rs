@@ -39,11 +39,12 @@ pub async fn list(env: &Env, rules: &AccessRules, authorization: Option<&str>, q
         validate_db_name(after)?;
     }
     let include_deleted = wire::flag("deleted", query.deleted.as_deref())?;
-    let r2: Rc<dyn ObjectStore> = Rc::new(settings::r2_store(env)?);
+    let settings = settings::get(env);
+    let r2: Rc<dyn ObjectStore> = Rc::new(settings.r2_store()?);
     let store = CountingStore::new(r2);
-    store.budget_calls(settings::r2_call_budget(env));
+    store.budget_calls(settings.r2_call_budget);
     let request = ListRequest { after: query.after.as_deref(), limit, include_deleted };
-    let page = catalog::list_databases(&store, "", request, settings::db_config(env).fetch_concurrency).await?;
+    let page = catalog::list_databases(&store, "", request, settings.db_config.fetch_concurrency).await?;
     let databases: Vec<Value> = page
         .databases
         .iter()
@@ -80,7 +81,7 @@ pub async fn info(db: DbRequest, env: &Env) -> Result<Answer, ApiError> {
     if !info.exists {
         return Err(ApiError::new(404, "DATABASE_NOT_FOUND", format!("nothing was ever committed to database {name:?}")));
     }
-    let config = settings::db_config(env);
+    let config = settings::get(env).db_config;
     let head = info.history.head.to_string();
     let mut body = json!({
         "name": name,
@@ -160,12 +161,13 @@ pub struct Sweep {
 /// at a random point of the names and wraps around, so run after run every database is
 /// reached whatever their number.
 pub async fn expire_deletions(env: &Env) -> Result<Sweep, ApiError> {
-    let config = settings::db_config(env);
+    let settings = settings::get(env);
+    let config = settings.db_config;
     let retention_ms = config.gc_retention_ms.max(config.history_retention_ms);
     let now = js_sys::Date::now();
-    let r2: Rc<dyn ObjectStore> = Rc::new(settings::r2_store(env)?);
+    let r2: Rc<dyn ObjectStore> = Rc::new(settings.r2_store()?);
     let store = CountingStore::new(r2);
-    store.budget_calls(settings::r2_call_budget(env));
+    store.budget_calls(settings.r2_call_budget);
     const STARTS: &str = "0123456789abcdefghijklmnopqrstuvwxyz";
     let pick = (js_sys::Math::random() * (STARTS.len() + 1) as f64) as usize;
     let start: Option<String> = STARTS.get(pick..pick + 1).map(str::to_string);

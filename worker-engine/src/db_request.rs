@@ -33,7 +33,7 @@ pub struct DbRequest {
     bucket: worker::Bucket,
     emulated_r2_latency_ms: u64,
     emulated_r2_faults: Option<r2_backend::FaultPlan>,
-    /// R2 calls one engine operation may make (see [`settings::r2_call_budget`]).
+    /// R2 calls one engine operation may make (see [`settings::Settings::r2_call_budget`]).
     r2_calls: Option<u64>,
 }
 
@@ -69,17 +69,18 @@ pub fn read_from(config: &DbConfig, bookmark: Option<&str>, staleness: Option<&s
 impl DbRequest {
     /// For database `name` (already validated), with the caller's access and freshness.
     pub fn new(env: &Env, name: &str, access: Access, read_from: ReadFrom) -> Result<Self, ApiError> {
-        let bucket = settings::bucket(env)?;
+        let settings = settings::get(env);
+        let bucket = settings.bucket()?;
         Ok(DbRequest {
             name: name.to_string(),
             access,
-            config: settings::db_config(env),
-            cache: registry::cache(settings::cache_bytes(env)),
+            config: settings.db_config,
+            cache: registry::cache(settings.cache_bytes),
             read_from,
             bucket,
-            emulated_r2_latency_ms: settings::emulated_r2_latency_ms(env),
-            emulated_r2_faults: settings::emulated_r2_faults(env)?,
-            r2_calls: settings::r2_call_budget(env),
+            emulated_r2_latency_ms: settings.emulated_r2_latency_ms,
+            emulated_r2_faults: settings.emulated_r2_faults()?,
+            r2_calls: settings.r2_call_budget,
         })
     }
 

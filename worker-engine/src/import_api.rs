@@ -6,7 +6,9 @@ use engine_core::EngineError;
 use futures::{FutureExt, StreamExt};
 use serde_json::json;
 use wasm_bindgen::JsCast;
-use worker::{ByteStream, Request};
+use worker::ByteStream;
+
+use crate::incoming::Incoming;
 
 use crate::db_request::DbRequest;
 use crate::wire::ApiError;
@@ -16,17 +18,17 @@ use crate::Answer;
 pub const MAX_IMPORT_BYTES: u64 = 4 << 30;
 
 /// A header's value, trimmed and lowercased (media types and encodings fold case).
-fn header(req: &Request, name: &str) -> Option<String> {
-    crate::sql_api::header(req, name).map(|v| v.trim().to_ascii_lowercase())
+fn header(req: &Incoming, name: &str) -> Option<String> {
+    req.header(name).map(|v| v.trim().to_ascii_lowercase())
 }
 
 /// The request body as bytes, decompressed if it says it is gzip.
-fn body_stream(req: &mut Request) -> Result<ByteStream, ApiError> {
+fn body_stream(req: &Incoming) -> Result<ByteStream, ApiError> {
     let invalid = |m: &str| ApiError::bad_request("INVALID_REQUEST", m);
     match header(req, "content-encoding").as_deref() {
-        None | Some("identity") => req.stream().map_err(|_| invalid("the import needs the database file as the body")),
+        None | Some("identity") => req.take_body().map(ByteStream::from).ok_or_else(|| invalid("the import needs the database file as the body")),
         Some("gzip") => {
-            let body = req.inner().body().ok_or_else(|| invalid("the import needs the database file as the body"))?;
+            let body = req.take_body().ok_or_else(|| invalid("the import needs the database file as the body"))?;
             let decompressed = (|| {
                 let ctor = js_sys::Reflect::get(&js_sys::global(), &"DecompressionStream".into())?;
                 let ctor: js_sys::Function = ctor.unchecked_into();
@@ -55,14 +57,14 @@ pub(crate) struct BodyLimit {
 /// The request body to hand to the engine: its pieces (decompressed if gzip) up to
 /// `limit`, and a handle on the stream for [`drain`] once the engine is done with it.
 pub(crate) async fn uploaded_body(
-    req: &mut Request,
+    req: &Incoming,
     limit: BodyLimit,
 ) -> Result<(SharedBody, impl futures::Stream<Item = Result<Vec<u8>, EngineError>> + Unpin + 'static), ApiError> {
     let stream = match body_stream(req) {
         Ok(stream) => std::rc::Rc::new(std::cell::RefCell::new(stream)),
         Err(e) => {
-            if let Ok(mut raw) = req.stream() {
-                drain(&mut raw).await;
+            if let Some(raw) = req.take_body() {
+                drain(&mut ByteStream::from(raw)).await;
             }
             return Err(e);
         }
@@ -107,14 +109,14 @@ enum ImportKind {
 const FILE_TYPES: [&str; 3] = ["application/vnd.sqlite3", "application/x-sqlite3", "application/octet-stream"];
 const SQL_TYPES: [&str; 3] = ["application/sql", "application/x-sql", "text/plain"];
 
-pub async fn import(db: DbRequest, req: &mut Request, replace: bool) -> Result<Answer, ApiError> {
+pub async fn import(db: DbRequest, req: &Incoming, replace: bool) -> Result<Answer, ApiError> {
     let mut kind = ImportKind::SqliteFile;
     if let Some(content_type) = header(req, "content-type") {
         if SQL_TYPES.iter().any(|a| content_type.starts_with(a)) {
             kind = ImportKind::SqlDump;
         } else if !FILE_TYPES.iter().any(|a| content_type.starts_with(a)) {
-            if let Ok(mut raw) = req.stream() {
-                drain(&mut raw).await;
+            if let Some(raw) = req.take_body() {
+                drain(&mut ByteStream::from(raw)).await;
             }
             return Err(ApiError::new(
                 415,

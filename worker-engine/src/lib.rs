@@ -13,6 +13,7 @@ mod export_api;
 mod history_api;
 pub mod hrana;
 mod import_api;
+mod incoming;
 mod registry;
 mod routes;
 mod rpc;
@@ -23,7 +24,7 @@ pub mod wire;
 
 use serde_json::Value;
 use wire::ApiError;
-use worker::{console_error, console_log, event, Context, Env, Request, Response, ScheduleContext, ScheduledEvent};
+use worker::{console_error, console_log, event, web_sys, Context, Env, Response, ScheduleContext, ScheduledEvent};
 
 /// The clock std reads on wasm32 (see scripts/patch-wasm-std-time.py): without it std's
 /// `Instant::now`/`SystemTime::now` panic, and turso_core calls them (its temp database,
@@ -62,35 +63,42 @@ impl Answer {
 }
 
 #[event(fetch)]
-async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> worker::Result<web_sys::Response> {
     let started = js_sys::Date::now();
-    let path = req.path();
-    let answer = sql_api::handle(&mut req, &env, started).await;
+    let req = incoming::Incoming::new(req);
+    let path = req.path().to_string();
+    let answer = sql_api::handle(req, &env, started).await;
     let (status, body, timing, bookmark) = match answer {
         Ok(Answer { file: Some(mut file), bookmark, .. }) => {
             file.headers_mut().set("Cache-Control", "no-store")?;
             if let Some(b) = bookmark {
                 file.headers_mut().set(BOOKMARK_HEADER, &b)?;
             }
-            return Ok(file);
+            return Ok(file.into());
         }
         Ok(a) => (200, a.body, a.timing, a.bookmark),
         Err(e) if routes::looks_like_hrana(&path) => (e.status, e.hrana_body(), None, None),
         Err(e) => (e.status, e.body(), None, None),
     };
     let elapsed = js_sys::Date::now() - started;
-    let mut resp = Response::from_json(&body)?.with_status(status);
-    let headers = resp.headers_mut();
     let server_timing = match timing {
         Some(t) => format!("total;dur={elapsed}, {t}"),
         None => format!("total;dur={elapsed}"),
     };
-    headers.set("Server-Timing", &server_timing)?;
-    headers.set("Cache-Control", "no-store")?;
+    // Made directly rather than through worker::Response, which builds its headers and init
+    // with a JS call per field and copies the body once more.
+    let headers = web_sys::Headers::new()?;
+    headers.set("content-type", "application/json")?;
+    headers.set("server-timing", &server_timing)?;
+    headers.set("cache-control", "no-store")?;
     if let Some(b) = bookmark {
         headers.set(BOOKMARK_HEADER, &b)?;
     }
-    Ok(resp)
+    let init = web_sys::ResponseInit::new();
+    init.set_status(status);
+    init.set_headers(&headers);
+    let text = serde_json::to_string(&body).map_err(|e| worker::Error::RustError(format!("encoding the answer: {e}")))?;
+    Ok(web_sys::Response::new_with_opt_str_and_init(Some(&text), &init)?)
 }
 
 /// The cron trigger (wrangler.toml): purges databases deleted longer ago than the history

@@ -83,7 +83,7 @@ async fn run(
     } else {
         serde_wasm_bindgen::from_value(options).map_err(|e| bad(format!("options: {e}")))?
     };
-    let read_from = db_request::read_from(&crate::settings::db_config(env), options.bookmark.as_deref(), None)?;
+    let read_from = db_request::read_from(&crate::settings::get(env).db_config, options.bookmark.as_deref(), None)?;
     let db = DbRequest::new(env, &name, Access::Write, read_from)?;
     let as_of = options.as_of.as_deref().map(Point::parse).transpose()?;
     let perform = |db: DbRequest, statements: Vec<Statement>| async move {

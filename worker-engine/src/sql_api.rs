@@ -5,36 +5,27 @@ use engine_core::guard::{check_script_statement, StatementKind};
 use engine_core::script::{Action, Script, ScriptOutcome, Step, StepOutcome};
 use engine_core::{ReadFrom, Reply, Work};
 use serde_json::{json, Value};
-use worker::{Env, Request};
+use worker::Env;
 
 use crate::auth::{self, Access};
 use crate::db_request::{self, DbRequest, STALENESS_HEADER};
+use crate::incoming::Incoming;
 use crate::routes::{self, Endpoint};
-use crate::wire::{self, result_to_json, validate_db_name, ApiError, LIMITS};
+use crate::wire::{self, result_to_json, validate_db_name, ApiError};
 use crate::{admin_api, export_api, history_api, hrana, import_api, registry, settings, upload_api, Answer, BOOKMARK_HEADER};
 
-pub(crate) fn header(req: &Request, name: &str) -> Option<String> {
-    req.headers().get(name).ok().flatten()
-}
-
-fn query_param(req: &Request, name: &str) -> Result<Option<String>, ApiError> {
-    let url = req.url().map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("url: {e}")))?;
-    let value = url.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
-    Ok(value)
-}
-
-pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer, ApiError> {
-    let rules = settings::access_rules(env)?;
-    let authorization = header(req, "authorization");
+pub async fn handle(req: Incoming, env: &Env, started: f64) -> Result<Answer, ApiError> {
+    let rules = settings::get(env).access_rules()?;
+    let authorization = req.header("authorization");
     // Nothing answers without a valid token; scope is checked per database below.
     auth::authorize(&rules, authorization.as_deref(), None)?;
-    let route = routes::route(&req.method(), &req.path())?;
+    let route = routes::route(&req.method(), req.path())?;
     let Some(name) = route.database else {
         if route.endpoint == Endpoint::ListDatabases {
             let query = admin_api::ListQuery {
-                after: query_param(req, "after")?,
-                limit: query_param(req, "limit")?,
-                deleted: query_param(req, "deleted")?,
+                after: req.query_param("after"),
+                limit: req.query_param("limit"),
+                deleted: req.query_param("deleted"),
             };
             return admin_api::list(env, &rules, authorization.as_deref(), query).await;
         }
@@ -48,18 +39,18 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
             return Ok(Answer::json(json!({ "protocol": "hrana", "version": v, "encoding": "json" })))
         }
         Endpoint::History => {
-            let at = query_param(req, "at")?;
+            let at = req.query_param("at");
             let db = DbRequest::new(env, &name, access, ReadFrom::Latest)?;
             return history_api::history(db, at.as_deref()).await;
         }
         Endpoint::Export => {
-            let as_of = query_param(req, "as_of")?;
-            let format = export_api::ExportFormat::parse(query_param(req, "format")?.as_deref())?;
+            let as_of = req.query_param("as_of");
+            let format = export_api::ExportFormat::parse(req.query_param("format").as_deref())?;
             let db = DbRequest::new(env, &name, access, ReadFrom::Latest)?;
             return export_api::export(db, as_of.as_deref(), &name, format).await;
         }
         Endpoint::Delete => {
-            let purge = query_param(req, "purge")?;
+            let purge = req.query_param("purge");
             return admin_api::delete(DbRequest::new(env, &name, access, ReadFrom::Latest)?, purge.as_deref()).await;
         }
         Endpoint::Info => return admin_api::info(DbRequest::new(env, &name, access, ReadFrom::Latest)?, env).await,
@@ -67,27 +58,27 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
             if access != Access::Write {
                 return Err(auth::read_only_error());
             }
-            let replace = wire::flag("replace", query_param(req, "replace")?.as_deref())?;
+            let replace = wire::flag("replace", req.query_param("replace").as_deref())?;
             let db = DbRequest::new(env, &name, access, ReadFrom::Latest)?;
-            return import_api::import(db, req, replace).await;
+            return import_api::import(db, &req, replace).await;
         }
         Endpoint::Upload(step) => {
             if access != Access::Write {
                 return Err(auth::read_only_error());
             }
             let body = match step {
-                routes::UploadStep::Begin | routes::UploadStep::Complete => Some(read_body(req).await?),
+                routes::UploadStep::Begin | routes::UploadStep::Complete => Some(req.body().await?),
                 _ => None,
             };
             let db = DbRequest::new(env, &name, access, ReadFrom::Latest)?;
-            return upload_api::handle(db, req, step, route.upload.clone(), body).await;
+            return upload_api::handle(db, &req, step, route.upload.clone(), body).await;
         }
         _ => {}
     }
-    let body = read_body(req).await?;
-    let config = settings::db_config(env);
-    let bookmark = header(req, BOOKMARK_HEADER);
-    let staleness = header(req, STALENESS_HEADER);
+    let body = req.body().await?;
+    let config = settings::get(env).db_config;
+    let bookmark = req.header(BOOKMARK_HEADER);
+    let staleness = req.header(STALENESS_HEADER);
     match route.endpoint {
         Endpoint::HranaPipeline => {
             let read_from = db_request::read_from(&config, bookmark.as_deref(), staleness.as_deref())?;
@@ -115,7 +106,7 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
         }
         Endpoint::Query | Endpoint::Batch => {
             let parsed = if route.endpoint == Endpoint::Query { wire::parse_query(&body)? } else { wire::parse_batch(&body)? };
-            let as_of = header(req, history_api::AS_OF_HEADER).or(parsed.as_of).map(|p| history_api::Point::parse(&p)).transpose()?;
+            let as_of = req.header(history_api::AS_OF_HEADER).or(parsed.as_of).map(|p| history_api::Point::parse(&p)).transpose()?;
             let bookmark = bookmark.or(parsed.bookmark);
             let read_from = db_request::read_from(&config, bookmark.as_deref(), staleness.as_deref())?;
             let db = DbRequest::new(env, &name, access, read_from)?;
@@ -159,8 +150,9 @@ pub async fn handle(req: &mut Request, env: &Env, started: f64) -> Result<Answer
 }
 
 async fn hrana_pipeline(mut db: DbRequest, env: &Env, body: &[u8], started: f64) -> Result<Answer, ApiError> {
-    let key = settings::baton_key(env)?;
-    let tx_idle_ms = settings::number(env, "TWILL_TX_IDLE_MS").unwrap_or(crate::baton::TX_IDLE_MS);
+    let settings = settings::get(env);
+    let key = settings.baton_key()?;
+    let tx_idle_ms = settings.tx_idle_ms;
     let ctx = hrana::Context { db: &db.name, key: key.as_ref(), now_ms: started, tx_idle_ms };
     let plan = hrana::plan(body, &ctx)?;
     if db.access == Access::Read && plan.kind()? != StatementKind::Read {
@@ -248,7 +240,7 @@ fn wasm_memory_bytes() -> u64 {
 }
 
 fn stats(name: &str, env: &Env) -> Value {
-    let c = registry::cache(settings::cache_bytes(env)).stats();
+    let c = registry::cache(settings::get(env).cache_bytes).stats();
     let cache = json!({
         "bytes": c.bytes, "budget_bytes": c.budget, "entries": c.entries,
         "hits": c.hits, "misses": c.misses, "evictions": c.evictions,
@@ -270,34 +262,3 @@ fn stats(name: &str, env: &Env) -> Value {
     })
 }
 
-async fn read_body(req: &mut Request) -> Result<Vec<u8>, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            413,
-            "PAYLOAD_TOO_LARGE",
-            format!("request bodies may be at most {} bytes (BODY_SIZE limit)", LIMITS.max_body_bytes),
-        )
-    };
-    let declared_too_large =
-        header(req, "content-length").is_some_and(|len| len.parse::<usize>().map_or(true, |n| n > LIMITS.max_body_bytes));
-    // Read in chunks and stop keeping bytes past the limit, but read to the end: a client
-    // still sending when the answer goes out sees a reset connection, not the 413.
-    // A request without a body reads as an empty one (the body parsers say what is missing).
-    let Ok(mut stream) = req.stream() else { return Ok(Vec::new()) };
-    let mut body = Vec::new();
-    let mut over = declared_too_large;
-    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("reading body: {e}")))?;
-        if !over && body.len() + chunk.len() > LIMITS.max_body_bytes {
-            over = true;
-            body = Vec::new();
-        }
-        if !over {
-            body.extend_from_slice(&chunk);
-        }
-    }
-    if over {
-        return Err(too_large());
-    }
-    Ok(body)
-}

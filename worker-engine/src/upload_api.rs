@@ -6,7 +6,6 @@ use engine_core::SessionState;
 use futures::FutureExt;
 use serde::Deserialize;
 use serde_json::json;
-use worker::Request;
 
 use crate::db_request::DbRequest;
 use crate::import_api::{drain, imported_answer, uploaded_body, BodyLimit};
@@ -60,7 +59,7 @@ fn target(upload: Option<UploadTarget>) -> Result<UploadTarget, ApiError> {
 
 pub async fn handle(
     db: DbRequest,
-    req: &mut Request,
+    req: &crate::incoming::Incoming,
     step: UploadStep,
     upload: Option<UploadTarget>,
     body: Option<Vec<u8>>,
