@@ -34,7 +34,9 @@ fi
 #    datetime('now')). A panic would kill the isolate, so `Instant::now` and
 #    `SystemTime::now` instead call `__twill_wasm_now_ms`, which the Worker defines (JS
 #    `Date.now()`; see worker-engine/src/lib.rs). The stamp file names this change.
-STD_STAMP="wasm-time-shim-1"
+#    It is built for size (opt-level z, as the Worker is): LTO re-optimizes std's bitcode but
+#    cannot undo the inlining and unrolling an opt-level 3 build already did.
+STD_STAMP="wasm-time-shim-1-oz"
 if ! ls "$WASM_SYSROOT_LIB"/libstd-*.rlib >/dev/null 2>&1 || [ "$(cat "$WASM_SYSROOT_LIB/.twill-std" 2>/dev/null)" != "$STD_STAMP" ]; then
   log "building the wasm32 standard library (about two minutes)"
   work=$(mktemp -d)
@@ -43,7 +45,7 @@ if ! ls "$WASM_SYSROOT_LIB"/libstd-*.rlib >/dev/null 2>&1 || [ "$(cat "$WASM_SYS
   (
     cd "$work"
     PATH=/usr/bin:$PATH /usr/bin/cargo init -q --lib --name twill_std_probe
-    __CARGO_TESTS_ONLY_SRC_ROOT="$work/library" RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C embed-bitcode=yes" \
+    __CARGO_TESTS_ONLY_SRC_ROOT="$work/library" RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C embed-bitcode=yes" CARGO_PROFILE_RELEASE_OPT_LEVEL=z \
       CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld-19 PATH=/usr/bin:$PATH \
       /usr/bin/cargo build -q --release --target wasm32-unknown-unknown -Zbuild-std=std,panic_abort
   )
