@@ -3,12 +3,13 @@
 //! `worker::Request` reads the method, the URL and `request.cf` (which the runtime builds as a
 //! new JS object on each read) when it is made, and its body reader crosses into JS twice per
 //! chunk: together about a fifth of a warm point select's time in a CPU profile. Most routes
-//! need a header or two and a small body known in length, read with one `arrayBuffer()`.
-//! Only the routes that stream their body (imports and upload parts) build a `worker::Request`.
+//! need a header or two and a small body known in length, read with one `arrayBuffer()`;
+//! the routes that stream their body (imports and upload parts) take it once with
+//! [`Incoming::take_body`].
 
-use wasm_bindgen_futures::JsFuture;
 use std::cell::Cell;
 
+use wasm_bindgen_futures::JsFuture;
 use worker::{url, web_sys, ByteStream, Method};
 
 use crate::wire::{ApiError, LIMITS};
