@@ -47,6 +47,10 @@ pub fn config(seed: u64) -> DbConfig {
     const HISTORY_MS: [f64; 3] = [0.0, 300.0, 3_000.0];
     DbConfig {
         checkpoint_records: 3,
+        // Half the seeds pace checkpoints (simulated ms), so that put-off checkpoints and
+        // the quiet checkpoints that fold them are exercised under faults too.
+        checkpoint_min_interval_ms: [0.0, 20.0][((seed / 3) % 2) as usize],
+        quiet_checkpoint_bytes: 1,
         gc_retention_ms: 0.0,
         history_retention_ms: HISTORY_MS[(seed % 3) as usize],
         orphan_sweep_interval_ms: 0.0,
@@ -358,6 +362,8 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
         .map_err(|e| e.to_string())?;
     }
     let mut rng = SplitMix64(seed);
+    // Its own sequence, so that the other choices of a seed stay what they were.
+    let mut quiet_rng = SplitMix64(seed ^ 0x5157_4945_5443_4b50);
     store.set_faults(Some(faults(seed)));
     let mut replicas: Vec<Option<Database>> = (0..REPLICAS).map(|_| None).collect();
     let mut model = Model { attempted: BTreeMap::new(), fate: BTreeMap::new(), acked_at: BTreeMap::new(), reads: Vec::new() };
@@ -497,6 +503,20 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
             if crashed {
                 replicas[to] = None;
                 store.restart();
+            }
+        }
+        // A replica whose writer went quiet folds its log tail (the Worker does this after
+        // answering, in `waitUntil`).
+        if quiet_rng.below(4) == 0 {
+            let r = quiet_rng.below(REPLICAS as u64) as usize;
+            if let Some(db) = replicas[r].as_mut() {
+                let result = block_on(db.checkpoint_if_quiet());
+                if store.crashed() {
+                    replicas[r] = None;
+                    store.restart();
+                } else if let Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) = result {
+                    return Err(format!("a quiet checkpoint failed: {e}"));
+                }
             }
         }
         // Occasionally a replica is simply dropped (isolate evicted).

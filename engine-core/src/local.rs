@@ -261,6 +261,18 @@ impl LocalDb {
         }
     }
 
+    /// The root pages of the tables and indexes the connection knows, lowest first (from
+    /// turso's parsed schema: no page is read).
+    pub fn root_pages(&self) -> Vec<u32> {
+        let schema = self.conn.current_schema();
+        let tables = schema.tables.values().filter_map(|t| t.get_root_page().ok());
+        let indexes = schema.indexes.values().flatten().map(|i| i.root_page);
+        let mut roots: Vec<u32> = tables.chain(indexes).filter_map(|r| u32::try_from(r).ok()).filter(|r| *r > 0).collect();
+        roots.sort_unstable();
+        roots.dedup();
+        roots
+    }
+
     pub fn page_size(&self) -> u32 {
         self.page_size
     }

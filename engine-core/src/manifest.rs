@@ -59,6 +59,10 @@ pub struct Manifest {
     /// ...and the generations swept so far (chunks of each are checked once).
     #[serde(default)]
     pub swept_generation: u64,
+    /// When this manifest was written (ms since the Unix epoch; 0 if unknown): the next
+    /// checkpoint waits `checkpoint_min_interval_ms` after it.
+    #[serde(default)]
+    pub written_ms: f64,
     /// Set when the checkpoint's state is a deletion (the last record it folded deleted the
     /// database): listings read it here, without the log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +70,23 @@ pub struct Manifest {
     /// Set if this database began as a fork (kept across checkpoints, restores and imports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forked_from: Option<ForkedFrom>,
+    /// A few pages of this checkpoint carried in the manifest itself, so that a cold open
+    /// reads them with the manifest instead of one page group each: page 1 (the schema)
+    /// and the roots of tables and indexes. Copies: the chunks hold the same bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pages: Vec<EmbeddedPage>,
+}
+
+/// The most pages a manifest carries (each adds about 5.5 KB of base64 to the manifest,
+/// which every cold open and every database listing reads).
+pub const MAX_EMBEDDED_PAGES: usize = 8;
+
+/// A checkpoint page carried in the manifest (see [`Manifest::pages`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddedPage {
+    pub page_no: u32,
+    #[serde(with = "crate::value::base64_bytes")]
+    pub bytes: Vec<u8>,
 }
 
 /// The database and commit a fork was made from.
@@ -139,8 +160,10 @@ impl Manifest {
             revivals: Vec::new(),
             last_sweep_ms: 0.0,
             swept_generation: 0,
+            written_ms: 0.0,
             deleted: None,
             forked_from: None,
+            pages: Vec::new(),
         }
     }
 
@@ -177,6 +200,15 @@ impl Manifest {
                 m.chunks.len(),
                 m.page_count,
                 m.pages_per_chunk
+            )));
+        }
+        if let Some(bad) = m.pages.iter().find(|p| p.page_no == 0 || p.page_no > m.page_count || p.bytes.len() != m.page_size as usize) {
+            return Err(EngineError::Corrupt(format!(
+                "the manifest carries page {} of {} bytes, but the checkpoint has {} pages of {} bytes",
+                bad.page_no,
+                bad.bytes.len(),
+                m.page_count,
+                m.page_size
             )));
         }
         Ok(m)

@@ -38,7 +38,8 @@ mod real_bits {
     }
 }
 
-mod base64_bytes {
+/// Bytes as base64 text in JSON (blobs here, embedded pages in manifests).
+pub(crate) mod base64_bytes {
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -11,7 +11,7 @@ use engine_core::{Database, DbConfig, DbContext, Layout, ObjectStore, SqlValue, 
 use twill_tests::{block_on, exec, open, open_with, query_ints, try_open, try_open_in};
 
 fn small_checkpoints() -> DbConfig {
-    DbConfig { checkpoint_records: 4, gc_retention_ms: 0.0, history_retention_ms: 0.0, ..DbConfig::default() }
+    DbConfig { checkpoint_records: 4, checkpoint_min_interval_ms: 0.0, gc_retention_ms: 0.0, history_retention_ms: 0.0, ..DbConfig::default() }
 }
 
 fn log_keys(store: &MemStore, db: &str) -> Vec<String> {
@@ -384,4 +384,67 @@ fn a_cold_open_proves_itself_current_with_its_own_listing() {
     let (lists, heads) = cold(short);
     assert_eq!(lists, 1);
     assert!(heads >= 1, "with no retention window the listing is not enough: the manifest is read after it");
+}
+
+/// A checkpoint's manifest carries page 1 and the table and index roots, so a cold point
+/// query reads the manifest, lists the log, and fetches only the page group of its leaf:
+/// no read for the schema or the root of the B-tree.
+#[test]
+fn a_cold_point_query_reads_only_its_leaf_group_after_the_manifest() {
+    let store = Rc::new(MemStore::new());
+    let mut w = open(&store, "c");
+    exec(&mut w, "CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB NOT NULL)", vec![]);
+    exec(&mut w, "CREATE INDEX t_pad ON t (pad)", vec![]);
+    exec(&mut w, "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM s WHERE v < 3000) INSERT INTO t SELECT v, randomblob(300) FROM s", vec![]);
+    block_on(w.checkpoint()).unwrap();
+    assert_eq!(w.checkpoint_seq(), w.applied_seq(), "everything is checkpointed");
+    let manifest = engine_core::manifest::Manifest::decode(&store.raw_get("db/c/manifest").unwrap()).unwrap();
+    let carried: Vec<u32> = manifest.pages.iter().map(|p| p.page_no).collect();
+    assert_eq!(carried.len(), 3, "page 1, the table's root and the index's root: {carried:?}");
+    assert_eq!(carried[0], 1);
+
+    let before = store.counts();
+    let ctx = DbContext::new(store.clone() as Rc<dyn ObjectStore>);
+    let mut r = block_on(Database::open_for_waiting_requests(ctx, Layout::new("", "c"), DbConfig::default())).unwrap();
+    assert_eq!(query_ints(&mut r, "SELECT length(pad) FROM t WHERE id = 2900"), [300]);
+    let after = store.counts();
+    let reads = (after.gets - before.gets, after.lists - before.lists, after.heads - before.heads);
+    assert_eq!(reads, (2, 1, 0), "GETs of the manifest and of the leaf's page group, one LIST, no HEAD");
+}
+
+/// Checkpoints write the manifest, one key that R2 takes about one write a second to: a
+/// checkpoint the commits call for waits until the last one is `checkpoint_min_interval_ms`
+/// old. What it leaves (and any tail a cold reader would replay a lot of) is folded once the
+/// writer has been quiet that long.
+#[test]
+fn checkpoints_are_paced_and_a_quiet_writer_folds_the_tail() {
+    let sim = twill_tests::World::new(7);
+    let config = DbConfig { checkpoint_records: 2, quiet_checkpoint_bytes: 64 << 10, ..DbConfig::default() };
+    let mut w = sim.open("q", config);
+    exec(&mut w, "CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB)", vec![]);
+    exec(&mut w, "INSERT INTO t VALUES (1, randomblob(10))", vec![]);
+    assert_eq!(w.checkpoint_seq(), 2, "two records: a checkpoint");
+    for id in 2..6 {
+        exec(&mut w, "INSERT INTO t VALUES (?, randomblob(10))", vec![SqlValue::Integer(id)]);
+    }
+    assert_eq!((w.checkpoint_seq(), w.applied_seq()), (2, 6), "the next checkpoint is put off: the last is under 1 s old");
+    let wait = w.quiet_checkpoint_due().expect("a put-off checkpoint is due once the writer is quiet");
+    assert!((900.0..=1_000.0).contains(&wait), "waits out the interval: {wait} ms");
+    assert!(!block_on(w.checkpoint_if_quiet()).unwrap(), "not before the interval has passed");
+    sim.host.advance(wait);
+    assert!(block_on(w.checkpoint_if_quiet()).unwrap());
+    assert_eq!(w.checkpoint_seq(), 6);
+    assert_eq!(w.quiet_checkpoint_due(), None, "nothing left to fold");
+
+    // A small tail is left to the next commits; a large one is folded when the writer is quiet.
+    sim.host.advance(2_000.0);
+    w.config_mut().checkpoint_records = 10;
+    exec(&mut w, "INSERT INTO t VALUES (100, randomblob(100))", vec![]);
+    assert_eq!(w.quiet_checkpoint_due(), None, "a one-page tail stays");
+    exec(&mut w, "WITH RECURSIVE s(v) AS (SELECT 200 UNION ALL SELECT v + 1 FROM s WHERE v < 300) INSERT INTO t SELECT v, randomblob(1000) FROM s", vec![]);
+    assert_eq!(w.checkpoint_seq(), 6, "under both thresholds");
+    let wait = w.quiet_checkpoint_due().expect("a 100 KB tail is folded once the writer is quiet");
+    sim.host.advance(wait);
+    assert!(block_on(w.checkpoint_if_quiet()).unwrap());
+    assert_eq!(w.checkpoint_seq(), w.applied_seq());
 }

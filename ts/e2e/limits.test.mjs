@@ -78,8 +78,9 @@ test("clock functions and BEGIN IMMEDIATE work in workerd; TEMP objects are refu
 test("R2_CALLS: a request that needs more R2 calls than an invocation may make is refused by name, changes nothing", async () => {
   const persistDir = tempDir();
   try {
-    // 6 MiB of rows, checkpointed into chunks, by a Worker without the bound.
-    const setup = await startEngine({ persistDir, extra: { bindings: { TWILL_MAX_R2_CALLS: "0" } } });
+    // 6 MiB of rows, checkpointed into chunks after every commit (no interval between
+    // checkpoints), by a Worker without the bound.
+    const setup = await startEngine({ persistDir, extra: { bindings: { TWILL_MAX_R2_CALLS: "0", TWILL_CHECKPOINT_INTERVAL_MS: "0" } } });
     await query(setup.url, "calls", "CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB)");
     for (let i = 0; i < 6; i++) {
       const r = await query(setup.url, "calls",

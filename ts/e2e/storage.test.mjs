@@ -107,7 +107,9 @@ test("a database 4x the cache, served from a cold isolate after checkpoints and 
   const persist = tempDir();
   const budget = 1 << 20;
   const settings = {
-    bindings: { TWILL_CACHE_BYTES: String(budget), TWILL_CHECKPOINT_RECORDS: "8", TWILL_CHECKPOINT_BYTES: "262144" },
+    // Checkpoints after every commit of this load (no 1 s interval between them), so that the
+    // cold isolate reads pages from chunks rather than replaying a log tail.
+    bindings: { TWILL_CACHE_BYTES: String(budget), TWILL_CHECKPOINT_RECORDS: "8", TWILL_CHECKPOINT_BYTES: "262144", TWILL_CHECKPOINT_INTERVAL_MS: "0" },
   };
   let mf = new Miniflare({ r2Persist: persist, workers: [engineWorker("big", settings)] });
   try {
@@ -151,6 +153,41 @@ test("a database 4x the cache, served from a cold isolate after checkpoints and 
     mf = new Miniflare({ r2Persist: persist, workers: [engineWorker("big", settings)] });
     c = client(mf, "big");
     assert.deepEqual((await ok(c.query("large", "SELECT count(*) FROM big"))).rows, [[rows - rows / 10]]);
+  } finally {
+    await mf.dispose();
+    removeDir(persist);
+  }
+});
+
+test("a writer gone quiet folds a large log tail into a checkpoint; small tails wait for more commits", async () => {
+  const persist = tempDir();
+  let mf = new Miniflare({ r2Persist: persist, workers: [engineWorker("quiet")] });
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  try {
+    let c = client(mf, "quiet");
+    await ok(c.query("q", "CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB NOT NULL)"));
+    // About 400 KB of log: under the 1 MiB and 32-record checkpoint thresholds, over the
+    // 256 KiB a cold reader should not have to replay.
+    await ok(c.query("q", "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM s WHERE v < 400) INSERT INTO t SELECT v, randomblob(1000) FROM s"));
+    const busy = await ok(c.stats("q"));
+    assert.ok(busy.applied_seq > busy.checkpoint_seq, `a tail right after the commit: ${JSON.stringify(busy)}`);
+    await sleep(2500);
+    const quiet = await ok(c.stats("q"));
+    assert.equal(quiet.checkpoint_seq, quiet.applied_seq, "folded once the writer was quiet for 1 s");
+
+    await ok(c.query("q", "INSERT INTO t VALUES (1000, x'00')"));
+    await sleep(2500);
+    const small = await ok(c.stats("q"));
+    assert.equal(small.applied_seq, small.checkpoint_seq + 1, "one small record is left for the next commits to fold");
+
+    // A cold isolate: the manifest carries the schema page and the table's root, so the point
+    // query reads the manifest, the listing, the one small record and the leaf's page group.
+    await mf.dispose();
+    mf = new Miniflare({ r2Persist: persist, workers: [engineWorker("quiet")] });
+    c = client(mf, "quiet");
+    const point = await ok(c.query("q", "SELECT length(pad) FROM t WHERE id = ?", [350]));
+    assert.deepEqual(point.rows, [[1000]]);
+    assert.equal(point.meta.r2_reads, 4, `manifest, LIST, log record, leaf group: ${JSON.stringify(point.meta)}`);
   } finally {
     await mf.dispose();
     removeDir(persist);

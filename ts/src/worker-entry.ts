@@ -31,44 +31,44 @@ export default class TwillDbEdge extends WorkerEntrypoint {
 
   /** One statement as its own transaction. Errors come back as `{ error: { code, message } }`. */
   async query(database: string, sql: string, params?: SqlParams, options?: RpcOptions) {
-    return rpc("query", database, sql, params, options, this.env);
+    return rpc("query", database, sql, params, options, this.env, this.ctx);
   }
 
   /** Several statements as one transaction: all commit or none do. */
   async batch(database: string, statements: { sql: string; params?: SqlParams }[], options?: RpcOptions) {
-    return rpc("batch", database, statements, undefined, options, this.env);
+    return rpc("batch", database, statements, undefined, options, this.env, this.ctx);
   }
 
   /** Statements separated by semicolons, without parameters, each committed as it runs (like D1's exec). */
   async exec(database: string, sql: string, options?: RpcOptions) {
-    return rpc("exec", database, sql, undefined, options, this.env);
+    return rpc("exec", database, sql, undefined, options, this.env, this.ctx);
   }
 
   /** The history window `{ window: { from, from_ms, head, head_ms } }`, and with `at` the
    * `bookmark` of the last commit at or before that time. */
   async history(database: string, at?: string | number) {
-    return rpc("history", database, at, undefined, undefined, this.env);
+    return rpc("history", database, at, undefined, undefined, this.env, this.ctx);
   }
 
   /** Makes a past commit's state the current one, as a new commit; the answer's `previous`
    * bookmark undoes it. */
   async restore(database: string, point: HistoryPoint) {
-    return rpc("restore", database, point, undefined, undefined, this.env);
+    return rpc("restore", database, point, undefined, undefined, this.env, this.ctx);
   }
 
   /** Empties `database` as one commit, restorable within the history window (`{ purge: true }`:
    * its history and objects go now); see `DELETE /v1/db/{name}`. */
   async delete(database: string, options?: { purge?: boolean }) {
-    return rpc("delete", database, options, undefined, undefined, this.env);
+    return rpc("delete", database, options, undefined, undefined, this.env, this.ctx);
   }
 
   /** What `database` is now; see `GET /v1/db/{name}`. */
   async info(database: string) {
-    return rpc("info", database, undefined, undefined, undefined, this.env);
+    return rpc("info", database, undefined, undefined, undefined, this.env, this.ctx);
   }
 
   /** Creates database `to` as the state after a commit of `database` (default: now). */
   async fork(database: string, request: { to: string } & Partial<{ bookmark: string; time: string | number }>) {
-    return rpc("fork", database, request, undefined, undefined, this.env);
+    return rpc("fork", database, request, undefined, undefined, this.env, this.ctx);
   }
 }

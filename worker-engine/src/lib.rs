@@ -63,11 +63,12 @@ impl Answer {
 }
 
 #[event(fetch)]
-async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> worker::Result<web_sys::Response> {
+async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     let started = js_sys::Date::now();
     let req = incoming::Incoming::new(req);
     let path = req.path().to_string();
     let answer = sql_api::handle(req, &env, started).await;
+    registry::schedule_quiet_checkpoints(&ctx);
     let (status, body, timing, bookmark) = match answer {
         Ok(Answer { file: Some(mut file), bookmark, .. }) => {
             file.headers_mut().set("Cache-Control", "no-store")?;

@@ -31,6 +31,12 @@ pub type Answer = Result<(Done, StoreCounts), EngineError>;
 
 /// How often a waiting request looks for its result.
 const POLL: std::time::Duration = std::time::Duration::from_millis(1);
+/// Times a quiet checkpoint waits for the writer to go quiet before it leaves the tail to
+/// the commits that keep coming (their own checkpoints fold it). Well inside the 30 s a
+/// Worker may run after answering.
+const QUIET_ROUNDS: u32 = 8;
+/// How long a quiet checkpoint waits when a request holds the database (ms).
+const BUSY_RETRY_MS: f64 = 1_000.0;
 
 type Reply = Rc<RefCell<Option<Answer>>>;
 
@@ -57,10 +63,25 @@ pub struct DbSlot {
     last_used: RefCell<f64>,
     /// Times this isolate opened the database (from R2).
     pub opens: std::cell::Cell<u64>,
+    /// A quiet checkpoint is waiting to run (see [`DbSlot::checkpoint_when_quiet`]).
+    quiet_checkpoint_scheduled: std::cell::Cell<bool>,
+}
+
+/// What the database of a slot is doing now.
+enum SlotState {
+    /// A request (or a quiet checkpoint) holds it.
+    Busy,
+    /// Not open in this isolate.
+    Closed,
+    /// Open and idle at this log position; `Some(ms)`: a quiet checkpoint is due after that wait.
+    Idle { applied_seq: u64, quiet_checkpoint_in: Option<f64> },
 }
 
 thread_local! {
     static OPEN: RefCell<HashMap<String, Rc<DbSlot>>> = RefCell::new(HashMap::new());
+    /// Databases whose writer may go quiet with a log tail to fold: the next answer of this
+    /// isolate runs their quiet checkpoints in `waitUntil`.
+    static QUIET: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     static CACHE: RefCell<Option<Arc<PageCache>>> = const { RefCell::new(None) };
 }
 
@@ -99,10 +120,21 @@ pub fn slot(name: &str, r2: R2Store) -> Rc<DbSlot> {
             pending: RefCell::new(Vec::new()),
             last_used: RefCell::new(js_sys::Date::now()),
             opens: std::cell::Cell::new(0),
+            quiet_checkpoint_scheduled: std::cell::Cell::new(false),
         });
         open.insert(name.to_string(), s.clone());
         s
     })
+}
+
+/// Runs, after the answer (`waitUntil`), the quiet checkpoints that requests of this isolate
+/// found due.
+pub fn schedule_quiet_checkpoints(ctx: &worker::Context) {
+    for name in QUIET.with(|q| std::mem::take(&mut *q.borrow_mut())) {
+        if let Some(slot) = existing_slot(&name) {
+            ctx.wait_until(async move { slot.checkpoint_when_quiet().await });
+        }
+    }
 }
 
 fn drops_state(e: &EngineError) -> bool {
@@ -168,6 +200,9 @@ impl DbSlot {
         if results.iter().any(|r| matches!(r, Err(e) if drops_state(e))) {
             db = None;
         }
+        if let Some(database) = &db {
+            self.note_quiet_checkpoint(name, database);
+        }
         let counts = self.store.counts().since(&before);
         for (result, reply) in results.into_iter().zip(replies) {
             *reply.borrow_mut() = Some(result.map(|tx| (tx, counts)));
@@ -226,10 +261,65 @@ impl DbSlot {
             },
         };
         let result = op(&mut db).await;
+        self.note_quiet_checkpoint(name, &db);
         self.store.budget_calls(None);
         let keep = !matches!(&result, Err(e) if drops_state(e));
         *self.db.borrow_mut() = Some(keep.then_some(db));
         result.map(|t| (t, self.store.counts().since(&before)))
+    }
+
+    /// Asks for a quiet checkpoint if `db` has a log tail to fold once its writer is quiet.
+    fn note_quiet_checkpoint(&self, name: &str, db: &Database) {
+        if db.quiet_checkpoint_due().is_some() && !self.quiet_checkpoint_scheduled.replace(true) {
+            QUIET.with(|q| q.borrow_mut().push(name.to_string()));
+        }
+    }
+
+    fn state(&self) -> SlotState {
+        match &*self.db.borrow() {
+            None => SlotState::Busy,
+            Some(None) => SlotState::Closed,
+            Some(Some(db)) => SlotState::Idle { applied_seq: db.applied_seq(), quiet_checkpoint_in: db.quiet_checkpoint_due() },
+        }
+    }
+
+    /// Folds the log tail once no commit has come through this isolate for the wait
+    /// [`Database::quiet_checkpoint_due`] names, so that cold readers need not replay it.
+    /// A commit in the meantime starts the wait again.
+    async fn checkpoint_when_quiet(&self) {
+        for _ in 0..QUIET_ROUNDS {
+            let (seen, wait_ms) = match self.state() {
+                SlotState::Closed | SlotState::Idle { quiet_checkpoint_in: None, .. } => break,
+                SlotState::Busy => (None, BUSY_RETRY_MS),
+                SlotState::Idle { applied_seq, quiet_checkpoint_in: Some(wait_ms) } => (Some(applied_seq), wait_ms),
+            };
+            worker::Delay::from(std::time::Duration::from_micros((wait_ms * 1000.0) as u64)).await;
+            if let SlotState::Idle { applied_seq, quiet_checkpoint_in: Some(_) } = self.state() {
+                if seen == Some(applied_seq) {
+                    self.checkpoint_idle_database().await;
+                    break;
+                }
+            }
+        }
+        self.quiet_checkpoint_scheduled.set(false);
+    }
+
+    /// Takes the database if it is idle and runs [`Database::checkpoint_if_quiet`] on it.
+    async fn checkpoint_idle_database(&self) {
+        let taken = self.db.borrow_mut().take();
+        let mut db = match taken {
+            Some(Some(db)) => db,
+            other => {
+                // Busy or closed after all: leave it as it is.
+                if let Some(closed) = other {
+                    *self.db.borrow_mut() = Some(closed);
+                }
+                return;
+            }
+        };
+        let result = db.checkpoint_if_quiet().await;
+        let keep = !matches!(&result, Err(e) if drops_state(e));
+        *self.db.borrow_mut() = Some(keep.then_some(db));
     }
 
     /// (applied log position, checkpoint position), if open here and not busy.

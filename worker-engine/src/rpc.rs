@@ -43,10 +43,20 @@ struct RpcOptions {
 
 /// Entry point for the entrypoint class's RPC methods. Never throws for bad input.
 #[wasm_bindgen]
-pub async fn rpc(method: String, database: JsValue, payload: JsValue, params: JsValue, options: JsValue, env: JsValue) -> JsValue {
+pub async fn rpc(
+    method: String,
+    database: JsValue,
+    payload: JsValue,
+    params: JsValue,
+    options: JsValue,
+    env: JsValue,
+    ctx: JsValue,
+) -> JsValue {
     let started = js_sys::Date::now();
     let env: Env = env.unchecked_into();
-    match run(&method, database, payload, params, options, &env, started).await {
+    let answer = run(&method, database, payload, params, options, &env, started).await;
+    crate::registry::schedule_quiet_checkpoints(&worker::Context::new(ctx.unchecked_into()));
+    match answer {
         Ok(v) => v,
         Err(e) => {
             let mut error = json!({ "code": e.code, "message": e.message });

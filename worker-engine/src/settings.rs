@@ -6,7 +6,8 @@
 //! * `TWILL_BATON_KEY` (secret): seals Hrana batons; interactive transactions need it.
 //!   `TWILL_TX_IDLE_MS`: how long one may stay idle (default 15 s).
 //! * `TWILL_CACHE_BYTES`, `TWILL_CHECKPOINT_RECORDS`, `TWILL_CHECKPOINT_BYTES`,
-//!   `TWILL_GC_RETENTION_MS`, `TWILL_HISTORY_RETENTION_MS` (default 7 days; 0 keeps no
+//!   `TWILL_CHECKPOINT_INTERVAL_MS` (default 1 s), `TWILL_QUIET_CHECKPOINT_BYTES` (default
+//!   256 KiB), `TWILL_GC_RETENTION_MS`, `TWILL_HISTORY_RETENTION_MS` (default 7 days; 0 keeps no
 //!   history), `TWILL_MAX_STALENESS_MS`, `TWILL_MAX_VM_STEPS`,
 //!   `TWILL_COMMIT_BUDGET_MS`: engine tuning.
 //! * `TWILL_EMULATE_R2_LATENCY_MS`, `TWILL_EMULATE_R2_FAULTS`: local runs only.
@@ -71,6 +72,12 @@ impl Settings {
         }
         if let Some(v) = number("TWILL_CHECKPOINT_BYTES") {
             c.checkpoint_bytes = v as u64;
+        }
+        if let Some(v) = number("TWILL_CHECKPOINT_INTERVAL_MS") {
+            c.checkpoint_min_interval_ms = v;
+        }
+        if let Some(v) = number("TWILL_QUIET_CHECKPOINT_BYTES") {
+            c.quiet_checkpoint_bytes = v as u64;
         }
         if let Some(v) = number("TWILL_GC_RETENTION_MS") {
             c.gc_retention_ms = v;

@@ -1,13 +1,14 @@
 //! Checkpoints: folding the log since the last checkpoint into new immutable chunk objects
 //! and moving the manifest onto them by compare-and-swap.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use futures::future::join_all;
 
 use crate::error::EngineError;
-use crate::manifest::{Deletion, Garbage, Manifest, Revival};
+use crate::chunk_file::CheckpointView;
+use crate::manifest::{Deletion, EmbeddedPage, Garbage, Manifest, Revival, MAX_EMBEDDED_PAGES};
 use crate::store::{ByteRange, PutCondition, PutOutcome};
 
 use super::{Database, RecordKind};
@@ -30,10 +31,39 @@ impl Database {
         // The first commit after a deletion is published at once, so that listings (which
         // read manifests only) show the database again.
         let revives_deleted = self.base.deleted.is_some() && n > 0;
-        if n >= self.config.checkpoint_records.max(1) || bytes >= self.config.checkpoint_bytes || revives_deleted {
+        let full = n >= self.config.checkpoint_records.max(1) || bytes >= self.config.checkpoint_bytes;
+        if revives_deleted || (full && self.checkpoint_wait_ms() == 0.0) {
             self.checkpoint().await?;
         }
         Ok(())
+    }
+
+    /// How long the next checkpoint must wait for the manifest's last write to be
+    /// `checkpoint_min_interval_ms` old.
+    fn checkpoint_wait_ms(&self) -> f64 {
+        (self.base.written_ms + self.config.checkpoint_min_interval_ms - self.now_ms()).max(0.0)
+    }
+
+    /// If the log after the checkpoint should be folded once the writer has gone quiet:
+    /// how long to wait first (ms). It should if a cold reader would otherwise replay at
+    /// least `quiet_checkpoint_bytes` of it, or if a checkpoint the commits called for was
+    /// put off by the interval between checkpoints. Small tails are left to the next
+    /// commits: folding each would write the manifest and a history entry per commit.
+    pub fn quiet_checkpoint_due(&self) -> Option<f64> {
+        let (n, bytes) = self.log_since_checkpoint();
+        let full = n >= self.config.checkpoint_records.max(1) || bytes >= self.config.checkpoint_bytes;
+        let due = n > 0 && (full || bytes >= self.config.quiet_checkpoint_bytes);
+        let live = matches!(self.mode, super::Mode::Live) && self.local.as_ref().is_some_and(|l| !l.in_transaction());
+        (due && live).then(|| self.checkpoint_wait_ms().max(self.config.checkpoint_min_interval_ms))
+    }
+
+    /// Folds the log if [`Self::quiet_checkpoint_due`] says so and the interval since the
+    /// last checkpoint has passed. Returns true if it made a checkpoint.
+    pub async fn checkpoint_if_quiet(&mut self) -> Result<bool, EngineError> {
+        if self.quiet_checkpoint_due().is_none() || self.checkpoint_wait_ms() > 0.0 {
+            return Ok(false);
+        }
+        self.checkpoint().await
     }
 
     /// Folds the log since the base checkpoint into new chunk objects and moves the
@@ -107,6 +137,13 @@ impl Database {
         if chunks.len() != chunk_count as usize {
             return Err(EngineError::Internal("checkpoint left a chunk unassigned".into()));
         }
+        let new_view = CheckpointView {
+            page_size,
+            page_count,
+            pages_per_chunk: ppc,
+            chunks: chunks.iter().map(|k| Arc::from(k.as_str())).collect(),
+        };
+        let embedded = self.pages_to_embed(&dirty, &new_chunks, &new_view)?;
         // Everything the base manifest used that the new map does not.
         let kept: HashSet<&str> = chunks.iter().map(String::as_str).collect();
         let superseded: Vec<String> = self.base.chunks.iter().filter(|k| !kept.contains(k.as_str())).cloned().collect();
@@ -188,11 +225,13 @@ impl Database {
             revivals,
             last_sweep_ms: if sweep { now } else { self.base.last_sweep_ms },
             swept_generation,
+            written_ms: now,
             forked_from: self.image.forked_from.clone(),
             deleted: folded
                 .last()
                 .filter(|m| m.seq == self.applied_seq && matches!(m.kind, RecordKind::Snapshot { deletes: true, .. }))
                 .map(|m| Deletion { seq: m.seq, committed_ms: m.committed_ms }),
+            pages: embedded,
         };
         let condition = match &self.base_etag {
             Some(etag) => PutCondition::EtagMatches(etag.clone()),
@@ -219,5 +258,38 @@ impl Database {
         }
         self.rebase(manifest, Some(etag)).await?;
         Ok(true)
+    }
+
+    /// The pages the new manifest carries (see [`Manifest::pages`]): page 1 and the lowest
+    /// table and index roots, as this checkpoint leaves them. A page is carried if its bytes
+    /// are at hand (changed since the last checkpoint, in a chunk just written, or cached);
+    /// one that would take a read is left to its page group.
+    fn pages_to_embed(
+        &self,
+        dirty: &BTreeMap<u32, Vec<u8>>,
+        new_chunks: &[NewChunk],
+        new_view: &CheckpointView,
+    ) -> Result<Vec<EmbeddedPage>, EngineError> {
+        let page_size = new_view.page_size as usize;
+        let mut wanted = vec![1];
+        wanted.extend(self.local()?.root_pages().into_iter().filter(|p| *p != 1));
+        let mut embedded = Vec::new();
+        for page_no in wanted.into_iter().filter(|p| *p <= new_view.page_count) {
+            let Some((key, index)) = new_view.page_key(page_no) else { continue };
+            let chunk = (page_no - 1) / new_view.pages_per_chunk;
+            let written = || {
+                let at = index as usize * page_size;
+                new_chunks.iter().find(|c| c.index == chunk).and_then(|c| c.body.get(at..at + page_size)).map(<[u8]>::to_vec)
+            };
+            let cached = || self.cache.get(&(key.clone(), index)).map(|p| p.to_vec());
+            let bytes = dirty.get(&page_no).cloned().or_else(written).or_else(cached);
+            if let Some(bytes) = bytes.filter(|b| b.len() == page_size) {
+                embedded.push(EmbeddedPage { page_no, bytes });
+            }
+            if embedded.len() == MAX_EMBEDDED_PAGES {
+                break;
+            }
+        }
+        Ok(embedded)
     }
 }

@@ -85,8 +85,15 @@ pub struct DbConfig {
     pub fetch_group_pages: u32,
     /// Checkpoint once this many log records follow the last checkpoint...
     pub checkpoint_records: u64,
-    /// ...or once they hold this many bytes.
+    /// ...or once they hold this many bytes...
     pub checkpoint_bytes: u64,
+    /// ...but no sooner than this long after the last checkpoint (ms): each one writes the
+    /// manifest, and R2 takes about one write per second to one key.
+    pub checkpoint_min_interval_ms: f64,
+    /// Once its writer has been quiet for `checkpoint_min_interval_ms`, a log tail of this
+    /// many bytes is folded, so that cold readers do not replay it (see
+    /// [`Database::quiet_checkpoint_due`]).
+    pub quiet_checkpoint_bytes: u64,
     /// Superseded objects are deleted only this long after they stopped being referenced
     /// (readers of older checkpoints may still use them)...
     pub gc_retention_ms: f64,
@@ -117,6 +124,8 @@ impl Default for DbConfig {
             fetch_group_pages: 16,
             checkpoint_records: 32,
             checkpoint_bytes: 1 << 20,
+            checkpoint_min_interval_ms: 1_000.0,
+            quiet_checkpoint_bytes: 256 << 10,
             gc_retention_ms: 10.0 * 60.0 * 1000.0,
             history_retention_ms: DEFAULT_HISTORY_RETENTION_MS,
             orphan_sweep_interval_ms: gc::ORPHAN_SWEEP_INTERVAL_MS,
@@ -394,6 +403,7 @@ impl Database {
             listed: None,
             scan_resumes_at: Default::default(),
         };
+        db.cache_embedded_pages(&db.base);
         db.local = Some(db.create_local().await?);
         db.replay_listed_log().await?;
         Ok(db)

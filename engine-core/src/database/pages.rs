@@ -12,6 +12,7 @@ use futures::future::join_all;
 use crate::chunk_file::{CheckpointView, PageSource};
 use crate::error::EngineError;
 use crate::local::LocalDb;
+use crate::manifest::Manifest;
 use crate::store::ByteRange;
 
 use super::{Database, MAX_FETCH_ROUNDS};
@@ -33,6 +34,17 @@ impl Database {
             view.page_size = 4096;
         }
         view
+    }
+
+    /// Puts the pages the image's manifest carries (see [`Manifest::pages`]) into the cache
+    /// under their chunks' keys, where opening the local database finds them.
+    pub(super) fn cache_embedded_pages(&self, m: &Manifest) {
+        let view = self.view();
+        for page in &m.pages {
+            if let Some(key) = view.page_key(page.page_no) {
+                self.cache.insert(key, page.bytes.as_slice().into());
+            }
+        }
     }
 
     /// A local database on the base checkpoint with an empty WAL.

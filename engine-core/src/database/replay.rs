@@ -343,6 +343,7 @@ impl Database {
             }
         }
         let old_image = std::mem::replace(&mut self.image, Image::of_manifest(&m));
+        self.cache_embedded_pages(&m);
         let fresh = match self.create_local().await {
             Ok(fresh) => fresh,
             Err(e) => {
@@ -380,6 +381,7 @@ impl Database {
         }
         let (m, etag) = read_manifest(&self.store, &self.layout).await?;
         let old_image = std::mem::replace(&mut self.image, Image::of_manifest(&m));
+        self.cache_embedded_pages(&m);
         let fresh = match self.create_local().await {
             Ok(fresh) => fresh,
             Err(e) => {
