@@ -30,11 +30,9 @@ pub struct DbRequest {
     cache: Arc<PageCache>,
     /// How fresh read-only answers must be, unless the work says otherwise.
     pub read_from: ReadFrom,
-    bucket: worker::Bucket,
-    emulated_r2_latency_ms: u64,
-    emulated_r2_faults: Option<r2_backend::FaultPlan>,
     /// R2 calls one engine operation may make (see [`settings::Settings::r2_call_budget`]).
     r2_calls: Option<u64>,
+    settings: Rc<settings::Settings>,
 }
 
 /// A request's durable reply with its `meta` and `Server-Timing` entry.
@@ -70,34 +68,26 @@ impl DbRequest {
     /// For database `name` (already validated), with the caller's access and freshness.
     pub fn new(env: &Env, name: &str, access: Access, read_from: ReadFrom) -> Result<Self, ApiError> {
         let settings = settings::get(env);
-        let bucket = settings.bucket()?;
         Ok(DbRequest {
             name: name.to_string(),
             access,
             config: settings.db_config,
             cache: registry::cache(settings.cache_bytes),
             read_from,
-            bucket,
-            emulated_r2_latency_ms: settings.emulated_r2_latency_ms,
-            emulated_r2_faults: settings.emulated_r2_faults()?,
             r2_calls: settings.r2_call_budget,
+            settings,
         })
     }
 
-    /// This isolate's slot for the database (opening nothing yet).
-    fn slot(&self) -> Rc<registry::DbSlot> {
-        registry::slot(&self.name, self.r2_store())
-    }
-
-    fn r2_store(&self) -> r2_backend::R2Store {
-        r2_backend::R2Store::new(self.bucket.clone())
-            .with_emulated_latency(self.emulated_r2_latency_ms)
-            .with_faults(self.emulated_r2_faults.clone())
+    /// This isolate's slot for the database (opening nothing yet; its store is made only
+    /// if the slot is new).
+    fn slot(&self) -> Result<Rc<registry::DbSlot>, ApiError> {
+        registry::slot(&self.name, || self.settings.r2_store())
     }
 
     /// Runs `work` (grouped with concurrent requests) and measures it.
     pub async fn perform(self, work: Work, started: f64) -> Result<Performed, ApiError> {
-        let slot = self.slot();
+        let slot = self.slot()?;
         let cache_before = self.cache.stats();
         let request = Request { work, read_from: self.read_from };
         let (done, r2) = slot.submit(&self.name, self.config, self.cache.clone(), self.r2_calls, request).await?;
@@ -109,7 +99,7 @@ impl DbRequest {
         &self,
         op: impl for<'a> FnOnce(&'a mut Database) -> LocalBoxFuture<'a, Result<T, EngineError>>,
     ) -> Result<(T, StoreCounts), ApiError> {
-        Ok(self.slot().exclusive(&self.name, self.config, self.cache.clone(), self.r2_calls, op).await?)
+        Ok(self.slot()?.exclusive(&self.name, self.config, self.cache.clone(), self.r2_calls, op).await?)
     }
 
     /// Runs `work` on a past state (an `as_of` read), found by `find` on the database.
@@ -120,7 +110,7 @@ impl DbRequest {
         started: f64,
     ) -> Result<Performed, ApiError> {
         let cache_before = self.cache.stats();
-        let slot = self.slot();
+        let slot = self.slot()?;
         let before = slot.store.counts();
         let (mut past, _) = slot.exclusive(&self.name, self.config, self.cache.clone(), self.r2_calls, find).await?;
         let request = Request { work, read_from: ReadFrom::Latest };

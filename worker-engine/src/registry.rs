@@ -94,14 +94,15 @@ pub fn existing_slot(name: &str) -> Option<Rc<DbSlot>> {
     OPEN.with(|open| open.borrow().get(name).cloned())
 }
 
-/// The slot of database `name`, made with `r2` as its store if it is not open yet.
-pub fn slot(name: &str, r2: R2Store) -> Rc<DbSlot> {
+/// The slot of database `name`, made with the store `make_store` makes if it is not open yet.
+pub fn slot<E>(name: &str, make_store: impl FnOnce() -> Result<R2Store, E>) -> Result<Rc<DbSlot>, E> {
     OPEN.with(|open| {
         let mut open = open.borrow_mut();
         if let Some(s) = open.get(name) {
             *s.last_used.borrow_mut() = js_sys::Date::now();
-            return s.clone();
+            return Ok(s.clone());
         }
+        let r2 = make_store()?;
         if open.len() >= MAX_OPEN_DATABASES {
             // Evict the least recently used database nobody is using right now.
             let idle = open
@@ -123,7 +124,7 @@ pub fn slot(name: &str, r2: R2Store) -> Rc<DbSlot> {
             quiet_checkpoint_scheduled: std::cell::Cell::new(false),
         });
         open.insert(name.to_string(), s.clone());
-        s
+        Ok(s)
     })
 }
 
