@@ -448,3 +448,21 @@ fn checkpoints_are_paced_and_a_quiet_writer_folds_the_tail() {
     assert!(block_on(w.checkpoint_if_quiet()).unwrap());
     assert_eq!(w.checkpoint_seq(), w.applied_seq());
 }
+
+#[test]
+fn a_manifest_written_by_a_clock_far_ahead_holds_checkpoints_back_one_interval_at_most() {
+    let here = twill_tests::World::new(8);
+    let ahead = twill_tests::World { store: here.store.clone(), host: Arc::new(SimHost::new(9)) };
+    ahead.host.advance(3.0 * 3_600_000.0);
+    let config = DbConfig { checkpoint_records: 1, ..DbConfig::default() };
+    let mut fast = ahead.open("skew", config.clone());
+    exec(&mut fast, "CREATE TABLE t (id INTEGER PRIMARY KEY)", vec![]);
+    assert_eq!(fast.checkpoint_seq(), 1, "the isolate three hours ahead wrote the manifest");
+
+    let mut w = here.open("skew", config);
+    exec(&mut w, "INSERT INTO t VALUES (1)", vec![]);
+    assert_eq!((w.checkpoint_seq(), w.applied_seq()), (1, 2), "put off: the manifest looks new");
+    here.host.advance(1_000.0);
+    assert!(block_on(w.checkpoint_if_quiet()).unwrap(), "one interval later the tail is folded");
+    assert_eq!(w.checkpoint_seq(), 2);
+}

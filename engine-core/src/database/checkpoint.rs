@@ -26,22 +26,30 @@ impl Database {
         records.fold((0, 0), |(n, b), r| (n + 1, b + r.meta.bytes))
     }
 
+    /// Whether a log of `records` records and `bytes` bytes after the checkpoint is long
+    /// enough that the commits call for a checkpoint.
+    fn log_calls_for_checkpoint(&self, records: u64, bytes: u64) -> bool {
+        records >= self.config.checkpoint_records.max(1) || bytes >= self.config.checkpoint_bytes
+    }
+
     pub(super) async fn maybe_checkpoint(&mut self) -> Result<(), EngineError> {
         let (n, bytes) = self.log_since_checkpoint();
         // The first commit after a deletion is published at once, so that listings (which
         // read manifests only) show the database again.
         let revives_deleted = self.base.deleted.is_some() && n > 0;
-        let full = n >= self.config.checkpoint_records.max(1) || bytes >= self.config.checkpoint_bytes;
-        if revives_deleted || (full && self.checkpoint_wait_ms() == 0.0) {
+        if revives_deleted || (self.log_calls_for_checkpoint(n, bytes) && self.checkpoint_wait_ms() == 0.0) {
             self.checkpoint().await?;
         }
         Ok(())
     }
 
     /// How long the next checkpoint must wait for the manifest's last write to be
-    /// `checkpoint_min_interval_ms` old.
+    /// `checkpoint_min_interval_ms` old. `written_ms` is by the clock of whichever isolate
+    /// wrote the manifest; this replica saw it no later than `base_seen_ms` by its own, so
+    /// a writer's clock far ahead cannot hold checkpoints back past one interval.
     fn checkpoint_wait_ms(&self) -> f64 {
-        (self.base.written_ms + self.config.checkpoint_min_interval_ms - self.now_ms()).max(0.0)
+        let written = self.base.written_ms.min(self.base_seen_ms);
+        (written + self.config.checkpoint_min_interval_ms - self.now_ms()).max(0.0)
     }
 
     /// If the log after the checkpoint should be folded once the writer has gone quiet:
@@ -51,10 +59,10 @@ impl Database {
     /// commits: folding each would write the manifest and a history entry per commit.
     pub fn quiet_checkpoint_due(&self) -> Option<f64> {
         let (n, bytes) = self.log_since_checkpoint();
-        let full = n >= self.config.checkpoint_records.max(1) || bytes >= self.config.checkpoint_bytes;
-        let due = n > 0 && (full || bytes >= self.config.quiet_checkpoint_bytes);
+        let due = n > 0 && (self.log_calls_for_checkpoint(n, bytes) || bytes >= self.config.quiet_checkpoint_bytes);
         let live = matches!(self.mode, super::Mode::Live) && self.local.as_ref().is_some_and(|l| !l.in_transaction());
-        (due && live).then(|| self.checkpoint_wait_ms().max(self.config.checkpoint_min_interval_ms))
+        // The writer must be quiet for a whole interval, which is never less than the wait.
+        (due && live).then_some(self.config.checkpoint_min_interval_ms)
     }
 
     /// Folds the log if [`Self::quiet_checkpoint_due`] says so and the interval since the

@@ -156,6 +156,7 @@ impl Database {
             local: None,
             base: self.base.clone(),
             base_etag: self.base_etag.clone(),
+            base_seen_ms: self.base_seen_ms,
             image,
             entries: Default::default(),
             applied_seq: seq,

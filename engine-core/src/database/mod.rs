@@ -341,6 +341,9 @@ pub struct Database {
     /// The newest manifest known, and its etag (`None`: absent).
     base: Manifest,
     base_etag: Option<String>,
+    /// When this replica first saw `base`, by its own clock. Checkpoint pacing counts from
+    /// the earlier of this and `base.written_ms` (the writer's clock, which may run ahead).
+    base_seen_ms: f64,
     /// The checkpoint image `local` is built on: `base`'s, or a snapshot record's.
     image: Image,
     /// History entries and full chunk maps read lately (they never change).
@@ -382,6 +385,7 @@ impl Database {
     /// read less on a cold start). The next [`Self::perform`] must be theirs.
     pub async fn open_for_waiting_requests(ctx: DbContext, layout: Layout, config: DbConfig) -> Result<Self, EngineError> {
         let (base, base_etag) = replay::read_manifest(&ctx.store, &layout).await?;
+        let base_seen_ms = ctx.host.now_ms();
         let mut db = Database {
             layout,
             mode: Mode::Live,
@@ -394,6 +398,7 @@ impl Database {
             applied_seq: base.checkpoint_seq,
             last_commit_ms: base.committed_ms,
             image: Image::of_manifest(&base),
+            base_seen_ms,
             base,
             base_etag,
             entries: RefCell::new(entries::EntryCache::default()),

@@ -327,6 +327,7 @@ impl Database {
         if self.local.is_some() && self.image.snapshot_seq.is_some_and(|s| s > m.checkpoint_seq) {
             self.records.retain(|r| r.meta.seq > m.checkpoint_seq);
             self.base = m;
+            self.base_seen_ms = self.now_ms();
             self.base_etag = etag;
             return Ok(());
         }
@@ -352,6 +353,7 @@ impl Database {
             }
         };
         self.base = m;
+        self.base_seen_ms = self.now_ms();
         self.base_etag = etag;
         self.local = Some(fresh);
         self.records.clear();
@@ -390,6 +392,7 @@ impl Database {
             }
         };
         self.base = m;
+        self.base_seen_ms = self.now_ms();
         self.base_etag = etag;
         self.local = Some(fresh);
         self.records.clear();
