@@ -19,9 +19,19 @@ export type RpcOptions = { bookmark?: string; as_of?: string };
 /** A commit, by bookmark or by time (RFC 3339 or ms since the epoch: the last commit then). */
 export type HistoryPoint = { bookmark: string } | { time: string | number };
 
+/** POST bodies up to this many bytes (declared by content-length) are read here, in one
+ * JS `await`, and handed to the engine as bytes; larger or undeclared ones, and the PUT
+ * bodies that imports and upload parts stream, the engine reads itself, within its limits. */
+const PREFETCH_MAX_BYTES = 1 << 20;
+
 export default class TwillDbEdge extends WorkerEntrypoint {
   async fetch(request: Request): Promise<Response> {
-    return engineFetch(request, this.env, this.ctx);
+    let body: Uint8Array | undefined;
+    if (request.method === "POST" && request.body !== null) {
+      const declared = Number(request.headers.get("content-length") ?? NaN);
+      if (declared <= PREFETCH_MAX_BYTES) body = new Uint8Array(await request.arrayBuffer());
+    }
+    return engineFetch(request, body, this.env, this.ctx);
   }
 
   /** The cron trigger: purges databases deleted longer ago than the history window. */

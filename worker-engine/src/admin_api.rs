@@ -109,7 +109,7 @@ pub async fn info(db: DbRequest, env: &Env) -> Result<Answer, ApiError> {
     if info.deleted.is_none() {
         body.as_object_mut().map(|o| o.remove("deleted"));
     }
-    Ok(Answer { body, timing: None, bookmark: Some(head), file: None })
+    Ok(Answer { body: crate::Body::Value(body), timing: None, bookmark: Some(head), file: None })
 }
 
 /// `DELETE /v1/db/{name}[?purge=true]`: the database becomes empty, as one commit. Its
@@ -139,7 +139,7 @@ pub async fn delete(db: DbRequest, purge: Option<&str>) -> Result<Answer, ApiErr
             "complete": p.complete,
         });
     }
-    Ok(Answer { body, timing: None, bookmark: Some(bookmark), file: None })
+    Ok(Answer { body: crate::Body::Value(body), timing: None, bookmark: Some(bookmark), file: None })
 }
 
 /// Deleted databases one scheduled run purges at most: each purge may make 400 R2 calls, and

@@ -10,7 +10,7 @@ use engine_core::cache::{CacheStats, PageCache};
 use engine_core::store::StoreCounts;
 use engine_core::{Database, DbConfig, Done, EngineError, ReadFrom, Request, Work};
 use futures::future::LocalBoxFuture;
-use serde_json::{json, Value};
+use serde::Serialize;
 use worker::Env;
 
 use crate::auth::Access;
@@ -38,8 +38,27 @@ pub struct DbRequest {
 /// A request's durable reply with its `meta` and `Server-Timing` entry.
 pub struct Performed {
     pub done: Done,
-    pub meta: Value,
+    pub meta: Meta,
     pub timing: String,
+}
+
+/// What a request did, as every answer's `meta` says: its time, the commit it reflects,
+/// rows, log records, R2 calls and page-cache use.
+#[derive(Serialize)]
+pub struct Meta {
+    pub duration_ms: f64,
+    pub bookmark: String,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub log_records_applied: u64,
+    pub log_records_committed: u64,
+    pub commit_retries: u32,
+    pub r2_reads: u64,
+    pub r2_writes: u64,
+    pub r2_bytes_read: u64,
+    pub r2_bytes_written: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
 }
 
 impl Performed {
@@ -124,21 +143,21 @@ impl DbRequest {
 
     fn measured(&self, done: Done, r2: StoreCounts, cache_before: CacheStats, started: f64) -> Performed {
         let cache_after = self.cache.stats();
-        let meta = json!({
-            "duration_ms": js_sys::Date::now() - started,
-            "bookmark": Bookmark(done.stats.bookmark).to_string(),
-            "rows_read": done.stats.rows_read,
-            "rows_written": done.stats.rows_written,
-            "log_records_applied": done.stats.records_applied,
-            "log_records_committed": done.stats.records_committed,
-            "commit_retries": done.stats.retries,
-            "r2_reads": r2.reads,
-            "r2_writes": r2.writes,
-            "r2_bytes_read": r2.bytes_read,
-            "r2_bytes_written": r2.bytes_written,
-            "cache_hits": cache_after.hits - cache_before.hits,
-            "cache_misses": cache_after.misses - cache_before.misses,
-        });
+        let meta = Meta {
+            duration_ms: js_sys::Date::now() - started,
+            bookmark: Bookmark(done.stats.bookmark).to_string(),
+            rows_read: done.stats.rows_read,
+            rows_written: done.stats.rows_written,
+            log_records_applied: done.stats.records_applied,
+            log_records_committed: done.stats.records_committed,
+            commit_retries: done.stats.retries,
+            r2_reads: r2.reads,
+            r2_writes: r2.writes,
+            r2_bytes_read: r2.bytes_read,
+            r2_bytes_written: r2.bytes_written,
+            cache_hits: cache_after.hits - cache_before.hits,
+            cache_misses: cache_after.misses - cache_before.misses,
+        };
         let timing = format!("r2;desc=\"{} reads, {} writes\"", r2.reads, r2.writes);
         Performed { done, meta, timing }
     }

@@ -156,7 +156,7 @@ pub async fn restore(db: DbRequest, body: &[u8]) -> Result<Answer, ApiError> {
         "bookmark": bookmark,
         "meta": { "bookmark": bookmark, "r2_reads": r2.reads, "r2_writes": r2.writes },
     });
-    Ok(Answer { body, timing: None, bookmark: Some(bookmark), file: None })
+    Ok(Answer { body: crate::Body::Value(body), timing: None, bookmark: Some(bookmark), file: None })
 }
 
 /// A fork request: the new database's name, and the commit to start from (default: the

@@ -161,5 +161,5 @@ pub(crate) fn imported_answer(imported: &engine_core::Imported, r2: engine_core:
         "statements": imported.statements,
         "meta": { "bookmark": bookmark, "r2_reads": r2.reads, "r2_writes": r2.writes },
     });
-    Answer { body, timing: None, bookmark: Some(bookmark), file: None }
+    Answer { body: crate::Body::Value(body), timing: None, bookmark: Some(bookmark), file: None }
 }

@@ -2,101 +2,157 @@
 //!
 //! `worker::Request` reads the method, the URL and `request.cf` (which the runtime builds as a
 //! new JS object on each read) when it is made, and its body reader crosses into JS twice per
-//! chunk: together about a fifth of a warm point select's time in a CPU profile. Most routes
-//! need a header or two and a small body known in length, read with one `arrayBuffer()`;
-//! the routes that stream their body (imports and upload parts) take it once with
-//! [`Incoming::take_body`].
+//! chunk: together about a fifth of a warm point select's time in a CPU profile. Here the
+//! method, the URL and the headers most requests read come over in one call into JS
+//! ([`request_head`]), the other headers one call each. Most routes need a small body known
+//! in length, read with one `arrayBuffer()`; the routes that stream their body (imports and
+//! upload parts) take it once with [`Incoming::take_body`].
 
 use std::cell::Cell;
 
+use serde::Deserialize;
+use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen_futures::JsFuture;
 use worker::{url, web_sys, ByteStream, Method};
 
+use crate::db_request::STALENESS_HEADER;
+use crate::history_api::AS_OF_HEADER;
 use crate::wire::{ApiError, LIMITS};
+use crate::BOOKMARK_HEADER;
+
+/// The headers [`request_head`] reads with the method and URL (lower case).
+const COMMON_HEADERS: [&str; 5] = ["authorization", "content-length", BOOKMARK_HEADER, STALENESS_HEADER, AS_OF_HEADER];
+
+#[wasm_bindgen(inline_js = "export function requestHead(r, names) {
+  const h = r.headers;
+  return JSON.stringify({ method: r.method, url: r.url, has_body: r.body !== null, headers: names.split(',').map((n) => h.get(n)) });
+}")]
+extern "C" {
+    /// `{method, url, has_body, headers}` as JSON, `headers` holding the values of the comma-separated
+    /// `names` in order (null where absent).
+    #[wasm_bindgen(js_name = requestHead)]
+    fn request_head(request: &web_sys::Request, names: &str) -> String;
+}
+
+#[derive(Deserialize)]
+struct Head {
+    method: String,
+    /// The URL as the runtime serialized it (WHATWG): absolute, its path percent-encoded.
+    url: String,
+    has_body: bool,
+    /// The values of [`COMMON_HEADERS`], in order.
+    headers: Vec<Option<String>>,
+}
 
 pub struct Incoming {
     raw: web_sys::Request,
-    /// The URL as the runtime serialized it (WHATWG): absolute, its path percent-encoded.
-    url: String,
-    /// Whether the body was taken (it can be read once).
-    body_taken: Cell<bool>,
+    head: Head,
+    body: Cell<BodyState>,
+}
+
+/// Where the request's body is: it can be read once.
+#[derive(Default)]
+enum BodyState {
+    /// Still in the request.
+    Unread,
+    /// Read by the JS entry (a small POST body), handed over as bytes.
+    Prefetched(Vec<u8>),
+    /// Taken: read, or handed out as a stream.
+    #[default]
+    Taken,
 }
 
 impl Incoming {
-    pub fn new(raw: web_sys::Request) -> Self {
-        let url = raw.url();
-        Incoming { raw, url, body_taken: Cell::new(false) }
+    /// `prefetched`: the body, if the JS entry already read it.
+    pub fn new(raw: web_sys::Request, prefetched: Option<Vec<u8>>) -> Result<Self, ApiError> {
+        let text = request_head(&raw, &COMMON_HEADERS.join(","));
+        let head: Head = serde_json::from_str(&text)
+            .ok()
+            .filter(|h: &Head| h.headers.len() == COMMON_HEADERS.len())
+            .ok_or_else(|| crate::internal("reading the request's method, URL and headers"))?;
+        let body = match prefetched {
+            Some(bytes) => BodyState::Prefetched(bytes),
+            None if head.has_body => BodyState::Unread,
+            None => BodyState::Taken,
+        };
+        Ok(Incoming { raw, head, body: Cell::new(body) })
     }
 
     pub fn method(&self) -> Method {
-        Method::from(self.raw.method())
+        Method::from(self.head.method.clone())
     }
 
     pub fn path(&self) -> &str {
-        url_path(&self.url)
+        url_path(&self.head.url)
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.raw.headers().get(name).ok().flatten()
+        match COMMON_HEADERS.iter().position(|h| h.eq_ignore_ascii_case(name)) {
+            Some(i) => self.head.headers[i].clone(),
+            None => self.raw.headers().get(name).ok().flatten(),
+        }
     }
 
     pub fn query_param(&self, name: &str) -> Option<String> {
-        url_query_param(&self.url, name)
+        url_query_param(&self.head.url, name)
     }
 
-    /// The body as a stream, once: None without a body, or once it was taken.
+    /// The body as a stream, once: None without a body, or once it was taken. (The JS entry
+    /// reads only POST bodies; the routes that stream theirs are PUTs.)
     pub fn take_body(&self) -> Option<web_sys::ReadableStream> {
-        if self.body_taken.replace(true) {
-            return None;
+        match self.body.take() {
+            BodyState::Unread => self.raw.body(),
+            BodyState::Prefetched(_) | BodyState::Taken => None,
         }
-        self.raw.body()
     }
 
     /// The whole body, at most `LIMITS.max_body_bytes` (`PAYLOAD_TOO_LARGE` past it). A request
     /// without a body reads as an empty one (the body parsers say what is missing).
     pub async fn body(&self) -> Result<Vec<u8>, ApiError> {
-        if self.body_taken.get() || self.raw.body().is_none() {
-            return Ok(Vec::new());
-        }
+        let stream = match self.body.take() {
+            BodyState::Prefetched(bytes) => return Ok(bytes),
+            BodyState::Taken => return Ok(Vec::new()),
+            BodyState::Unread => self.raw.body(),
+        };
+        let Some(stream) = stream else { return Ok(Vec::new()) };
         let declared = self.header("content-length").map(|len| len.trim().parse::<usize>().ok());
         match declared {
             Some(Some(n)) if n <= LIMITS.max_body_bytes => {
                 // The runtime holds the body to its declared length, so one read takes it.
-                self.body_taken.set(true);
                 let buffer = JsFuture::from(self.raw.array_buffer().map_err(reading_error)?).await.map_err(reading_error)?;
                 Ok(js_sys::Uint8Array::new(&buffer).to_vec())
             }
-            Some(_) => self.drain(true).await,
-            None => self.drain(false).await,
+            Some(_) => drain(stream, true).await,
+            None => drain(stream, false).await,
         }
     }
+}
 
-    /// Reads a body of unknown or excessive length in chunks, keeping no bytes past the limit
-    /// but reading to the end: a client still sending when the answer goes out sees a reset
-    /// connection, not the 413.
-    async fn drain(&self, over_from_start: bool) -> Result<Vec<u8>, ApiError> {
-        let Some(mut stream) = self.take_body().map(ByteStream::from) else { return Ok(Vec::new()) };
-        let mut body = Vec::new();
-        let mut over = over_from_start;
-        while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
-            let chunk = chunk.map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("reading body: {e}")))?;
-            if !over && body.len() + chunk.len() > LIMITS.max_body_bytes {
-                over = true;
-                body = Vec::new();
-            }
-            if !over {
-                body.extend_from_slice(&chunk);
-            }
+/// Reads a body of unknown or excessive length in chunks, keeping no bytes past the limit
+/// but reading to the end: a client still sending when the answer goes out sees a reset
+/// connection, not the 413.
+async fn drain(stream: web_sys::ReadableStream, over_from_start: bool) -> Result<Vec<u8>, ApiError> {
+    let mut stream = ByteStream::from(stream);
+    let mut body = Vec::new();
+    let mut over = over_from_start;
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("INVALID_REQUEST", format!("reading body: {e}")))?;
+        if !over && body.len() + chunk.len() > LIMITS.max_body_bytes {
+            over = true;
+            body = Vec::new();
         }
-        if over {
-            return Err(ApiError::new(
-                413,
-                "PAYLOAD_TOO_LARGE",
-                format!("request bodies may be at most {} bytes (BODY_SIZE limit)", LIMITS.max_body_bytes),
-            ));
+        if !over {
+            body.extend_from_slice(&chunk);
         }
-        Ok(body)
     }
+    if over {
+        return Err(ApiError::new(
+            413,
+            "PAYLOAD_TOO_LARGE",
+            format!("request bodies may be at most {} bytes (BODY_SIZE limit)", LIMITS.max_body_bytes),
+        ));
+    }
+    Ok(body)
 }
 
 fn reading_error(e: wasm_bindgen::JsValue) -> ApiError {

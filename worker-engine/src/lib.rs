@@ -46,28 +46,70 @@ pub const BOOKMARK_HEADER: &str = "x-twill-bookmark";
 /// A successful answer: its JSON body, a `Server-Timing` entry, its bookmark; or a file
 /// (an export), streamed as it is.
 pub struct Answer {
-    pub body: Value,
+    pub body: Body,
     pub timing: Option<String>,
     pub bookmark: Option<String>,
     pub file: Option<Response>,
 }
 
+/// An answer's JSON body: a value, or text already encoded (SQL results are serialized
+/// straight from the engine's rows, without building a value first).
+pub enum Body {
+    Value(Value),
+    Encoded(String),
+}
+
 impl Answer {
     pub fn json(body: Value) -> Self {
-        Answer { body, timing: None, bookmark: None, file: None }
+        Answer { body: Body::Value(body), timing: None, bookmark: None, file: None }
     }
 
     pub fn file(response: Response, bookmark: String) -> Self {
-        Answer { body: Value::Null, timing: None, bookmark: Some(bookmark), file: Some(response) }
+        Answer { body: Body::Value(Value::Null), timing: None, bookmark: Some(bookmark), file: Some(response) }
+    }
+
+    /// The body as a value (for RPC, which answers with JS objects).
+    pub fn into_value(self) -> Result<Value, ApiError> {
+        match self.body {
+            Body::Value(v) => Ok(v),
+            Body::Encoded(text) => serde_json::from_str(&text).map_err(|e| internal(&format!("re-reading an answer: {e}"))),
+        }
     }
 }
 
-#[event(fetch)]
-async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
+/// `value` as JSON text; an error only if it cannot be encoded (a bug, answered as one).
+pub(crate) fn encode(value: &impl serde::Serialize) -> Result<String, ApiError> {
+    serde_json::to_string(value).map_err(|e| internal(&format!("encoding the answer: {e}")))
+}
+
+/// The HTTP entry, called by `ts/src/worker-entry.ts` with the request's body when it has
+/// already read it (a small POST body: one `await` in JS is cheaper than the same `await`
+/// driven from wasm), else undefined.
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub async fn fetch(
+    req: web_sys::Request,
+    body: Option<Vec<u8>>,
+    env: Env,
+    ctx: worker::worker_sys::Context,
+) -> Result<web_sys::Response, wasm_bindgen::JsValue> {
+    match serve(req, body, env, Context::new(ctx)).await {
+        Ok(response) => Ok(response),
+        Err(e) => {
+            console_error!("{e}");
+            let body = internal(&format!("answering the request: {e}")).body();
+            Ok(json_response(&body.to_string(), 500, "", BOOKMARK_HEADER, None)?)
+        }
+    }
+}
+
+async fn serve(req: web_sys::Request, body: Option<Vec<u8>>, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     let started = js_sys::Date::now();
-    let req = incoming::Incoming::new(req);
-    let path = req.path().to_string();
-    let answer = sql_api::handle(req, &env, started).await;
+    let req = incoming::Incoming::new(req, body);
+    let path = req.as_ref().map(|r| r.path().to_string()).unwrap_or_default();
+    let answer = match req {
+        Ok(req) => sql_api::handle(req, &env, started).await,
+        Err(e) => Err(e),
+    };
     registry::schedule_quiet_checkpoints(&ctx);
     let (status, body, timing, bookmark) = match answer {
         Ok(Answer { file: Some(mut file), bookmark, .. }) => {
@@ -78,28 +120,38 @@ async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> worker::Result<
             return Ok(file.into());
         }
         Ok(a) => (200, a.body, a.timing, a.bookmark),
-        Err(e) if routes::looks_like_hrana(&path) => (e.status, e.hrana_body(), None, None),
-        Err(e) => (e.status, e.body(), None, None),
+        Err(e) if routes::looks_like_hrana(&path) => (e.status, Body::Value(e.hrana_body()), None, None),
+        Err(e) => (e.status, Body::Value(e.body()), None, None),
     };
     let elapsed = js_sys::Date::now() - started;
     let server_timing = match timing {
         Some(t) => format!("total;dur={elapsed}, {t}"),
         None => format!("total;dur={elapsed}"),
     };
-    // Made directly rather than through worker::Response, which builds its headers and init
-    // with a JS call per field and copies the body once more.
-    let headers = web_sys::Headers::new()?;
-    headers.set("content-type", "application/json")?;
-    headers.set("server-timing", &server_timing)?;
-    headers.set("cache-control", "no-store")?;
-    if let Some(b) = bookmark {
-        headers.set(BOOKMARK_HEADER, &b)?;
-    }
-    let init = web_sys::ResponseInit::new();
-    init.set_status(status);
-    init.set_headers(&headers);
-    let text = serde_json::to_string(&body).map_err(|e| worker::Error::RustError(format!("encoding the answer: {e}")))?;
-    Ok(web_sys::Response::new_with_opt_str_and_init(Some(&text), &init)?)
+    let text = match body {
+        Body::Encoded(text) => text,
+        Body::Value(v) => serde_json::to_string(&v).map_err(|e| worker::Error::RustError(format!("encoding the answer: {e}")))?,
+    };
+    Ok(json_response(&text, status, &server_timing, BOOKMARK_HEADER, bookmark)?)
+}
+
+// Made in one call into JS rather than through worker::Response or web_sys's Headers and
+// ResponseInit, which take a JS call per header and field.
+#[wasm_bindgen::prelude::wasm_bindgen(inline_js = "export function jsonResponse(text, status, timing, bookmarkHeader, bookmark) {
+  const headers = { 'content-type': 'application/json', 'server-timing': timing, 'cache-control': 'no-store' };
+  if (bookmark !== undefined) headers[bookmarkHeader] = bookmark;
+  return new Response(text, { status, headers });
+}")]
+extern "C" {
+    /// A JSON answer with our headers, `bookmark` (if any) under `bookmark_header`.
+    #[wasm_bindgen(js_name = jsonResponse, catch)]
+    fn json_response(
+        text: &str,
+        status: u16,
+        timing: &str,
+        bookmark_header: &str,
+        bookmark: Option<String>,
+    ) -> Result<web_sys::Response, wasm_bindgen::JsValue>;
 }
 
 /// The cron trigger (wrangler.toml): purges databases deleted longer ago than the history

@@ -10,8 +10,7 @@
 //!
 //! A service binding is configured by the owner of both Workers, so RPC needs no token.
 
-use engine_core::{Params, Reply, SqlValue, Statement, StatementResult, Work};
-use serde::ser::{SerializeMap, SerializeSeq};
+use engine_core::{Params, Reply, SqlValue, Statement, Work};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::json;
 use wasm_bindgen::prelude::*;
@@ -20,7 +19,7 @@ use worker::Env;
 
 use crate::auth::{check_read_only, Access};
 use crate::history_api::{self, Point};
-use crate::wire::{check_param_count, check_sql_length, validate_db_name, ApiError, LIMITS, MAX_SAFE_INTEGER};
+use crate::wire::{check_param_count, check_sql_length, validate_db_name, ApiError, BatchAnswer, ResultAnswer, ValueEncoding, LIMITS, MAX_SAFE_INTEGER};
 use crate::db_request::{self, DbRequest, Performed};
 
 #[derive(Deserialize)]
@@ -113,7 +112,7 @@ async fn run(
             let statement = statement(sql, &params)?;
             let Performed { done, meta, .. } = perform(db, vec![statement]).await?;
             let Reply::Transaction(results) = done.reply else { return Err(internal()) };
-            Ok(to_js(&ResultOut { result: &results[0], meta: Some(&meta) }))
+            Ok(to_js(&ResultAnswer::<Js>::new(&results[0], Some(&meta))))
         }
         "batch" => {
             let list: Vec<RpcStatement> =
@@ -130,20 +129,20 @@ async fn run(
             let statements = list.into_iter().map(|s| statement(s.sql, &s.params)).collect::<Result<Vec<_>, _>>()?;
             let Performed { done, meta, .. } = perform(db, statements).await?;
             let Reply::Transaction(results) = done.reply else { return Err(internal()) };
-            let results: Vec<ResultOut> = results.iter().map(|r| ResultOut { result: r, meta: None }).collect();
-            Ok(to_js(&json_with(&results, &meta)))
+            let results = results.iter().map(|result| ResultAnswer::new(result, None)).collect();
+            Ok(to_js(&BatchAnswer::<Js> { results, meta: &meta }))
         }
         "exec" => {
             let sql = payload.as_string().ok_or_else(|| bad("sql must be a string"))?;
             check_sql_length(&sql)?;
-            Ok(to_js(&crate::sql_api::exec(db, sql, started).await?.body))
+            Ok(to_js(&crate::sql_api::exec(db, sql, started).await?.into_value()?))
         }
         // History: the payload is the JSON body the HTTP route takes (`history`: the time).
         "history" => {
             let at = if payload.is_null() || payload.is_undefined() { None } else { Some(js_text(&payload)?) };
-            Ok(to_js(&history_api::history(db, at.as_deref()).await?.body))
+            Ok(to_js(&history_api::history(db, at.as_deref()).await?.into_value()?))
         }
-        "restore" => Ok(to_js(&history_api::restore(db, &js_json(payload)?).await?.body)),
+        "restore" => Ok(to_js(&history_api::restore(db, &js_json(payload)?).await?.into_value()?)),
         // `delete`: the payload may be `{purge: true}`.
         "delete" => {
             let purge = if payload.is_null() || payload.is_undefined() {
@@ -152,13 +151,13 @@ async fn run(
                 let options: DeleteOptions = serde_wasm_bindgen::from_value(payload).map_err(|e| bad(format!("delete options: {e}")))?;
                 options.purge.then_some("true")
             };
-            Ok(to_js(&crate::admin_api::delete(db, purge).await?.body))
+            Ok(to_js(&crate::admin_api::delete(db, purge).await?.into_value()?))
         }
-        "info" => Ok(to_js(&crate::admin_api::info(db, env).await?.body)),
+        "info" => Ok(to_js(&crate::admin_api::info(db, env).await?.into_value()?)),
         "fork" => {
             let request = history_api::parse_fork(&js_json(payload)?)?;
             validate_db_name(&request.to)?;
-            Ok(to_js(&history_api::fork(db, request).await?.body))
+            Ok(to_js(&history_api::fork(db, request).await?.into_value()?))
         }
         other => Err(ApiError::new(404, "NOT_FOUND", format!("no RPC method {other:?}"))),
     }
@@ -186,56 +185,13 @@ fn internal() -> ApiError {
     ApiError::new(500, "INTERNAL_ERROR", "unexpected reply kind")
 }
 
-/// `{ results: [...], meta }` where results serialize through serde-wasm-bindgen.
-fn json_with<'a>(results: &'a [ResultOut<'a>], meta: &'a serde_json::Value) -> BatchOut<'a> {
-    BatchOut { results, meta }
-}
+/// RPC's values: JavaScript's own (a BigInt beyond ±(2^53 − 1), a Uint8Array for a blob),
+/// through serde-wasm-bindgen.
+struct Js;
 
-#[derive(Serialize)]
-struct BatchOut<'a> {
-    results: &'a [ResultOut<'a>],
-    meta: &'a serde_json::Value,
-}
-
-struct ResultOut<'a> {
-    result: &'a StatementResult,
-    meta: Option<&'a serde_json::Value>,
-}
-
-impl Serialize for ResultOut<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let r = self.result;
-        let mut map = s.serialize_map(None)?;
-        map.serialize_entry("columns", &r.columns)?;
-        map.serialize_entry("rows", &Rows(&r.rows))?;
-        map.serialize_entry("rows_affected", &r.rows_affected)?;
-        map.serialize_entry("rows_read", &r.rows_read)?;
-        map.serialize_entry("rows_written", &r.rows_written)?;
-        map.serialize_entry("last_insert_rowid", &r.last_insert_rowid.map(SqlValue::Integer).as_ref().map(Cell))?;
-        if let Some(meta) = self.meta {
-            map.serialize_entry("meta", meta)?;
-        }
-        map.end()
-    }
-}
-
-struct Rows<'a>(&'a [Vec<SqlValue>]);
-
-impl Serialize for Rows<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut rows = s.serialize_seq(Some(self.0.len()))?;
-        for row in self.0 {
-            rows.serialize_element(&row.iter().map(Cell).collect::<Vec<_>>())?;
-        }
-        rows.end()
-    }
-}
-
-struct Cell<'a>(&'a SqlValue);
-
-impl Serialize for Cell<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
+impl ValueEncoding for Js {
+    fn serialize_value<S: Serializer>(v: &SqlValue, s: S) -> Result<S::Ok, S::Error> {
+        match v {
             SqlValue::Null => s.serialize_none(),
             SqlValue::Integer(i) if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(i) => s.serialize_i64(*i),
             // Beyond ±(2^53 − 1) a number would round: hand JavaScript a BigInt.

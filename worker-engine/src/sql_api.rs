@@ -11,8 +11,8 @@ use crate::auth::{self, Access};
 use crate::db_request::{self, DbRequest, STALENESS_HEADER};
 use crate::incoming::Incoming;
 use crate::routes::{self, Endpoint};
-use crate::wire::{self, result_to_json, validate_db_name, ApiError};
-use crate::{admin_api, export_api, history_api, hrana, import_api, registry, settings, upload_api, Answer, BOOKMARK_HEADER};
+use crate::wire::{self, validate_db_name, ApiError, BatchAnswer, Json, ResultAnswer};
+use crate::{admin_api, export_api, history_api, hrana, import_api, registry, settings, upload_api, Answer, Body, BOOKMARK_HEADER};
 
 pub async fn handle(req: Incoming, env: &Env, started: f64) -> Result<Answer, ApiError> {
     let rules = settings::get(env).access_rules()?;
@@ -125,14 +125,14 @@ pub async fn handle(req: Incoming, env: &Env, started: f64) -> Result<Answer, Ap
             let Reply::Transaction(results) = performed.done.reply else {
                 return Err(crate::internal("a transaction was answered as a script"));
             };
-            let body = if route.endpoint == Endpoint::Query {
-                let mut body = result_to_json(&results[0]);
-                body["meta"] = performed.meta;
-                body
+            let meta = &performed.meta;
+            let text = if route.endpoint == Endpoint::Query {
+                crate::encode(&ResultAnswer::<Json>::new(&results[0], Some(meta)))?
             } else {
-                json!({ "results": results.iter().map(result_to_json).collect::<Vec<_>>(), "meta": performed.meta })
+                let results = results.iter().map(|result| ResultAnswer::new(result, None)).collect();
+                crate::encode(&BatchAnswer::<Json> { results, meta })?
             };
-            Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
+            Ok(Answer { body: Body::Encoded(text), timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
         }
         Endpoint::Describe
         | Endpoint::Stats
@@ -177,8 +177,8 @@ async fn hrana_pipeline(mut db: DbRequest, env: &Env, body: &[u8], started: f64)
     };
     let ctx = hrana::Context { db: &name, key: key.as_ref(), now_ms: started, tx_idle_ms };
     let mut body = hrana::respond(plan, outcome, &ctx);
-    body["meta"] = performed.meta;
-    Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
+    body["meta"] = serde_json::to_value(&performed.meta).map_err(|e| crate::internal(&format!("encoding meta: {e}")))?;
+    Ok(Answer { body: Body::Value(body), timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
 }
 
 /// Statements separated by semicolons, each committed as it runs (D1's exec):
@@ -227,8 +227,9 @@ pub(crate) async fn exec(db: DbRequest, sql: String, started: f64) -> Result<Ans
         }
         return Err(error);
     }
-    let body = json!({ "count": count, "duration": performed.meta["duration_ms"], "meta": performed.meta });
-    Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
+    let meta = serde_json::to_value(&performed.meta).map_err(|e| crate::internal(&format!("encoding meta: {e}")))?;
+    let body = json!({ "count": count, "duration": performed.meta.duration_ms, "meta": meta });
+    Ok(Answer { body: Body::Value(body), timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
 }
 
 /// The isolate's wasm linear memory in bytes: it only grows, so this is also its peak.

@@ -9,7 +9,12 @@
 use base64::Engine as _;
 use engine_core::error::SqliteCode;
 use engine_core::{EngineError, Params, SqlValue, Statement, StatementResult};
-use serde::Deserialize;
+use std::marker::PhantomData;
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::db_request::Meta;
 use serde_json::{json, Map, Value};
 
 /// Largest integer a JavaScript number holds exactly.
@@ -266,27 +271,97 @@ fn typed_value(map: &Map<String, Value>) -> Result<SqlValue, String> {
     }
 }
 
-pub fn value_to_json(v: &SqlValue) -> Value {
-    match v {
-        SqlValue::Null => Value::Null,
-        SqlValue::Integer(i) if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(i) => json!(i),
-        SqlValue::Integer(i) => json!({ "int": i.to_string() }),
-        SqlValue::Real(f) if f.is_finite() => json!(f),
-        SqlValue::Real(f) => json!({ "real": if *f > 0.0 { "Infinity" } else { "-Infinity" } }),
-        SqlValue::Text(t) => Value::String(t.clone()),
-        SqlValue::Blob(b) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) }),
+/// How an answer encodes SQL values: [`Json`] for HTTP; RPC hands JavaScript its own values.
+pub trait ValueEncoding {
+    fn serialize_value<S: Serializer>(v: &SqlValue, s: S) -> Result<S::Ok, S::Error>;
+}
+
+/// The JSON API's values: integers beyond ±2^53 as `{"int": "…"}`, infinite reals as
+/// `{"real": "Infinity"}`, blobs as `{"base64": "…"}`; the rest as JSON itself.
+pub struct Json;
+
+impl ValueEncoding for Json {
+    fn serialize_value<S: Serializer>(v: &SqlValue, s: S) -> Result<S::Ok, S::Error> {
+        let tagged = |s: S, tag: &str, text: &str| {
+            let mut map = s.serialize_map(Some(1))?;
+            map.serialize_entry(tag, text)?;
+            map.end()
+        };
+        match v {
+            SqlValue::Null => s.serialize_unit(),
+            SqlValue::Integer(i) if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(i) => s.serialize_i64(*i),
+            SqlValue::Integer(i) => tagged(s, "int", &i.to_string()),
+            SqlValue::Real(f) if f.is_finite() => s.serialize_f64(*f),
+            SqlValue::Real(f) => tagged(s, "real", if *f > 0.0 { "Infinity" } else { "-Infinity" }),
+            SqlValue::Text(t) => s.serialize_str(t),
+            SqlValue::Blob(b) => tagged(s, "base64", &base64::engine::general_purpose::STANDARD.encode(b)),
+        }
     }
 }
 
-pub fn result_to_json(r: &StatementResult) -> Value {
-    json!({
-        "columns": r.columns,
-        "rows": r.rows.iter().map(|row| row.iter().map(value_to_json).collect::<Vec<_>>()).collect::<Vec<_>>(),
-        "rows_affected": r.rows_affected,
-        "rows_read": r.rows_read,
-        "rows_written": r.rows_written,
-        "last_insert_rowid": r.last_insert_rowid.map(|id| value_to_json(&SqlValue::Integer(id))),
-    })
+/// A SQL value in encoding `E`.
+pub struct Encoded<'a, E>(pub &'a SqlValue, pub PhantomData<E>);
+
+impl<E: ValueEncoding> Serialize for Encoded<'_, E> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        E::serialize_value(self.0, s)
+    }
+}
+
+/// A statement's result as `/query` and RPC's `query` answer it (and each of a batch's
+/// results), with the request's `meta` when it stands alone.
+pub struct ResultAnswer<'a, E> {
+    pub result: &'a StatementResult,
+    pub meta: Option<&'a Meta>,
+    pub encoding: PhantomData<E>,
+}
+
+impl<'a, E> ResultAnswer<'a, E> {
+    pub fn new(result: &'a StatementResult, meta: Option<&'a Meta>) -> Self {
+        ResultAnswer { result, meta, encoding: PhantomData }
+    }
+}
+
+impl<E: ValueEncoding> Serialize for ResultAnswer<'_, E> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.result;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("columns", &r.columns)?;
+        map.serialize_entry("rows", &Rows::<E>(&r.rows, PhantomData))?;
+        map.serialize_entry("rows_affected", &r.rows_affected)?;
+        map.serialize_entry("rows_read", &r.rows_read)?;
+        map.serialize_entry("rows_written", &r.rows_written)?;
+        let last_insert_rowid = r.last_insert_rowid.map(SqlValue::Integer);
+        map.serialize_entry("last_insert_rowid", &last_insert_rowid.as_ref().map(|v| Encoded::<E>(v, PhantomData)))?;
+        if let Some(meta) = self.meta {
+            map.serialize_entry("meta", meta)?;
+        }
+        map.end()
+    }
+}
+
+struct Rows<'a, E>(&'a [Vec<SqlValue>], PhantomData<E>);
+
+impl<E: ValueEncoding> Serialize for Rows<'_, E> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|row| Row::<E>(row, PhantomData)))
+    }
+}
+
+struct Row<'a, E>(&'a [SqlValue], PhantomData<E>);
+
+impl<E: ValueEncoding> Serialize for Row<'_, E> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|v| Encoded::<E>(v, PhantomData)))
+    }
+}
+
+/// A batch's answer (`/batch`, RPC's `batch`).
+#[derive(Serialize)]
+#[serde(bound = "E: ValueEncoding")]
+pub struct BatchAnswer<'a, E: ValueEncoding> {
+    pub results: Vec<ResultAnswer<'a, E>>,
+    pub meta: &'a Meta,
 }
 
 /// A query-string flag: absent or `false`, or `true`; anything else is refused by name.
@@ -332,12 +407,55 @@ mod tests {
             SqlValue::Text("x".into()),
             SqlValue::Blob(vec![0, 1, 255]),
         ] {
-            assert_eq!(value_from_json(&value_to_json(&v)).unwrap(), v);
+            assert_eq!(value_from_json(&serde_json::to_value(Encoded::<Json>(&v, PhantomData)).unwrap()).unwrap(), v);
         }
-        assert_eq!(value_to_json(&SqlValue::Integer(1 << 53)), json!({"int": "9007199254740992"}));
+        assert_eq!(serde_json::to_value(Encoded::<Json>(&SqlValue::Integer(1 << 53), PhantomData)).unwrap(), json!({"int": "9007199254740992"}));
+        assert_eq!(serde_json::to_string(&Encoded::<Json>(&SqlValue::Real(f64::NEG_INFINITY), PhantomData)).unwrap(), r#"{"real":"-Infinity"}"#);
         assert!(value_from_json(&json!(18446744073709551615u64)).is_err());
         assert!(value_from_json(&json!({"int": "1", "base64": ""})).is_err());
         assert!(value_from_json(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn results_encode_as_the_json_api_documents_them() {
+        let result = StatementResult {
+            columns: vec!["a".into(), "b".into()],
+            rows: vec![vec![SqlValue::Integer(1 << 60), SqlValue::Blob(vec![1, 2])], vec![SqlValue::Null, SqlValue::Real(0.5)]],
+            rows_affected: 2,
+            rows_read: 3,
+            rows_written: 4,
+            last_insert_rowid: Some(7),
+            ..Default::default()
+        };
+        let meta = Meta {
+            duration_ms: 1.5,
+            bookmark: "tw0000000000000002".into(),
+            rows_read: 3,
+            rows_written: 4,
+            log_records_applied: 0,
+            log_records_committed: 1,
+            commit_retries: 0,
+            r2_reads: 1,
+            r2_writes: 1,
+            r2_bytes_read: 10,
+            r2_bytes_written: 20,
+            cache_hits: 5,
+            cache_misses: 6,
+        };
+        let one = json!({
+            "columns": ["a", "b"],
+            "rows": [[{"int": "1152921504606846976"}, {"base64": "AQI="}], [null, 0.5]],
+            "rows_affected": 2, "rows_read": 3, "rows_written": 4, "last_insert_rowid": 7,
+        });
+        let mut with_meta = one.clone();
+        with_meta["meta"] = json!({
+            "duration_ms": 1.5, "bookmark": "tw0000000000000002", "rows_read": 3, "rows_written": 4,
+            "log_records_applied": 0, "log_records_committed": 1, "commit_retries": 0, "r2_reads": 1,
+            "r2_writes": 1, "r2_bytes_read": 10, "r2_bytes_written": 20, "cache_hits": 5, "cache_misses": 6,
+        });
+        assert_eq!(serde_json::to_value(ResultAnswer::<Json>::new(&result, Some(&meta))).unwrap(), with_meta);
+        let batch = BatchAnswer::<Json> { results: vec![ResultAnswer::new(&result, None)], meta: &meta };
+        assert_eq!(serde_json::to_value(batch).unwrap(), json!({ "results": [one], "meta": with_meta["meta"] }));
     }
 
     #[test]
