@@ -84,8 +84,14 @@ pub async fn history(db: DbRequest, at: Option<&str>) -> Result<Answer, ApiError
     Ok(Answer::json(body))
 }
 
-/// Runs read-only `work` against the state after the commit `as_of` names.
+/// Runs `work` against the state after the commit `as_of` names; it must only read
+/// (`STATEMENT_NOT_ALLOWED` before anything runs otherwise).
 pub async fn read_as_of(db: DbRequest, as_of: Point, work: Work, started: f64) -> Result<crate::db_request::Performed, ApiError> {
+    if let Work::Transaction(statements) = &work {
+        crate::auth::check_read_only(statements).map_err(|_| {
+            ApiError::bad_request("STATEMENT_NOT_ALLOWED", "a read of a past commit (as_of) is read-only: only statements that read may run")
+        })?;
+    }
     db.perform_past(
         move |d| {
             async move {

@@ -17,7 +17,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use worker::Env;
 
-use crate::auth::{check_read_only, Access};
+use crate::auth::Access;
 use crate::history_api::{self, Point};
 use crate::wire::{check_param_count, check_sql_length, validate_db_name, ApiError, BatchAnswer, ResultAnswer, ValueEncoding, LIMITS, MAX_SAFE_INTEGER};
 use crate::db_request::{self, DbRequest, Performed};
@@ -97,12 +97,7 @@ async fn run(
     let as_of = options.as_of.as_deref().map(Point::parse).transpose()?;
     let perform = |db: DbRequest, statements: Vec<Statement>| async move {
         match as_of {
-            Some(point) => {
-                check_read_only(&statements).map_err(|_| {
-                    ApiError::bad_request("STATEMENT_NOT_ALLOWED", "a read of a past commit (as_of) is read-only: only statements that read may run")
-                })?;
-                history_api::read_as_of(db, point, Work::Transaction(statements), started).await
-            }
+            Some(point) => history_api::read_as_of(db, point, Work::Transaction(statements), started).await,
             None => db.perform(Work::Transaction(statements), started).await,
         }
     };
