@@ -5,8 +5,9 @@
 //! chunk: together about a fifth of a warm point select's time in a CPU profile. Here the
 //! method, the URL and the headers most requests read come over in one call into JS
 //! ([`request_head`]), the other headers one call each. Most routes need a small body known
-//! in length, read with one `arrayBuffer()`; the routes that stream their body (imports and
-//! upload parts) take it once with [`Incoming::take_body`].
+//! in length: the JS entry reads a POST body of up to 1 MiB itself (`worker-entry.ts`), and
+//! [`Incoming::body`] reads others with one `arrayBuffer()`; the routes that stream their body
+//! (imports and upload parts, PUTs) take it once with [`Incoming::take_body`].
 
 use std::cell::Cell;
 
@@ -110,6 +111,7 @@ impl Incoming {
     /// without a body reads as an empty one (the body parsers say what is missing).
     pub async fn body(&self) -> Result<Vec<u8>, ApiError> {
         let stream = match self.body.take() {
+            BodyState::Prefetched(bytes) if bytes.len() > LIMITS.max_body_bytes => return Err(too_large()),
             BodyState::Prefetched(bytes) => return Ok(bytes),
             BodyState::Taken => return Ok(Vec::new()),
             BodyState::Unread => self.raw.body(),
@@ -146,13 +148,13 @@ async fn drain(stream: web_sys::ReadableStream, over_from_start: bool) -> Result
         }
     }
     if over {
-        return Err(ApiError::new(
-            413,
-            "PAYLOAD_TOO_LARGE",
-            format!("request bodies may be at most {} bytes (BODY_SIZE limit)", LIMITS.max_body_bytes),
-        ));
+        return Err(too_large());
     }
     Ok(body)
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(413, "PAYLOAD_TOO_LARGE", format!("request bodies may be at most {} bytes (BODY_SIZE limit)", LIMITS.max_body_bytes))
 }
 
 fn reading_error(e: wasm_bindgen::JsValue) -> ApiError {
