@@ -127,6 +127,15 @@ test("routes, methods, names and bodies are checked", async () => {
   assert.equal(huge.body.error.code, "PAYLOAD_TOO_LARGE");
   const bigInt = await post(`${base}/v1/db/x/query`, '{"sql":"SELECT ?","params":[18446744073709551615]}');
   assert.equal(bigInt.status, 400);
+  // A body without a declared length (chunked) is read by the engine, not the JS entry.
+  const streamed = await fetch(`${base}/v1/db/x/query`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    duplex: "half",
+    body: new Blob([JSON.stringify({ sql: "SELECT 2 AS two" })]).stream(),
+  });
+  assert.equal(streamed.status, 200);
+  assert.deepEqual((await streamed.json()).rows, [[2]]);
   const still = await ok(query(base, "x", "SELECT 1 AS one"));
   assert.deepEqual(still.rows, [[1]]);
 });
