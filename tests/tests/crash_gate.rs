@@ -9,8 +9,10 @@ use engine_core::mem_store::{Fault, OpKind, ScriptedFaults};
 use twill_tests::gate::{run_seed, seeded_faults};
 
 /// Seeds that failed once, kept as regression tests.
-const REGRESSIONS: &[(u64, &str)] =
-    &[(17816, "a replica answered from a zombie's record mixed with the real ones after it")];
+const REGRESSIONS: &[(u64, &str)] = &[
+    (17816, "a replica answered from a zombie's record mixed with the real ones after it"),
+    (304285056490, "a quiet checkpoint on a stale manifest found a history entry a newer checkpoint had collected"),
+];
 
 fn replay_hint(seed: u64) -> String {
     format!("replay: TWILL_CRASH_SEED={seed} cargo test -p twill-tests --test crash_gate")

@@ -10,7 +10,9 @@ use crate::error::EngineError;
 use crate::chunk_file::CheckpointView;
 use crate::manifest::{Deletion, EmbeddedPage, Garbage, Manifest, Revival, MAX_EMBEDDED_PAGES};
 use crate::store::{ByteRange, PutCondition, PutOutcome};
+use crate::value::ExecStats;
 
+use super::replay::ProbeResult;
 use super::{Database, RecordKind};
 
 /// A chunk the checkpoint writes: its index and its bytes.
@@ -69,6 +71,13 @@ impl Database {
     /// last checkpoint has passed. Returns true if it made a checkpoint.
     pub async fn checkpoint_if_quiet(&mut self) -> Result<bool, EngineError> {
         if self.quiet_checkpoint_due().is_none() || self.checkpoint_wait_ms() > 0.0 {
+            return Ok(false);
+        }
+        // While this replica was quiet, others may have committed or checkpointed (and
+        // collected what this replica's manifest still lists). Fold only from a state proven
+        // current, as a writer that has just committed does; if others moved on, the fold
+        // is theirs to make.
+        if self.refresh(&mut ExecStats::default()).await? == ProbeResult::Moved {
             return Ok(false);
         }
         self.checkpoint().await
@@ -173,7 +182,10 @@ impl Database {
         // The base generation's history entry, before its manifest is replaced.
         self.write_base_entry().await?;
         let now = self.now_ms();
-        let collected = self.collect_garbage(now, &chunks).await?;
+        let Some(collected) = self.collect_garbage(now, &chunks).await? else {
+            // The manifest moved on: this checkpoint has lost the race (see `collect_garbage`).
+            return Ok(false);
+        };
         let sweep = self.sweep_due(now);
         let swept_generation = if sweep {
             // Generations before the base one: an attempt at the base generation may still

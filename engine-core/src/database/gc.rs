@@ -53,8 +53,10 @@ struct Keepers<'a> {
 
 impl Database {
     /// Deletes garbage older than the retention window, up to a bound per pass. `new_map`
-    /// is the chunk map about to be published.
-    pub(super) async fn collect_garbage(&self, now: f64, new_map: &[String]) -> Result<Collected, EngineError> {
+    /// is the chunk map about to be published. `None` if the base manifest turned out to be
+    /// stale (a history entry it needs was collected by a newer checkpoint): the checkpoint
+    /// has lost the race to that one.
+    pub(super) async fn collect_garbage(&self, now: f64, new_map: &[String]) -> Result<Option<Collected>, EngineError> {
         let retention = self.retention_ms();
         let (expired, legacy): (Vec<Garbage>, Vec<Garbage>) =
             self.base.garbage.iter().cloned().partition(|g| g.retired_ms + retention <= now);
@@ -68,7 +70,14 @@ impl Database {
         let mut history_from = (self.base.history_from_seq, self.base.history_from_ms);
         while floor <= self.base.generation && floor < old_floor + GENERATIONS_PER_PASS {
             let Some(entry) = self.entry(floor).await? else {
-                return Err(EngineError::Corrupt(format!("the history entry of generation {floor} is missing")));
+                let manifest = self.store.head(&self.layout.manifest_key()).await?;
+                if manifest.map(|m| m.etag) != self.base_etag {
+                    return Ok(None);
+                }
+                // A checkpoint that then lost its manifest race collected this generation
+                // already: it deletes an entry only after the garbage the entry lists.
+                floor += 1;
+                continue;
             };
             if let Some(g) = &entry.retired {
                 if g.retired_ms + retention > now {
@@ -81,14 +90,14 @@ impl Database {
         }
         let entries_from = self.delete_entries_below(floor).await?;
         let revivals = self.base.revivals.iter().filter(|r| r.generation > floor).cloned().collect();
-        Ok(Collected {
+        Ok(Some(Collected {
             legacy,
             gc_floor: floor,
             entries_from,
             history_from_seq: history_from.0,
             history_from_ms: history_from.1,
             revivals,
-        })
+        }))
     }
 
     /// Deletes one generation's retired garbage (`generation` 0: a version-1 entry).
