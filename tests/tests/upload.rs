@@ -1,6 +1,10 @@
 //! Upload sessions: a file imported in parts (each its own request), in any order, resumable,
 //! published as one commit; parts sent twice, sessions that expire, aborts and the sweep.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
+use engine_core::mem_store::{Fault, FaultInjector, OpKind};
 use engine_core::{DbConfig, EngineError};
 use twill_tests::{block_on, exec, query_ints, World};
 
@@ -41,6 +45,18 @@ fn sqlite_file(tag: &str) -> Vec<u8> {
     bytes
 }
 
+/// Counts the GETs of upload part records (and injects no fault).
+struct CountPartRecordGets(Rc<Cell<usize>>);
+
+impl FaultInjector for CountPartRecordGets {
+    fn decide(&mut self, op: OpKind, key: &str) -> Fault {
+        if op == OpKind::Get && key.contains("/parts/") {
+            self.0.set(self.0.get() + 1);
+        }
+        Fault::None
+    }
+}
+
 fn parts(file: &[u8]) -> Vec<&[u8]> {
     file.chunks(PART as usize).collect()
 }
@@ -74,8 +90,13 @@ fn a_file_in_parts_in_any_order_is_one_commit() {
     assert_eq!(status.parts.len(), parts.len());
     assert_eq!(status.parts.iter().map(|(_, b)| b).sum::<u64>(), file.len() as u64);
 
+    // A Worker invocation has a call budget: completing reads each part's record once.
+    let record_gets = Rc::new(Cell::new(0));
+    world.store.set_faults(Some(Box::new(CountPartRecordGets(record_gets.clone()))));
     let imported = block_on(db.complete_upload(&session.id, parts.len() as u32)).unwrap();
+    world.store.set_faults(None);
     assert_eq!((imported.bytes, imported.bookmark.0), (file.len() as u64, 1));
+    assert_eq!(record_gets.get(), parts.len(), "part records read to complete {} parts", parts.len());
     let mut reader = world.open("big", config());
     assert_eq!(query_ints(&mut reader, "SELECT count(*) FROM t"), vec![6000]);
     assert_eq!(query_ints(&mut reader, "SELECT sum(length(pad)) FROM t"), vec![2_400_000]);

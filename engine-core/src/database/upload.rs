@@ -246,19 +246,25 @@ impl Database {
     pub async fn upload_status(&mut self, id: &str) -> Result<UploadStatus, EngineError> {
         let id = UploadId::parse(id)?;
         let (record, _) = self.session(&id).await?;
-        let numbers = self.stored_parts(&id).await?;
-        let mut parts = Vec::with_capacity(numbers.len());
-        for batch in numbers.chunks(self.config.fetch_concurrency.max(1)) {
-            let records = join_all(batch.iter().map(|p| self.part_record(&id, *p))).await;
-            for (p, r) in batch.iter().zip(records) {
-                parts.push((*p, r?.bytes));
-            }
-        }
+        let parts = self.part_records(&id).await?;
         Ok(UploadStatus {
             session: UploadSession { id: id.0, part_bytes: record.part_bytes, expires_ms: record.started_ms + UPLOAD_LIFETIME_MS },
             state: record.state,
-            parts,
+            parts: parts.iter().map(|(p, r)| (*p, r.bytes)).collect(),
         })
+    }
+
+    /// The records of the parts stored so far, in order, read `fetch_concurrency` at a time.
+    async fn part_records(&self, id: &UploadId) -> Result<Vec<(u32, PartRecord)>, EngineError> {
+        let numbers = self.stored_parts(id).await?;
+        let mut parts = Vec::with_capacity(numbers.len());
+        for batch in numbers.chunks(self.config.fetch_concurrency.max(1)) {
+            let records = join_all(batch.iter().map(|p| self.part_record(id, *p))).await;
+            for (p, r) in batch.iter().zip(records) {
+                parts.push((*p, r?));
+            }
+        }
+        Ok(parts)
     }
 
     /// Checks that parts `0..count` are all there (each full but the last) and no other,
@@ -268,26 +274,27 @@ impl Database {
     pub async fn complete_upload(&mut self, id: &str, count: u32) -> Result<Imported, EngineError> {
         let id = UploadId::parse(id)?;
         let (session, etag) = self.open_session(&id).await?;
-        let status = self.upload_status(&id.0).await?;
+        let parts = self.part_records(&id).await?;
         if count == 0 {
             return Err(EngineError::UploadConflict("a file has at least one part".into()));
         }
-        if let Some((extra, _)) = status.parts.iter().find(|(p, _)| *p >= count) {
+        if let Some((extra, _)) = parts.iter().find(|(p, _)| *p >= count) {
             return Err(EngineError::UploadConflict(format!(
                 "upload {} holds part {extra}, past the {count} parts the completion names",
                 id.0
             )));
         }
-        if let Some(missing) = (0..count).find(|p| status.parts.get(*p as usize).map(|(n, _)| *n) != Some(*p)) {
+        if let Some(missing) = (0..count).find(|p| parts.get(*p as usize).map(|(n, _)| *n) != Some(*p)) {
             return Err(EngineError::UploadConflict(format!(
                 "part {missing} of upload {} is missing (parts count from 0; stored: {:?})",
                 id.0,
-                status.parts.iter().map(|(p, _)| p).collect::<Vec<_>>()
+                parts.iter().map(|(p, _)| p).collect::<Vec<_>>()
             )));
         }
-        if let Some((p, bytes)) = status.parts[..count as usize - 1].iter().find(|(_, b)| *b != session.part_bytes) {
+        if let Some((p, record)) = parts[..count as usize - 1].iter().find(|(_, r)| r.bytes != session.part_bytes) {
             return Err(EngineError::UploadConflict(format!(
-                "part {p} holds {bytes} bytes; every part but the last must hold part_bytes, {}",
+                "part {p} holds {} bytes; every part but the last must hold part_bytes, {}",
+                record.bytes,
                 session.part_bytes
             )));
         }
@@ -300,13 +307,8 @@ impl Database {
                 return Err(EngineError::UploadConflict(format!("upload {} changed meanwhile (completed or swept)", id.0)))
             }
         };
-        let mut chunks = Vec::new();
-        for batch in (0..count).collect::<Vec<_>>().chunks(self.config.fetch_concurrency.max(1)) {
-            for record in join_all(batch.iter().map(|p| self.part_record(&id, *p))).await {
-                chunks.extend(record?.chunks);
-            }
-        }
-        let bytes: u64 = status.parts.iter().map(|(_, b)| b).sum();
+        let bytes: u64 = parts.iter().map(|(_, r)| r.bytes).sum();
+        let chunks: Vec<String> = parts.into_iter().flat_map(|(_, r)| r.chunks).collect();
         let header = self
             .store
             .get(&chunks[0], Some(crate::store::ByteRange { offset: 0, length: 100 }))
