@@ -271,7 +271,7 @@ impl DbSlot {
 
     /// Asks for a quiet checkpoint if `db` has a log tail to fold once its writer is quiet.
     fn note_quiet_checkpoint(&self, name: &str, db: &Database) {
-        if db.quiet_checkpoint_due().is_some() && !self.quiet_checkpoint_scheduled.replace(true) {
+        if db.quiet_checkpoint_due() && !self.quiet_checkpoint_scheduled.replace(true) {
             QUIET.with(|q| q.borrow_mut().push(name.to_string()));
         }
     }
@@ -280,12 +280,12 @@ impl DbSlot {
         match &*self.db.borrow() {
             None => SlotState::Busy,
             Some(None) => SlotState::Closed,
-            Some(Some(db)) => SlotState::Idle { applied_seq: db.applied_seq(), quiet_checkpoint_in: db.quiet_checkpoint_due() },
+            Some(Some(db)) => SlotState::Idle { applied_seq: db.applied_seq(), quiet_checkpoint_in: db.quiet_checkpoint_due().then_some(db.config().checkpoint_min_interval_ms) },
         }
     }
 
-    /// Folds the log tail once no commit has come through this isolate for the wait
-    /// [`Database::quiet_checkpoint_due`] names, so that cold readers need not replay it.
+    /// Folds the log tail [`Database::quiet_checkpoint_due`] names once no commit has come
+    /// through this isolate for a whole checkpoint interval, so that cold readers need not replay it.
     /// A commit in the meantime starts the wait again.
     async fn checkpoint_when_quiet(&self) {
         for _ in 0..QUIET_ROUNDS {

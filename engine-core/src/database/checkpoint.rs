@@ -54,23 +54,22 @@ impl Database {
         (written + self.config.checkpoint_min_interval_ms - self.now_ms()).max(0.0)
     }
 
-    /// If the log after the checkpoint should be folded once the writer has gone quiet:
-    /// how long to wait first (ms). It should if a cold reader would otherwise replay at
+    /// If the log after the checkpoint should be folded once the writer has been quiet for
+    /// a whole `checkpoint_min_interval_ms` (never less than the pacing wait). It should if a cold reader would otherwise replay at
     /// least `quiet_checkpoint_bytes` of it, or if a checkpoint the commits called for was
     /// put off by the interval between checkpoints. Small tails are left to the next
     /// commits: folding each would write the manifest and a history entry per commit.
-    pub fn quiet_checkpoint_due(&self) -> Option<f64> {
+    pub fn quiet_checkpoint_due(&self) -> bool {
         let (n, bytes) = self.log_since_checkpoint();
         let due = n > 0 && (self.log_calls_for_checkpoint(n, bytes) || bytes >= self.config.quiet_checkpoint_bytes);
         let live = matches!(self.mode, super::Mode::Live) && self.local.as_ref().is_some_and(|l| !l.in_transaction());
-        // The writer must be quiet for a whole interval, which is never less than the wait.
-        (due && live).then_some(self.config.checkpoint_min_interval_ms)
+        due && live
     }
 
     /// Folds the log if [`Self::quiet_checkpoint_due`] says so and the interval since the
     /// last checkpoint has passed. Returns true if it made a checkpoint.
     pub async fn checkpoint_if_quiet(&mut self) -> Result<bool, EngineError> {
-        if self.quiet_checkpoint_due().is_none() || self.checkpoint_wait_ms() > 0.0 {
+        if !self.quiet_checkpoint_due() || self.checkpoint_wait_ms() > 0.0 {
             return Ok(false);
         }
         // While this replica was quiet, others may have committed or checkpointed (and

@@ -430,6 +430,10 @@ impl Database {
         &self.cache
     }
 
+    pub fn config(&self) -> &DbConfig {
+        &self.config
+    }
+
     pub fn config_mut(&mut self) -> &mut DbConfig {
         &mut self.config
     }
