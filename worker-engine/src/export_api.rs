@@ -4,7 +4,7 @@
 //! memory (a chunk of 256 KiB, or 100 rows, at a time).
 
 use engine_core::bookmark::Bookmark;
-use engine_core::{FileExport, SqlDump};
+use engine_core::{EngineError, FileExport, SqlDump};
 use futures::FutureExt;
 use worker::{FixedLengthStream, Response, ResponseBody};
 
@@ -32,6 +32,28 @@ impl ExportFormat {
     }
 }
 
+/// An export's bytes in either format, handed out a piece at a time.
+enum Pieces {
+    Sql(SqlDump),
+    File(FileExport),
+}
+
+impl Pieces {
+    async fn next(&mut self) -> Result<Option<Vec<u8>>, EngineError> {
+        match self {
+            Pieces::Sql(dump) => dump.next_piece().await,
+            Pieces::File(file) => file.next_piece().await,
+        }
+    }
+
+    fn stream(self) -> impl futures::Stream<Item = worker::Result<Vec<u8>>> {
+        futures::stream::try_unfold(self, |mut pieces| async move {
+            let piece = pieces.next().await.map_err(|e| worker::Error::from(e.to_string()))?;
+            Ok(piece.map(|piece| (piece, pieces)))
+        })
+    }
+}
+
 pub async fn export(db: DbRequest, as_of: Option<&str>, name: &str, format: ExportFormat) -> Result<Answer, ApiError> {
     let as_of = as_of.map(Point::parse).transpose()?;
     let ((past, seq), _) = db
@@ -46,16 +68,9 @@ pub async fn export(db: DbRequest, as_of: Option<&str>, name: &str, format: Expo
             .boxed_local()
         })
         .await?;
-    let bookmark = Bookmark(seq).to_string();
+    let bookmark = Bookmark(seq);
     if format == ExportFormat::SqlText {
-        let pieces = futures::stream::try_unfold(past.export_sql(), |mut dump: SqlDump| async move {
-            match dump.next_piece().await {
-                Ok(Some(piece)) => Ok(Some((piece, dump))),
-                Ok(None) => Ok(None),
-                Err(e) => Err(worker::Error::from(e.to_string())),
-            }
-        });
-        let response = Response::from_stream(pieces).map_err(|e| crate::internal(&e.to_string()))?;
+        let response = Response::from_stream(Pieces::Sql(past.export_sql()).stream()).map_err(|e| crate::internal(&e.to_string()))?;
         let headers = response.headers();
         let set = |k: &str, v: &str| headers.set(k, v).map_err(|e| crate::internal(&e.to_string()));
         set("content-type", "application/sql; charset=utf-8")?;
@@ -64,14 +79,7 @@ pub async fn export(db: DbRequest, as_of: Option<&str>, name: &str, format: Expo
     }
     let file = past.export_file()?;
     let length = file.len();
-    let pieces = futures::stream::try_unfold(file, |mut file: FileExport| async move {
-        match file.next_piece().await {
-            Ok(Some(piece)) => Ok(Some((piece, file))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(worker::Error::from(e.to_string())),
-        }
-    });
-    let stream: worker::worker_sys::FixedLengthStream = FixedLengthStream::wrap(pieces, length).into();
+    let stream: worker::worker_sys::FixedLengthStream = FixedLengthStream::wrap(Pieces::File(file).stream(), length).into();
     let readable = js_sys::Reflect::get(&stream, &"readable".into())
         .map_err(|_| crate::internal("FixedLengthStream has no readable side"))?;
     let response = Response::from_body(ResponseBody::Stream(wasm_bindgen::JsCast::unchecked_into(readable)))
