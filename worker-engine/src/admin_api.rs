@@ -82,7 +82,7 @@ pub async fn info(db: DbRequest, env: &Env) -> Result<Answer, ApiError> {
         return Err(ApiError::new(404, "DATABASE_NOT_FOUND", format!("nothing was ever committed to database {name:?}")));
     }
     let config = settings::get(env).db_config;
-    let head = info.history.head.to_string();
+    let head = info.history.head;
     let mut body = json!({
         "name": name,
         "size_bytes": info.page_count as u64 * info.page_size as u64,
@@ -124,7 +124,7 @@ pub async fn delete(db: DbRequest, purge: Option<&str>) -> Result<Answer, ApiErr
     let mode = if wire::flag("purge", purge)? { DeleteMode::Purge } else { DeleteMode::KeepHistory };
     let name = db.name.clone();
     let (deleted, r2) = db.exclusive(move |d| d.delete(mode).boxed_local()).await?;
-    let bookmark = deleted.bookmark.to_string();
+    let bookmark = deleted.bookmark;
     let mut body = json!({
         "deleted": name,
         "bookmark": bookmark,

@@ -47,7 +47,7 @@ pub struct Performed {
 #[derive(Serialize)]
 pub struct Meta {
     pub duration_ms: f64,
-    pub bookmark: String,
+    pub bookmark: Bookmark,
     pub rows_read: u64,
     pub rows_written: u64,
     pub log_records_applied: u64,
@@ -62,8 +62,8 @@ pub struct Meta {
 }
 
 impl Performed {
-    pub fn bookmark(&self) -> String {
-        Bookmark(self.done.stats.bookmark).to_string()
+    pub fn bookmark(&self) -> Bookmark {
+        self.meta.bookmark
     }
 }
 
@@ -145,7 +145,7 @@ impl DbRequest {
         let cache_after = self.cache.stats();
         let meta = Meta {
             duration_ms: js_sys::Date::now() - started,
-            bookmark: Bookmark(done.stats.bookmark).to_string(),
+            bookmark: Bookmark(done.stats.bookmark),
             rows_read: done.stats.rows_read,
             rows_written: done.stats.rows_written,
             log_records_applied: done.stats.records_applied,

@@ -155,7 +155,7 @@ pub async fn restore(db: DbRequest, body: &[u8]) -> Result<Answer, ApiError> {
             .boxed_local()
         })
         .await?;
-    let bookmark = restored.bookmark.to_string();
+    let bookmark = restored.bookmark;
     let body = json!({
         "restored": restored.restored.to_string(),
         "previous": restored.previous.to_string(),

@@ -147,7 +147,7 @@ pub async fn import(db: DbRequest, req: &Incoming, replace: bool) -> Result<Answ
 
 /// The answer to an import that published.
 pub(crate) fn imported_answer(imported: &engine_core::Imported, r2: engine_core::store::StoreCounts) -> Answer {
-    let bookmark = imported.bookmark.to_string();
+    let bookmark = imported.bookmark;
     let check = match imported.check {
         engine_core::FileCheck::QuickCheck => "quick_check",
         engine_core::FileCheck::Structure => "structure",

@@ -21,8 +21,11 @@ use crate::history_api::AS_OF_HEADER;
 use crate::wire::{ApiError, LIMITS};
 use crate::BOOKMARK_HEADER;
 
-/// The headers [`request_head`] reads with the method and URL (lower case).
-const COMMON_HEADERS: [&str; 5] = ["authorization", "content-length", BOOKMARK_HEADER, STALENESS_HEADER, AS_OF_HEADER];
+/// The headers [`request_head`] reads with the method and URL (lower case). Not
+/// content-length: only bodies the JS entry left unread need it.
+const COMMON_HEADERS: [&str; 4] = ["authorization", BOOKMARK_HEADER, STALENESS_HEADER, AS_OF_HEADER];
+/// [`COMMON_HEADERS`] as `request_head` takes them (one string: one crossing into JS).
+const COMMON_HEADER_LIST: &str = "authorization,x-twill-bookmark,x-twill-max-staleness-ms,x-twill-as-of";
 
 #[wasm_bindgen(inline_js = "export function requestHead(r, names) {
   const h = r.headers;
@@ -66,7 +69,7 @@ enum BodyState {
 impl Incoming {
     /// `prefetched`: the body, if the JS entry already read it.
     pub fn new(raw: web_sys::Request, prefetched: Option<Vec<u8>>) -> Result<Self, ApiError> {
-        let text = request_head(&raw, &COMMON_HEADERS.join(","));
+        let text = request_head(&raw, COMMON_HEADER_LIST);
         let head: Head = serde_json::from_str(&text)
             .ok()
             .filter(|h: &Head| h.headers.len() == COMMON_HEADERS.len())
@@ -117,7 +120,7 @@ impl Incoming {
             BodyState::Unread => self.raw.body(),
         };
         let Some(stream) = stream else { return Ok(Vec::new()) };
-        let declared = self.header("content-length").map(|len| len.trim().parse::<usize>().ok());
+        let declared = self.raw.headers().get("content-length").ok().flatten().map(|len| len.trim().parse::<usize>().ok());
         match declared {
             Some(Some(n)) if n <= LIMITS.max_body_bytes => {
                 // The runtime holds the body to its declared length, so one read takes it.
@@ -181,6 +184,11 @@ fn url_query_param(url: &str, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_list_names_the_common_headers() {
+        assert_eq!(COMMON_HEADER_LIST, COMMON_HEADERS.join(","));
+    }
 
     #[test]
     fn paths_and_parameters_read_as_the_url_crate_reads_them() {

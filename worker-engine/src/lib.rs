@@ -22,6 +22,7 @@ mod sql_api;
 mod upload_api;
 pub mod wire;
 
+use engine_core::Bookmark;
 use serde_json::Value;
 use wire::ApiError;
 use worker::{console_error, console_log, event, web_sys, Context, Env, Response, ScheduleContext, ScheduledEvent};
@@ -48,7 +49,7 @@ pub const BOOKMARK_HEADER: &str = "x-twill-bookmark";
 pub struct Answer {
     pub body: Body,
     pub timing: Option<String>,
-    pub bookmark: Option<String>,
+    pub bookmark: Option<Bookmark>,
     pub file: Option<Response>,
 }
 
@@ -64,7 +65,7 @@ impl Answer {
         Answer { body: Body::Value(body), timing: None, bookmark: None, file: None }
     }
 
-    pub fn file(response: Response, bookmark: String) -> Self {
+    pub fn file(response: Response, bookmark: Bookmark) -> Self {
         Answer { body: Body::Value(Value::Null), timing: None, bookmark: Some(bookmark), file: Some(response) }
     }
 
@@ -115,7 +116,7 @@ async fn serve(req: web_sys::Request, body: Option<Vec<u8>>, env: Env, ctx: Cont
         Ok(Answer { file: Some(mut file), bookmark, .. }) => {
             file.headers_mut().set("Cache-Control", "no-store")?;
             if let Some(b) = bookmark {
-                file.headers_mut().set(BOOKMARK_HEADER, &b)?;
+                file.headers_mut().set(BOOKMARK_HEADER, &b.to_string())?;
             }
             return Ok(file.into());
         }
@@ -132,7 +133,7 @@ async fn serve(req: web_sys::Request, body: Option<Vec<u8>>, env: Env, ctx: Cont
         Body::Encoded(text) => text,
         Body::Value(v) => serde_json::to_string(&v).map_err(|e| worker::Error::RustError(format!("encoding the answer: {e}")))?,
     };
-    Ok(json_response(&text, status, &server_timing, BOOKMARK_HEADER, bookmark)?)
+    Ok(json_response(&text, status, &server_timing, BOOKMARK_HEADER, bookmark.map(|b| b.to_string()))?)
 }
 
 // Made in one call into JS rather than through worker::Response or web_sys's Headers and

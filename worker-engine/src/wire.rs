@@ -429,7 +429,7 @@ mod tests {
         };
         let meta = Meta {
             duration_ms: 1.5,
-            bookmark: "tw0000000000000002".into(),
+            bookmark: engine_core::Bookmark(2),
             rows_read: 3,
             rows_written: 4,
             log_records_applied: 0,
