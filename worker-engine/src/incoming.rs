@@ -3,16 +3,15 @@
 //! `worker::Request` reads the method, the URL and `request.cf` (which the runtime builds as a
 //! new JS object on each read) when it is made, and its body reader crosses into JS twice per
 //! chunk: together about a fifth of a warm point select's time in a CPU profile. Here the
-//! method, the URL and the headers most requests read come over in one call into JS
-//! ([`request_head`]), the other headers one call each. Most routes need a small body known
+//! method, the URL and the headers most requests read come as arguments of the engine's
+//! entry ([`Head`]: read by the JS entry, which costs less than any call from wasm into JS
+//! to fetch them), the other headers one call each. Most routes need a small body known
 //! in length: the JS entry reads a POST body of up to 1 MiB itself (`worker-entry.ts`), and
 //! [`Incoming::body`] reads others with one `arrayBuffer()`; the routes that stream their body
 //! (imports and upload parts, PUTs) take it once with [`Incoming::take_body`].
 
 use std::cell::Cell;
 
-use serde::Deserialize;
-use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen_futures::JsFuture;
 use worker::{url, web_sys, ByteStream, Method};
 
@@ -21,31 +20,21 @@ use crate::history_api::AS_OF_HEADER;
 use crate::wire::{ApiError, LIMITS};
 use crate::BOOKMARK_HEADER;
 
-/// The headers [`request_head`] reads with the method and URL (lower case). Not
-/// content-length: only bodies the JS entry left unread need it.
-const COMMON_HEADERS: [&str; 4] = ["authorization", BOOKMARK_HEADER, STALENESS_HEADER, AS_OF_HEADER];
-/// [`COMMON_HEADERS`] as `request_head` takes them (one string: one crossing into JS).
-const COMMON_HEADER_LIST: &str = "authorization,x-twill-bookmark,x-twill-max-staleness-ms,x-twill-as-of";
-
-#[wasm_bindgen(inline_js = "export function requestHead(r, names) {
-  const h = r.headers;
-  return JSON.stringify({ method: r.method, url: r.url, has_body: r.body !== null, headers: names.split(',').map((n) => h.get(n)) });
-}")]
-extern "C" {
-    /// `{method, url, has_body, headers}` as JSON, `headers` holding the values of the comma-separated
-    /// `names` in order (null where absent).
-    #[wasm_bindgen(js_name = requestHead)]
-    fn request_head(request: &web_sys::Request, names: &str) -> String;
-}
-
-#[derive(Deserialize)]
-struct Head {
-    method: String,
+/// What the JS entry (`worker-entry.ts`) reads from the request and hands over as arguments
+/// of one call: the method, the URL and the headers most requests read. Other headers are
+/// read from the request when a route asks for them (one call into JS each).
+pub struct Head {
+    pub method: String,
     /// The URL as the runtime serialized it (WHATWG): absolute, its path percent-encoded.
-    url: String,
-    has_body: bool,
-    /// The values of [`COMMON_HEADERS`], in order.
-    headers: Vec<Option<String>>,
+    pub url: String,
+    pub has_body: bool,
+    pub authorization: Option<String>,
+    /// [`BOOKMARK_HEADER`].
+    pub bookmark: Option<String>,
+    /// [`STALENESS_HEADER`].
+    pub staleness: Option<String>,
+    /// [`AS_OF_HEADER`].
+    pub as_of: Option<String>,
 }
 
 pub struct Incoming {
@@ -68,18 +57,13 @@ enum BodyState {
 
 impl Incoming {
     /// `prefetched`: the body, if the JS entry already read it.
-    pub fn new(raw: web_sys::Request, prefetched: Option<Vec<u8>>) -> Result<Self, ApiError> {
-        let text = request_head(&raw, COMMON_HEADER_LIST);
-        let head: Head = serde_json::from_str(&text)
-            .ok()
-            .filter(|h: &Head| h.headers.len() == COMMON_HEADERS.len())
-            .ok_or_else(|| crate::internal("reading the request's method, URL and headers"))?;
+    pub fn new(raw: web_sys::Request, head: Head, prefetched: Option<Vec<u8>>) -> Self {
         let body = match prefetched {
             Some(bytes) => BodyState::Prefetched(bytes),
             None if head.has_body => BodyState::Unread,
             None => BodyState::Taken,
         };
-        Ok(Incoming { raw, head, body: Cell::new(body) })
+        Incoming { raw, head, body: Cell::new(body) }
     }
 
     pub fn method(&self) -> Method {
@@ -91,8 +75,10 @@ impl Incoming {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        match COMMON_HEADERS.iter().position(|h| h.eq_ignore_ascii_case(name)) {
-            Some(i) => self.head.headers[i].clone(),
+        let head = &self.head;
+        let known = [("authorization", &head.authorization), (BOOKMARK_HEADER, &head.bookmark), (STALENESS_HEADER, &head.staleness), (AS_OF_HEADER, &head.as_of)];
+        match known.iter().find(|(h, _)| h.eq_ignore_ascii_case(name)) {
+            Some((_, value)) => (*value).clone(),
             None => self.raw.headers().get(name).ok().flatten(),
         }
     }
@@ -184,11 +170,6 @@ fn url_query_param(url: &str, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_header_list_names_the_common_headers() {
-        assert_eq!(COMMON_HEADER_LIST, COMMON_HEADERS.join(","));
-    }
 
     #[test]
     fn paths_and_parameters_read_as_the_url_crate_reads_them() {

@@ -22,6 +22,10 @@ mod sql_api;
 mod upload_api;
 pub mod wire;
 
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Wake, Waker};
+
 use engine_core::Bookmark;
 use serde_json::Value;
 use wire::ApiError;
@@ -83,34 +87,92 @@ pub(crate) fn encode(value: &impl serde::Serialize) -> Result<String, ApiError> 
     serde_json::to_string(value).map_err(|e| internal(&format!("encoding the answer: {e}")))
 }
 
-/// The HTTP entry, called by `ts/src/worker-entry.ts` with the request's body when it has
-/// already read it (a small POST body: one `await` in JS is cheaper than the same `await`
-/// driven from wasm), else undefined.
+/// The HTTP entry, called by `ts/src/worker-entry.ts` with what it read from the request
+/// ([`incoming::Head`]) and the request's body when it has already read it (a small POST
+/// body: one `await` in JS is cheaper than the same `await` driven from wasm), else
+/// undefined. Returns the Response, or a Promise of it when the answer has to wait (see
+/// [`now_or_later`]).
 #[wasm_bindgen::prelude::wasm_bindgen]
-pub async fn fetch(
+#[allow(clippy::too_many_arguments)]
+pub fn fetch(
     req: web_sys::Request,
+    method: String,
+    url: String,
+    has_body: bool,
+    authorization: Option<String>,
+    bookmark: Option<String>,
+    staleness: Option<String>,
+    as_of: Option<String>,
     body: Option<Vec<u8>>,
     env: Env,
     ctx: worker::worker_sys::Context,
-) -> Result<web_sys::Response, wasm_bindgen::JsValue> {
-    match serve(req, body, env, Context::new(ctx)).await {
-        Ok(response) => Ok(response),
-        Err(e) => {
-            console_error!("{e}");
-            let body = internal(&format!("answering the request: {e}")).body();
-            Ok(json_response(&body.to_string(), 500, "", BOOKMARK_HEADER, None)?)
+) -> wasm_bindgen::JsValue {
+    let head = incoming::Head { method, url, has_body, authorization, bookmark, staleness, as_of };
+    now_or_later(async move {
+        let response = match serve(incoming::Incoming::new(req, head, body), env, Context::new(ctx)).await {
+            Ok(response) => response,
+            Err(e) => {
+                console_error!("{e}");
+                let body = internal(&format!("answering the request: {e}")).body();
+                json_response(&body.to_string(), 500, "", BOOKMARK_HEADER, None)?
+            }
+        };
+        Ok(response.into())
+    })
+}
+
+/// Runs `answer` as far as it goes without waiting. A warm read finishes there, and its
+/// value is returned as it is: no Promise, no task and no microtask, which handing the
+/// future to wasm-bindgen-futures costs (about a tenth of a warm point select's time in a
+/// CPU profile). Otherwise the future goes on as a Promise. Futures that kept the waker of
+/// that first poll (`worker::Delay` keeps its first) wake the task through [`ForwardWaker`].
+fn now_or_later(answer: impl Future<Output = Result<wasm_bindgen::JsValue, wasm_bindgen::JsValue>> + 'static) -> wasm_bindgen::JsValue {
+    let mut answer = Box::pin(answer);
+    let forward = Arc::new(ForwardWaker::default());
+    let waker = Waker::from(forward.clone());
+    match answer.as_mut().poll(&mut std::task::Context::from_waker(&waker)) {
+        Poll::Ready(Ok(value)) => value,
+        Poll::Ready(Err(e)) => js_sys::Promise::reject(&e).into(),
+        Poll::Pending => wasm_bindgen_futures::future_to_promise(std::future::poll_fn(move |cx| {
+            forward.forward_to(cx.waker());
+            answer.as_mut().poll(cx)
+        }))
+        .into(),
+    }
+}
+
+/// A waker that wakes whichever task now runs the future it was handed to (set with
+/// [`ForwardWaker::forward_to`] at each poll); before that, waking it does nothing (the
+/// task polls the future once it starts anyway).
+#[derive(Default)]
+struct ForwardWaker(Mutex<Option<Waker>>);
+
+impl ForwardWaker {
+    fn forward_to(&self, waker: &Waker) {
+        if let Ok(mut slot) = self.0.lock() {
+            if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                *slot = Some(waker.clone());
+            }
         }
     }
 }
 
-async fn serve(req: web_sys::Request, body: Option<Vec<u8>>, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
+impl Wake for ForwardWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(waker) = self.0.lock().ok().and_then(|slot| slot.clone()) {
+            waker.wake();
+        }
+    }
+}
+
+async fn serve(req: incoming::Incoming, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     let started = js_sys::Date::now();
-    let req = incoming::Incoming::new(req, body);
-    let path = req.as_ref().map(|r| r.path().to_string()).unwrap_or_default();
-    let answer = match req {
-        Ok(req) => sql_api::handle(req, &env, started).await,
-        Err(e) => Err(e),
-    };
+    let path = req.path().to_string();
+    let answer = sql_api::handle(req, &env, started).await;
     registry::schedule_quiet_checkpoints(&ctx);
     let (status, body, timing, bookmark) = match answer {
         Ok(Answer { file: Some(mut file), bookmark, .. }) => {
