@@ -566,3 +566,41 @@ fn a_deletion_keeps_the_history_so_restoring_the_commit_before_it_undoes_it() {
     let mut never = never;
     assert!(!block_on(never.info()).unwrap().exists);
 }
+
+/// A checkpointer whose state was last proven current long ago may not have applied a
+/// restore published since, which brings back chunks retired long ago: its GC deletes
+/// nothing, so the restored state stays readable.
+#[test]
+fn a_checkpointer_proven_current_long_ago_keeps_what_a_restore_it_missed_brought_back() {
+    let store = Rc::new(MemStore::new());
+    let host = Arc::new(SimHost::new(11));
+    let window = 4.0 * HOUR;
+    let open_manual = || {
+        let ctx = DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(&host));
+        let config = DbConfig { checkpoint_records: 1_000, ..config(window) };
+        try_open_in(ctx, "h", config).expect("open")
+    };
+    let mut db = open_manual();
+    exec(&mut db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)", vec![]);
+    exec(&mut db, "INSERT INTO t (v) VALUES (1)", vec![]);
+    let before_update = db.applied_seq();
+    assert!(block_on(db.checkpoint()).unwrap());
+    // The update's checkpoint retires the chunks the state before it used.
+    exec(&mut db, "UPDATE t SET v = 2", vec![]);
+    assert!(block_on(db.checkpoint()).unwrap());
+
+    // Just inside the restorable part of the window, a replica commits (proving its state
+    // current) and then another restores the state before the update.
+    host.advance(window - HOUR - MINUTE);
+    let mut stale = open_manual();
+    exec(&mut stale, "INSERT INTO t (v) VALUES (3)", vec![]);
+    let mut restorer = open_manual();
+    block_on(restorer.restore(before_update)).unwrap();
+
+    // Past the retention of the retired chunks, the stale replica checkpoints without
+    // having seen the restore.
+    host.advance(HOUR + 2.0 * MINUTE);
+    assert!(block_on(stale.checkpoint()).unwrap(), "its base manifest is still the newest");
+    let mut reader = open_manual();
+    assert_eq!(query_ints(&mut reader, "SELECT v FROM t"), vec![1], "the restored state reads");
+}

@@ -81,7 +81,7 @@ impl Database {
         // The fence: the record must be one that readers will read.
         let meta = RecordMeta::of(&record, body.len() as u64);
         let base_before = self.base.generation;
-        match self.check_manifest(seq).await {
+        let outcome = match self.check_manifest(seq).await {
             Ok(true) if self.base.generation == base_before && local_frames.is_some() => {
                 let Ok(local) = self.local_mut() else {
                     return Publish::Unknown("the local database was lost after the record landed".into());
@@ -131,7 +131,13 @@ impl Database {
             }
             Err(crate::EngineError::Storage(e)) => Publish::Unknown(format!("record stored but the fence check failed: {e}")),
             Err(e) => Publish::Unknown(e.to_string()),
+        };
+        if let Publish::Published = outcome {
+            // Every record before `seq` was applied here, and `seq` was free when the PUT
+            // began: the state was current then (GC's bound, `proven_current_for_gc`).
+            self.validated_ms = self.validated_ms.max(put_started);
         }
+        outcome
     }
 
     /// The nonce id of record `seq` as a checkpoint folded it, if the garbage of the base

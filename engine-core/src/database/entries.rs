@@ -43,6 +43,12 @@ impl Database {
         self.config.gc_retention_ms.max(self.config.history_retention_ms)
     }
 
+    /// How far inside the window's edge a past state must be to be served (read, restored,
+    /// forked): GC cannot take its objects for at least this long after it was checked.
+    pub(super) fn history_edge_margin_ms(&self) -> f64 {
+        super::HISTORY_EDGE_MARGIN_MS.min(self.retention_ms() / 4.0)
+    }
+
     /// The history entry of `generation`: from the base manifest if it is the newest,
     /// else from its object (`None` if it is gone or never existed).
     pub(super) async fn entry(&self, generation: u64) -> Result<Option<Rc<HistoryEntry>>, EngineError> {

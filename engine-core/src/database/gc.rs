@@ -58,8 +58,9 @@ impl Database {
     /// has lost the race to that one.
     pub(super) async fn collect_garbage(&self, now: f64, new_map: &[String]) -> Result<Option<Collected>, EngineError> {
         let retention = self.retention_ms();
+        let may_delete = self.proven_current_for_gc(now);
         let (expired, legacy): (Vec<Garbage>, Vec<Garbage>) =
-            self.base.garbage.iter().cloned().partition(|g| g.retired_ms + retention <= now);
+            self.base.garbage.iter().cloned().partition(|g| may_delete && g.retired_ms + retention <= now);
         let mut keepers = Keepers { new_map: new_map.iter().map(String::as_str).collect(), forks: None, revived: Vec::new() };
         for g in &expired {
             self.delete_garbage(g, 0, &mut keepers).await?;
@@ -68,7 +69,7 @@ impl Database {
         let old_floor = self.base.gc_floor.max(1);
         let mut floor = old_floor;
         let mut history_from = (self.base.history_from_seq, self.base.history_from_ms);
-        while floor <= self.base.generation && floor < old_floor + GENERATIONS_PER_PASS {
+        while may_delete && floor <= self.base.generation && floor < old_floor + GENERATIONS_PER_PASS {
             let Some(entry) = self.entry(floor).await? else {
                 let manifest = self.store.head(&self.layout.manifest_key()).await?;
                 if manifest.map(|m| m.etag) != self.base_etag {
@@ -88,7 +89,7 @@ impl Database {
             history_from = history_from.max((entry.checkpoint_seq, entry.committed_ms));
             floor += 1;
         }
-        let entries_from = self.delete_entries_below(floor).await?;
+        let entries_from = if may_delete { self.delete_entries_below(floor).await? } else { self.base.entries_from };
         let revivals = self.base.revivals.iter().filter(|r| r.generation > floor).cloned().collect();
         Ok(Some(Collected {
             legacy,
@@ -98,6 +99,18 @@ impl Database {
             history_from_ms: history_from.1,
             revivals,
         }))
+    }
+
+    /// True if this replica's state was proven current (by a commit or a freshness probe)
+    /// recently enough for its GC to delete. A restore record published after that proof,
+    /// which this replica has not applied, may name chunks retired long ago; a restore's
+    /// state lies at least the history edge margin inside the window, so those chunks stay
+    /// unexpired for that margin after the restore was published. Half of it leaves room for
+    /// clocks that differ between isolates. (Without a history window nothing past is
+    /// restored, and nothing needs the bound.)
+    fn proven_current_for_gc(&self, now: f64) -> bool {
+        let margin = self.history_edge_margin_ms();
+        margin <= 0.0 || now - self.validated_ms <= margin / 2.0
     }
 
     /// Deletes one generation's retired garbage (`generation` 0: a version-1 entry).

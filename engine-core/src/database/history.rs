@@ -304,7 +304,7 @@ impl Database {
         // Everything the state needs was retired by a checkpoint after this commit, so no
         // earlier than its commit time; GC keeps it for a retention window after that.
         let retention = self.retention_ms();
-        let margin = HISTORY_EDGE_MARGIN_MS.min(retention / 4.0);
+        let margin = self.history_edge_margin_ms();
         let committed_ms = self.commit_time(seq).await?;
         if (committed_ms as f64) < self.now_ms() - retention + margin {
             return Err(EngineError::OutsideHistory(format!(
