@@ -55,9 +55,9 @@ impl Database {
     }
 
     /// If the log after the checkpoint should be folded once the writer has been quiet for
-    /// a whole `checkpoint_min_interval_ms` (never less than the pacing wait). It should if a cold reader would otherwise replay at
-    /// least `quiet_checkpoint_bytes` of it, or if a checkpoint the commits called for was
-    /// put off by the interval between checkpoints. Small tails are left to the next
+    /// a whole `checkpoint_min_interval_ms` (never less than the pacing wait). It should if
+    /// a cold reader would otherwise replay at least `quiet_checkpoint_bytes` of it, or if a
+    /// checkpoint the commits called for was put off by the interval between checkpoints. Small tails are left to the next
     /// commits: folding each would write the manifest and a history entry per commit.
     pub fn quiet_checkpoint_due(&self) -> bool {
         let (n, bytes) = self.log_since_checkpoint();
