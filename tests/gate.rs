@@ -43,15 +43,19 @@ const STALENESS_MS: f64 = 50.0;
 /// checkpoint, a short commit budget (the simulated clock moves on every reading). A third
 /// of the seeds keep no history; the others keep a short window (simulated ms), so that
 /// history entries, retired generations and their collection are exercised under faults.
+/// A quarter keep GC garbage for the shortest window with which freshness probes issue
+/// their GET and HEAD at once (and reads send them ahead of themselves), so that those
+/// probes run under faults too; the rest collect at once and probe one call after another.
 pub fn config(seed: u64) -> DbConfig {
     const HISTORY_MS: [f64; 3] = [0.0, 300.0, 3_000.0];
+    let gc_retention_ms = if (seed / 6) % 4 == 3 { engine_core::database::MIN_RETENTION_FOR_CONCURRENT_PROBE_MS } else { 0.0 };
     DbConfig {
         checkpoint_records: 3,
         // Half the seeds pace checkpoints (simulated ms), so that put-off checkpoints and
         // the quiet checkpoints that fold them are exercised under faults too.
         checkpoint_min_interval_ms: [0.0, 20.0][((seed / 3) % 2) as usize],
         quiet_checkpoint_bytes: 1,
-        gc_retention_ms: 0.0,
+        gc_retention_ms,
         history_retention_ms: HISTORY_MS[(seed % 3) as usize],
         orphan_sweep_interval_ms: 0.0,
         max_commit_attempts: 4,

@@ -7,7 +7,7 @@ use engine_core::mem_store::{Fault, MemStore, OpKind, ScriptedFaults};
 use std::sync::Arc;
 
 use engine_core::dst::SimHost;
-use engine_core::{Database, DbConfig, DbContext, Layout, ObjectStore, SqlValue, Statement};
+use engine_core::{store, Database, DbConfig, DbContext, Layout, ObjectStore, SqlValue, Statement};
 use twill_tests::{block_on, exec, open, open_with, query_ints, try_open, try_open_in};
 
 fn small_checkpoints() -> DbConfig {
@@ -465,4 +465,86 @@ fn a_manifest_written_by_a_clock_far_ahead_holds_checkpoints_back_one_interval_a
     here.host.advance(1_000.0);
     assert!(block_on(w.checkpoint_if_quiet()).unwrap(), "one interval later the tail is folded");
     assert_eq!(w.checkpoint_seq(), 2);
+}
+
+/// Counts round trips: stretches of time with at least one store call in flight. Every call
+/// of the store beneath is slow (it yields once before applying), so calls issued together
+/// overlap and calls issued one after the other do not.
+struct RoundTrips {
+    inner: Rc<MemStore>,
+    in_flight: std::cell::Cell<u32>,
+    rounds: std::cell::Cell<u32>,
+}
+
+impl RoundTrips {
+    fn new(inner: Rc<MemStore>) -> Self {
+        struct EveryCallSlow;
+        impl engine_core::mem_store::FaultInjector for EveryCallSlow {
+            fn decide(&mut self, _op: OpKind, _key: &str) -> Fault {
+                Fault::Delay(1)
+            }
+        }
+        inner.set_faults(Some(Box::new(EveryCallSlow)));
+        RoundTrips { inner, in_flight: Default::default(), rounds: Default::default() }
+    }
+
+    async fn timed<T>(&self, call: impl std::future::Future<Output = T>) -> T {
+        if self.in_flight.get() == 0 {
+            self.rounds.set(self.rounds.get() + 1);
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        let out = call.await;
+        self.in_flight.set(self.in_flight.get() - 1);
+        out
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl ObjectStore for RoundTrips {
+    async fn get(&self, key: &str, range: Option<store::ByteRange>) -> Result<Option<store::Object>, store::StoreError> {
+        self.timed(self.inner.get(key, range)).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<store::ObjectMeta>, store::StoreError> {
+        self.timed(self.inner.head(key)).await
+    }
+    async fn put(&self, key: &str, body: Vec<u8>, condition: store::PutCondition) -> Result<store::PutOutcome, store::StoreError> {
+        self.timed(self.inner.put(key, body, condition)).await
+    }
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<store::ListPage, store::StoreError> {
+        self.timed(self.inner.list(prefix, start_after, limit)).await
+    }
+    async fn list_folders(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<store::FolderPage, store::StoreError> {
+        self.timed(self.inner.list_folders(prefix, start_after, limit)).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), store::StoreError> {
+        self.timed(self.inner.delete(key)).await
+    }
+}
+
+/// A strict read proves freshness with the next log record's GET and the manifest's HEAD.
+/// They go out before the read runs, so a read that must fetch a page from R2 waits for the
+/// page and the proof together: one round trip, not two. A read on cached pages is one
+/// round trip too.
+#[test]
+fn a_strict_read_that_fetches_a_page_waits_one_round_trip() {
+    let mem = Rc::new(MemStore::new());
+    let mut w = open(&mem, "rt");
+    exec(&mut w, "CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB NOT NULL)", vec![]);
+    exec(&mut w, "WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM s WHERE v < 20000) INSERT INTO t SELECT v, randomblob(300) FROM s", vec![]);
+    block_on(w.checkpoint()).unwrap();
+
+    let slow = Rc::new(RoundTrips::new(mem.clone()));
+    let ctx = DbContext::new(slow.clone() as Rc<dyn ObjectStore>);
+    let mut r = block_on(Database::open_for_waiting_requests(ctx, Layout::new("", "rt"), DbConfig::default())).unwrap();
+    assert_eq!(query_ints(&mut r, "SELECT length(pad) FROM t WHERE id = 10"), [300], "the first read uses the open's listing");
+    let mut read = |id: i64| {
+        let (rounds, reads) = (slow.rounds.get(), mem.counts());
+        assert_eq!(query_ints(&mut r, &format!("SELECT length(pad) FROM t WHERE id = {id}")), [300]);
+        let after = mem.counts();
+        (slow.rounds.get() - rounds, after.gets - reads.gets + after.heads - reads.heads)
+    };
+    read(12900); // the B-tree's interior pages
+    assert_eq!(read(15000), (1, 3), "a leaf's page group, the next record and the manifest: together");
+    assert_eq!(read(15001), (1, 2), "cached page: the probe alone");
+    assert_eq!(read(7000), (1, 3));
 }

@@ -49,7 +49,8 @@ use crate::store::ObjectStore;
 use crate::value::{ExecStats, Statement, StatementResult};
 
 use commit::Publish;
-use replay::{ListedTail, ProbeResult};
+use replay::{ProbeAhead, ProbeResult, SeenTail};
+pub use replay::MIN_RETENTION_FOR_CONCURRENT_PROBE_MS;
 
 pub use delete::{DeleteMode, Deleted, Purged, PURGE_CALL_BUDGET};
 pub use dump::SqlDump;
@@ -236,11 +237,21 @@ pub struct Done {
 /// One request of a group: what became of it.
 type Outcome = Result<Reply, EngineError>;
 
+/// One pass of a group's requests over the local state.
+struct LocalRun {
+    outcomes: Vec<Outcome>,
+    /// The pages the first request that missed some needs (the rest did not run).
+    missing: Option<Vec<u32>>,
+}
+
 /// What a transaction request is, as far as running it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
     /// One statement that only reads: it runs as its own implicit transaction.
     SingleRead,
+    /// Several statements that only read, in one explicit transaction.
+    Reads,
+    /// Anything that may write.
     Other,
 }
 
@@ -363,7 +374,7 @@ pub struct Database {
     validated_ms: f64,
     /// What a LIST during the request in progress saw after the applied log record: its
     /// freshness probe then needs no GET, and perhaps no HEAD either.
-    listed: Option<ListedTail>,
+    seen_tail: Option<SeenTail>,
     /// The page after the last group a waiting statement fetched (see [`PageSource`]).
     scan_resumes_at: std::cell::Cell<u32>,
 }
@@ -376,7 +387,7 @@ impl Database {
     /// first request's freshness probe does that, or its commit's conditional PUT fences it.
     pub async fn open(ctx: DbContext, layout: Layout, config: DbConfig) -> Result<Self, EngineError> {
         let mut db = Self::open_for_waiting_requests(ctx, layout, config).await?;
-        db.listed = None;
+        db.seen_tail = None;
         Ok(db)
     }
 
@@ -405,7 +416,7 @@ impl Database {
             records: Vec::new(),
             unverified_records: false,
             validated_ms: f64::NEG_INFINITY,
-            listed: None,
+            seen_tail: None,
             scan_resumes_at: Default::default(),
         };
         db.cache_embedded_pages(&db.base);
@@ -505,7 +516,11 @@ impl Database {
                     if past && kinds.iter().any(|k| *k != StatementKind::Read) {
                         return Err(read_only_past());
                     }
-                    Ok(if kinds == [StatementKind::Read] { Shape::SingleRead } else { Shape::Other })
+                    Ok(match kinds.as_slice() {
+                        [StatementKind::Read] => Shape::SingleRead,
+                        [_, _, ..] if kinds.iter().all(|k| *k == StatementKind::Read) => Shape::Reads,
+                        _ => Shape::Other,
+                    })
                 }
                 Work::Script(_) if past => Err(read_only_past()),
                 Work::Script(_) => Ok(Shape::Other),
@@ -516,7 +531,7 @@ impl Database {
             local.clear_pins();
         }
         // A LIST proves absence only within the request that made it.
-        self.listed = None;
+        self.seen_tail = None;
         let outcomes = match outcome {
             Ok(outcomes) => outcomes,
             Err(e) => return requests.iter().map(|_| Err(e.clone())).collect(),
@@ -547,11 +562,48 @@ impl Database {
             return false;
         }
         let now = self.now_ms();
-        requests.iter().all(|r| match r.read_from {
+        requests.iter().all(|r| self.fresh_enough(r.read_from, now))
+    }
+
+    /// True if the local state, as it is at `now`, is as fresh as `read_from` asks.
+    fn fresh_enough(&self, read_from: ReadFrom, now: f64) -> bool {
+        match read_from {
             ReadFrom::Latest => false,
             ReadFrom::WithinMs(ms) => ms > 0.0 && now - self.validated_ms < ms,
             ReadFrom::AtLeast(seq) => self.applied_seq >= seq,
-        })
+        }
+    }
+
+    /// The freshness probe a group of reads will need whatever they find, started
+    /// before they run so that it shares a round trip with any page they fetch (see
+    /// [`Self::probe_ahead`]). None for groups that may write (a commit's conditional PUT
+    /// proves them current), that may stand without a probe, or whose probe is partly done
+    /// (the LIST of an open).
+    fn probe_ahead_for(&self, requests: &[Request], checked: &[Result<Shape, EngineError>]) -> Option<ProbeAhead> {
+        let now = self.now_ms();
+        let reads_only = checked.iter().all(|c| matches!(c, Ok(Shape::SingleRead | Shape::Reads)));
+        let all_need_probe = requests.iter().all(|r| !self.fresh_enough(r.read_from, now));
+        if self.mode != Mode::Live || self.seen_tail.is_some() || !reads_only || !all_need_probe {
+            return None;
+        }
+        self.probe_ahead()
+    }
+
+    /// Runs every request of the group on the local state, up to the first that misses pages.
+    async fn run_locally(&mut self, requests: &[Request], checked: &[Result<Shape, EngineError>]) -> LocalRun {
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
+        for (request, check) in requests.iter().zip(checked) {
+            let outcome = match (check, &request.work) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(shape), Work::Transaction(stmts)) => self.run_local(stmts, *shape).await.map(Reply::Transaction),
+                (Ok(_), Work::Script(script)) => self.run_script_local(script).await.map(Reply::Script),
+            };
+            if let Err(EngineError::PagesMissing(pages)) = &outcome {
+                return LocalRun { outcomes, missing: Some(pages.clone()) };
+            }
+            outcomes.push(outcome);
+        }
+        LocalRun { outcomes, missing: None }
     }
 
     async fn run_group(
@@ -584,22 +636,17 @@ impl Database {
         let started_ms = self.now_ms();
         let mut fetch_rounds = 0;
         let mut attempt: u32 = 1;
+        let mut ahead = self.probe_ahead_for(requests, checked);
         loop {
             // Run every request locally, fetching missing pages and starting over as needed.
-            let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
-            let mut missing = None;
-            for (request, check) in requests.iter().zip(checked) {
-                let outcome = match (check, &request.work) {
-                    (Err(e), _) => Err(e.clone()),
-                    (Ok(shape), Work::Transaction(stmts)) => self.run_local(stmts, *shape).await.map(Reply::Transaction),
-                    (Ok(_), Work::Script(script)) => self.run_script_local(script).await.map(Reply::Script),
-                };
-                if let Err(EngineError::PagesMissing(pages)) = &outcome {
-                    missing = Some(pages.clone());
-                    break;
+            let LocalRun { outcomes, missing } = match ahead.take() {
+                Some(probe) => {
+                    let (seen, ran) = futures::join!(probe, self.run_locally(requests, checked));
+                    self.accept_seen_ahead(seen);
+                    ran
                 }
-                outcomes.push(outcome);
-            }
+                None => self.run_locally(requests, checked).await,
+            };
             if let Some(pages) = missing {
                 fetch_rounds += 1;
                 stats.page_restarts += 1;

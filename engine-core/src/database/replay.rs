@@ -8,6 +8,8 @@
 //! the manifest tells the real record from such a one. Records a newer checkpoint covers
 //! are dropped by moving onto that checkpoint, so whatever remains is real.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use futures::future::join_all;
@@ -27,19 +29,33 @@ const MAX_MANIFEST_ROUNDS: u32 = 16;
 
 /// The shortest GC retention window with which a probe runs its GET and HEAD at once
 /// (shorter windows, as in tests with retention 0, probe one after the other).
-const MIN_RETENTION_FOR_CONCURRENT_PROBE_MS: f64 = 60_000.0;
+pub const MIN_RETENTION_FOR_CONCURRENT_PROBE_MS: f64 = 60_000.0;
 
-/// What the LIST made while opening saw after the applied log record.
+/// What the request in progress already saw after the applied log record: the LIST made
+/// while opening, or a probe issued ahead of a read ([`Database::probe_ahead`]). The
+/// request's freshness probe then needs no GET, and perhaps no HEAD either.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct ListedTail {
+pub(super) struct SeenTail {
     /// The first log position with no record.
     pub absent_seq: u64,
-    /// The manifest's etag in the same listing (inner `None`: no manifest), kept only when
-    /// the listing and the reads of what it found ended well inside the GC retention window.
-    /// One listing shows the record absent and the manifest as it was at once, so it proves
-    /// the state current as the concurrent GET and HEAD of a probe do (the same argument,
-    /// ARCHITECTURE.md), and the first request needs no HEAD.
+    /// The manifest's etag seen at the same time (inner `None`: no manifest), kept only
+    /// when the observation ended well inside the GC retention window. One listing, or a
+    /// GET and HEAD issued at once, shows the record absent and the manifest as it was
+    /// together, so it proves the state current as the concurrent GET and HEAD of a probe
+    /// do (the same argument, ARCHITECTURE.md), and the probe needs no HEAD. Outer `None`:
+    /// the probe checks the manifest after (as a sequential probe does).
     pub manifest_etag: Option<Option<String>>,
+}
+
+/// A freshness probe issued ahead of a read ([`Database::probe_ahead`]): its GET and HEAD
+/// are in flight while the read runs, so a read that has to fetch a page waits one round
+/// trip, not two.
+pub(super) type ProbeAhead = Pin<Box<dyn Future<Output = SeenAhead>>>;
+
+/// What a probe issued ahead saw, and when it started.
+pub(super) struct SeenAhead {
+    started_ms: f64,
+    tail: Option<SeenTail>,
 }
 
 /// What a freshness probe found.
@@ -66,7 +82,7 @@ impl Database {
     /// Applies every log record after `applied_seq`, found by listing (used on open, where
     /// many records may be missing; fetches them concurrently). The listing runs over the
     /// database's folder from the applied record on, so it also shows the manifest (which
-    /// sorts after `log/`) and its etag: see [`ListedTail`].
+    /// sorts after `log/`) and its etag: see [`SeenTail`].
     pub(super) async fn replay_listed_log(&mut self) -> Result<(), EngineError> {
         let started = self.now_ms();
         let manifest_key = self.layout.manifest_key();
@@ -126,7 +142,7 @@ impl Database {
                         // no checkpoint covered the records listed with it, so they are real.
                         self.unverified_records = false;
                     }
-                    self.listed = Some(ListedTail { absent_seq: self.applied_seq + 1, manifest_etag: in_time.then_some(manifest_etag) });
+                    self.seen_tail = Some(SeenTail { absent_seq: self.applied_seq + 1, manifest_etag: in_time.then_some(manifest_etag) });
                     return Ok(());
                 }
             }
@@ -215,16 +231,17 @@ impl Database {
                     self.applied_seq + 1
                 )));
             }
-            // Absent at the LIST, which (like a GET) counts only if the manifest below is
-            // unchanged: then no record after it can have existed and been collected.
-            let listed = if round == 0 { self.listed.take() } else { None };
-            let listed = listed.filter(|l| l.absent_seq == self.applied_seq + 1);
-            let listed_absent = listed.is_some();
+            // Absent at the LIST or at a probe issued ahead, which (like a GET) counts only
+            // if the manifest below is unchanged: then no record after it can have existed
+            // and been collected.
+            let seen = if round == 0 { self.seen_tail.take() } else { None };
+            let seen = seen.filter(|t| t.absent_seq == self.applied_seq + 1);
+            let seen_absent = seen.is_some();
             // The manifest's etag, when a HEAD ran together with the GET that found the
             // next record absent, or the same LIST showed it (one round trip; see
             // `probe_concurrently`).
-            let mut etag_with_absence: Option<Option<String>> = listed.and_then(|l| l.manifest_etag);
-            if !listed_absent {
+            let mut etag_with_absence: Option<Option<String>> = seen.and_then(|t| t.manifest_etag);
+            if !seen_absent {
                 let mut first = true;
                 loop {
                     let seq = self.applied_seq + 1;
@@ -267,6 +284,37 @@ impl Database {
         }
         self.validated_ms = self.now_ms();
         Ok(freshness)
+    }
+
+    /// Starts the freshness probe of a read before the read runs (None when probes here
+    /// run one call after the other). The future owns what it needs, so it makes progress
+    /// while the read borrows the database; [`Self::accept_seen_ahead`] takes its result.
+    pub(super) fn probe_ahead(&self) -> Option<ProbeAhead> {
+        if !self.probe_concurrently() {
+            return None;
+        }
+        let store = self.store.clone();
+        let absent_seq = self.applied_seq + 1;
+        let key = self.layout.log_key(absent_seq);
+        let manifest_key = self.layout.manifest_key();
+        let started_ms = self.now_ms();
+        Some(Box::pin(async move {
+            let tail = match futures::join!(store.get(&key, None), store.head(&manifest_key)) {
+                (Ok(None), Ok(head)) => Some(SeenTail { absent_seq, manifest_etag: Some(head.map(|m| m.etag)) }),
+                // A record to apply, or a failed call: the probe proper finds it again.
+                _ => None,
+            };
+            SeenAhead { started_ms, tail }
+        }))
+    }
+
+    /// Keeps what a probe issued ahead saw for this request's [`Self::refresh`]
+    /// (`seen_tail` is cleared when the request ends).
+    pub(super) fn accept_seen_ahead(&mut self, seen: SeenAhead) {
+        // A slow probe still proves the record absent, but its HEAD is too far from its
+        // GET: the manifest is then checked after, as in a sequential probe.
+        let in_time = self.now_ms() - seen.started_ms < self.retention_ms() / 2.0;
+        self.seen_tail = seen.tail.map(|t| SeenTail { manifest_etag: t.manifest_etag.filter(|_| in_time), ..t });
     }
 
     /// True if a freshness probe may issue the GET of the next record and the manifest
