@@ -68,12 +68,17 @@ async function json(url, init) {
  * `request(i)` returns [url, init]; `check(body)` throws on a wrong answer.
  */
 async function loadCell(request, check, concurrency) {
+  return summarize(await loadSlice(request, check, concurrency, 0, CELL_MS, CELL_MAX));
+}
+
+/** Requests `first`, `first + 1`, … for at most `ms` and `max` requests: latencies and time taken. */
+async function loadSlice(request, check, concurrency, first, ms, max) {
   const latencies = [];
-  let next = 0;
+  let next = first;
   const started = performance.now();
-  const end = started + CELL_MS;
+  const end = started + ms;
   async function loop() {
-    while (performance.now() < end && next < CELL_MAX) {
+    while (performance.now() < end && next < first + max) {
       const i = next++;
       const [url, init] = request(i);
       const t = performance.now();
@@ -82,9 +87,37 @@ async function loadCell(request, check, concurrency) {
     }
   }
   await Promise.all(Array.from({ length: concurrency }, loop));
-  const seconds = (performance.now() - started) / 1000;
+  return { latencies, seconds: (performance.now() - started) / 1000 };
+}
+
+function summarize({ latencies, seconds }) {
   latencies.sort((a, b) => a - b);
   return { n: latencies.length, rps: latencies.length / seconds, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99) };
+}
+
+/// Slices each system of an interleaved cell gets (see `interleavedCells`).
+const ROUNDS = scale(10, 2);
+
+/**
+ * One cell per system, measured in alternation: ROUNDS rounds in which every system runs for
+ * CELL_MS / ROUNDS, in an order that reverses each round. A noisy moment on this machine then
+ * falls on all of them alike, so their ratios hold where cells run one after another do not.
+ * `systems` are [{ name, point, check }]; returns one cell per system, in order.
+ */
+async function interleavedCells(systems, concurrency) {
+  const slices = systems.map(() => ({ latencies: [], seconds: 0, next: 0 }));
+  for (let round = 0; round < ROUNDS; round++) {
+    const order = systems.map((_, i) => i);
+    if (round % 2 === 1) order.reverse();
+    for (const i of order) {
+      const sys = systems[i];
+      const got = await loadSlice(sys.point, sys.check, concurrency, slices[i].next, CELL_MS / ROUNDS, Math.ceil(CELL_MAX / ROUNDS));
+      slices[i].latencies.push(...got.latencies);
+      slices[i].seconds += got.seconds;
+      slices[i].next += got.latencies.length;
+    }
+  }
+  return slices.map(summarize);
 }
 
 const postJson = (body, headers = {}) => ({ method: "POST", headers: { "content-type": "application/json", ...headers }, body: JSON.stringify(body) });
@@ -113,10 +146,6 @@ function httpSystem(name, base, headers = {}) {
   };
 }
 
-// A system whose "point select" is one fixed request: the floors a point select is compared with.
-function fixedSystem(name, url, init = undefined) {
-  return { name, point: () => [url, init] };
-}
 const anyJson = () => {};
 
 const pointOk = (b) => {
@@ -155,10 +184,6 @@ async function throughput() {
   const r2 = {};
   const r2Emulated = {};
   let nextId = 1_000_000;
-  // A floor: the same request loop against an answer that does no database work.
-  const measureFloor = async (sys) => {
-    for (const c of [1, 16]) rows.push({ system: sys.name, op: "point select", c, floor: true, ...(await loadCell(sys.point, anyJson, c)) });
-  };
   const measure = async (sys, ops, onInsert) => {
     for (const op of ops) {
       for (const c of [1, 16]) {
@@ -177,20 +202,38 @@ async function throughput() {
     }
   };
 
-  // TwillDB Edge over HTTP (the data is loaded once, in R2 persisted to a directory, and
-  // reused by the service-binding run below).
+  // The anchors of the point-select ratios, in runtimes of their own that stay up while
+  // TwillDB Edge is measured, so that their cells interleave with ours: the D1 Worker and
+  // an empty JS Worker (the same request loop against an answer that does no database work).
+  const helloRt = await start([jsWorker("hello", helloWorker)]);
+  const d1Rt = await start([jsWorker("d1", d1Worker, { d1Databases: { D1: "bench-d1" } })]);
   const dir = tempDir("twill-bench-");
   try {
+    const d1 = jsSystem("D1 Worker (miniflare local D1)", d1Rt.url);
+    await loadData(d1);
+
+    // TwillDB Edge over HTTP (the data is loaded once, in R2 persisted to a directory, and
+    // reused by the service-binding run below).
     let rt = await start([engine()], { r2Persist: dir });
     const http = httpSystem("TwillDB Edge, HTTP", rt.url);
     await loadData(http);
-    await measure(http, ["point select", "single-row insert"], () => stats(rt.url));
-    await measure(httpSystem("TwillDB Edge, HTTP, staleness ≤ 1 s", rt.url, { "x-twill-max-staleness-ms": "1000" }), ["point select"]);
-    await measureFloor(fixedSystem("TwillDB Edge, GET / (wasm entry, routing, JSON answer; no database)", `${rt.url}/`));
     // A session: reads carry the bookmark of the session's last write.
     const bookmark = (await json(...http.point(0))).meta.bookmark;
     const session = httpSystem("TwillDB Edge, HTTP, session bookmark", rt.url, { "x-twill-bookmark": bookmark });
-    await measure(session, ["point select"]);
+    const stale = httpSystem("TwillDB Edge, HTTP, staleness ≤ 1 s", rt.url, { "x-twill-max-staleness-ms": "1000" });
+    const points = [
+      { name: http.name, point: http.point, check: pointOk },
+      { name: stale.name, point: stale.point, check: pointOk },
+      { name: "TwillDB Edge, GET / (wasm entry, routing, JSON answer; no database)", point: () => [`${rt.url}/`], check: anyJson, floor: true },
+      { name: session.name, point: session.point, check: pointOk },
+      { name: "empty JS Worker (fixed JSON answer)", point: () => [`${helloRt.url}/`, postJson({ sql: POINT, params: [key(0)] })], check: anyJson, floor: true },
+      { name: d1.name, point: d1.point, check: pointOk },
+    ];
+    for (const c of [1, 16]) {
+      const cells = await interleavedCells(points, c);
+      cells.forEach((cell, i) => rows.push({ system: points[i].name, op: "point select", c, floor: points[i].floor, ...cell }));
+    }
+    await measure(http, ["single-row insert"], () => stats(rt.url));
     let sessionReads = 0;
     const probes = scale(200, 10);
     for (let i = 0; i < probes; i++) sessionReads += (await json(...session.point(i))).meta.r2_reads;
@@ -221,21 +264,15 @@ async function throughput() {
     rt = await start([jsWorker("consumer", bindingWorker, { serviceBindings: { TWILL: "engine" } }), engine()], { r2Persist: dir });
     await measure(jsSystem("TwillDB Edge, service binding (RPC)", rt.url), ["point select", "single-row insert"]);
     await rt.mf.dispose();
+
+    await measure(d1, ["single-row insert"]);
   } finally {
     removeDir(dir);
+    await helloRt.mf.dispose();
+    await d1Rt.mf.dispose();
   }
 
-  let rt = await start([jsWorker("hello", helloWorker)]);
-  await measureFloor(fixedSystem("empty JS Worker (fixed JSON answer)", `${rt.url}/`, postJson({ sql: POINT, params: [key(0)] })));
-  await rt.mf.dispose();
-
-  rt = await start([jsWorker("d1", d1Worker, { d1Databases: { D1: "bench-d1" } })]);
-  const d1 = jsSystem("D1 Worker (miniflare local D1)", rt.url);
-  await loadData(d1);
-  await measure(d1, ["point select", "single-row insert"]);
-  await rt.mf.dispose();
-
-  rt = await start([jsWorker("do", doWorker, { durableObjects: { BENCH: { className: "BenchDO", useSQLite: true } } })]);
+  const rt = await start([jsWorker("do", doWorker, { durableObjects: { BENCH: { className: "BenchDO", useSQLite: true } } })]);
   const dobj = jsSystem("Durable Object SQLite Worker", rt.url);
   await loadData(dobj);
   await measure(dobj, ["point select", "single-row insert"]);
@@ -243,6 +280,8 @@ async function throughput() {
 
   out(`Same schema and ${ROWS.toLocaleString("en")} rows in every system (\`items(id INTEGER PRIMARY KEY, k, v)\`, index on \`k\`). ` +
       `Node's fetch on loopback; each cell runs ${CELL_MS / 1000} s or ${CELL_MAX.toLocaleString("en")} requests, whichever ends first; ` +
+      `the point-select cells of TwillDB Edge over HTTP, the empty JS Worker and the D1 Worker run interleaved (${ROUNDS} rounds, each ` +
+      `system ${CELL_MS / ROUNDS} ms a round, in an order that reverses each round), so that the ratios between them do not hang on one noisy moment; ` +
       `a wrong or failed answer aborts the run. The D1 and Durable Object Workers and the service-binding consumer are one hop ` +
       `(HTTP → JS Worker → binding); "HTTP" reaches the TwillDB Edge Worker directly. Miniflare keeps R2, D1 and DO storage on local disk/memory: ` +
       `these figures compare engines and protocol work, not Cloudflare's network.`);
