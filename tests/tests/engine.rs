@@ -208,3 +208,22 @@ fn a_kept_statement_answers_as_a_freshly_prepared_one() {
     assert!(e.to_string().contains("no such table"), "{e}");
     assert_eq!(query_ints(&mut a, "SELECT count(*) FROM sqlite_schema WHERE name = 'c'"), [0]);
 }
+
+/// The built-in table-valued functions (the `pragma_*` ones, `json_each`, `json_tree`) are
+/// found on first use rather than registered at every open (patches/turso_core: item 10),
+/// and answer as before; a name of theirs is still taken for a new table.
+#[test]
+fn table_valued_functions_answer_and_keep_their_names() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "tvf");
+    exec(&mut db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", vec![]);
+    exec(&mut db, "CREATE INDEX t_v ON t (v)", vec![]);
+    let names = exec(&mut db, "SELECT name FROM pragma_table_info('t') ORDER BY cid", vec![]).rows;
+    assert_eq!(names, vec![vec![SqlValue::Text("id".into())], vec![SqlValue::Text("v".into())]]);
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM pragma_index_list('t')"), [1]);
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM json_each('[1, 2, 3]')"), [3]);
+    assert_eq!(query_ints(&mut db, "SELECT sum(value) FROM json_each('[1, 2, 3]')"), [6]);
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM json_tree('{\"a\": [1, 2]}')"), [4]);
+    let e = block_on(db.transact(&[Statement::new("CREATE TABLE json_each (x)")])).unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+}
