@@ -5,7 +5,9 @@
 //! [`PageSource`] and completes the read, and turso goes on where it stopped; where turso
 //! cannot wait, the read fails and the request runs again once the page is cached.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, Mutex};
 
 use turso_core::{Buffer, Completion, File};
@@ -24,7 +26,7 @@ pub trait PageSource {
 }
 
 /// Pages just fetched, by page number.
-pub type FetchedPages = HashMap<u32, Arc<[u8]>>;
+pub type FetchedPages = FxHashMap<u32, Arc<[u8]>>;
 
 /// Which chunk object holds each page of a checkpoint.
 #[derive(Debug, Clone)]
@@ -60,7 +62,7 @@ impl CheckpointView {
 pub type WantedPages = Arc<Mutex<BTreeSet<u32>>>;
 
 /// Pages fetched for the transaction in progress, by page number.
-pub type PinnedPages = Arc<Mutex<HashMap<u32, Arc<[u8]>>>>;
+pub type PinnedPages = Arc<Mutex<FxHashMap<u32, Arc<[u8]>>>>;
 
 pub struct ChunkFile {
     view: CheckpointView,

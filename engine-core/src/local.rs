@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use turso_core::{Connection, StatementStatusCounter, StepResult, Value};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Mutex;
 
 use crate::cache::PageCache;
@@ -92,7 +94,7 @@ pub struct LocalDb {
 
 /// Statements that ran to their end, reset for the next run (see [`STATEMENT_CACHE_ENTRIES`]).
 #[derive(Default)]
-struct PreparedStatements(Mutex<HashMap<String, turso_core::Statement>>);
+struct PreparedStatements(Mutex<FxHashMap<String, turso_core::Statement>>);
 
 impl PreparedStatements {
     fn take(&self, sql: &str) -> Option<turso_core::Statement> {
@@ -155,7 +157,7 @@ impl LocalDb {
     pub fn create(view: CheckpointView, cache: Arc<PageCache>, host: Arc<dyn Host>) -> Result<Self, EngineError> {
         let io = Arc::new(EngineIo::new(host));
         let wanted: WantedPages = Arc::new(Mutex::new(Default::default()));
-        let pinned: PinnedPages = Arc::new(Mutex::new(HashMap::new()));
+        let pinned: PinnedPages = Arc::new(Mutex::new(FxHashMap::default()));
         let file = Arc::new(ChunkFile::new(view, cache, wanted.clone(), pinned.clone(), io.stalled_reads()));
         let base = Base { wanted, pinned, file };
         let path = format!("twill-{}.db", NEXT_OPEN_ID.fetch_add(1, Ordering::Relaxed));
