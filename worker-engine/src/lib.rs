@@ -87,6 +87,14 @@ pub(crate) fn encode(value: &impl serde::Serialize) -> Result<String, ApiError> 
     serde_json::to_string(value).map_err(|e| internal(&format!("encoding the answer: {e}")))
 }
 
+/// The names of the headers the JS entry passes to [`fetch`] as arguments, in the order of
+/// its parameters, comma-separated: the entry reads them once at startup, so each name is
+/// spelled only here.
+#[wasm_bindgen::prelude::wasm_bindgen(js_name = headHeaders)]
+pub fn head_headers() -> String {
+    ["authorization", BOOKMARK_HEADER, db_request::STALENESS_HEADER, history_api::AS_OF_HEADER].join(",")
+}
+
 /// The HTTP entry, called by `ts/src/worker-entry.ts` with what it read from the request
 /// ([`incoming::Head`]) and the request's body when it has already read it (a small POST
 /// body: one `await` in JS is cheaper than the same `await` driven from wasm), else
