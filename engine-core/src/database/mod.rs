@@ -372,8 +372,9 @@ pub struct Database {
     unverified_records: bool,
     /// When local state was last proven current (ms since the epoch).
     validated_ms: f64,
-    /// What a LIST during the request in progress saw after the applied log record: its
-    /// freshness probe then needs no GET, and perhaps no HEAD either.
+    /// What the request in progress saw after the applied log record (an open's LIST, or a
+    /// probe sent ahead of a read): its freshness probe then needs no GET, and perhaps no
+    /// HEAD either.
     seen_tail: Option<SeenTail>,
     /// The page after the last group a waiting statement fetched (see [`PageSource`]).
     scan_resumes_at: std::cell::Cell<u32>,
@@ -530,7 +531,7 @@ impl Database {
         if let Some(local) = &self.local {
             local.clear_pins();
         }
-        // A LIST proves absence only within the request that made it.
+        // A LIST or a probe sent ahead proves absence only within the request that made it.
         self.seen_tail = None;
         let outcomes = match outcome {
             Ok(outcomes) => outcomes,
