@@ -179,7 +179,8 @@ impl Wake for ForwardWaker {
 
 async fn serve(req: incoming::Incoming, env: Env, ctx: Context) -> worker::Result<web_sys::Response> {
     let started = js_sys::Date::now();
-    let path = req.path().to_string();
+    // Errors of Hrana requests take Hrana's shape.
+    let hrana = routes::looks_like_hrana(req.path());
     let answer = sql_api::handle(req, &env, started).await;
     registry::schedule_quiet_checkpoints(&ctx);
     let (status, body, timing, bookmark) = match answer {
@@ -191,7 +192,7 @@ async fn serve(req: incoming::Incoming, env: Env, ctx: Context) -> worker::Resul
             return Ok(file.into());
         }
         Ok(a) => (200, a.body, a.timing, a.bookmark),
-        Err(e) if routes::looks_like_hrana(&path) => (e.status, Body::Value(e.hrana_body()), None, None),
+        Err(e) if hrana => (e.status, Body::Value(e.hrana_body()), None, None),
         Err(e) => (e.status, Body::Value(e.body()), None, None),
     };
     let elapsed = js_sys::Date::now() - started;
