@@ -547,4 +547,14 @@ fn a_strict_read_that_fetches_a_page_waits_one_round_trip() {
     assert_eq!(read(15000), (1, 3), "a leaf's page group, the next record and the manifest: together");
     assert_eq!(read(15001), (1, 2), "cached page: the probe alone");
     assert_eq!(read(7000), (1, 3));
+
+    // Another replica commits: the record the probe ahead found is applied as it is (no
+    // second GET), then the next one's GET and the manifest's HEAD go out together, and
+    // the read runs again on the new state and proves it: three round trips.
+    exec(&mut w, "UPDATE t SET pad = randomblob(300) WHERE id = 15001", vec![]);
+    let (rounds, before) = (slow.rounds.get(), mem.counts());
+    assert_eq!(query_ints(&mut r, "SELECT length(pad) FROM t WHERE id = 15001"), [300]);
+    let after = mem.counts();
+    assert_eq!(slow.rounds.get() - rounds, 3);
+    assert_eq!(after.gets - before.gets, 3, "the record once, the position after it twice");
 }

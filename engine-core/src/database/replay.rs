@@ -19,7 +19,7 @@ use crate::layout::Layout;
 use crate::chunk_file::CheckpointView;
 use crate::log_record::{Frame, LogRecord, Snapshot, SnapshotOrigin};
 use crate::manifest::{ForkedFrom, Manifest};
-use crate::store::{ObjectStore, MAX_LIST_LIMIT};
+use crate::store::{Object, ObjectStore, MAX_LIST_LIMIT};
 use crate::value::ExecStats;
 
 use super::{AppliedRecord, Database, Image, RecordMeta};
@@ -33,18 +33,23 @@ pub const MIN_RETENTION_FOR_CONCURRENT_PROBE_MS: f64 = 60_000.0;
 
 /// What the request in progress already saw after the applied log record: the LIST made
 /// while opening, or a probe issued ahead of a read ([`Database::probe_ahead`]). The
-/// request's freshness probe then needs no GET, and perhaps no HEAD either.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct SeenTail {
-    /// The first log position with no record.
-    pub absent_seq: u64,
-    /// The manifest's etag seen at the same time (inner `None`: no manifest), kept only
-    /// when the observation ended well inside the GC retention window. One listing, or a
-    /// GET and HEAD issued at once, shows the record absent and the manifest as it was
-    /// together, so it proves the state current as the concurrent GET and HEAD of a probe
-    /// do (the same argument, ARCHITECTURE.md), and the probe needs no HEAD. Outer `None`:
-    /// the probe checks the manifest after (as a sequential probe does).
-    pub manifest_etag: Option<Option<String>>,
+/// request's freshness probe then makes fewer calls.
+#[derive(Debug, Clone)]
+pub(super) enum SeenTail {
+    /// No record at `seq`: the probe needs no GET, and perhaps no HEAD either.
+    Absent {
+        seq: u64,
+        /// The manifest's etag seen at the same time (inner `None`: no manifest), kept only
+        /// when the observation ended well inside the GC retention window. One listing, or
+        /// a GET and HEAD issued at once, shows the record absent and the manifest as it
+        /// was together, so it proves the state current as the concurrent GET and HEAD of
+        /// a probe do (the same argument, ARCHITECTURE.md), and the probe needs no HEAD.
+        /// Outer `None`: the probe checks the manifest after (as a sequential probe does).
+        manifest_etag: Option<Option<String>>,
+    },
+    /// The record at `seq`, fetched ahead: the probe applies it without a GET (trusted,
+    /// like any record, only once a manifest read after it shows no checkpoint covering it).
+    Record { seq: u64, object: Object },
 }
 
 /// A freshness probe issued ahead of a read ([`Database::probe_ahead`]): its GET and HEAD
@@ -55,6 +60,7 @@ pub(super) type ProbeAhead = Pin<Box<dyn Future<Output = SeenAhead>>>;
 /// What a probe issued ahead saw, and when it started.
 pub(super) struct SeenAhead {
     started_ms: f64,
+    /// None if a call failed: the probe proper makes it again.
     tail: Option<SeenTail>,
 }
 
@@ -142,7 +148,7 @@ impl Database {
                         // no checkpoint covered the records listed with it, so they are real.
                         self.unverified_records = false;
                     }
-                    self.seen_tail = Some(SeenTail { absent_seq: self.applied_seq + 1, manifest_etag: in_time.then_some(manifest_etag) });
+                    self.seen_tail = Some(SeenTail::Absent { seq: self.applied_seq + 1, manifest_etag: in_time.then_some(manifest_etag) });
                     return Ok(());
                 }
             }
@@ -234,28 +240,34 @@ impl Database {
             // Absent at the LIST or at a probe issued ahead, which (like a GET) counts only
             // if the manifest below is unchanged: then no record after it can have existed
             // and been collected.
+            let next = self.applied_seq + 1;
             let seen = if round == 0 { self.seen_tail.take() } else { None };
-            let seen = seen.filter(|t| t.absent_seq == self.applied_seq + 1);
-            let seen_absent = seen.is_some();
             // The manifest's etag, when a HEAD ran together with the GET that found the
             // next record absent, or the same LIST showed it (one round trip; see
             // `probe_concurrently`).
-            let mut etag_with_absence: Option<Option<String>> = seen.and_then(|t| t.manifest_etag);
+            let (seen_absent, mut etag_with_absence, mut record_ahead) = match seen {
+                Some(SeenTail::Absent { seq, manifest_etag }) if seq == next => (true, manifest_etag, None),
+                Some(SeenTail::Record { seq, object }) if seq == next => (false, None, Some(object)),
+                _ => (false, None, None),
+            };
             if !seen_absent {
                 let mut first = true;
                 loop {
                     let seq = self.applied_seq + 1;
                     let key = self.layout.log_key(seq);
-                    let (record, etag) = if first && self.probe_concurrently() {
-                        let started = self.now_ms();
-                        let manifest_key = self.layout.manifest_key();
-                        let (record, head) = futures::join!(self.store.get(&key, None), self.store.head(&manifest_key));
-                        let in_time = self.now_ms() - started < self.retention_ms() / 2.0;
-                        (record?, in_time.then_some(head?.map(|m| m.etag)))
-                    } else {
-                        (self.store.get(&key, None).await?, None)
+                    let (record, etag) = match record_ahead.take() {
+                        // Fetched ahead; the GET after it still goes out with a HEAD.
+                        Some(object) => (Some(object), None),
+                        None if first && self.probe_concurrently() => {
+                            first = false;
+                            let started = self.now_ms();
+                            let manifest_key = self.layout.manifest_key();
+                            let (record, head) = futures::join!(self.store.get(&key, None), self.store.head(&manifest_key));
+                            let in_time = self.now_ms() - started < self.retention_ms() / 2.0;
+                            (record?, in_time.then_some(head?.map(|m| m.etag)))
+                        }
+                        None => (self.store.get(&key, None).await?, None),
                     };
-                    first = false;
                     match record {
                         Some(obj) => {
                             self.apply_record(seq, &obj.body).await?;
@@ -300,8 +312,8 @@ impl Database {
         let started_ms = self.now_ms();
         Some(Box::pin(async move {
             let tail = match futures::join!(store.get(&key, None), store.head(&manifest_key)) {
-                (Ok(None), Ok(head)) => Some(SeenTail { absent_seq, manifest_etag: Some(head.map(|m| m.etag)) }),
-                // A record to apply, or a failed call: the probe proper finds it again.
+                (Ok(None), Ok(head)) => Some(SeenTail::Absent { seq: absent_seq, manifest_etag: Some(head.map(|m| m.etag)) }),
+                (Ok(Some(object)), _) => Some(SeenTail::Record { seq: absent_seq, object }),
                 _ => None,
             };
             SeenAhead { started_ms, tail }
@@ -314,7 +326,10 @@ impl Database {
         // A slow probe still proves the record absent, but its HEAD is too far from its
         // GET: the manifest is then checked after, as in a sequential probe.
         let in_time = self.now_ms() - seen.started_ms < self.retention_ms() / 2.0;
-        self.seen_tail = seen.tail.map(|t| SeenTail { manifest_etag: t.manifest_etag.filter(|_| in_time), ..t });
+        self.seen_tail = seen.tail.map(|t| match t {
+            SeenTail::Absent { seq, manifest_etag } => SeenTail::Absent { seq, manifest_etag: manifest_etag.filter(|_| in_time) },
+            record => record,
+        });
     }
 
     /// True if a freshness probe may issue the GET of the next record and the manifest
