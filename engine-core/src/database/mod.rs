@@ -32,6 +32,7 @@ mod sql_import;
 mod upload;
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -49,7 +50,7 @@ use crate::store::ObjectStore;
 use crate::value::{ExecStats, Statement, StatementResult};
 
 use commit::Publish;
-use replay::{ProbeAhead, ProbeResult, SeenTail};
+use replay::{ProbeResult, SeenAhead, SeenTail};
 pub use replay::MIN_RETENTION_FOR_CONCURRENT_PROBE_MS;
 
 pub use delete::{DeleteMode, Deleted, Purged, PURGE_CALL_BUDGET};
@@ -580,7 +581,11 @@ impl Database {
     /// [`Self::probe_ahead`]). None for groups that may write (a commit's conditional PUT
     /// proves them current), that may stand without a probe, or whose probe is partly done
     /// (the LIST of an open).
-    fn probe_ahead_for(&self, requests: &[Request], checked: &[Result<Shape, EngineError>]) -> Option<ProbeAhead> {
+    fn probe_ahead_for(
+        &self,
+        requests: &[Request],
+        checked: &[Result<Shape, EngineError>],
+    ) -> Option<impl Future<Output = SeenAhead> + use<>> {
         let now = self.now_ms();
         let reads_only = checked.iter().all(|c| matches!(c, Ok(Shape::SingleRead | Shape::Reads)));
         let all_need_probe = requests.iter().all(|r| !self.fresh_enough(r.read_from, now));

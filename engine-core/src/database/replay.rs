@@ -9,7 +9,6 @@
 //! are dropped by moving onto that checkpoint, so whatever remains is real.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 
 use futures::future::join_all;
@@ -51,11 +50,6 @@ pub(super) enum SeenTail {
     /// like any record, only once a manifest read after it shows no checkpoint covering it).
     Record { seq: u64, object: Object },
 }
-
-/// A freshness probe issued ahead of a read ([`Database::probe_ahead`]): its GET and HEAD
-/// are in flight while the read runs, so a read that has to fetch a page waits one round
-/// trip, not two.
-pub(super) type ProbeAhead = Pin<Box<dyn Future<Output = SeenAhead>>>;
 
 /// What a probe issued ahead saw, and when it started.
 pub(super) struct SeenAhead {
@@ -299,9 +293,11 @@ impl Database {
     }
 
     /// Starts the freshness probe of a read before the read runs (None when probes here
-    /// run one call after the other). The future owns what it needs, so it makes progress
-    /// while the read borrows the database; [`Self::accept_seen_ahead`] takes its result.
-    pub(super) fn probe_ahead(&self) -> Option<ProbeAhead> {
+    /// run one call after the other): its GET and HEAD are in flight while the read runs,
+    /// so a read that has to fetch a page waits one round trip, not two. The future owns
+    /// what it needs (it borrows nothing: `use<>`), so it makes progress while the read
+    /// borrows the database; [`Self::accept_seen_ahead`] takes its result.
+    pub(super) fn probe_ahead(&self) -> Option<impl Future<Output = SeenAhead> + use<>> {
         if !self.probe_concurrently() {
             return None;
         }
@@ -310,14 +306,14 @@ impl Database {
         let key = self.layout.log_key(absent_seq);
         let manifest_key = self.layout.manifest_key();
         let started_ms = self.now_ms();
-        Some(Box::pin(async move {
+        Some(async move {
             let tail = match futures::join!(store.get(&key, None), store.head(&manifest_key)) {
                 (Ok(None), Ok(head)) => Some(SeenTail::Absent { seq: absent_seq, manifest_etag: Some(head.map(|m| m.etag)) }),
                 (Ok(Some(object)), _) => Some(SeenTail::Record { seq: absent_seq, object }),
                 _ => None,
             };
             SeenAhead { started_ms, tail }
-        }))
+        })
     }
 
     /// Keeps what a probe issued ahead saw for this request's [`Self::refresh`]
