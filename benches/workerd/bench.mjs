@@ -224,14 +224,14 @@ async function throughput() {
     const points = [
       { name: http.name, point: http.point, check: pointOk },
       { name: stale.name, point: stale.point, check: pointOk },
-      { name: "TwillDB Edge, GET / (wasm entry, routing, JSON answer; no database)", point: () => [`${rt.url}/`], check: anyJson, floor: true },
+      { name: "TwillDB Edge, GET / (wasm entry, routing, JSON answer; no database)", point: () => [`${rt.url}/`], check: anyJson },
       { name: session.name, point: session.point, check: pointOk },
-      { name: "empty JS Worker (fixed JSON answer)", point: () => [`${helloRt.url}/`, postJson({ sql: POINT, params: [key(0)] })], check: anyJson, floor: true },
+      { name: "empty JS Worker (fixed JSON answer)", point: () => [`${helloRt.url}/`, postJson({ sql: POINT, params: [key(0)] })], check: anyJson },
       { name: d1.name, point: d1.point, check: pointOk },
     ];
     for (const c of [1, 16]) {
       const cells = await interleavedCells(points, c);
-      cells.forEach((cell, i) => rows.push({ system: points[i].name, op: "point select", c, floor: points[i].floor, ...cell }));
+      cells.forEach((cell, i) => rows.push({ system: points[i].name, op: "point select", c, ...cell }));
     }
     await measure(http, ["single-row insert"], () => stats(rt.url));
     let sessionReads = 0;
