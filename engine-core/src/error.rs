@@ -114,6 +114,9 @@ pub enum EngineError {
     /// resolved). It was not acknowledged; read the data to find out.
     #[error("commit outcome unknown: {0}")]
     CommitUnknown(String),
+    /// The request did not get its turn on the database in time; nothing of it ran.
+    #[error("database busy: {0}")]
+    Busy(String),
     /// The store failed before anything was committed.
     #[error("storage unavailable: {0}")]
     Storage(StoreError),
@@ -178,6 +181,7 @@ impl EngineError {
             EngineError::Conflict { .. } => "WRITE_CONFLICT",
             EngineError::TxConflict(_) => "TRANSACTION_CONFLICT",
             EngineError::CommitUnknown(_) => "COMMIT_OUTCOME_UNKNOWN",
+            EngineError::Busy(_) => "DATABASE_BUSY",
             EngineError::Storage(_) => "STORAGE_UNAVAILABLE",
             EngineError::Corrupt(_) => "CORRUPT_STATE",
             EngineError::Limit(_) => "LIMIT_EXCEEDED",
@@ -200,7 +204,7 @@ impl EngineError {
             EngineError::Sql(f) => Some(f.code),
             EngineError::Params(_) => Some(SqliteCode::Range),
             EngineError::Interrupted(_) => Some(SqliteCode::Interrupt),
-            EngineError::Conflict { .. } | EngineError::TxConflict(_) => Some(SqliteCode::Busy),
+            EngineError::Conflict { .. } | EngineError::TxConflict(_) | EngineError::Busy(_) => Some(SqliteCode::Busy),
             EngineError::Limit(_) => Some(SqliteCode::TooBig),
             EngineError::Corrupt(_) => Some(SqliteCode::Corrupt),
             _ => None,

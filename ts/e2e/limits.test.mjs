@@ -111,3 +111,49 @@ test("R2_CALLS: a request that needs more R2 calls than an invocation may make i
     removeDir(persistDir);
   }
 });
+
+// Two inserts into one database, the second sent while the first holds it in the isolate
+// (every R2 call takes `latencyMs`). Returns both answers with their ids.
+async function twoOverlappingInserts(base, db, latencyMs) {
+  const first = query(base, db, "INSERT INTO t VALUES (1)").then((r) => ({ id: 1, r }));
+  await new Promise((r) => setTimeout(r, Math.min(50, latencyMs / 8)));
+  const second = query(base, db, "INSERT INTO t VALUES (2)").then((r) => ({ id: 2, r }));
+  return Promise.all([first, second]);
+}
+
+test("QUEUE_WAIT: a request that cannot get its turn on the database in time answers DATABASE_BUSY and runs nothing", { timeout: 60_000 }, async () => {
+  const slow = await startEngine({ extra: { bindings: { TWILL_EMULATE_R2_LATENCY_MS: "400", TWILL_QUEUE_WAIT_MS: "100" } } });
+  try {
+    assert.equal((await query(slow.url, "queue", "CREATE TABLE t (id INTEGER PRIMARY KEY)")).status, 200);
+    const answers = await twoOverlappingInserts(slow.url, "queue", 400);
+    const ok = answers.filter((a) => a.r.status === 200);
+    const busy = answers.filter((a) => a.r.status !== 200);
+    assert.equal(ok.length, 1, JSON.stringify(answers));
+    assert.equal(busy.length, 1, JSON.stringify(answers));
+    expectError(busy[0].r, 503, "DATABASE_BUSY", /QUEUE_WAIT/);
+    const rows = await query(slow.url, "queue", "SELECT id FROM t");
+    assert.deepEqual(rows.body.rows, [[ok[0].id]], "the busy request's insert did not run");
+  } finally {
+    await slow.stop();
+  }
+});
+
+test("HOLD_LIMIT: a hold past its limit is reaped, the database reopened, and a holder that was only slow is fenced", { timeout: 60_000 }, async () => {
+  const slow = await startEngine({ extra: { bindings: { TWILL_EMULATE_R2_LATENCY_MS: "400", TWILL_HOLD_LIMIT_MS: "100" } } });
+  try {
+    assert.equal((await query(slow.url, "hold", "CREATE TABLE t (id INTEGER PRIMARY KEY)")).status, 200);
+    const stats = async () => (await fetch(`${slow.url}/v1/db/hold/stats`)).json();
+    const opensBefore = (await stats()).opens;
+    assert.equal(opensBefore, 1);
+    const answers = await twoOverlappingInserts(slow.url, "hold", 400);
+    // The reaped holder finished its own request after all: both commits are acknowledged,
+    // one of them after losing the race for the next log position and catching up.
+    for (const a of answers) assert.equal(a.r.status, 200, JSON.stringify(a.r.body));
+    const after = await stats();
+    assert.equal(after.opens, opensBefore + 1, `the waiter reaped the hold and reopened the database: ${JSON.stringify(after)}`);
+    const rows = await query(slow.url, "hold", "SELECT id FROM t ORDER BY id");
+    assert.deepEqual(rows.body.rows, [[1], [2]]);
+  } finally {
+    await slow.stop();
+  }
+});

@@ -101,7 +101,7 @@ impl DbRequest {
     /// This isolate's slot for the database (opening nothing yet; its store is made only
     /// if the slot is new).
     fn slot(&self) -> Result<Rc<registry::DbSlot>, ApiError> {
-        registry::slot(&self.name, || self.settings.r2_store())
+        registry::slot(&self.name, self.settings.waits, || self.settings.r2_store())
     }
 
     /// Runs `work` (grouped with concurrent requests) and measures it.

@@ -14,6 +14,7 @@ mod history_api;
 pub mod hrana;
 mod import_api;
 mod incoming;
+mod lane;
 mod registry;
 mod routes;
 mod rpc;

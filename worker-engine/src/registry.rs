@@ -21,6 +21,8 @@ use engine_core::host::Sleeper;
 use engine_core::{Database, DbConfig, DbContext, Done, EngineError, Layout, ObjectStore, Request};
 use r2_backend::R2Store;
 
+use crate::lane::{HoldToken, Lane};
+
 /// Open databases kept per isolate (their pages share one cache).
 const MAX_OPEN_DATABASES: usize = 16;
 /// Requests committed together at most.
@@ -37,6 +39,23 @@ const POLL: std::time::Duration = std::time::Duration::from_millis(1);
 const QUIET_ROUNDS: u32 = 8;
 /// How long a quiet checkpoint waits when a request holds the database (ms).
 const BUSY_RETRY_MS: f64 = 1_000.0;
+/// How long a request waits for its turn on a database, and how old a hold may grow,
+/// in this isolate (`TWILL_QUEUE_WAIT_MS`, `TWILL_HOLD_LIMIT_MS`).
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    /// A request that has waited this long gives up untouched with `DATABASE_BUSY`: a long
+    /// import or restore may hold the database that long.
+    pub queue_ms: f64,
+    /// A hold of the database older than this is taken as stopped for good (its request is
+    /// no longer polled, or its `waitUntil` was ended) and reaped; see [`crate::lane`].
+    pub hold_ms: f64,
+}
+
+impl Default for Waits {
+    fn default() -> Self {
+        Waits { queue_ms: 30_000.0, hold_ms: 120_000.0 }
+    }
+}
 
 type Reply = Rc<RefCell<Option<Answer>>>;
 
@@ -57,9 +76,12 @@ impl Sleeper for DelaySleeper {
 
 pub struct DbSlot {
     pub store: Rc<CountingStore<dyn ObjectStore>>,
-    /// `None` while a request is running a group (it owns the database then).
-    db: RefCell<Option<Option<Database>>>,
+    /// The database (`None`: not open here), held by whoever runs a group or an operation.
+    db: RefCell<Lane<Option<Database>>>,
     pending: RefCell<Vec<Pending>>,
+    /// The replies of the group now running, and its hold: answered if the hold is reaped.
+    running: RefCell<Option<(HoldToken, Vec<Reply>)>>,
+    waits: Waits,
     last_used: RefCell<f64>,
     /// Times this isolate opened the database (from R2).
     pub opens: std::cell::Cell<u64>,
@@ -95,7 +117,7 @@ pub fn existing_slot(name: &str) -> Option<Rc<DbSlot>> {
 }
 
 /// The slot of database `name`, made with the store `make_store` makes if it is not open yet.
-pub fn slot<E>(name: &str, make_store: impl FnOnce() -> Result<R2Store, E>) -> Result<Rc<DbSlot>, E> {
+pub fn slot<E>(name: &str, waits: Waits, make_store: impl FnOnce() -> Result<R2Store, E>) -> Result<Rc<DbSlot>, E> {
     OPEN.with(|open| {
         let mut open = open.borrow_mut();
         if let Some(s) = open.get(name) {
@@ -117,8 +139,10 @@ pub fn slot<E>(name: &str, make_store: impl FnOnce() -> Result<R2Store, E>) -> R
         let r2: Rc<dyn ObjectStore> = Rc::new(r2);
         let s = Rc::new(DbSlot {
             store: Rc::new(CountingStore::new(r2)),
-            db: RefCell::new(Some(None)),
+            db: RefCell::new(Lane::new(None)),
             pending: RefCell::new(Vec::new()),
+            running: RefCell::new(None),
+            waits,
             last_used: RefCell::new(js_sys::Date::now()),
             opens: std::cell::Cell::new(0),
             quiet_checkpoint_scheduled: std::cell::Cell::new(false),
@@ -138,6 +162,15 @@ pub fn schedule_quiet_checkpoints(ctx: &worker::Context) {
     }
 }
 
+/// A request that did not get its turn within [`Waits::queue_ms`].
+fn busy(waits: Waits) -> EngineError {
+    EngineError::Busy(format!(
+        "the database was busy in this isolate for {} s (QUEUE_WAIT limit) and this request did not get its turn; \
+         nothing of it ran: retry",
+        waits.queue_ms / 1000.0
+    ))
+}
+
 fn drops_state(e: &EngineError) -> bool {
     matches!(
         e,
@@ -150,19 +183,74 @@ impl DbSlot {
     pub async fn submit(&self, name: &str, config: DbConfig, cache: Arc<PageCache>, r2_calls: Option<u64>, request: Request) -> Answer {
         let reply: Reply = Rc::new(RefCell::new(None));
         self.pending.borrow_mut().push(Pending { request, reply: reply.clone() });
+        let waiting_since = js_sys::Date::now();
         loop {
             if let Some(answer) = reply.borrow_mut().take() {
                 return answer;
             }
-            let taken = self.db.borrow_mut().take();
+            let now = js_sys::Date::now();
+            let taken = self.db.borrow_mut().try_take(now);
             match taken {
-                Some(db) => {
+                Some((db, token)) => {
                     self.store.budget_calls(r2_calls);
-                    let db = self.run_group(name, config, cache.clone(), db).await;
-                    self.store.budget_calls(None);
-                    *self.db.borrow_mut() = Some(db);
+                    let db = self.run_group(name, config, cache.clone(), db, token).await;
+                    self.release(token, db);
                 }
-                None => worker::Delay::from(POLL).await,
+                None => {
+                    if now - waiting_since > self.waits.queue_ms && self.leave_queue(&reply) {
+                        return Err(busy(self.waits));
+                    }
+                    self.reap_stuck_hold(now);
+                    worker::Delay::from(POLL).await
+                }
+            }
+        }
+    }
+
+    /// Gives the database back and ends the hold's R2 call budget, unless the hold was
+    /// reaped meanwhile: then the database is dropped and the budget is the new holder's.
+    fn release(&self, token: HoldToken, db: Option<Database>) {
+        if self.db.borrow_mut().give_back(token, db) {
+            self.store.budget_calls(None);
+        }
+    }
+
+    /// Takes `reply`'s request out of the queue, if no group has taken it yet.
+    fn leave_queue(&self, reply: &Reply) -> bool {
+        let mut pending = self.pending.borrow_mut();
+        match pending.iter().position(|p| Rc::ptr_eq(&p.reply, reply)) {
+            Some(i) => {
+                pending.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reaps a hold older than [`Waits::hold_ms`]: the lane starts over with the database
+    /// closed, and the requests of the group it was running are answered that their outcome
+    /// is unknown (nobody else will answer them).
+    fn reap_stuck_hold(&self, now: f64) {
+        let Some(reaped) = self.db.borrow_mut().reap_if_older(now, self.waits.hold_ms, || None) else { return };
+        let replies = {
+            let mut running = self.running.borrow_mut();
+            match running.take() {
+                Some((token, replies)) if token == reaped => replies,
+                // The reaped hold was an operation, not a group: no replies wait on it.
+                other => {
+                    *running = other;
+                    return;
+                }
+            }
+        };
+        for reply in replies {
+            let mut reply = reply.borrow_mut();
+            if reply.is_none() {
+                *reply = Some(Err(EngineError::CommitUnknown(format!(
+                    "the database's work in this isolate stopped making progress for over {} s (HOLD_LIMIT) with this \
+                     request in it; it was not acknowledged and may or may not have committed: read to find out",
+                    self.waits.hold_ms / 1000.0
+                ))));
             }
         }
     }
@@ -173,7 +261,8 @@ impl DbSlot {
         name: &str,
         config: DbConfig,
         cache: Arc<PageCache>,
-        mut db: Option<Database>,
+        db: Option<Database>,
+        token: HoldToken,
     ) -> Option<Database> {
         let group: Vec<Pending> = {
             let mut pending = self.pending.borrow_mut();
@@ -183,6 +272,24 @@ impl DbSlot {
         if group.is_empty() {
             return db;
         }
+        *self.running.borrow_mut() = Some((token, group.iter().map(|p| p.reply.clone()).collect()));
+        let db = self.run_drained(name, config, cache, db, group).await;
+        let mut running = self.running.borrow_mut();
+        if running.as_ref().is_some_and(|(t, _)| *t == token) {
+            *running = None;
+        }
+        db
+    }
+
+    /// Runs a group taken from the queue and answers each of its requests.
+    async fn run_drained(
+        &self,
+        name: &str,
+        config: DbConfig,
+        cache: Arc<PageCache>,
+        mut db: Option<Database>,
+        group: Vec<Pending>,
+    ) -> Option<Database> {
         let before = self.store.counts();
         if db.is_none() {
             match self.open(name, config, cache).await {
@@ -239,10 +346,16 @@ impl DbSlot {
         r2_calls: Option<u64>,
         op: impl for<'a> FnOnce(&'a mut Database) -> LocalBoxFuture<'a, Result<T, EngineError>>,
     ) -> Result<(T, StoreCounts), EngineError> {
-        let taken = loop {
-            if let Some(taken) = self.db.borrow_mut().take() {
+        let waiting_since = js_sys::Date::now();
+        let (taken, token) = loop {
+            let now = js_sys::Date::now();
+            if let Some(taken) = self.db.borrow_mut().try_take(now) {
                 break taken;
             }
+            if now - waiting_since > self.waits.queue_ms {
+                return Err(busy(self.waits));
+            }
+            self.reap_stuck_hold(now);
             worker::Delay::from(POLL).await;
         };
         let before = self.store.counts();
@@ -255,17 +368,15 @@ impl DbSlot {
             None => match self.open_alone(name, config, cache).await {
                 Ok(db) => db,
                 Err(e) => {
-                    self.store.budget_calls(None);
-                    *self.db.borrow_mut() = Some(None);
+                    self.release(token, None);
                     return Err(e);
                 }
             },
         };
         let result = op(&mut db).await;
         self.note_quiet_checkpoint(name, &db);
-        self.store.budget_calls(None);
         let keep = !matches!(&result, Err(e) if drops_state(e));
-        *self.db.borrow_mut() = Some(keep.then_some(db));
+        self.release(token, keep.then_some(db));
         result.map(|t| (t, self.store.counts().since(&before)))
     }
 
@@ -277,7 +388,7 @@ impl DbSlot {
     }
 
     fn state(&self) -> SlotState {
-        match &*self.db.borrow() {
+        match self.db.borrow().free() {
             None => SlotState::Busy,
             Some(None) => SlotState::Closed,
             Some(Some(db)) => SlotState::Idle { applied_seq: db.applied_seq(), quiet_checkpoint_in: db.quiet_checkpoint_due().then_some(db.config().checkpoint_min_interval_ms) },
@@ -307,25 +418,25 @@ impl DbSlot {
 
     /// Takes the database if it is idle and runs [`Database::checkpoint_if_quiet`] on it.
     async fn checkpoint_idle_database(&self) {
-        let taken = self.db.borrow_mut().take();
-        let mut db = match taken {
-            Some(Some(db)) => db,
-            other => {
-                // Busy or closed after all: leave it as it is.
-                if let Some(closed) = other {
-                    *self.db.borrow_mut() = Some(closed);
-                }
+        let taken = self.db.borrow_mut().try_take(js_sys::Date::now());
+        let (mut db, token) = match taken {
+            Some((Some(db), token)) => (db, token),
+            Some((None, token)) => {
+                // Closed after all: leave it closed.
+                self.db.borrow_mut().give_back(token, None);
                 return;
             }
+            // Busy after all.
+            None => return,
         };
         let result = db.checkpoint_if_quiet().await;
         let keep = !matches!(&result, Err(e) if drops_state(e));
-        *self.db.borrow_mut() = Some(keep.then_some(db));
+        self.db.borrow_mut().give_back(token, keep.then_some(db));
     }
 
     /// (applied log position, checkpoint position), if open here and not busy.
     pub fn positions(&self) -> Option<(u64, u64)> {
-        let db = self.db.borrow();
-        db.as_ref()?.as_ref().map(|db| (db.applied_seq(), db.checkpoint_seq()))
+        let lane = self.db.borrow();
+        lane.free()?.as_ref().map(|db| (db.applied_seq(), db.checkpoint_seq()))
     }
 }

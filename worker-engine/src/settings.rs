@@ -5,6 +5,8 @@
 //!   with `MISCONFIGURED`: a forgotten secret never leaves a database open.
 //! * `TWILL_BATON_KEY` (secret): seals Hrana batons; interactive transactions need it.
 //!   `TWILL_TX_IDLE_MS`: how long one may stay idle (default 15 s).
+//! * `TWILL_QUEUE_WAIT_MS` (default 30 s), `TWILL_HOLD_LIMIT_MS` (default 120 s): how long a
+//!   request waits for its turn on a database in an isolate, and how long one may hold it.
 //! * `TWILL_CACHE_BYTES`, `TWILL_CHECKPOINT_RECORDS`, `TWILL_CHECKPOINT_BYTES`,
 //!   `TWILL_CHECKPOINT_INTERVAL_MS` (default 1 s), `TWILL_QUIET_CHECKPOINT_BYTES` (default
 //!   256 KiB), `TWILL_GC_RETENTION_MS`, `TWILL_HISTORY_RETENTION_MS` (default 7 days; 0 keeps no
@@ -45,6 +47,8 @@ pub struct Settings {
     baton_key: Result<Option<BatonKey>, ApiError>,
     /// How long an interactive transaction may stay idle (`TWILL_TX_IDLE_MS`).
     pub tx_idle_ms: f64,
+    /// How long a request waits for a database, and a hold may last, in this isolate.
+    pub waits: crate::registry::Waits,
     /// The R2 binding (the same object for every request of the isolate, as the open
     /// databases' stores already rely on).
     bucket: Result<worker::Bucket, ApiError>,
@@ -113,6 +117,13 @@ impl Settings {
                 .map(|k| BatonKey::from_secret(k.trim()))
                 .transpose(),
             tx_idle_ms: number("TWILL_TX_IDLE_MS").unwrap_or(crate::baton::TX_IDLE_MS),
+            waits: {
+                let default = crate::registry::Waits::default();
+                crate::registry::Waits {
+                    queue_ms: number("TWILL_QUEUE_WAIT_MS").unwrap_or(default.queue_ms),
+                    hold_ms: number("TWILL_HOLD_LIMIT_MS").unwrap_or(default.hold_ms),
+                }
+            },
             bucket: env.bucket(BUCKET_BINDING).map_err(|_| {
                 ApiError::new(500, "MISCONFIGURED", format!("R2 binding {BUCKET_BINDING} is missing"))
             }),

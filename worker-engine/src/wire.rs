@@ -82,7 +82,7 @@ impl From<EngineError> for ApiError {
             EngineError::Exists(_) | EngineError::NotEmpty(_) => 409,
             EngineError::InvalidFile(_) => 400,
             EngineError::Conflict { .. } | EngineError::TxConflict(_) => 409,
-            EngineError::CommitUnknown(_) | EngineError::Storage(_) => 503,
+            EngineError::CommitUnknown(_) | EngineError::Storage(_) | EngineError::Busy(_) => 503,
             EngineError::Corrupt(_) | EngineError::Internal(_) | EngineError::PagesMissing(_) | EngineError::BaseGone(_) => 500,
         };
         let sqlite_code = match &e {
