@@ -173,7 +173,10 @@ impl LocalDb {
             Err(e) => return Err(missing_or(&base.wanted, EngineError::Internal(format!("open local database: {e}")))),
         };
         conn.wal_auto_actions_disable();
-        if let Err(e) = conn.execute(format!("PRAGMA cache_size = {TURSO_PAGE_CACHE_PAGES}")) {
+        // What `PRAGMA cache_size = N` does for a positive N, without parsing and running a
+        // statement at every open (a cold isolate pays for each statement's first run).
+        conn.set_cache_size(TURSO_PAGE_CACHE_PAGES as i32);
+        if let Err(e) = conn.get_pager().change_page_cache_size(TURSO_PAGE_CACHE_PAGES as usize) {
             return Err(missing_or(&base.wanted, EngineError::Internal(format!("set turso's page cache size: {e}"))));
         }
         let mut local = LocalDb {
@@ -192,7 +195,9 @@ impl LocalDb {
             PROGRESS_INTERVAL,
             Some(Box::new(move || budget.fetch_sub(PROGRESS_INTERVAL as i64, Ordering::Relaxed) <= PROGRESS_INTERVAL as i64)),
         );
-        local.page_size = local.query_page_size().map_err(|e| local.missing_or(e))?;
+        // turso took it at open from the WAL, else the file's header, as `PRAGMA page_size`
+        // would answer.
+        local.page_size = local.conn.get_page_size().get();
         Ok(local)
     }
 
@@ -252,15 +257,6 @@ impl LocalDb {
             });
         }
         Ok(frames)
-    }
-
-    fn query_page_size(&self) -> Result<u32, EngineError> {
-        let sql = "PRAGMA page_size";
-        let r = self.run_prepared_now(self.prepare_one(sql)?, sql, &ExecLimits::default())?.result;
-        match r.rows.first().and_then(|row| row.first()) {
-            Some(SqlValue::Integer(n)) if *n > 0 => Ok(*n as u32),
-            _ => Ok(4096),
-        }
     }
 
     /// The root pages of the tables and indexes the connection knows, lowest first (from
@@ -452,16 +448,6 @@ impl LocalDb {
             self.fetch_stalled(pages).await?;
         }
         Ok(self.finish(run, sql))
-    }
-
-    /// [`Self::run_prepared`] for the few statements run where nothing may wait (opening
-    /// the database): a page that is not cached fails it with [`EngineError::PagesMissing`].
-    fn run_prepared_now(&self, stmt: turso_core::Statement, sql: &str, limits: &ExecLimits) -> Result<Finished, EngineError> {
-        let mut run = Stepping::new(stmt, true, self.conn.last_insert_rowid());
-        match self.advance(&mut run, limits)? {
-            Progress::Done => Ok(self.finish(run, sql)),
-            Progress::Stalled => Err(self.missing_or(EngineError::Internal("a page is not cached".into()))),
-        }
     }
 
     /// Fetches the pages that stalled reads wait for and completes those reads.
