@@ -150,6 +150,15 @@ enum Progress {
     Stalled,
 }
 
+/// Where the durable WAL holds each page ([`LocalDb::durable_wal_index`]).
+#[derive(Debug, Default)]
+pub struct WalIndex {
+    /// Page number → the frame (1-based) with its newest image.
+    pub newest_frame: BTreeMap<u32, u64>,
+    /// The database size in pages after the last durable commit (0 if the WAL is empty).
+    pub db_size: u32,
+}
+
 impl LocalDb {
     /// A database whose file is the checkpoint `view` (empty if it has no pages) and whose
     /// WAL is empty. Fails with [`EngineError::PagesMissing`] if turso needs pages that are
@@ -228,20 +237,38 @@ impl LocalDb {
         self.base.pinned.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    /// The newest image of every page in the durable WAL, and the database size in pages
-    /// after the last durable commit (0 if the WAL is empty).
-    pub fn durable_pages(&self) -> Result<(BTreeMap<u32, Vec<u8>>, u32), EngineError> {
-        let mut pages = BTreeMap::new();
-        let mut db_size = 0;
+    /// Which durable WAL frame holds the newest image of each page, and the database size
+    /// after the last durable commit: the frames are read into one buffer, their pages not kept.
+    pub fn durable_wal_index(&self) -> Result<WalIndex, EngineError> {
+        let mut index = WalIndex::default();
         let mut buf = vec![0u8; WAL_FRAME_HEADER_LEN + self.page_size as usize];
         for frame_no in 1..=self.durable_frames {
             let info = self.conn.wal_get_frame(frame_no, &mut buf).map_err(sql_err)?;
-            pages.insert(info.page_no, buf[WAL_FRAME_HEADER_LEN..].to_vec());
+            index.newest_frame.insert(info.page_no, frame_no);
             if info.db_size > 0 {
-                db_size = info.db_size;
+                index.db_size = info.db_size;
             }
         }
-        Ok((pages, db_size))
+        Ok(index)
+    }
+
+    /// The newest image of every page in the durable WAL, and the database size in pages
+    /// after the last durable commit (0 if the WAL is empty).
+    pub fn durable_pages(&self) -> Result<(BTreeMap<u32, Vec<u8>>, u32), EngineError> {
+        let index = self.durable_wal_index()?;
+        let mut pages = BTreeMap::new();
+        for (&page_no, &frame_no) in &index.newest_frame {
+            pages.insert(page_no, self.frame_page(frame_no)?);
+        }
+        Ok((pages, index.db_size))
+    }
+
+    /// The page image durable WAL frame `frame_no` (1-based) holds.
+    pub fn frame_page(&self, frame_no: u64) -> Result<Vec<u8>, EngineError> {
+        let mut buf = vec![0u8; WAL_FRAME_HEADER_LEN + self.page_size as usize];
+        self.conn.wal_get_frame(frame_no, &mut buf).map_err(sql_err)?;
+        buf.drain(..WAL_FRAME_HEADER_LEN);
+        Ok(buf)
     }
 
     /// Durable WAL frames `from..=to` (1-based), as log frames.

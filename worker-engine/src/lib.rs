@@ -73,14 +73,6 @@ impl Answer {
     pub fn file(response: Response, bookmark: Bookmark) -> Self {
         Answer { body: Body::Value(Value::Null), timing: None, bookmark: Some(bookmark), file: Some(response) }
     }
-
-    /// The body as a value (for RPC, which answers with JS objects).
-    pub fn into_value(self) -> Result<Value, ApiError> {
-        match self.body {
-            Body::Value(v) => Ok(v),
-            Body::Encoded(text) => serde_json::from_str(&text).map_err(|e| internal(&format!("re-reading an answer: {e}"))),
-        }
-    }
 }
 
 /// `value` as JSON text; an error only if it cannot be encoded (a bug, answered as one).

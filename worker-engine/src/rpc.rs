@@ -72,6 +72,15 @@ fn to_js<T: Serialize + ?Sized>(v: &T) -> JsValue {
     v.serialize(&serializer).unwrap_or_else(|e| JsValue::from_str(&format!("serialization failed: {e}")))
 }
 
+/// An HTTP-shaped answer as a JavaScript value: text already encoded is parsed by the
+/// runtime's `JSON.parse`, without a `serde_json::Value` in between.
+fn answer_js(answer: crate::Answer) -> Result<JsValue, ApiError> {
+    match answer.body {
+        crate::Body::Value(v) => Ok(to_js(&v)),
+        crate::Body::Encoded(text) => js_sys::JSON::parse(&text).map_err(|_| crate::internal("re-reading an answer")),
+    }
+}
+
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("INVALID_REQUEST", message)
 }
@@ -130,14 +139,14 @@ async fn run(
         "exec" => {
             let sql = payload.as_string().ok_or_else(|| bad("sql must be a string"))?;
             check_sql_length(&sql)?;
-            Ok(to_js(&crate::sql_api::exec(db, sql, started).await?.into_value()?))
+            answer_js(crate::sql_api::exec(db, sql, started).await?)
         }
         // History: the payload is the JSON body the HTTP route takes (`history`: the time).
         "history" => {
             let at = if payload.is_null() || payload.is_undefined() { None } else { Some(js_text(&payload)?) };
-            Ok(to_js(&history_api::history(db, at.as_deref()).await?.into_value()?))
+            answer_js(history_api::history(db, at.as_deref()).await?)
         }
-        "restore" => Ok(to_js(&history_api::restore(db, &js_json(payload)?).await?.into_value()?)),
+        "restore" => answer_js(history_api::restore(db, &js_json(payload)?).await?),
         // `delete`: the payload may be `{purge: true}`.
         "delete" => {
             let purge = if payload.is_null() || payload.is_undefined() {
@@ -146,13 +155,13 @@ async fn run(
                 let options: DeleteOptions = serde_wasm_bindgen::from_value(payload).map_err(|e| bad(format!("delete options: {e}")))?;
                 options.purge.then_some("true")
             };
-            Ok(to_js(&crate::admin_api::delete(db, purge).await?.into_value()?))
+            answer_js(crate::admin_api::delete(db, purge).await?)
         }
-        "info" => Ok(to_js(&crate::admin_api::info(db, env).await?.into_value()?)),
+        "info" => answer_js(crate::admin_api::info(db, env).await?),
         "fork" => {
             let request = history_api::parse_fork(&js_json(payload)?)?;
             validate_db_name(&request.to)?;
-            Ok(to_js(&history_api::fork(db, request).await?.into_value()?))
+            answer_js(history_api::fork(db, request).await?)
         }
         other => Err(ApiError::new(404, "NOT_FOUND", format!("no RPC method {other:?}"))),
     }

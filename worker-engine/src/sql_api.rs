@@ -11,7 +11,7 @@ use crate::auth::{self, Access};
 use crate::db_request::{self, DbRequest, STALENESS_HEADER};
 use crate::incoming::Incoming;
 use crate::routes::{self, Endpoint};
-use crate::wire::{self, validate_db_name, ApiError, BatchAnswer, Json, ResultAnswer};
+use crate::wire::{self, validate_db_name, ApiError, BatchAnswer, ExecAnswer, Json, ResultAnswer};
 use crate::{admin_api, export_api, history_api, hrana, import_api, registry, settings, upload_api, Answer, Body, BOOKMARK_HEADER};
 
 pub async fn handle(req: Incoming, env: &Env, started: f64) -> Result<Answer, ApiError> {
@@ -225,9 +225,8 @@ pub(crate) async fn exec(db: DbRequest, sql: String, started: f64) -> Result<Ans
         }
         return Err(error);
     }
-    let meta = serde_json::to_value(&performed.meta).map_err(|e| crate::internal(&format!("encoding meta: {e}")))?;
-    let body = json!({ "count": count, "duration": performed.meta.duration_ms, "meta": meta });
-    Ok(Answer { body: Body::Value(body), timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
+    let text = crate::encode(&ExecAnswer { count, duration: performed.meta.duration_ms, meta: &performed.meta })?;
+    Ok(Answer { body: Body::Encoded(text), timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
 }
 
 /// The isolate's wasm linear memory in bytes: it only grows, so this is also its peak.

@@ -364,6 +364,14 @@ pub struct BatchAnswer<'a, E: ValueEncoding> {
     pub meta: &'a Meta,
 }
 
+/// The answer of D1's `exec` (`/exec`, RPC's `exec`): how many statements ran, and for how long.
+#[derive(Serialize)]
+pub struct ExecAnswer<'a> {
+    pub count: usize,
+    pub duration: f64,
+    pub meta: &'a Meta,
+}
+
 /// A query-string flag: absent or `false`, or `true`; anything else is refused by name.
 pub fn flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
     match value {

@@ -4,7 +4,6 @@
 //! chunks, checked, published as one snapshot record). Until the record lands nothing of
 //! the dump is visible, after it all of it is.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
@@ -96,16 +95,8 @@ impl Build {
         self.commit()?;
         let frames = self.local.wal_frames()?;
         self.local.mark_durable(frames);
-        // The newest frame of each page, and the size after the last commit.
-        let mut newest: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut page_count = 0;
-        for frame_no in 1..=frames {
-            let frame = self.local.frames(frame_no, frame_no)?.pop().ok_or_else(|| EngineError::Internal("a WAL frame vanished".into()))?;
-            newest.insert(frame.page_no, frame_no);
-            if frame.db_size_after > 0 {
-                page_count = frame.db_size_after;
-            }
-        }
+        let index = self.local.durable_wal_index()?;
+        let (newest, page_count) = (index.newest_frame, index.db_size);
         let page_size = self.local.page_size() as usize;
         let local = self.local;
         let mut next_page: u32 = 1;
@@ -118,12 +109,10 @@ impl Build {
             for page_no in next_page..=last {
                 // A page no frame wrote stays zero (SQLite never reads it).
                 let Some(frame_no) = newest.get(&page_no) else { continue };
-                match local.frames(*frame_no, *frame_no) {
-                    Ok(mut f) => {
+                match local.frame_page(*frame_no) {
+                    Ok(page) => {
                         let at = (page_no - next_page) as usize * page_size;
-                        if let Some(frame) = f.pop() {
-                            piece[at..at + page_size].copy_from_slice(&frame.page);
-                        }
+                        piece[at..at + page_size].copy_from_slice(&page);
                     }
                     Err(e) => return std::task::Poll::Ready(Some(Err(e))),
                 }
