@@ -151,7 +151,7 @@ enum Progress {
 }
 
 /// Where the durable WAL holds each page ([`LocalDb::durable_wal_index`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WalIndex {
     /// Page number → the frame (1-based) with its newest image.
     pub newest_frame: BTreeMap<u32, u64>,
@@ -237,30 +237,39 @@ impl LocalDb {
         self.base.pinned.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    /// Which durable WAL frame holds the newest image of each page, and the database size
-    /// after the last durable commit: the frames are read into one buffer, their pages not kept.
-    pub fn durable_wal_index(&self) -> Result<WalIndex, EngineError> {
-        let mut index = WalIndex::default();
+    /// Reads the durable WAL's frames in order into one buffer: `visit` gets each frame's
+    /// number, its page number and its page image.
+    fn read_durable_frames(&self, mut visit: impl FnMut(u64, u32, &[u8])) -> Result<u32, EngineError> {
+        let mut db_size = 0;
         let mut buf = vec![0u8; WAL_FRAME_HEADER_LEN + self.page_size as usize];
         for frame_no in 1..=self.durable_frames {
             let info = self.conn.wal_get_frame(frame_no, &mut buf).map_err(sql_err)?;
-            index.newest_frame.insert(info.page_no, frame_no);
+            visit(frame_no, info.page_no, &buf[WAL_FRAME_HEADER_LEN..]);
             if info.db_size > 0 {
-                index.db_size = info.db_size;
+                db_size = info.db_size;
             }
         }
-        Ok(index)
+        Ok(db_size)
+    }
+
+    /// Which durable WAL frame holds the newest image of each page, and the database size
+    /// after the last durable commit; no page is kept.
+    pub fn durable_wal_index(&self) -> Result<WalIndex, EngineError> {
+        let mut newest_frame = BTreeMap::new();
+        let db_size = self.read_durable_frames(|frame_no, page_no, _| {
+            newest_frame.insert(page_no, frame_no);
+        })?;
+        Ok(WalIndex { newest_frame, db_size })
     }
 
     /// The newest image of every page in the durable WAL, and the database size in pages
     /// after the last durable commit (0 if the WAL is empty).
     pub fn durable_pages(&self) -> Result<(BTreeMap<u32, Vec<u8>>, u32), EngineError> {
-        let index = self.durable_wal_index()?;
         let mut pages = BTreeMap::new();
-        for (&page_no, &frame_no) in &index.newest_frame {
-            pages.insert(page_no, self.frame_page(frame_no)?);
-        }
-        Ok((pages, index.db_size))
+        let db_size = self.read_durable_frames(|_, page_no, page| {
+            pages.insert(page_no, page.to_vec());
+        })?;
+        Ok((pages, db_size))
     }
 
     /// The page image durable WAL frame `frame_no` (1-based) holds.
