@@ -157,3 +157,26 @@ test("HOLD_LIMIT: a hold past its limit is reaped, the database reopened, and a 
     await slow.stop();
   }
 });
+
+test("memory: an isolate holding as many databases open as it keeps (16) stays far inside its 128 MB", async () => {
+  // turso reserved two zeroed 3 MiB buffer arenas per open database: 16 small databases
+  // took about 100 MiB of the isolate's wasm memory before any page was cached.
+  // A runtime of its own: wasm memory only grows, so other tests' peaks would count.
+  const own = await startEngine();
+  try {
+    const names = Array.from({ length: 16 }, (_, i) => `mem_${i}`);
+    for (const db of names) {
+      const r = await batch(own.url, db, [{ sql: "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)" }, { sql: "INSERT INTO t (v) VALUES ('x')" }]);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+    }
+    for (const db of names) {
+      const stats = await (await fetch(`${own.url}/v1/db/${db}/stats`)).json();
+      assert.equal(stats.open_in_this_isolate, true, `${db} is still open`);
+    }
+    const { wasm_memory_bytes } = await (await fetch(`${own.url}/v1/db/${names[0]}/stats`)).json();
+    const mib = wasm_memory_bytes / 1048576;
+    assert.ok(mib < 24, `wasm memory with 16 databases open: ${mib.toFixed(1)} MiB`);
+  } finally {
+    await own.stop();
+  }
+});
