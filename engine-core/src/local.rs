@@ -26,11 +26,12 @@ use crate::value::{Description, Params, SqlValue, Statement, StatementResult};
 const WAL_HEADER_LEN: u64 = 32;
 const WAL_FRAME_HEADER_LEN: usize = 24;
 
-/// turso's own cache of parsed pages, on top of the engine's page cache. turso's default on
-/// wasm is 100,000 pages (400 MB at 4 KiB), above the isolate's 128 MB: a scan of a large
-/// database kept every page it read. 2,000 pages is turso's native default, the size every
-/// native test and the crash gate run with.
-const TURSO_PAGE_CACHE_PAGES: u32 = 2000;
+/// turso's own cache of parsed pages, on top of the engine's page cache, as a database opens.
+/// turso's default on wasm is 100,000 pages (400 MB at 4 KiB), above the isolate's 128 MB: a
+/// scan of a large database kept every page it read. 2,000 pages is turso's native default,
+/// the size every native test and the crash gate run with. A host with many databases open
+/// at once gives each less ([`LocalDb::fit_parsed_pages`]).
+pub const PARSED_PAGES_AT_OPEN: u32 = 2000;
 
 /// Prepared statements kept per local database, by SQL text. Applications send the same
 /// few statements again and again; preparing one (parse, plan, emit) costs more than
@@ -90,6 +91,8 @@ pub struct LocalDb {
     /// VM steps the request in progress may still take; turso's progress handler counts
     /// it down while statements run and interrupts them when it is spent.
     vm_steps_left: Arc<AtomicI64>,
+    /// The capacity of turso's cache of parsed pages.
+    parsed_pages: std::cell::Cell<u32>,
 }
 
 /// Statements that ran to their end, reset for the next run (see [`STATEMENT_CACHE_ENTRIES`]).
@@ -184,8 +187,8 @@ impl LocalDb {
         conn.wal_auto_actions_disable();
         // What `PRAGMA cache_size = N` does for a positive N, without parsing and running a
         // statement at every open (a cold isolate pays for each statement's first run).
-        conn.set_cache_size(TURSO_PAGE_CACHE_PAGES as i32);
-        if let Err(e) = conn.get_pager().change_page_cache_size(TURSO_PAGE_CACHE_PAGES as usize) {
+        conn.set_cache_size(PARSED_PAGES_AT_OPEN as i32);
+        if let Err(e) = conn.get_pager().change_page_cache_size(PARSED_PAGES_AT_OPEN as usize) {
             return Err(missing_or(&base.wanted, EngineError::Internal(format!("set turso's page cache size: {e}"))));
         }
         let mut local = LocalDb {
@@ -198,6 +201,7 @@ impl LocalDb {
             durable_frames,
             page_size: 4096,
             vm_steps_left: Arc::new(AtomicI64::new(i64::MAX)),
+            parsed_pages: std::cell::Cell::new(PARSED_PAGES_AT_OPEN),
         };
         let budget = local.vm_steps_left.clone();
         local.conn.set_progress_handler(
@@ -208,6 +212,27 @@ impl LocalDb {
         // would answer.
         local.page_size = local.conn.get_page_size().get();
         Ok(local)
+    }
+
+    /// Makes turso's cache of parsed pages hold at most `pages` pages (evicting the least
+    /// recently used), unless it already does. Not inside a transaction, whose dirty pages
+    /// cannot be evicted: outside one every cached page is clean, so the resize completes.
+    /// The next call after the transaction ends applies it.
+    pub fn fit_parsed_pages(&self, pages: u32) {
+        let pages = pages.max(1);
+        if pages == self.parsed_pages.get() || self.in_transaction() {
+            return;
+        }
+        if self.conn.get_pager().change_page_cache_size(pages as usize).is_ok() {
+            // What `PRAGMA cache_size` answers (turso prepares kept statements again after it).
+            self.conn.set_cache_size(pages as i32);
+            self.parsed_pages.set(pages);
+        }
+    }
+
+    /// The capacity of turso's cache of parsed pages.
+    pub fn parsed_pages(&self) -> u32 {
+        self.parsed_pages.get()
     }
 
     /// `e`, unless pages were missing, in which case the (real) cause is that.
@@ -645,14 +670,15 @@ impl LocalDb {
     /// was committed locally since then is undone. Any open transaction is lost.
     pub fn rewind(self, keep_frames: u64) -> Result<Self, (EngineError, Reopen)> {
         let keep_frames = keep_frames.max(self.durable_frames);
-        let LocalDb { io, base, prepared, conn, db, path, durable_frames, page_size, vm_steps_left } = self;
+        let LocalDb { io, base, prepared, conn, db, path, durable_frames, page_size, vm_steps_left, parsed_pages } = self;
         if conn.wal_state().map(|s| s.max_frame).unwrap_or(u64::MAX) == keep_frames && conn.get_auto_commit() {
-            return Ok(LocalDb { io, base, prepared, conn, db, path, durable_frames, page_size, vm_steps_left });
+            return Ok(LocalDb { io, base, prepared, conn, db, path, durable_frames, page_size, vm_steps_left, parsed_pages });
         }
         drop(prepared);
         drop(conn);
         drop(db);
-        let reopen = Reopen { io, base, path, durable_frames, keep_frames, page_size };
+        let parsed_pages = parsed_pages.get();
+        let reopen = Reopen { io, base, path, durable_frames, keep_frames, page_size, parsed_pages };
         if let Err(e) = reopen.truncate_wal() {
             return Err((e, reopen));
         }
@@ -669,6 +695,8 @@ pub struct Reopen {
     /// The WAL frames to keep.
     keep_frames: u64,
     page_size: u32,
+    /// The capacity of turso's cache of parsed pages before.
+    parsed_pages: u32,
 }
 
 impl Reopen {
@@ -689,17 +717,20 @@ impl Reopen {
     /// Opens turso again on the same files, under a fresh path (turso keeps one
     /// `Database` per path process-wide).
     pub fn open(self) -> Result<LocalDb, (EngineError, Reopen)> {
-        let Reopen { io, base, path, durable_frames, keep_frames, page_size } = self;
+        let Reopen { io, base, path, durable_frames, keep_frames, page_size, parsed_pages } = self;
         let wal_path = format!("{path}-wal");
         let new_path = format!("twill-{}.db", NEXT_OPEN_ID.fetch_add(1, Ordering::Relaxed));
         io.alias(&path, &new_path);
         io.alias(&wal_path, &format!("{new_path}-wal"));
         io.forget(&path);
         io.forget(&wal_path);
-        let retry = |path| Reopen { io: io.clone(), base: base.clone(), path, durable_frames, keep_frames, page_size };
+        let retry = |path| Reopen { io: io.clone(), base: base.clone(), path, durable_frames, keep_frames, page_size, parsed_pages };
         match LocalDb::open_at(io.clone(), base.clone(), new_path.clone(), durable_frames) {
             Ok(reopened) => match reopened.wal_frames() {
-                Ok(frames) if frames == keep_frames => Ok(reopened),
+                Ok(frames) if frames == keep_frames => {
+                    reopened.fit_parsed_pages(parsed_pages);
+                    Ok(reopened)
+                }
                 Ok(frames) => Err((
                     EngineError::Internal(format!("after rewinding the WAL holds {frames} frames, expected {keep_frames}")),
                     retry(new_path),

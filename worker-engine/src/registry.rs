@@ -25,6 +25,21 @@ use crate::lane::{HoldToken, Lane};
 
 /// Open databases kept per isolate (their pages share one cache).
 const MAX_OPEN_DATABASES: usize = 16;
+/// turso's caches of parsed pages, all of an isolate's open databases together: 8,192 pages
+/// (32 MiB at 4 KiB), besides the shared page cache. Each open database gets an equal share,
+/// at most what a database opens with (2,000 pages): with 16 open, 512 each. Without a
+/// share, 16 databases that each read 8 MiB took the isolate past its 128 MB.
+const PARSED_PAGES_PER_ISOLATE: u32 = 8_192;
+
+/// The share of [`PARSED_PAGES_PER_ISOLATE`] of each of `open` databases.
+fn parsed_pages_each(open: usize) -> u32 {
+    (PARSED_PAGES_PER_ISOLATE / open.max(1) as u32).min(engine_core::local::PARSED_PAGES_AT_OPEN)
+}
+
+/// Fits `db`'s parsed-page cache to its share now.
+fn fit_to_share(db: &Database) {
+    db.fit_parsed_pages(parsed_pages_each(OPEN.with(|open| open.borrow().len())));
+}
 /// Requests committed together at most.
 const MAX_GROUP: usize = 64;
 
@@ -148,6 +163,14 @@ pub fn slot<E>(name: &str, waits: Waits, make_store: impl FnOnce() -> Result<R2S
             quiet_checkpoint_scheduled: std::cell::Cell::new(false),
         });
         open.insert(name.to_string(), s.clone());
+        // One more database: the idle ones give up part of their share now (busy ones when
+        // their holder gives them back).
+        let share = parsed_pages_each(open.len());
+        for slot in open.values() {
+            if let Some(Some(db)) = slot.db.borrow().free() {
+                db.fit_parsed_pages(share);
+            }
+        }
         Ok(s)
     })
 }
@@ -210,6 +233,9 @@ impl DbSlot {
     /// Gives the database back and ends the hold's R2 call budget, unless the hold was
     /// reaped meanwhile: then the database is dropped and the budget is the new holder's.
     fn release(&self, token: HoldToken, db: Option<Database>) {
+        if let Some(db) = &db {
+            fit_to_share(db);
+        }
         if self.db.borrow_mut().give_back(token, db) {
             self.store.budget_calls(None);
         }
@@ -303,6 +329,7 @@ impl DbSlot {
             }
         }
         let Some(database) = db.as_mut() else { return None };
+        fit_to_share(database);
         let (requests, replies): (Vec<_>, Vec<_>) = group.into_iter().map(|p| (p.request, p.reply)).unzip();
         let results = database.perform(requests).await;
         if results.iter().any(|r| matches!(r, Err(e) if drops_state(e))) {
@@ -373,6 +400,7 @@ impl DbSlot {
                 }
             },
         };
+        fit_to_share(&db);
         let result = op(&mut db).await;
         self.note_quiet_checkpoint(name, &db);
         let keep = !matches!(&result, Err(e) if drops_state(e));
@@ -432,6 +460,11 @@ impl DbSlot {
         let result = db.checkpoint_if_quiet().await;
         let keep = !matches!(&result, Err(e) if drops_state(e));
         self.db.borrow_mut().give_back(token, keep.then_some(db));
+    }
+
+    /// The capacity of turso's cache of parsed pages for the database, if open here and not busy.
+    pub fn parsed_pages(&self) -> Option<u32> {
+        self.db.borrow().free()?.as_ref()?.parsed_pages()
     }
 
     /// (applied log position, checkpoint position), if open here and not busy.

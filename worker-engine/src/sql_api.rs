@@ -256,6 +256,7 @@ fn stats(name: &str, env: &Env) -> Value {
         "checkpoint_seq": checkpoint,
         "r2": { "reads": r2.reads, "writes": r2.writes, "bytes_read": r2.bytes_read, "bytes_written": r2.bytes_written },
         "cache": cache,
+        "parsed_page_cache_pages": slot.parsed_pages(),
         "wasm_memory_bytes": wasm_memory_bytes(),
     })
 }

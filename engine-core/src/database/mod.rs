@@ -435,6 +435,19 @@ impl Database {
         self.base.checkpoint_seq
     }
 
+    /// Gives turso's cache of parsed pages for this database at most `pages` pages (a host
+    /// with many databases open shares its memory among them; see [`LocalDb::fit_parsed_pages`]).
+    pub fn fit_parsed_pages(&self, pages: u32) {
+        if let Some(local) = &self.local {
+            local.fit_parsed_pages(pages);
+        }
+    }
+
+    /// The capacity of turso's cache of parsed pages for this database, if it is open.
+    pub fn parsed_pages(&self) -> Option<u32> {
+        self.local.as_ref().map(LocalDb::parsed_pages)
+    }
+
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
