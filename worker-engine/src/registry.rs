@@ -40,6 +40,7 @@ fn parsed_pages_each(open: usize) -> u32 {
 fn fit_to_share(db: &Database) {
     db.fit_parsed_pages(parsed_pages_each(OPEN.with(|open| open.borrow().len())));
 }
+
 /// Requests committed together at most.
 const MAX_GROUP: usize = 64;
 
