@@ -297,6 +297,19 @@ impl LocalDb {
         Ok((pages, db_size))
     }
 
+    /// The database size in pages after the last durable commit (0 if the WAL is empty): the
+    /// newest durable frame that ends a commit says it, so the walk back usually reads one.
+    pub fn durable_db_size(&self) -> Result<u32, EngineError> {
+        let mut buf = vec![0u8; WAL_FRAME_HEADER_LEN + self.page_size as usize];
+        for frame_no in (1..=self.durable_frames).rev() {
+            let info = self.conn.wal_get_frame(frame_no, &mut buf).map_err(sql_err)?;
+            if info.db_size > 0 {
+                return Ok(info.db_size);
+            }
+        }
+        Ok(0)
+    }
+
     /// The page image durable WAL frame `frame_no` (1-based) holds.
     pub fn frame_page(&self, frame_no: u64) -> Result<Vec<u8>, EngineError> {
         let mut buf = vec![0u8; WAL_FRAME_HEADER_LEN + self.page_size as usize];

@@ -49,7 +49,7 @@ impl Database {
         let history = self.history_window().await?;
         let local = self.local()?;
         let page_size = local.page_size();
-        let size = local.durable_wal_index()?.db_size;
+        let size = local.durable_db_size()?;
         let page_count = if size > 0 { size } else { self.image.view.page_count };
         let (records_since, bytes_since) = self.log_since_checkpoint();
         let deleted = self.current_deletion().map(|d| DeletionInfo {
