@@ -4,11 +4,13 @@
 //! `sleep`/`yield_now` that never block a single-threaded isolate.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::host::Host;
 use crate::mem_store::SplitMix64;
-use turso_core::{Clock, Completion, CompletionError, File, MemoryIO, MonotonicInstant, OpenFlags, WallClockInstant, IO};
+use turso_core::io::FileSyncType;
+use turso_core::{Buffer, Clock, Completion, CompletionError, File, MemoryIO, MonotonicInstant, OpenFlags, WallClockInstant, IO};
 
 /// In-memory files keyed by path. Files outlive the turso `Database` that opened them, so
 /// the engine can reopen the same bytes (e.g. after discarding unshipped WAL frames).
@@ -20,6 +22,84 @@ pub struct EngineIo {
     files: Mutex<HashMap<String, Arc<dyn File>>>,
     file_factory: MemoryIO,
     stalled: StalledReads,
+    wal_limit: Arc<WalWriteLimit>,
+}
+
+/// How far turso may write the WAL: the bound on what one request writes (see
+/// `LocalDb::limit_writes`). The WAL is in the isolate's memory until a commit ships it, so
+/// an unbounded write (`INSERT ... SELECT randomblob(1e6) FROM ...` a few hundred times)
+/// would take the isolate past its 128 MB and kill it with everything cached in it. A write
+/// that would end past the bound fails with SQLITE_FULL instead, and the request is undone.
+pub struct WalWriteLimit {
+    /// Byte offset in the WAL file past which writes fail (`u64::MAX`: no bound).
+    end: AtomicU64,
+    /// A write failed at the bound since [`Self::take_exceeded`] last asked.
+    exceeded: AtomicBool,
+}
+
+impl WalWriteLimit {
+    fn new() -> Self {
+        WalWriteLimit { end: AtomicU64::new(u64::MAX), exceeded: AtomicBool::new(false) }
+    }
+
+    pub fn set_end(&self, end: Option<u64>) {
+        self.end.store(end.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.exceeded.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether a write failed at the bound (and forgets it).
+    pub fn take_exceeded(&self) -> bool {
+        self.exceeded.swap(false, Ordering::Relaxed)
+    }
+
+    fn admit(&self, pos: u64, len: u64) -> turso_core::Result<()> {
+        if pos.saturating_add(len) > self.end.load(Ordering::Relaxed) {
+            self.exceeded.store(true, Ordering::Relaxed);
+            return Err(turso_core::LimboError::DatabaseFull);
+        }
+        Ok(())
+    }
+}
+
+/// A WAL file whose writes stop at the [`WalWriteLimit`].
+struct LimitedWal {
+    file: Arc<dyn File>,
+    limit: Arc<WalWriteLimit>,
+}
+
+impl File for LimitedWal {
+    fn lock_file(&self, exclusive: bool) -> turso_core::Result<()> {
+        self.file.lock_file(exclusive)
+    }
+    fn unlock_file(&self) -> turso_core::Result<()> {
+        self.file.unlock_file()
+    }
+    fn pread(&self, pos: u64, c: Completion) -> turso_core::Result<Completion> {
+        self.file.pread(pos, c)
+    }
+    fn pwrite(&self, pos: u64, buffer: Arc<Buffer>, c: Completion) -> turso_core::Result<Completion> {
+        self.limit.admit(pos, buffer.len() as u64)?;
+        self.file.pwrite(pos, buffer, c)
+    }
+    fn pwritev(&self, pos: u64, buffers: Vec<Arc<Buffer>>, c: Completion) -> turso_core::Result<Completion> {
+        self.limit.admit(pos, buffers.iter().map(|b| b.len() as u64).sum())?;
+        self.file.pwritev(pos, buffers, c)
+    }
+    fn sync(&self, c: Completion, sync_type: FileSyncType) -> turso_core::Result<Completion> {
+        self.file.sync(c, sync_type)
+    }
+    fn size(&self) -> turso_core::Result<u64> {
+        self.file.size()
+    }
+    fn truncate(&self, len: u64, c: Completion) -> turso_core::Result<Completion> {
+        self.file.truncate(len, c)
+    }
+    fn has_hole(&self, pos: usize, len: usize) -> turso_core::Result<bool> {
+        self.file.has_hole(pos, len)
+    }
+    fn punch_hole(&self, pos: usize, len: usize) -> turso_core::Result<()> {
+        self.file.punch_hole(pos, len)
+    }
 }
 
 /// A read of the database file that waits for pages that are not cached.
@@ -44,7 +124,13 @@ impl EngineIo {
             files: Mutex::new(HashMap::new()),
             file_factory: MemoryIO::new(),
             stalled: Default::default(),
+            wal_limit: Arc::new(WalWriteLimit::new()),
         }
+    }
+
+    /// The bound on turso's writes to the WAL files this IO opens.
+    pub fn wal_limit(&self) -> &WalWriteLimit {
+        &self.wal_limit
     }
 
     /// Seeds SQL's randomness (`None`: the host's again).
@@ -119,7 +205,10 @@ impl IO for EngineIo {
         if let Some(f) = files.get(path) {
             return Ok(f.clone());
         }
-        let f = self.file_factory.open_file(path, flags, direct)?;
+        let mut f = self.file_factory.open_file(path, flags, direct)?;
+        if path.ends_with("-wal") {
+            f = Arc::new(LimitedWal { file: f, limit: self.wal_limit.clone() });
+        }
         files.insert(path.to_string(), f.clone());
         Ok(f)
     }

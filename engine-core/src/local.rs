@@ -61,11 +61,15 @@ pub struct ExecLimits {
     /// the CPU budget that stops runaway queries. (Workers' clocks do not advance while
     /// code runs, so work, not time, is what can be counted.)
     pub max_vm_steps: u64,
+    /// Bytes of WAL (pages and their frame headers) one request may write
+    /// (`WRITE_SIZE`): what it writes stays in the isolate's memory until it is shipped, and
+    /// shipping copies it twice more.
+    pub max_write_bytes: u64,
 }
 
 impl Default for ExecLimits {
     fn default() -> Self {
-        ExecLimits { max_result_rows: 100_000, max_result_bytes: 16 << 20, max_vm_steps: 10_000_000 }
+        ExecLimits { max_result_rows: 100_000, max_result_bytes: 16 << 20, max_vm_steps: 10_000_000, max_write_bytes: 8 << 20 }
     }
 }
 
@@ -355,6 +359,32 @@ impl LocalDb {
 
     pub fn in_transaction(&self) -> bool {
         !self.conn.get_auto_commit()
+    }
+
+    /// From now on a transaction may dirty at most `max_bytes` of pages, and turso may
+    /// write at most `max_bytes` more of the WAL than it holds now (`None`: no bound). Both
+    /// live in the isolate's memory until shipped. Past either, turso fails with
+    /// SQLITE_FULL at once (not at the commit, after holding all of it) and
+    /// [`Self::write_limit_hit`] says so.
+    pub fn limit_writes(&self, max_bytes: Option<u64>) -> Result<(), EngineError> {
+        let end = match max_bytes {
+            Some(max) => Some(self.wal_bytes(self.wal_frames()?).saturating_add(max)),
+            None => None,
+        };
+        self.io.wal_limit().set_end(end);
+        self.conn.get_pager().set_max_dirty_pages(max_bytes.map(|max| max / self.page_size as u64));
+        Ok(())
+    }
+
+    /// Whether turso failed at a bound [`Self::limit_writes`] set (and forgets it).
+    pub fn write_limit_hit(&self) -> bool {
+        let dirty = self.conn.get_pager().take_dirty_limit_hit();
+        self.io.wal_limit().take_exceeded() || dirty
+    }
+
+    /// The size of a WAL of `frames` frames.
+    fn wal_bytes(&self, frames: u64) -> u64 {
+        wal_bytes(frames, self.page_size)
     }
 
     /// WAL frames committed locally, durable or not.
@@ -715,11 +745,7 @@ pub struct Reopen {
 impl Reopen {
     fn truncate_wal(&self) -> Result<(), EngineError> {
         if let Some(wal) = self.io.file(&format!("{}-wal", self.path)) {
-            let len = if self.keep_frames == 0 {
-                0
-            } else {
-                WAL_HEADER_LEN + self.keep_frames * (WAL_FRAME_HEADER_LEN as u64 + self.page_size as u64)
-            };
+            let len = wal_bytes(self.keep_frames, self.page_size);
             let c = turso_core::Completion::new_trunc(|_| {});
             let c = wal.truncate(len, c).map_err(|e| EngineError::Internal(format!("truncate wal: {e}")))?;
             self.io.wait_for_completion_ok(c)?;
@@ -799,6 +825,15 @@ fn skip_blank_sql(mut s: &str) -> &str {
         } else {
             return t;
         }
+    }
+}
+
+/// The size of a WAL of `frames` frames of `page_size` pages (an empty WAL has no header).
+fn wal_bytes(frames: u64, page_size: u32) -> u64 {
+    if frames == 0 {
+        0
+    } else {
+        WAL_HEADER_LEN + frames * (WAL_FRAME_HEADER_LEN as u64 + page_size as u64)
     }
 }
 

@@ -208,3 +208,56 @@ test("memory: 16 open databases that each read more than their share of turso's 
     await own.stop();
   }
 });
+
+test("memory: a request that writes more than WRITE_SIZE is refused at once, changes nothing, and the isolate keeps serving", { timeout: 180_000 }, async () => {
+  // One statement can write far more than its request's body: turso kept every new page of
+  // a transaction in memory until the commit, so 150 rows of 1 MB each killed the isolate
+  // (the runtime closed the connection) and 14 took its wasm memory past 120 MiB.
+  const own = await startEngine();
+  const fill = (rows) =>
+    `WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r LIMIT ${rows}) INSERT INTO t SELECT randomblob(1000000) FROM r`;
+  try {
+    assert.equal((await query(own.url, "w", "CREATE TABLE t (b BLOB)")).status, 200);
+    assert.equal((await query(own.url, "w", fill(6))).status, 200, "6 MB in one request is inside the limit");
+    for (const rows of [9, 150, 1000]) {
+      const started = Date.now();
+      expectError(await query(own.url, "w", fill(rows)), 400, "LIMIT_EXCEEDED", /WRITE_SIZE/);
+      console.log(`${rows} MB refused after ${Date.now() - started} ms`);
+    }
+    // All or nothing inside a batch, and over Hrana.
+    expectError(await batch(own.url, "w", [{ sql: "INSERT INTO t VALUES (x'01')" }, { sql: fill(20) }]), 400, "LIMIT_EXCEEDED", /WRITE_SIZE/);
+    const h = await post(`${own.url}/v1/db/w/v2/pipeline`, { requests: [{ type: "execute", stmt: { sql: fill(20) } }, { type: "close" }] });
+    assert.equal(h.status, 400, JSON.stringify(h.body).slice(0, 300));
+    const r = await query(own.url, "w", "SELECT count(*), sum(length(b)) FROM t");
+    assert.deepEqual(r.body.rows, [[6, 6_000_000]]);
+    const { wasm_memory_bytes } = await (await fetch(`${own.url}/v1/db/w/stats`)).json();
+    const mib = wasm_memory_bytes / 1048576;
+    assert.ok(mib < 64, `wasm memory after the refused writes: ${mib.toFixed(1)} MiB`);
+    assert.equal((await query(own.url, "w", fill(6))).status, 200, "writes go on");
+  } finally {
+    await own.stop();
+  }
+});
+
+test("memory: a bulk load faster than checkpoints may be written holds at most UNFOLDED_LOG of log", { timeout: 180_000 }, async () => {
+  // Checkpoints are paced (the manifest takes about one write a second), and the log since
+  // the last one lives in the isolate's memory: commits of 3 MB, five a second, held 15 MB
+  // more every second, and folding it takes about twice as much again.
+  const own = await startEngine();
+  const fill = `WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r LIMIT 3) INSERT INTO t SELECT randomblob(1000000) FROM r`;
+  try {
+    assert.equal((await query(own.url, "bulk", "CREATE TABLE t (b BLOB)")).status, 200);
+    let folds = 0;
+    for (let i = 0; i < 12; i++) {
+      assert.equal((await query(own.url, "bulk", fill)).status, 200);
+      const s = await (await fetch(`${own.url}/v1/db/bulk/stats`)).json();
+      assert.ok(s.unfolded_log_bytes < 8 << 20, `after commit ${i + 1}: ${s.unfolded_log_bytes} bytes of log unfolded`);
+      if (s.unfolded_log_bytes === 0) folds++;
+    }
+    assert.ok(folds >= 3, `the log was folded ${folds} times in 12 commits of 3 MB`);
+    const r = await query(own.url, "bulk", "SELECT count(*) FROM t");
+    assert.deepEqual(r.body.rows, [[36]]);
+  } finally {
+    await own.stop();
+  }
+});

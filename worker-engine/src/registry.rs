@@ -41,6 +41,15 @@ fn fit_to_share(db: &Database) {
     db.fit_parsed_pages(parsed_pages_each(OPEN.with(|open| open.borrow().len())));
 }
 
+/// Where an open database stands in an isolate (its stats).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Positions {
+    pub applied_seq: u64,
+    pub checkpoint_seq: u64,
+    /// Log after the checkpoint, held in memory until folded.
+    pub unfolded_log_bytes: u64,
+}
+
 /// Requests committed together at most.
 const MAX_GROUP: usize = 64;
 
@@ -468,9 +477,13 @@ impl DbSlot {
         self.db.borrow().free()?.as_ref()?.parsed_pages()
     }
 
-    /// (applied log position, checkpoint position), if open here and not busy.
-    pub fn positions(&self) -> Option<(u64, u64)> {
+    /// Where the database stands here, if open here and not busy.
+    pub fn positions(&self) -> Option<Positions> {
         let lane = self.db.borrow();
-        lane.free()?.as_ref().map(|db| (db.applied_seq(), db.checkpoint_seq()))
+        lane.free()?.as_ref().map(|db| Positions {
+            applied_seq: db.applied_seq(),
+            checkpoint_seq: db.checkpoint_seq(),
+            unfolded_log_bytes: db.unfolded_log_bytes(),
+        })
     }
 }

@@ -10,7 +10,7 @@
 //! * `TWILL_CACHE_BYTES`, `TWILL_CHECKPOINT_RECORDS`, `TWILL_CHECKPOINT_BYTES`,
 //!   `TWILL_CHECKPOINT_INTERVAL_MS` (default 1 s), `TWILL_QUIET_CHECKPOINT_BYTES` (default
 //!   256 KiB), `TWILL_GC_RETENTION_MS`, `TWILL_HISTORY_RETENTION_MS` (default 7 days; 0 keeps no
-//!   history), `TWILL_MAX_STALENESS_MS`, `TWILL_MAX_VM_STEPS`,
+//!   history), `TWILL_MAX_STALENESS_MS`, `TWILL_MAX_VM_STEPS`, `TWILL_MAX_WRITE_BYTES`,
 //!   `TWILL_COMMIT_BUDGET_MS`: engine tuning.
 //! * `TWILL_EMULATE_R2_LATENCY_MS`, `TWILL_EMULATE_R2_FAULTS`: local runs only.
 
@@ -94,6 +94,9 @@ impl Settings {
         }
         if let Some(v) = number("TWILL_MAX_VM_STEPS") {
             c.limits.max_vm_steps = v as u64;
+        }
+        if let Some(v) = number("TWILL_MAX_WRITE_BYTES") {
+            c.limits.max_write_bytes = v as u64;
         }
         if let Some(v) = number("TWILL_COMMIT_BUDGET_MS") {
             c.commit_budget_ms = v;

@@ -247,13 +247,14 @@ fn stats(name: &str, env: &Env) -> Value {
         return json!({ "database": name, "open_in_this_isolate": false, "cache": cache, "wasm_memory_bytes": wasm_memory_bytes() });
     };
     let r2 = slot.store.counts();
-    let (applied, checkpoint) = slot.positions().unwrap_or((0, 0));
+    let at = slot.positions().unwrap_or_default();
     json!({
         "database": name,
         "open_in_this_isolate": true,
         "opens": slot.opens.get(),
-        "applied_seq": applied,
-        "checkpoint_seq": checkpoint,
+        "applied_seq": at.applied_seq,
+        "checkpoint_seq": at.checkpoint_seq,
+        "unfolded_log_bytes": at.unfolded_log_bytes,
         "r2": { "reads": r2.reads, "writes": r2.writes, "bytes_read": r2.bytes_read, "bytes_written": r2.bytes_written },
         "cache": cache,
         "parsed_page_cache_pages": slot.parsed_pages(),

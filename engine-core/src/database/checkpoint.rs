@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 
 use crate::error::EngineError;
+use crate::local::WalIndex;
 use crate::chunk_file::CheckpointView;
 use crate::manifest::{Deletion, EmbeddedPage, Garbage, Manifest, Revival, MAX_EMBEDDED_PAGES};
 use crate::store::{ByteRange, PutCondition, PutOutcome};
@@ -39,8 +40,16 @@ impl Database {
         // The first commit after a deletion is published at once, so that listings (which
         // read manifests only) show the database again.
         let revives_deleted = self.base.deleted.is_some() && n > 0;
-        if revives_deleted || (self.log_calls_for_checkpoint(n, bytes) && self.checkpoint_wait_ms() == 0.0) {
+        let wait_ms = self.checkpoint_wait_ms();
+        if revives_deleted || (self.log_calls_for_checkpoint(n, bytes) && wait_ms == 0.0) {
             self.checkpoint().await?;
+        } else if bytes >= self.config.max_unfolded_log_bytes {
+            // Too much log for the isolate's memory: the commit (durable already) waits for
+            // the manifest to take its next write, then folds from a state proven current.
+            self.sleeper.sleep(wait_ms).await;
+            if self.refresh(&mut ExecStats::default()).await? == ProbeResult::Current {
+                self.checkpoint().await?;
+            }
         }
         Ok(())
     }
@@ -90,7 +99,10 @@ impl Database {
         if self.applied_seq == self.base.checkpoint_seq || self.unverified_records {
             return Ok(false);
         }
-        let (dirty, db_size) = self.local()?.durable_pages()?;
+        // Where each changed page's newest image is in the WAL, not the images themselves:
+        // each is read when its chunk is built, so the fold holds the WAL and the new
+        // chunks, not a third copy of the log.
+        let WalIndex { newest_frame: dirty, db_size } = self.local()?.durable_wal_index()?;
         // The image the local database is built on: the base manifest's, or a snapshot
         // record's (whose chunks may be another database's, or superseded ones restored).
         let old = self.view();
@@ -137,9 +149,12 @@ impl Database {
             };
             let mut body = Vec::with_capacity(((last - first + 1) * page_size) as usize);
             for p in first..=last {
-                match dirty.get(&p).map(Vec::as_slice).or_else(|| old_page(p)) {
-                    Some(page) => body.extend_from_slice(page),
-                    None => body.resize(body.len() + page_size as usize, 0),
+                match dirty.get(&p) {
+                    Some(&frame) => body.extend_from_slice(&self.local()?.frame_page(frame)?),
+                    None => match old_page(p) {
+                        Some(page) => body.extend_from_slice(page),
+                        None => body.resize(body.len() + page_size as usize, 0),
+                    },
                 }
             }
             new_chunks.push(NewChunk { index: c, body });
@@ -285,7 +300,7 @@ impl Database {
     /// one that would take a read is left to its page group.
     fn pages_to_embed(
         &self,
-        dirty: &BTreeMap<u32, Vec<u8>>,
+        dirty: &BTreeMap<u32, u64>,
         new_chunks: &[NewChunk],
         new_view: &CheckpointView,
     ) -> Result<Vec<EmbeddedPage>, EngineError> {
@@ -301,7 +316,11 @@ impl Database {
                 new_chunks.iter().find(|c| c.index == chunk).and_then(|c| c.body.get(at..at + page_size)).map(<[u8]>::to_vec)
             };
             let cached = || self.cache.get(&(key.clone(), index)).map(|p| p.to_vec());
-            let bytes = dirty.get(&page_no).cloned().or_else(written).or_else(cached);
+            let changed = match dirty.get(&page_no) {
+                Some(&frame) => Some(self.local()?.frame_page(frame)?),
+                None => None,
+            };
+            let bytes = changed.or_else(written).or_else(cached);
             if let Some(bytes) = bytes.filter(|b| b.len() == page_size) {
                 embedded.push(EmbeddedPage { page_no, bytes });
             }

@@ -70,6 +70,11 @@ impl Database {
         let seq = record.seq;
         let body = record.encode();
         let key = self.layout.log_key(seq);
+        let meta = RecordMeta::of(&record, body.len() as u64);
+        // The frames are in `body` now: holding a third copy of a large commit through the
+        // PUT (the WAL and the body are the other two) would cost the isolate its size again.
+        // The rare paths below that apply the record decode it from `body`.
+        drop(record);
 
         let put_started = self.now_ms();
         match self.store_record(&key, &body).await {
@@ -79,7 +84,6 @@ impl Database {
             Landing::NotStored(e) => return Publish::NotStored(e),
         }
         // The fence: the record must be one that readers will read.
-        let meta = RecordMeta::of(&record, body.len() as u64);
         let base_before = self.base.generation;
         let outcome = match self.check_manifest(seq).await {
             Ok(true) if self.base.generation == base_before && local_frames.is_some() => {
@@ -93,7 +97,7 @@ impl Database {
             // A snapshot record, or a newer checkpoint that does not cover `seq` was
             // published meanwhile and local state was rebased onto it (dropping the
             // unshipped frames): the record is durable and will be read, so apply it.
-            Ok(true) => match self.apply_decoded(record, body.len() as u64).await {
+            Ok(true) => match self.apply_encoded(&body).await {
                 Ok(()) => Publish::Published,
                 Err(e) => {
                     self.local = None;

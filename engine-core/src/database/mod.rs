@@ -96,6 +96,11 @@ pub struct DbConfig {
     /// many bytes is folded, so that cold readers do not replay it (see
     /// [`Database::quiet_checkpoint_due`]).
     pub quiet_checkpoint_bytes: u64,
+    /// The most log a replica holds unfolded (`UNFOLDED_LOG`): it lives in the isolate's
+    /// memory, and folding it takes about twice as much again. A commit that leaves more
+    /// waits out the interval between checkpoints and folds it, which holds back a bulk
+    /// load to what the isolate can hold.
+    pub max_unfolded_log_bytes: u64,
     /// Superseded objects are deleted only this long after they stopped being referenced
     /// (readers of older checkpoints may still use them)...
     pub gc_retention_ms: f64,
@@ -128,6 +133,7 @@ impl Default for DbConfig {
             checkpoint_bytes: 1 << 20,
             checkpoint_min_interval_ms: 1_000.0,
             quiet_checkpoint_bytes: 256 << 10,
+            max_unfolded_log_bytes: 8 << 20,
             gc_retention_ms: 10.0 * 60.0 * 1000.0,
             history_retention_ms: DEFAULT_HISTORY_RETENTION_MS,
             orphan_sweep_interval_ms: gc::ORPHAN_SWEEP_INTERVAL_MS,
@@ -435,6 +441,12 @@ impl Database {
         self.base.checkpoint_seq
     }
 
+    /// Bytes of log records after the checkpoint: held in memory until folded (see
+    /// [`DbConfig::max_unfolded_log_bytes`]).
+    pub fn unfolded_log_bytes(&self) -> u64 {
+        self.log_since_checkpoint().1
+    }
+
     /// Gives turso's cache of parsed pages for this database at most `pages` pages (a host
     /// with many databases open shares its memory among them; see [`LocalDb::fit_parsed_pages`]).
     pub fn fit_parsed_pages(&self, pages: u32) {
@@ -612,17 +624,61 @@ impl Database {
     async fn run_locally(&mut self, requests: &[Request], checked: &[Result<Shape, EngineError>]) -> LocalRun {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
         for (request, check) in requests.iter().zip(checked) {
-            let outcome = match (check, &request.work) {
+            let start_frames = match self.local().and_then(|local| {
+                local.limit_writes(Some(self.config.limits.max_write_bytes))?;
+                local.wal_frames()
+            }) {
+                Ok(frames) => frames,
+                Err(e) => {
+                    outcomes.push(Err(e));
+                    break;
+                }
+            };
+            let mut outcome = match (check, &request.work) {
                 (Err(e), _) => Err(e.clone()),
                 (Ok(shape), Work::Transaction(stmts)) => self.run_local(stmts, *shape).await.map(Reply::Transaction),
                 (Ok(_), Work::Script(script)) => self.run_script_local(script).await.map(Reply::Script),
             };
+            if self.local.as_ref().is_some_and(LocalDb::write_limit_hit) {
+                outcome = self.undo_request(start_frames);
+            }
             if let Err(EngineError::PagesMissing(pages)) = &outcome {
                 return LocalRun { outcomes, missing: Some(pages.clone()) };
             }
             outcomes.push(outcome);
         }
+        if let Some(local) = &self.local {
+            // Catching up appends others' commits, which no request's bound covers.
+            let _ = local.limit_writes(None);
+        }
         LocalRun { outcomes, missing: None }
+    }
+
+    /// Undoes a request that wrote more than `WRITE_SIZE`: the WAL goes back to where it
+    /// was when the request began (turso failed mid-write, so its own rollback is not
+    /// trusted), and the request is answered with the limit.
+    fn undo_request(&mut self, start_frames: u64) -> Outcome {
+        let limit = EngineError::Limit(format!(
+            "the request wrote more than {} bytes to the database (WRITE_SIZE limit) and changed nothing; \
+             write in smaller transactions (for example a few thousand rows each)",
+            self.config.limits.max_write_bytes
+        ));
+        let local = self.local.take().ok_or_else(lost_local)?;
+        if local.in_transaction() {
+            let _ = local.exec_control("ROLLBACK");
+        }
+        match local.rewind(start_frames) {
+            Ok(local) => {
+                self.local = Some(local);
+                Err(limit)
+            }
+            // Reopening needs pages that are not cached (or failed): the group runs again
+            // from the durable state once they are fetched.
+            Err((e, reopen)) => {
+                let wanted = reopen.take_wanted();
+                Err(if wanted.is_empty() { e } else { EngineError::PagesMissing(wanted) })
+            }
+        }
     }
 
     async fn run_group(

@@ -159,6 +159,12 @@ impl Database {
         self.apply_decoded(record, body.len() as u64).await
     }
 
+    /// Applies a record this replica wrote itself (trusted: it just published it).
+    pub(super) async fn apply_encoded(&mut self, body: &[u8]) -> Result<(), EngineError> {
+        let record = LogRecord::decode(body)?;
+        self.apply_decoded(record, body.len() as u64).await
+    }
+
     /// Applies a decoded record: its frames, on the image of its snapshot if it has one.
     pub(super) async fn apply_decoded(&mut self, record: LogRecord, bytes: u64) -> Result<(), EngineError> {
         let meta = RecordMeta::of(&record, bytes);
