@@ -643,15 +643,21 @@ impl Database {
                 outcome = self.undo_request(start_frames);
             }
             if let Err(EngineError::PagesMissing(pages)) = &outcome {
-                return LocalRun { outcomes, missing: Some(pages.clone()) };
+                let missing = Some(pages.clone());
+                self.lift_write_limit();
+                return LocalRun { outcomes, missing };
             }
             outcomes.push(outcome);
         }
+        self.lift_write_limit();
+        LocalRun { outcomes, missing: None }
+    }
+
+    /// Catching up appends others' commits, which no request's `WRITE_SIZE` covers.
+    fn lift_write_limit(&self) {
         if let Some(local) = &self.local {
-            // Catching up appends others' commits, which no request's bound covers.
             let _ = local.limit_writes(None);
         }
-        LocalRun { outcomes, missing: None }
     }
 
     /// Undoes a request that wrote more than `WRITE_SIZE`: the WAL goes back to where it
