@@ -664,27 +664,12 @@ impl Database {
     /// was when the request began (turso failed mid-write, so its own rollback is not
     /// trusted), and the request is answered with the limit.
     fn undo_request(&mut self, start_frames: u64) -> Outcome {
-        let limit = EngineError::Limit(format!(
+        self.rewind_local(start_frames)?;
+        Err(EngineError::Limit(format!(
             "the request wrote more than {} bytes to the database (WRITE_SIZE limit) and changed nothing; \
              write in smaller transactions (for example a few thousand rows each)",
             self.config.limits.max_write_bytes
-        ));
-        let local = self.local.take().ok_or_else(lost_local)?;
-        if local.in_transaction() {
-            let _ = local.exec_control("ROLLBACK");
-        }
-        match local.rewind(start_frames) {
-            Ok(local) => {
-                self.local = Some(local);
-                Err(limit)
-            }
-            // Reopening needs pages that are not cached (or failed): the group runs again
-            // from the durable state once they are fetched.
-            Err((e, reopen)) => {
-                let wanted = reopen.take_wanted();
-                Err(if wanted.is_empty() { e } else { EngineError::PagesMissing(wanted) })
-            }
-        }
+        )))
     }
 
     async fn run_group(

@@ -240,6 +240,27 @@ impl Database {
         Ok(())
     }
 
+    /// Rolls back any open transaction and drops the WAL frames after `start_frames`
+    /// (reopening turso). If reopening needs pages that are not cached (or failed), the
+    /// local database is gone: the caller discards everything unshipped and runs the
+    /// request again once they are fetched.
+    pub(super) fn rewind_local(&mut self, start_frames: u64) -> Result<(), EngineError> {
+        let local = self.local.take().ok_or_else(super::lost_local)?;
+        if local.in_transaction() {
+            let _ = local.exec_control("ROLLBACK");
+        }
+        match local.rewind(start_frames) {
+            Ok(local) => {
+                self.local = Some(local);
+                Ok(())
+            }
+            Err((e, reopen)) => {
+                let wanted = reopen.take_wanted();
+                Err(if wanted.is_empty() { e } else { EngineError::PagesMissing(wanted) })
+            }
+        }
+    }
+
     /// Undoes everything an all-or-nothing unit committed: the WAL goes back to where it
     /// was when the unit began, and every step of the unit that ran is reported undone.
     fn undo_unit(
@@ -250,19 +271,7 @@ impl Database {
         failed: usize,
         outcomes: &mut [StepOutcome],
     ) -> Result<(), EngineError> {
-        let local = self.local.take().ok_or_else(super::lost_local)?;
-        if local.in_transaction() {
-            let _ = local.exec_control("ROLLBACK");
-        }
-        match local.rewind(start_frames) {
-            Ok(local) => self.local = Some(local),
-            // Reopening needs pages that are not cached (or failed): the caller discards
-            // everything unshipped and runs the request again once they are fetched.
-            Err((e, reopen)) => {
-                let wanted = reopen.take_wanted();
-                return Err(if wanted.is_empty() { e } else { EngineError::PagesMissing(wanted) });
-            }
-        }
+        self.rewind_local(start_frames)?;
         let why = format!(
             "step {} of this batch failed after step {} had committed; everything the batch did was undone (a batch is all or nothing)",
             failed - range.start,
