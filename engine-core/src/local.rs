@@ -325,16 +325,21 @@ impl LocalDb {
     /// Durable WAL frames `from..=to` (1-based), as log frames.
     pub fn frames(&self, from: u64, to: u64) -> Result<Vec<Frame>, EngineError> {
         let mut frames = Vec::new();
+        self.visit_frames(from, to, |page_no, db_size_after, page| {
+            frames.push(Frame { page_no, db_size_after, page: page.to_vec() })
+        })?;
+        Ok(frames)
+    }
+
+    /// Reads WAL frames `from..=to` (1-based) in order, one buffer for all: `visit` gets
+    /// each frame's page number, the database size it commits (0 if none) and its page.
+    pub fn visit_frames(&self, from: u64, to: u64, mut visit: impl FnMut(u32, u32, &[u8])) -> Result<(), EngineError> {
         let mut buf = vec![0u8; WAL_FRAME_HEADER_LEN + self.page_size as usize];
         for frame_no in from..=to {
             let info = self.conn.wal_get_frame(frame_no, &mut buf).map_err(sql_err)?;
-            frames.push(Frame {
-                page_no: info.page_no,
-                db_size_after: info.db_size,
-                page: buf[WAL_FRAME_HEADER_LEN..].to_vec(),
-            });
+            visit(info.page_no, info.db_size, &buf[WAL_FRAME_HEADER_LEN..]);
         }
-        Ok(frames)
+        Ok(())
     }
 
     /// The root pages of the tables and indexes the connection knows, lowest first (from
@@ -655,12 +660,12 @@ impl LocalDb {
         self.conn.execute(sql).map_err(sql_err)
     }
 
-    /// Frames committed locally but not yet durable, in WAL order.
-    pub fn unshipped_frames(&self) -> Result<Vec<Frame>, EngineError> {
-        self.frames(self.durable_frames + 1, self.wal_frames()?)
+    /// WAL frames committed locally and not yet durable.
+    pub fn unshipped_frame_count(&self) -> Result<u64, EngineError> {
+        Ok(self.wal_frames()?.saturating_sub(self.durable_frames))
     }
 
-    /// The frames just read by [`Self::unshipped_frames`] are now durable.
+    /// The first `frames` WAL frames are now durable (shipped, or the caller's own).
     pub fn mark_durable(&mut self, frames: u64) {
         self.durable_frames = frames;
     }

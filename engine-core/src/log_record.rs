@@ -115,34 +115,71 @@ pub enum RecordError {
     Malformed(&'static str),
 }
 
-impl LogRecord {
-    pub fn encode(&self) -> Vec<u8> {
-        let page_size = self.page_size as usize;
-        let snapshot = self.snapshot.as_ref().map(|s| serde_json::to_vec(s).expect("snapshot serializes"));
+/// What a record says about itself besides its frames and snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHead {
+    pub seq: u64,
+    pub page_size: u32,
+    pub nonce: [u8; 16],
+    pub committed_ms: u64,
+}
+
+/// A record's bytes, written a frame at a time: a commit's frames go from the WAL straight
+/// into the body, never held a second time as [`Frame`]s.
+pub struct RecordWriter {
+    out: Vec<u8>,
+    page_size: usize,
+}
+
+impl RecordWriter {
+    pub fn new(head: RecordHead, snapshot: Option<&Snapshot>, frame_count: u32) -> Self {
+        let page_size = head.page_size as usize;
+        let snapshot = snapshot.map(|s| serde_json::to_vec(s).expect("snapshot serializes"));
         let snapshot_len = snapshot.as_ref().map_or(0, |s| 4 + s.len());
         let mut out =
-            Vec::with_capacity(HEADER_LEN + snapshot_len + self.frames.len() * (FRAME_HEADER_LEN + page_size) + 4);
+            Vec::with_capacity(HEADER_LEN + snapshot_len + frame_count as usize * (FRAME_HEADER_LEN + page_size) + 4);
         out.extend_from_slice(MAGIC);
         out.push(if snapshot.is_some() { VERSION } else { FRAMES_VERSION });
         out.extend_from_slice(&[0; 3]);
-        out.extend_from_slice(&self.seq.to_le_bytes());
-        out.extend_from_slice(&self.page_size.to_le_bytes());
-        out.extend_from_slice(&(self.frames.len() as u32).to_le_bytes());
-        out.extend_from_slice(&self.nonce);
-        out.extend_from_slice(&self.committed_ms.to_le_bytes());
+        out.extend_from_slice(&head.seq.to_le_bytes());
+        out.extend_from_slice(&head.page_size.to_le_bytes());
+        out.extend_from_slice(&frame_count.to_le_bytes());
+        out.extend_from_slice(&head.nonce);
+        out.extend_from_slice(&head.committed_ms.to_le_bytes());
         if let Some(snapshot) = &snapshot {
             out.extend_from_slice(&(snapshot.len() as u32).to_le_bytes());
             out.extend_from_slice(snapshot);
         }
+        RecordWriter { out, page_size }
+    }
+
+    /// Appends the next frame (as many as `new` was told, in order).
+    pub fn push_frame(&mut self, page_no: u32, db_size_after: u32, page: &[u8]) {
+        debug_assert_eq!(page.len(), self.page_size);
+        self.out.extend_from_slice(&page_no.to_le_bytes());
+        self.out.extend_from_slice(&db_size_after.to_le_bytes());
+        self.out.extend_from_slice(page);
+    }
+
+    /// The record's bytes, with their checksum.
+    pub fn finish(mut self) -> Vec<u8> {
+        let crc = crc32fast::hash(&self.out);
+        self.out.extend_from_slice(&crc.to_le_bytes());
+        self.out
+    }
+}
+
+impl LogRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut writer = RecordWriter::new(
+            RecordHead { seq: self.seq, page_size: self.page_size, nonce: self.nonce, committed_ms: self.committed_ms },
+            self.snapshot.as_ref(),
+            self.frames.len() as u32,
+        );
         for f in &self.frames {
-            debug_assert_eq!(f.page.len(), page_size);
-            out.extend_from_slice(&f.page_no.to_le_bytes());
-            out.extend_from_slice(&f.db_size_after.to_le_bytes());
-            out.extend_from_slice(&f.page);
+            writer.push_frame(f.page_no, f.db_size_after, &f.page);
         }
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        writer.finish()
     }
 
     /// The header of a record from its first [`TIMED_HEADER_LEN`] bytes (unchecked: the

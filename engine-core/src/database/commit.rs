@@ -4,10 +4,10 @@
 //! writer stalled across a checkpoint and a GC (a zombie) never acknowledges a record that
 //! nobody will read (the zombie fence).
 
-use crate::log_record::{Frame, LogRecord, Snapshot};
+use crate::log_record::{Frame, LogRecord, RecordHead, RecordWriter, Snapshot};
 use crate::store::{PutCondition, PutOutcome, StoreError, StoreErrorKind};
 
-use super::{Database, RecordMeta};
+use super::{nonce_id, Database, RecordKind, RecordMeta};
 
 /// History entries the zombie fence reads at most to find whose record a checkpoint folded.
 const FENCE_ENTRIES_LOOKED_AT: u64 = 8;
@@ -37,16 +37,26 @@ impl Database {
         (self.now_ms().max(0.0) as u64).max(self.last_commit_ms)
     }
 
-    /// Makes `frames` (the local database's unshipped ones) durable as log record
-    /// `applied_seq + 1`.
-    pub(super) async fn publish(&mut self, frames: Vec<Frame>) -> Publish {
-        let (page_size, durable) = match self.local() {
-            Ok(local) => (local.page_size(), local.durable_frames()),
+    /// Makes the local database's unshipped frames durable as log record `applied_seq + 1`.
+    /// They go from the WAL straight into the record's body.
+    pub(super) async fn publish(&mut self) -> Publish {
+        let mut nonce = [0u8; 16];
+        self.host.fill_random(&mut nonce);
+        let head = RecordHead { seq: self.applied_seq + 1, page_size: 0, nonce, committed_ms: self.next_commit_ms() };
+        let encoded = self.local().and_then(|local| {
+            let (durable, total) = (local.durable_frames(), local.wal_frames()?);
+            let count = u32::try_from(total - durable)
+                .map_err(|_| crate::EngineError::Internal(format!("{} frames are too many for one record", total - durable)))?;
+            let mut writer = RecordWriter::new(RecordHead { page_size: local.page_size(), ..head }, None, count);
+            local.visit_frames(durable + 1, total, |page_no, db_size, page| writer.push_frame(page_no, db_size, page))?;
+            Ok((writer.finish(), total))
+        });
+        let (body, frame_total) = match encoded {
+            Ok(encoded) => encoded,
             Err(e) => return Publish::Unknown(e.to_string()),
         };
-        let frame_total = durable + frames.len() as u64;
-        let record = self.next_record(page_size, None, frames);
-        self.publish_record(record, Some(frame_total)).await
+        let meta = RecordMeta { seq: head.seq, bytes: body.len() as u64, committed_ms: head.committed_ms, nonce: nonce_id(&nonce), kind: RecordKind::Frames };
+        self.publish_record(meta, body, Some(frame_total)).await
     }
 
     /// Makes a snapshot record durable as log record `applied_seq + 1` (a restore, an
@@ -54,7 +64,10 @@ impl Database {
     /// rebuilt on its image.
     pub(super) async fn publish_snapshot(&mut self, snapshot: Snapshot, frames: Vec<Frame>, page_size: u32) -> Publish {
         let record = self.next_record(page_size, Some(snapshot), frames);
-        self.publish_record(record, None).await
+        let body = record.encode();
+        let meta = RecordMeta::of(&record, body.len() as u64);
+        drop(record);
+        self.publish_record(meta, body, None).await
     }
 
     pub(super) fn next_record(&self, page_size: u32, snapshot: Option<Snapshot>, frames: Vec<Frame>) -> LogRecord {
@@ -63,18 +76,12 @@ impl Database {
         LogRecord { seq: self.applied_seq + 1, page_size, nonce, committed_ms: self.next_commit_ms(), snapshot, frames }
     }
 
-    /// Stores `record` and runs the fences. `local_frames`: the record holds the local
+    /// Stores a record's `body` (which `meta` describes) and runs the fences. `local_frames`: the record holds the local
     /// database's unshipped frames, which end at this WAL frame (they become durable in
     /// place); `None`: the record is applied to the local database once published.
-    async fn publish_record(&mut self, record: LogRecord, local_frames: Option<u64>) -> Publish {
-        let seq = record.seq;
-        let body = record.encode();
+    async fn publish_record(&mut self, meta: RecordMeta, body: Vec<u8>, local_frames: Option<u64>) -> Publish {
+        let seq = meta.seq;
         let key = self.layout.log_key(seq);
-        let meta = RecordMeta::of(&record, body.len() as u64);
-        // The frames are in `body` now: holding a third copy of a large commit through the
-        // PUT (the WAL and the body are the other two) would cost the isolate its size again.
-        // The rare paths below that apply the record decode it from `body`.
-        drop(record);
 
         let put_started = self.now_ms();
         match self.store_record(&key, &body).await {

@@ -729,12 +729,12 @@ impl Database {
                 return Err(e);
             }
 
-            let frames = self.local()?.unshipped_frames()?;
-            if self.mode != Mode::Live && !frames.is_empty() {
+            let unshipped = self.local()?.unshipped_frame_count()?;
+            if self.mode != Mode::Live && unshipped > 0 {
                 self.discard_local().await?;
                 return Err(read_only_past());
             }
-            let lost_race = if frames.is_empty() {
+            let lost_race = if unshipped == 0 {
                 if self.answers_may_stand(requests, &outcomes) {
                     return Ok(outcomes);
                 }
@@ -755,7 +755,7 @@ impl Database {
                     ProbeResult::Moved => false,
                 }
             } else {
-                match self.publish(frames).await {
+                match self.publish().await {
                     Publish::Published => {
                         stats.records_committed += 1;
                         self.validated_ms = self.now_ms();
