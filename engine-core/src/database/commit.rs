@@ -42,12 +42,13 @@ impl Database {
     pub(super) async fn publish(&mut self) -> Publish {
         let mut nonce = [0u8; 16];
         self.host.fill_random(&mut nonce);
-        let head = RecordHead { seq: self.applied_seq + 1, page_size: 0, nonce, committed_ms: self.next_commit_ms() };
+        let (seq, committed_ms) = (self.applied_seq + 1, self.next_commit_ms());
         let encoded = self.local().and_then(|local| {
             let (durable, total) = (local.durable_frames(), local.wal_frames()?);
             let count = u32::try_from(total - durable)
                 .map_err(|_| crate::EngineError::Internal(format!("{} frames are too many for one record", total - durable)))?;
-            let mut writer = RecordWriter::new(RecordHead { page_size: local.page_size(), ..head }, None, count);
+            let head = RecordHead { seq, page_size: local.page_size(), nonce, committed_ms };
+            let mut writer = RecordWriter::new(head, None, count);
             local.visit_frames(durable + 1, total, |page_no, db_size, page| writer.push_frame(page_no, db_size, page))?;
             Ok((writer.finish(), total))
         });
@@ -55,7 +56,7 @@ impl Database {
             Ok(encoded) => encoded,
             Err(e) => return Publish::Unknown(e.to_string()),
         };
-        let meta = RecordMeta { seq: head.seq, bytes: body.len() as u64, committed_ms: head.committed_ms, nonce: nonce_id(&nonce), kind: RecordKind::Frames };
+        let meta = RecordMeta { seq, bytes: body.len() as u64, committed_ms, nonce: nonce_id(&nonce), kind: RecordKind::Frames };
         self.publish_record(meta, body, Some(frame_total)).await
     }
 
