@@ -49,7 +49,15 @@ const STALENESS_MS: f64 = 50.0;
 pub fn config(seed: u64) -> DbConfig {
     const HISTORY_MS: [f64; 3] = [0.0, 300.0, 3_000.0];
     let gc_retention_ms = if (seed / 6) % 4 == 3 { engine_core::database::MIN_RETENTION_FOR_CONCURRENT_PROBE_MS } else { 0.0 };
+    let mut limits = engine_core::local::ExecLimits::default();
+    // A third of the seeds bound what a request and a record may write to six pages, so
+    // that groups commit in several records (and a large transaction is refused) under
+    // faults too.
+    if (seed / 24) % 3 == 2 {
+        limits.max_write_bytes = 6 * (4096 + 24);
+    }
     DbConfig {
+        limits,
         checkpoint_records: 3,
         // Half the seeds pace checkpoints (simulated ms), so that put-off checkpoints and
         // the quiet checkpoints that fold them are exercised under faults too.

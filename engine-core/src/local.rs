@@ -392,6 +392,11 @@ impl LocalDb {
         wal_bytes(frames, self.page_size)
     }
 
+    /// The bytes `frames` frames take in the WAL.
+    pub fn frames_bytes(&self, frames: u64) -> u64 {
+        frames * (WAL_FRAME_HEADER_LEN as u64 + self.page_size as u64)
+    }
+
     /// WAL frames committed locally, durable or not.
     pub fn wal_frames(&self) -> Result<u64, EngineError> {
         Ok(self.conn.wal_state().map_err(sql_err)?.max_frame)

@@ -6,6 +6,7 @@
 use std::rc::Rc;
 
 use engine_core::mem_store::MemStore;
+use engine_core::layout::Layout;
 use engine_core::{SqlValue, Statement};
 use twill_tests::*;
 
@@ -94,6 +95,30 @@ fn a_request_that_writes_more_than_write_size_is_refused_and_changes_nothing() {
         let check = exec(&mut r, "PRAGMA integrity_check", vec![]);
         assert_eq!(check.rows, vec![vec![SqlValue::Text("ok".into())]]);
     }
+}
+
+/// `WRITE_SIZE` bounds a commit record too: requests of one group that together write more
+/// than it commit in turn, each record within the bound, and all of them are acknowledged.
+#[test]
+fn a_group_that_writes_more_than_write_size_commits_in_several_records() {
+    let mem = Rc::new(MemStore::new());
+    let mut config = engine_core::DbConfig::default();
+    config.limits.max_write_bytes = 1 << 20;
+    let mut w = open_with(&mem, "grouped", config, 32 << 20);
+    exec(&mut w, "CREATE TABLE t (id INTEGER PRIMARY KEY, pad BLOB NOT NULL)", vec![]);
+    let before = w.applied_seq();
+    // About 0.7 MiB each: any two together pass the bound; a small one fits beside one.
+    let fill = |from: i64| vec![Statement::with_params(FILL, vec![SqlValue::Integer(from), SqlValue::Integer(from + 699)])];
+    let small = vec![Statement::new("INSERT INTO t VALUES (0, x'00')")];
+    let outcomes = block_on(w.transact_group(vec![fill(1), small, fill(1001), fill(2001)]));
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(w.applied_seq() - before, 3, "records: the first fill with the small insert, then one per fill");
+    for seq in before + 1..=w.applied_seq() {
+        let size = mem.raw_get(&Layout::new("", "grouped").log_key(seq)).expect("the record").len();
+        assert!(size <= 1 << 20, "record {seq} holds {size} bytes");
+    }
+    let mut r = open(&mem, "grouped");
+    assert_eq!(query_ints(&mut r, "SELECT count(*) FROM t"), [2101]);
 }
 
 /// `UNFOLDED_LOG`: commits faster than checkpoints may be written (one per interval) hold

@@ -246,9 +246,18 @@ type Outcome = Result<Reply, EngineError>;
 
 /// One pass of a group's requests over the local state.
 struct LocalRun {
+    /// One per request that ran, in order; requests after them wait for the next group.
     outcomes: Vec<Outcome>,
     /// The pages the first request that missed some needs (the rest did not run).
     missing: Option<Vec<u32>>,
+}
+
+/// Which `WRITE_SIZE` bound a request runs under: its own, or the tighter rest of what its
+/// group's record may still hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteBound {
+    Request,
+    Group,
 }
 
 /// What a transaction request is, as far as running it goes.
@@ -531,9 +540,9 @@ impl Database {
     }
 
     /// Runs several requests (a group), committing all their writes with one log record
-    /// before any reply is returned. One request failing does not fail the others.
+    /// before any reply is returned (several records in turn when together they write more
+    /// than `WRITE_SIZE`). One request failing does not fail the others.
     pub async fn perform(&mut self, requests: Vec<Request>) -> Vec<Result<Done, EngineError>> {
-        let mut stats = ExecStats::default();
         let past = matches!(self.mode, Mode::Past { .. });
         let checked: Vec<Result<Shape, EngineError>> = requests
             .iter()
@@ -553,28 +562,36 @@ impl Database {
                 Work::Script(_) => Ok(Shape::Other),
             })
             .collect();
-        let outcome = self.run_group(&requests, &checked, &mut stats).await;
-        if let Some(local) = &self.local {
-            local.clear_pins();
-        }
-        // A LIST or a probe sent ahead proves absence only within the request that made it.
-        self.seen_tail = None;
-        let outcomes = match outcome {
-            Ok(outcomes) => outcomes,
-            Err(e) => return requests.iter().map(|_| Err(e.clone())).collect(),
-        };
-        stats.bookmark = self.applied_seq;
-        outcomes
-            .into_iter()
-            .map(|o| {
+        // Requests past what one record may hold (`WRITE_SIZE`) run as a group of their own.
+        let mut replies = Vec::with_capacity(requests.len());
+        while replies.len() < requests.len() {
+            let next = replies.len();
+            let mut stats = ExecStats::default();
+            let outcome = self.run_group(&requests[next..], &checked[next..], &mut stats).await;
+            if let Some(local) = &self.local {
+                local.clear_pins();
+            }
+            // A LIST or a probe sent ahead proves absence only within the request that made it.
+            self.seen_tail = None;
+            let outcomes = match outcome {
+                Ok(outcomes) if !outcomes.is_empty() => outcomes,
+                Ok(_) => vec![Err(no_reply())],
+                Err(e) => {
+                    replies.extend(requests[next..].iter().map(|_| Err(e.clone())));
+                    break;
+                }
+            };
+            stats.bookmark = self.applied_seq;
+            replies.extend(outcomes.into_iter().map(|o| {
                 o.map(|reply| {
                     let mut s = stats;
                     s.rows_read = reply.statement_results().map(|r| r.rows_read).sum();
                     s.rows_written = reply.statement_results().map(|r| r.rows_written).sum();
                     Done { reply, stats: s }
                 })
-            })
-            .collect()
+            }));
+        }
+        replies
     }
 
     /// True if every request of the group may be answered from the local state as it is,
@@ -620,13 +637,26 @@ impl Database {
         self.probe_ahead()
     }
 
-    /// Runs every request of the group on the local state, up to the first that misses pages.
+    /// Runs every request of the group on the local state, up to the first that misses pages
+    /// or that would take the group's record past `WRITE_SIZE` (it and the rest wait for the
+    /// next record).
     async fn run_locally(&mut self, requests: &[Request], checked: &[Result<Shape, EngineError>]) -> LocalRun {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
+        let max_write = self.config.limits.max_write_bytes;
+        let group_start = match self.local().and_then(LocalDb::wal_frames) {
+            Ok(frames) => frames,
+            Err(e) => return LocalRun { outcomes: vec![Err(e)], missing: None },
+        };
         for (request, check) in requests.iter().zip(checked) {
+            let mut bound = WriteBound::Request;
             let start_frames = match self.local().and_then(|local| {
-                local.limit_writes(Some(self.config.limits.max_write_bytes))?;
-                local.wal_frames()
+                let start = local.wal_frames()?;
+                let group_left = max_write.saturating_sub(local.frames_bytes(start - group_start));
+                if group_left < max_write {
+                    bound = WriteBound::Group;
+                }
+                local.limit_writes(Some(group_left.min(max_write)))?;
+                Ok(start)
             }) {
                 Ok(frames) => frames,
                 Err(e) => {
@@ -640,7 +670,14 @@ impl Database {
                 (Ok(_), Work::Script(script)) => self.run_script_local(script).await.map(Reply::Script),
             };
             if self.local.as_ref().is_some_and(LocalDb::write_limit_hit) {
-                outcome = self.undo_request(start_frames);
+                outcome = match bound {
+                    WriteBound::Request => self.undo_request(start_frames),
+                    // It may fit a record of its own: it and the rest run in the next group.
+                    WriteBound::Group => match self.rewind_local(start_frames) {
+                        Ok(()) => break,
+                        Err(e) => Err(e),
+                    },
+                };
             }
             if let Err(EngineError::PagesMissing(pages)) = &outcome {
                 let missing = Some(pages.clone());
