@@ -74,12 +74,25 @@ pub struct ChunkFile {
     /// this stays empty in practice; it exists so a write can never be lost or misread.
     written: Mutex<BTreeMap<u32, Vec<u8>>>,
     size: Mutex<u64>,
+    /// The image's page 1, kept once read (4 KiB, outside the cache budget): turso reads the
+    /// header outside any statement, e.g. when an applied log record rewrites page 1, and
+    /// a miss there cannot be fetched and retried.
+    header_page: Mutex<Option<Arc<[u8]>>>,
 }
 
 impl ChunkFile {
     pub fn new(view: CheckpointView, cache: Arc<PageCache>, wanted: WantedPages, pinned: PinnedPages, stalled: StalledReads) -> Self {
         let size = view.page_count as u64 * view.page_size as u64;
-        ChunkFile { view, cache, wanted, pinned, stalled, written: Mutex::new(BTreeMap::new()), size: Mutex::new(size) }
+        ChunkFile {
+            view,
+            cache,
+            wanted,
+            pinned,
+            stalled,
+            written: Mutex::new(BTreeMap::new()),
+            size: Mutex::new(size),
+            header_page: Mutex::new(None),
+        }
     }
 
     fn size_now(&self) -> u64 {
@@ -101,10 +114,19 @@ impl ChunkFile {
             if let Some(p) = written.get(&page_no) {
                 out.copy_from_slice(&p[in_page..in_page + n]);
             } else if let Some(key) = self.view.page_key(page_no) {
-                let pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner()).get(&page_no).cloned();
+                let kept_header = || match page_no {
+                    1 => self.header_page.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                    _ => None,
+                };
+                let pinned = || self.pinned.lock().unwrap_or_else(|p| p.into_inner()).get(&page_no).cloned();
                 let just_fetched = || fetched.and_then(|f| f.get(&page_no)).cloned();
-                match pinned.or_else(just_fetched).or_else(|| self.cache.get(&key)) {
-                    Some(p) if p.len() >= in_page + n => out.copy_from_slice(&p[in_page..in_page + n]),
+                match kept_header().or_else(pinned).or_else(just_fetched).or_else(|| self.cache.get(&key)) {
+                    Some(p) if p.len() >= in_page + n => {
+                        if page_no == 1 {
+                            *self.header_page.lock().unwrap_or_else(|p| p.into_inner()) = Some(p.clone());
+                        }
+                        out.copy_from_slice(&p[in_page..in_page + n]);
+                    }
                     _ => {
                         self.wanted.lock().unwrap_or_else(|p| p.into_inner()).insert(page_no);
                         all_present = false;

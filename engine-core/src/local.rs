@@ -97,7 +97,15 @@ pub struct LocalDb {
     vm_steps_left: Arc<AtomicI64>,
     /// The capacity of turso's cache of parsed pages.
     parsed_pages: std::cell::Cell<u32>,
+    /// Applied frames changed the schema, but turso could not read it again (its pages
+    /// were not cached), and a failed read leaves the connection with an empty schema: no
+    /// statement may be prepared until [`Self::catch_up_schema`] has read it.
+    schema_behind: std::cell::Cell<bool>,
 }
+
+/// Rounds of page fetches [`LocalDb::catch_up_schema`] may take (each fetches the page
+/// groups of every page the last attempt missed).
+const SCHEMA_FETCH_ROUNDS: usize = 64;
 
 /// Statements that ran to their end, reset for the next run (see [`STATEMENT_CACHE_ENTRIES`]).
 #[derive(Default)]
@@ -169,11 +177,17 @@ pub struct WalIndex {
 impl LocalDb {
     /// A database whose file is the checkpoint `view` (empty if it has no pages) and whose
     /// WAL is empty. Fails with [`EngineError::PagesMissing`] if turso needs pages that are
-    /// not cached yet: fetch them and call again.
-    pub fn create(view: CheckpointView, cache: Arc<PageCache>, host: Arc<dyn Host>) -> Result<Self, EngineError> {
+    /// not cached yet: fetch them and call again with them in `pinned` (held outside the
+    /// cache budget until [`Self::clear_pins`], so a schema larger than the cache opens).
+    pub fn create(
+        view: CheckpointView,
+        cache: Arc<PageCache>,
+        host: Arc<dyn Host>,
+        pinned: FxHashMap<u32, Arc<[u8]>>,
+    ) -> Result<Self, EngineError> {
         let io = Arc::new(EngineIo::new(host));
         let wanted: WantedPages = Arc::new(Mutex::new(Default::default()));
-        let pinned: PinnedPages = Arc::new(Mutex::new(FxHashMap::default()));
+        let pinned: PinnedPages = Arc::new(Mutex::new(pinned));
         let file = Arc::new(ChunkFile::new(view, cache, wanted.clone(), pinned.clone(), io.stalled_reads()));
         let base = Base { wanted, pinned, file };
         let path = format!("twill-{}.db", NEXT_OPEN_ID.fetch_add(1, Ordering::Relaxed));
@@ -206,6 +220,7 @@ impl LocalDb {
             page_size: 4096,
             vm_steps_left: Arc::new(AtomicI64::new(i64::MAX)),
             parsed_pages: std::cell::Cell::new(PARSED_PAGES_AT_OPEN),
+            schema_behind: std::cell::Cell::new(false),
         };
         let budget = local.vm_steps_left.clone();
         local.conn.set_progress_handler(
@@ -455,6 +470,7 @@ impl LocalDb {
         limits: &ExecLimits,
         pages: &dyn PageSource,
     ) -> Result<StatementResult, EngineError> {
+        self.catch_up_schema(pages).await?;
         let mut stmt = match self.prepared.take(&statement.sql) {
             Some(kept) => kept,
             None => self.prepare_one(&statement.sql)?,
@@ -510,6 +526,7 @@ impl LocalDb {
         check: impl Fn(&str) -> Result<(), EngineError>,
         pages: &dyn PageSource,
     ) -> Result<(), EngineError> {
+        self.catch_up_schema(pages).await?;
         let mut rest = sql;
         while !is_blank_sql(rest) {
             // Vet the statement before turso compiles it (compiling may already act).
@@ -699,15 +716,47 @@ impl LocalDb {
             buf[4..8].copy_from_slice(&f.db_size_after.to_be_bytes());
             buf[WAL_FRAME_HEADER_LEN..].copy_from_slice(&f.page);
             if let Err(e) = self.conn.wal_insert_frame(next, &buf) {
-                result = Err(EngineError::Corrupt(format!("applying log frame {next}: {e}")));
+                // A page read that missed the cache is not corruption: the caller starts over.
+                result = Err(self.missing_or(EngineError::Corrupt(format!("applying log frame {next}: {e}"))));
                 break;
             }
         }
-        let end = self.conn.wal_insert_end(false).map_err(sql_err);
+        let end = self.conn.wal_insert_end(false);
         result?;
-        end?;
+        if let Err(e) = end {
+            // Ending the insert session cannot fail to commit the frames (they end in a
+            // commit frame); what follows, reading the schema again if they changed it, can
+            // miss pages. It is read again, with them fetched, before the next statement.
+            if !self.has_wanted() {
+                return Err(sql_err(e));
+            }
+            self.schema_behind.set(true);
+        }
         self.durable_frames = next;
         Ok(())
+    }
+
+    /// Reads the schema again after [`Self::apply_frames`] could not (see `schema_behind`),
+    /// fetching the pages it misses from `pages`.
+    pub async fn catch_up_schema(&self, pages: &dyn PageSource) -> Result<(), EngineError> {
+        for _ in 0..SCHEMA_FETCH_ROUNDS {
+            if !self.schema_behind.get() {
+                return Ok(());
+            }
+            match self.conn.maybe_reparse_schema() {
+                Ok(()) => self.schema_behind.set(false),
+                Err(e) => {
+                    let wanted = self.take_wanted();
+                    if wanted.is_empty() {
+                        return Err(sql_err(e));
+                    }
+                    for (page_no, bytes) in pages.fetch_pages(&wanted).await? {
+                        self.pin(page_no, bytes);
+                    }
+                }
+            }
+        }
+        Err(EngineError::Internal(format!("reading the schema missed pages {SCHEMA_FETCH_ROUNDS} times in a row")))
     }
 
     /// Drops every frame that is not durable (a lost commit race, an unresolved PUT, a
@@ -723,9 +772,22 @@ impl LocalDb {
     /// was committed locally since then is undone. Any open transaction is lost.
     pub fn rewind(self, keep_frames: u64) -> Result<Self, (EngineError, Reopen)> {
         let keep_frames = keep_frames.max(self.durable_frames);
-        let LocalDb { io, base, prepared, conn, db, path, durable_frames, page_size, vm_steps_left, parsed_pages } = self;
+        let LocalDb { io, base, prepared, conn, db, path, durable_frames, page_size, vm_steps_left, parsed_pages, schema_behind } =
+            self;
         if conn.wal_state().map(|s| s.max_frame).unwrap_or(u64::MAX) == keep_frames && conn.get_auto_commit() {
-            return Ok(LocalDb { io, base, prepared, conn, db, path, durable_frames, page_size, vm_steps_left, parsed_pages });
+            return Ok(LocalDb {
+                io,
+                base,
+                prepared,
+                conn,
+                db,
+                path,
+                durable_frames,
+                page_size,
+                vm_steps_left,
+                parsed_pages,
+                schema_behind,
+            });
         }
         drop(prepared);
         drop(conn);

@@ -12,6 +12,10 @@ use twill_tests::gate::{run_seed, seeded_faults};
 const REGRESSIONS: &[(u64, &str)] = &[
     (17816, "a replica answered from a zombie's record mixed with the real ones after it"),
     (304285056490, "a quiet checkpoint on a stale manifest found a history entry a newer checkpoint had collected"),
+    (424598001017, "a staleness-bounded read answered from a reload that went back past the state it had proven current"),
+    (439748002926, "a replica that applied a schema change whose schema pages were not cached was left with no schema"),
+    (440159919, "applying a record that rewrites page 1 read the header from a base page the cache had evicted"),
+    (440176085, "a quiet checkpoint's rebase applied a record that rewrites page 1 with the header evicted"),
 ];
 
 fn replay_hint(seed: u64) -> String {

@@ -558,3 +558,23 @@ fn a_strict_read_that_fetches_a_page_waits_one_round_trip() {
     assert_eq!(slow.rounds.get() - rounds, 3);
     assert_eq!(after.gets - before.gets, 3, "the record once, the position after it twice");
 }
+
+/// A replica that applies another writer's schema change reads the whole new schema,
+/// fetching the pages of it that its small cache no longer holds.
+#[test]
+fn a_schema_change_whose_pages_are_not_cached_is_read_in_full() {
+    let store = Rc::new(MemStore::new());
+    let mut a = open_with(&store, "sc", small_checkpoints(), 32 << 20);
+    let padding = "x".repeat(900);
+    for i in 0..200 {
+        exec(&mut a, &format!("CREATE TABLE t{i} (id INTEGER PRIMARY KEY, v TEXT DEFAULT '{padding}')"), vec![]);
+    }
+    // The schema spans some fifty pages; b's cache holds sixteen.
+    let mut b = open_with(&store, "sc", DbConfig::default(), 64 << 10);
+    assert_eq!(query_ints(&mut b, "SELECT count(*) FROM t0"), [0]);
+    exec(&mut a, "CREATE TABLE late (x)", vec![]);
+    exec(&mut a, "INSERT INTO late VALUES (7)", vec![]);
+    assert_eq!(query_ints(&mut b, "SELECT x FROM late"), [7]);
+    assert_eq!(query_ints(&mut b, "SELECT count(*) FROM t199"), [0]);
+    assert_eq!(query_ints(&mut b, "SELECT count(*) FROM sqlite_schema"), [201]);
+}

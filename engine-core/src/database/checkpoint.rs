@@ -16,13 +16,42 @@ use crate::value::ExecStats;
 use super::replay::ProbeResult;
 use super::{Database, RecordKind};
 
-/// A chunk the checkpoint writes: its index and its bytes.
+/// A chunk the checkpoint writes: its key and its bytes.
 struct NewChunk {
-    index: u32,
+    key: String,
     body: Vec<u8>,
 }
 
 impl Database {
+    /// Writes a batch of a checkpoint's new chunks (create-only, concurrently) and caches
+    /// the pages of each one stored under its new key: they are hot. An entry under a key
+    /// that no manifest comes to name (the checkpoint failed later) is never read and ages
+    /// out. False if a key was taken (nothing of that chunk is cached).
+    async fn store_chunks(&self, batch: Vec<NewChunk>, page_size: u32) -> Result<bool, EngineError> {
+        // The pages are copied out before the bodies move into the PUTs, and cached only
+        // once their chunk is stored: an entry must hold the bytes its key holds in R2.
+        let pages: Vec<(Arc<str>, Vec<Arc<[u8]>>)> = batch
+            .iter()
+            .map(|chunk| (Arc::from(chunk.key.as_str()), chunk.body.chunks(page_size as usize).map(Arc::from).collect()))
+            .collect();
+        let puts = batch.into_iter().map(|chunk| async move {
+            self.store.put(&chunk.key, chunk.body, PutCondition::CreateOnly).await
+        });
+        let outcomes = join_all(puts).await;
+        let mut all_stored = true;
+        for (outcome, (key, chunk_pages)) in outcomes.into_iter().zip(pages) {
+            match outcome? {
+                PutOutcome::Stored(_) => {
+                    for (i, page) in chunk_pages.into_iter().enumerate() {
+                        self.cache.insert((key.clone(), i as u32), page);
+                    }
+                }
+                _ => all_stored = false,
+            }
+        }
+        Ok(all_stored)
+    }
+
     /// The log records after the base checkpoint: how many and how many bytes.
     pub(super) fn log_since_checkpoint(&self) -> (u64, u64) {
         let records = self.records.iter().filter(|r| r.meta.seq > self.base.checkpoint_seq);
@@ -114,7 +143,13 @@ impl Database {
         let nonce = crate::host::random_hex(self.host.as_ref(), 6);
 
         let mut chunks: Vec<String> = old.chunks.iter().take(chunk_count as usize).map(|k| k.to_string()).collect();
-        let mut new_chunks: Vec<NewChunk> = Vec::new();
+        // Chunks are written as they are built, a batch of `fetch_concurrency` at a time,
+        // so that the fold holds one batch of them, not a copy of every changed page.
+        let mut batch: Vec<NewChunk> = Vec::new();
+        let mut written: Vec<u32> = Vec::new();
+        // The pages the manifest will carry are copied out of the chunks as they are built.
+        let embed = self.pages_worth_embedding()?;
+        let mut unchanged_embeds: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
         let touched: BTreeSet<u32> = dirty.keys().map(|p| (p - 1) / ppc).filter(|c| *c < chunk_count).collect();
         for c in touched.iter().copied() {
             let first = c * ppc + 1;
@@ -157,13 +192,26 @@ impl Database {
                     },
                 }
             }
-            new_chunks.push(NewChunk { index: c, body });
+            let in_chunk = |p: &u32| (first..=last).contains(p) && !dirty.contains_key(p);
+            for p in embed.iter().copied().filter(in_chunk).take(MAX_EMBEDDED_PAGES.saturating_sub(unchanged_embeds.len())) {
+                let at = ((p - first) * page_size) as usize;
+                unchanged_embeds.insert(p, body[at..at + page_size as usize].to_vec());
+            }
             let key = self.layout.chunk_key(generation, c, &nonce);
             if (c as usize) < chunks.len() {
-                chunks[c as usize] = key;
+                chunks[c as usize] = key.clone();
             } else {
-                chunks.push(key);
+                chunks.push(key.clone());
             }
+            batch.push(NewChunk { key, body });
+            written.push(c);
+            let batch_full = batch.len() >= self.config.fetch_concurrency.max(1);
+            if batch_full && !self.store_chunks(std::mem::take(&mut batch), page_size).await? {
+                return Ok(false);
+            }
+        }
+        if !self.store_chunks(batch, page_size).await? {
+            return Ok(false);
         }
         if chunks.len() != chunk_count as usize {
             return Err(EngineError::Internal("checkpoint left a chunk unassigned".into()));
@@ -174,24 +222,10 @@ impl Database {
             pages_per_chunk: ppc,
             chunks: chunks.iter().map(|k| Arc::from(k.as_str())).collect(),
         };
-        let embedded = self.pages_to_embed(&dirty, &new_chunks, &new_view)?;
+        let embedded = self.pages_to_embed(&embed, &dirty, &unchanged_embeds, &new_view)?;
         // Everything the base manifest used that the new map does not.
         let kept: HashSet<&str> = chunks.iter().map(String::as_str).collect();
         let superseded: Vec<String> = self.base.chunks.iter().filter(|k| !kept.contains(k.as_str())).cloned().collect();
-
-        for batch in new_chunks.chunks(self.config.fetch_concurrency.max(1)) {
-            let puts = batch.iter().map(|chunk| {
-                let key = chunks[chunk.index as usize].clone();
-                let store = self.store.clone();
-                let body = chunk.body.clone();
-                async move { store.put(&key, body, PutCondition::CreateOnly).await }
-            });
-            for r in join_all(puts).await {
-                if !matches!(r?, PutOutcome::Stored(_)) {
-                    return Ok(false);
-                }
-            }
-        }
 
         // The base generation's history entry, before its manifest is replaced.
         self.write_base_entry().await?;
@@ -275,7 +309,7 @@ impl Database {
             Ok(PutOutcome::Stored(meta)) => meta.etag,
             Ok(PutOutcome::PreconditionFailed) => {
                 // Another isolate checkpointed first: ours was never referenced.
-                let keys: Vec<String> = new_chunks.iter().map(|c| manifest.chunks[c.index as usize].clone()).collect();
+                let keys: Vec<String> = written.iter().map(|c| manifest.chunks[*c as usize].clone()).collect();
                 let _ = self.store.delete_many(&keys).await;
                 return Ok(false);
             }
@@ -283,38 +317,34 @@ impl Database {
             // chunks are orphans that a later sweep collects.
             Err(e) => return Err(e.into()),
         };
-        // The pages just written are hot: keep them cached under their new keys.
-        for chunk in &new_chunks {
-            let key: Arc<str> = Arc::from(manifest.chunks[chunk.index as usize].as_str());
-            for (i, page) in chunk.body.chunks(page_size as usize).enumerate() {
-                self.cache.insert((key.clone(), i as u32), page.into());
-            }
-        }
         self.rebase(manifest, Some(etag)).await?;
         Ok(true)
     }
 
-    /// The pages the new manifest carries (see [`Manifest::pages`]): page 1 and the lowest
-    /// table and index roots, as this checkpoint leaves them. A page is carried if its bytes
-    /// are at hand (changed since the last checkpoint, in a chunk just written, or cached);
-    /// one that would take a read is left to its page group.
+    /// The pages a manifest carries if their bytes are at hand (see [`Manifest::pages`]):
+    /// page 1 and the lowest table and index roots.
+    fn pages_worth_embedding(&self) -> Result<Vec<u32>, EngineError> {
+        let mut wanted = vec![1];
+        wanted.extend(self.local()?.root_pages().into_iter().filter(|p| *p != 1));
+        Ok(wanted)
+    }
+
+    /// The pages the new manifest carries, of `wanted`, as this checkpoint leaves them. A
+    /// page is carried if its bytes are at hand (changed since the last checkpoint, copied
+    /// from a chunk just written, or cached); one that would take a read is left to its
+    /// page group.
     fn pages_to_embed(
         &self,
+        wanted: &[u32],
         dirty: &BTreeMap<u32, u64>,
-        new_chunks: &[NewChunk],
+        unchanged_in_new_chunks: &BTreeMap<u32, Vec<u8>>,
         new_view: &CheckpointView,
     ) -> Result<Vec<EmbeddedPage>, EngineError> {
         let page_size = new_view.page_size as usize;
-        let mut wanted = vec![1];
-        wanted.extend(self.local()?.root_pages().into_iter().filter(|p| *p != 1));
         let mut embedded = Vec::new();
-        for page_no in wanted.into_iter().filter(|p| *p <= new_view.page_count) {
+        for page_no in wanted.iter().copied().filter(|p| *p <= new_view.page_count) {
             let Some((key, index)) = new_view.page_key(page_no) else { continue };
-            let chunk = (page_no - 1) / new_view.pages_per_chunk;
-            let written = || {
-                let at = index as usize * page_size;
-                new_chunks.iter().find(|c| c.index == chunk).and_then(|c| c.body.get(at..at + page_size)).map(<[u8]>::to_vec)
-            };
+            let written = || unchanged_in_new_chunks.get(&page_no).cloned();
             let cached = || self.cache.get(&(key.clone(), index)).map(|p| p.to_vec());
             let changed = match dirty.get(&page_no) {
                 Some(&frame) => Some(self.local()?.frame_page(frame)?),

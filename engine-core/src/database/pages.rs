@@ -49,11 +49,12 @@ impl Database {
 
     /// A local database on the base checkpoint with an empty WAL.
     pub(super) async fn create_local(&self) -> Result<LocalDb, EngineError> {
+        let mut fetched = rustc_hash::FxHashMap::default();
         for _ in 0..MAX_FETCH_ROUNDS {
-            match LocalDb::create(self.view(), self.cache.clone(), self.host.clone()) {
+            match LocalDb::create(self.view(), self.cache.clone(), self.host.clone(), fetched.clone()) {
                 Ok(local) => return Ok(local),
                 Err(EngineError::PagesMissing(pages)) => {
-                    self.fetch_page_bytes(&pages).await?;
+                    fetched.extend(self.fetch_page_bytes(&pages).await?);
                 }
                 Err(e) => return Err(e),
             }

@@ -447,6 +447,10 @@ impl Database {
             )));
         }
         let (m, etag) = read_manifest(&self.store, &self.layout).await?;
+        // The state goes back to the checkpoint, older than the one proven current at
+        // `validated_ms`: until the replay below proves it current again, no read may
+        // stand on it, or a staleness-bounded read could miss commits it had seen.
+        self.validated_ms = f64::NEG_INFINITY;
         let old_image = std::mem::replace(&mut self.image, Image::of_manifest(&m));
         self.cache_embedded_pages(&m);
         let fresh = match self.create_local().await {
@@ -474,5 +478,43 @@ pub(super) fn snapshot_view(snapshot: &Snapshot, page_size: u32) -> CheckpointVi
         page_count: snapshot.page_count,
         pages_per_chunk: snapshot.pages_per_chunk,
         chunks: snapshot.chunks.iter().map(|k| std::sync::Arc::from(k.as_str())).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use futures::executor::block_on;
+
+    use super::super::{Database, DbConfig, DbContext, ReadFrom};
+    use crate::layout::Layout;
+    use crate::mem_store::{Fault, MemStore, OpKind, ScriptedFaults};
+    use crate::value::{SqlValue, Statement};
+
+    /// A replica that reloads from the manifest and fails to replay the log after it holds
+    /// an older state than the one it proved current: a staleness-bounded read must probe,
+    /// not answer from it.
+    #[test]
+    fn a_reload_that_stops_short_proves_nothing() {
+        let store = Rc::new(MemStore::new());
+        let config = DbConfig { max_staleness_ms: 60_000.0, ..DbConfig::default() };
+        let mut db = block_on(Database::open(DbContext::new(store.clone()), Layout::new("", "r"), config)).expect("open");
+        block_on(db.transact(&[Statement::new("CREATE TABLE t (x)")])).expect("create");
+        for _ in 0..3 {
+            block_on(db.transact(&[Statement::new("INSERT INTO t VALUES (1)")])).expect("insert");
+        }
+        assert!(db.fresh_enough(ReadFrom::WithinMs(60_000.0), db.now_ms()), "a commit proves its state current");
+
+        store.set_faults(Some(Box::new(ScriptedFaults(|op, key: &str| match op {
+            OpKind::Get if key.contains("/log/") => Fault::ErrorBefore,
+            _ => Fault::None,
+        }))));
+        assert!(block_on(db.reload()).is_err(), "the replay stops at the first log record");
+        store.set_faults(None);
+        assert!(!db.fresh_enough(ReadFrom::WithinMs(60_000.0), db.now_ms()), "the older state is not proven current");
+
+        let count = block_on(db.transact(&[Statement::new("SELECT count(*) FROM t")])).expect("read");
+        assert_eq!(count.results[0].rows, vec![vec![SqlValue::Integer(3)]]);
     }
 }

@@ -51,7 +51,7 @@ struct Build {
 impl Build {
     fn new(db: &Database) -> Result<Self, EngineError> {
         let empty = CheckpointView { page_size: 4096, page_count: 0, pages_per_chunk: 1, chunks: Vec::new() };
-        let local = LocalDb::create(empty, db.cache.clone(), db.host.clone())?;
+        let local = LocalDb::create(empty, db.cache.clone(), db.host.clone(), Default::default())?;
         local.start_request(&db.config.limits);
         local.exec_control("PRAGMA foreign_keys = OFF")?;
         Ok(Build { local, statements: 0, open_bytes: 0, max_bytes: db.config.sql_import_max_bytes, limits: db.config.limits })
