@@ -114,15 +114,16 @@ impl ChunkFile {
             if let Some(p) = written.get(&page_no) {
                 out.copy_from_slice(&p[in_page..in_page + n]);
             } else if let Some(key) = self.view.page_key(page_no) {
-                let kept_header = || match page_no {
+                let kept_header = match page_no {
                     1 => self.header_page.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                     _ => None,
                 };
+                let header_kept = kept_header.is_some();
                 let pinned = || self.pinned.lock().unwrap_or_else(|p| p.into_inner()).get(&page_no).cloned();
                 let just_fetched = || fetched.and_then(|f| f.get(&page_no)).cloned();
-                match kept_header().or_else(pinned).or_else(just_fetched).or_else(|| self.cache.get(&key)) {
+                match kept_header.or_else(pinned).or_else(just_fetched).or_else(|| self.cache.get(&key)) {
                     Some(p) if p.len() >= in_page + n => {
-                        if page_no == 1 {
+                        if page_no == 1 && !header_kept {
                             *self.header_page.lock().unwrap_or_else(|p| p.into_inner()) = Some(p.clone());
                         }
                         out.copy_from_slice(&p[in_page..in_page + n]);

@@ -546,7 +546,8 @@ impl LocalDb {
     }
 
     /// What a statement takes and returns, without running it.
-    pub fn describe(&self, sql: &str) -> Result<Description, EngineError> {
+    pub async fn describe(&self, sql: &str, pages: &dyn PageSource) -> Result<Description, EngineError> {
+        self.catch_up_schema(pages).await?;
         let stmt = self.prepare_one(sql)?;
         let params = (1..=stmt.parameters_count())
             .map(|i| stmt.parameters().name(NonZero::new(i).expect("i >= 1")))
@@ -772,23 +773,10 @@ impl LocalDb {
     /// was committed locally since then is undone. Any open transaction is lost.
     pub fn rewind(self, keep_frames: u64) -> Result<Self, (EngineError, Reopen)> {
         let keep_frames = keep_frames.max(self.durable_frames);
-        let LocalDb { io, base, prepared, conn, db, path, durable_frames, page_size, vm_steps_left, parsed_pages, schema_behind } =
-            self;
-        if conn.wal_state().map(|s| s.max_frame).unwrap_or(u64::MAX) == keep_frames && conn.get_auto_commit() {
-            return Ok(LocalDb {
-                io,
-                base,
-                prepared,
-                conn,
-                db,
-                path,
-                durable_frames,
-                page_size,
-                vm_steps_left,
-                parsed_pages,
-                schema_behind,
-            });
+        if self.conn.wal_state().map(|s| s.max_frame).unwrap_or(u64::MAX) == keep_frames && self.conn.get_auto_commit() {
+            return Ok(self);
         }
+        let LocalDb { io, base, prepared, conn, db, path, durable_frames, page_size, parsed_pages, .. } = self;
         drop(prepared);
         drop(conn);
         drop(db);

@@ -314,10 +314,7 @@ async fn run_action(
             };
             local.execute_sequence(sql, limits, check, pages).await.map(|()| StepOutcome::Sequenced)
         }
-        Action::Describe(sql) => match local.catch_up_schema(pages).await {
-            Ok(()) => local.describe(sql).map(StepOutcome::Described),
-            Err(e) => Err(e),
-        },
+        Action::Describe(sql) => local.describe(sql, pages).await.map(StepOutcome::Described),
         Action::GetAutocommit => Ok(StepOutcome::Autocommit(autocommit)),
     };
     match result {
