@@ -152,6 +152,10 @@ const pointOk = (b) => {
   const row = b.row ?? b.rows?.[0];
   if (!row) throw new Error(`point select found no row: ${JSON.stringify(b).slice(0, 200)}`);
 };
+const hranaOk = (b) => {
+  const r = b.results?.[0];
+  if (r?.type !== "ok" || r.response.result.rows.length !== 1) throw new Error(`Hrana point select found no row: ${JSON.stringify(b).slice(0, 200)}`);
+};
 const insertOk = (b) => {
   if (!((b.changes ?? b.rows_affected) >= 1)) throw new Error(`insert changed no row: ${JSON.stringify(b).slice(0, 200)}`);
 };
@@ -221,11 +225,17 @@ async function throughput() {
     const bookmark = (await json(...http.point(0))).meta.bookmark;
     const session = httpSystem("TwillDB Edge, HTTP, session bookmark", rt.url, { "x-twill-bookmark": bookmark });
     const stale = httpSystem("TwillDB Edge, HTTP, staleness ≤ 1 s", rt.url, { "x-twill-max-staleness-ms": "1000" });
+    // What @libsql/client sends for `execute` (a Hrana pipeline of the statement and a
+    // close), with the same session bookmark.
+    const hranaPoint = (i) => [`${rt.url}/v1/db/bench/v3/pipeline`, postJson({ requests: [
+      { type: "execute", stmt: { sql: POINT, args: [{ type: "integer", value: String(key(i)) }] } }, { type: "close" }] },
+      { "x-twill-bookmark": bookmark })];
     const points = [
       { name: http.name, point: http.point, check: pointOk },
       { name: stale.name, point: stale.point, check: pointOk },
       { name: "TwillDB Edge, GET / (wasm entry, routing, JSON answer; no database)", point: () => [`${rt.url}/`], check: anyJson },
       { name: session.name, point: session.point, check: pointOk },
+      { name: "TwillDB Edge, Hrana pipeline (libSQL clients), session bookmark", point: hranaPoint, check: hranaOk },
       { name: "empty JS Worker (fixed JSON answer)", point: () => [`${helloRt.url}/`, postJson({ sql: POINT, params: [key(0)] })], check: anyJson },
       { name: d1.name, point: d1.point, check: pointOk },
     ];

@@ -22,10 +22,10 @@ use engine_core::guard::{check_script_statement, is_transaction_control, script_
 use engine_core::script::{Action, Cond, Script, ScriptOutcome, Step, StepOutcome};
 use engine_core::txn::{OpenAtEnd, TxAction};
 use engine_core::{Description, EngineError, Params, SqlValue, Statement, StatementResult};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::baton::{self, BatonKey, Stream, StreamState};
+use crate::db_request::Meta;
 use crate::wire::{ApiError, LIMITS};
 
 /// Steps one pipeline may hold (HRANA_STEPS limit). Pipelines are bounded by their size
@@ -33,6 +33,9 @@ use crate::wire::{ApiError, LIMITS};
 pub const MAX_STEPS: usize = 20_000;
 /// SQL texts one stream may keep stored (HRANA_STORED_SQL limit).
 pub const MAX_STORED_SQL: usize = 128;
+
+/// Hrana's code for arguments that do not fit the statement (sqld's name).
+const ARGS_INVALID: &str = "ARGS_INVALID";
 
 /// Accepts base64 with or without padding, as Hrana clients differ.
 const BASE64_ANY_PAD: GeneralPurpose = GeneralPurpose::new(
@@ -127,11 +130,13 @@ enum HValue {
 /// extended one where the engine knows it (`SQLITE_CONSTRAINT_UNIQUE`), else the primary
 /// one (`SQLITE_ERROR`), as sqld names them; `extended_code` and `raw_code` say the same for
 /// clients that keep them (the JSON client keeps only `message` and `code`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 struct HError {
     code: String,
     message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     extended_code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     raw_code: Option<i32>,
 }
 
@@ -139,24 +144,13 @@ impl HError {
     fn new(code: &str, message: impl Into<String>) -> Self {
         HError { code: code.into(), message: message.into(), extended_code: None, raw_code: None }
     }
-
-    fn json(&self) -> Value {
-        let mut v = json!({ "message": self.message, "code": self.code });
-        if let Some(extended) = self.extended_code {
-            v["extended_code"] = json!(extended);
-        }
-        if let Some(raw) = self.raw_code {
-            v["raw_code"] = json!(raw);
-        }
-        v
-    }
 }
 
 impl From<&EngineError> for HError {
     fn from(e: &EngineError) -> Self {
         let code = match e {
             EngineError::Sql(f) => f.code.name(),
-            EngineError::Params(_) => "ARGS_INVALID",
+            EngineError::Params(_) => ARGS_INVALID,
             other => other.code(),
         };
         let sqlite = e.sqlite_code();
@@ -171,11 +165,10 @@ impl From<&EngineError> for HError {
 
 /// What each request of the pipeline turned into.
 enum Planned {
-    Close,
-    Stored(&'static str),
+    /// Answered without running anything: a close, stored SQL, the autocommit state or a
+    /// ROLLBACK that ends an abandoned transaction.
+    Answered(StreamResponse<'static>),
     Failed(HError),
-    /// Answered without running anything (a ROLLBACK that ends an abandoned transaction).
-    Answered(Value),
     Execute { step: usize, want_rows: bool },
     Batch { first: usize, want_rows: Vec<bool> },
     /// A batch refused as a whole: every step fails with this error.
@@ -284,7 +277,7 @@ pub fn plan(body: &[u8], ctx: &Context) -> Result<Plan, ApiError> {
         let planned = match (request, &mode) {
             (StreamRequest::Close, _) => {
                 closed = true;
-                Planned::Close
+                Planned::Answered(StreamResponse::Close)
             }
             (StreamRequest::StoreSql { sql_id, sql }, _) => {
                 if sql.len() > LIMITS.max_sql_bytes {
@@ -296,15 +289,15 @@ pub fn plan(body: &[u8], ctx: &Context) -> Result<Plan, ApiError> {
                     ))
                 } else {
                     stored.insert(sql_id, sql);
-                    Planned::Stored("store_sql")
+                    Planned::Answered(StreamResponse::StoreSql)
                 }
             }
             (StreamRequest::CloseSql { sql_id }, _) => {
                 stored.remove(&sql_id);
-                Planned::Stored("close_sql")
+                Planned::Answered(StreamResponse::CloseSql)
             }
             (StreamRequest::GetAutocommit, Mode::Refusing(_)) => {
-                Planned::Answered(json!({"type": "get_autocommit", "is_autocommit": false}))
+                Planned::Answered(StreamResponse::GetAutocommit { is_autocommit: false })
             }
             (StreamRequest::Execute { stmt }, Mode::Refusing(e)) => match sql_text(stored, stmt.sql, stmt.sql_id) {
                 Ok(sql) if ends_transaction(&sql) => {
@@ -312,7 +305,7 @@ pub fn plan(body: &[u8], ctx: &Context) -> Result<Plan, ApiError> {
                     // succeeds (there is nothing left to undo), a COMMIT fails; either
                     // way the stream is usable again.
                     let answer = if is_rollback(&sql) {
-                        Planned::Answered(json!({"type": "execute", "result": stmt_result(&StatementResult::default(), true).unwrap_or(Value::Null)}))
+                        Planned::Answered(StreamResponse::Execute { result: StmtResult::empty() })
                     } else {
                         Planned::Failed(e.clone())
                     };
@@ -417,7 +410,8 @@ fn statement(stored: &BTreeMap<i32, String>, stmt: HStmt) -> Result<Statement, H
             format!("a statement may bind at most {} parameters (PARAMS limit)", LIMITS.max_params),
         ));
     }
-    let bad_params = |m: String| HError::new("INVALID_PARAMS", m);
+    // sqld's name for arguments that do not fit, whether found here or by the engine.
+    let bad_params = |m: String| HError::new(ARGS_INVALID, m);
     let params = match (stmt.args.is_empty(), stmt.named_args.is_empty()) {
         (true, true) => Params::None,
         (false, true) => Params::Positional(stmt.args.into_iter().map(value).collect::<Result<_, _>>().map_err(bad_params)?),
@@ -479,49 +473,160 @@ fn value(v: HValue) -> Result<SqlValue, String> {
     })
 }
 
-fn value_json(v: &SqlValue) -> Result<Value, HError> {
-    Ok(match v {
-        SqlValue::Null => json!({"type": "null"}),
-        SqlValue::Integer(i) => json!({"type": "integer", "value": i.to_string()}),
-        SqlValue::Real(f) if f.is_finite() => json!({"type": "float", "value": f}),
-        SqlValue::Real(_) => {
-            return Err(HError::new("VALUE_NOT_REPRESENTABLE", "an infinite float cannot be written in Hrana's JSON encoding"))
+/// A SQL value in Hrana's JSON encoding (`{"type": "integer", "value": "…"}`, …). Only
+/// finite reals are representable: [`StmtResult::of`] refuses the others first.
+struct HValueOut<'a>(&'a SqlValue);
+
+impl Serialize for HValueOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Tagged<'a> {
+            Null,
+            Integer { value: String },
+            Float { value: f64 },
+            Text { value: &'a str },
+            Blob { base64: String },
         }
-        SqlValue::Text(t) => json!({"type": "text", "value": t}),
-        SqlValue::Blob(b) => json!({"type": "blob", "base64": STANDARD_NO_PAD.encode(b)}),
-    })
+        match self.0 {
+            SqlValue::Null => Tagged::Null,
+            SqlValue::Integer(i) => Tagged::Integer { value: i.to_string() },
+            SqlValue::Real(f) => Tagged::Float { value: *f },
+            SqlValue::Text(t) => Tagged::Text { value: t },
+            SqlValue::Blob(b) => Tagged::Blob { base64: STANDARD_NO_PAD.encode(b) },
+        }
+        .serialize(s)
+    }
 }
 
-fn stmt_result(r: &StatementResult, want_rows: bool) -> Result<Value, HError> {
-    let cols: Vec<Value> = r
-        .columns
-        .iter()
-        .zip(r.decltypes.iter().chain(std::iter::repeat(&None)))
-        .map(|(name, decltype)| json!({"name": name, "decltype": decltype}))
-        .collect();
-    let rows = if want_rows {
-        r.rows.iter().map(|row| row.iter().map(value_json).collect::<Result<Vec<_>, _>>()).collect::<Result<Vec<_>, _>>()?
-    } else {
-        Vec::new()
-    };
-    Ok(json!({
-        "cols": cols,
-        "rows": rows,
-        "affected_row_count": r.rows_affected,
-        // As libSQL reports it: the connection's last rowid after every INSERT.
-        "last_insert_rowid": r.is_insert.then(|| r.connection_last_insert_rowid.to_string()),
-        "rows_read": r.rows_read,
-        "rows_written": r.rows_written,
-    }))
+#[derive(Clone, Copy)]
+struct HRows<'a>(&'a [Vec<SqlValue>]);
+
+impl Serialize for HRows<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|row| HRow(row)))
+    }
 }
 
-fn describe_result(d: &Description) -> Value {
-    json!({
-        "params": d.params.iter().map(|name| json!({"name": name})).collect::<Vec<_>>(),
-        "cols": d.columns.iter().map(|(name, decltype)| json!({"name": name, "decltype": decltype})).collect::<Vec<_>>(),
-        "is_explain": d.is_explain,
-        "is_readonly": d.is_readonly,
-    })
+struct HRow<'a>(&'a [SqlValue]);
+
+impl Serialize for HRow<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(HValueOut))
+    }
+}
+
+#[derive(Serialize, Clone)]
+struct HCol<'a> {
+    name: &'a str,
+    decltype: Option<&'a str>,
+}
+
+/// A statement's result as Hrana answers it.
+#[derive(Serialize, Clone)]
+struct StmtResult<'a> {
+    cols: Vec<HCol<'a>>,
+    rows: HRows<'a>,
+    affected_row_count: u64,
+    /// As libSQL reports it: the connection's last rowid after every INSERT.
+    last_insert_rowid: Option<String>,
+    rows_read: u64,
+    rows_written: u64,
+}
+
+impl<'a> StmtResult<'a> {
+    fn empty() -> StmtResult<'static> {
+        StmtResult { cols: Vec::new(), rows: HRows(&[]), affected_row_count: 0, last_insert_rowid: None, rows_read: 0, rows_written: 0 }
+    }
+
+    fn of(r: &'a StatementResult, want_rows: bool) -> Result<Self, HError> {
+        let rows: &[Vec<SqlValue>] = if want_rows { &r.rows } else { &[] };
+        if rows.iter().flatten().any(|v| matches!(v, SqlValue::Real(f) if !f.is_finite())) {
+            return Err(HError::new("VALUE_NOT_REPRESENTABLE", "an infinite float cannot be written in Hrana's JSON encoding"));
+        }
+        Ok(StmtResult {
+            cols: r
+                .columns
+                .iter()
+                .zip(r.decltypes.iter().chain(std::iter::repeat(&None)))
+                .map(|(name, decltype)| HCol { name, decltype: decltype.as_deref() })
+                .collect(),
+            rows: HRows(rows),
+            affected_row_count: r.rows_affected,
+            last_insert_rowid: r.is_insert.then(|| r.connection_last_insert_rowid.to_string()),
+            rows_read: r.rows_read,
+            rows_written: r.rows_written,
+        })
+    }
+}
+
+#[derive(Serialize, Clone)]
+struct HParam<'a> {
+    name: Option<&'a str>,
+}
+
+#[derive(Serialize, Clone)]
+struct DescribeResult<'a> {
+    params: Vec<HParam<'a>>,
+    cols: Vec<HCol<'a>>,
+    is_explain: bool,
+    is_readonly: bool,
+}
+
+impl<'a> DescribeResult<'a> {
+    fn of(d: &'a Description) -> Self {
+        DescribeResult {
+            params: d.params.iter().map(|name| HParam { name: name.as_deref() }).collect(),
+            cols: d.columns.iter().map(|(name, decltype)| HCol { name, decltype: decltype.as_deref() }).collect(),
+            is_explain: d.is_explain,
+            is_readonly: d.is_readonly,
+        }
+    }
+}
+
+#[derive(Serialize, Clone)]
+struct BatchResult<'a> {
+    step_results: Vec<Option<StmtResult<'a>>>,
+    step_errors: Vec<Option<HError>>,
+}
+
+/// The answer to one request of the pipeline.
+#[derive(Serialize, Clone)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StreamResponse<'a> {
+    Close,
+    StoreSql,
+    CloseSql,
+    Execute { result: StmtResult<'a> },
+    Batch { result: BatchResult<'a> },
+    Sequence,
+    Describe { result: DescribeResult<'a> },
+    GetAutocommit { is_autocommit: bool },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StreamResult<'a> {
+    Ok { response: StreamResponse<'a> },
+    Error { error: HError },
+}
+
+/// A pipeline's answer: the baton the next request sends, the result of each request,
+/// and the request's `meta` once the engine ran it.
+#[derive(Serialize)]
+pub struct PipelineAnswer<'a> {
+    baton: Option<String>,
+    base_url: Option<String>,
+    results: Vec<StreamResult<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<&'a Meta>,
+}
+
+impl PipelineAnswer<'_> {
+    /// The answer as JSON text.
+    pub fn encode(&self) -> Result<String, ApiError> {
+        serde_json::to_string(self).map_err(|e| crate::internal(&format!("encoding the pipeline's answer: {e}")))
+    }
 }
 
 fn not_carried() -> HError {
@@ -544,17 +649,17 @@ fn outcome_of(outcome: &ScriptOutcome, step: usize) -> Result<&StepOutcome, HErr
     }
 }
 
-fn ok(response: Value) -> Value {
-    json!({"type": "ok", "response": response})
-}
-
-fn error(e: &HError) -> Value {
-    json!({"type": "error", "error": e.json()})
-}
-
-/// The pipeline's answer, given what the script did (an empty outcome if nothing ran).
-pub fn respond(plan: Plan, outcome: &ScriptOutcome, ctx: &Context) -> Value {
-    let results: Vec<Value> = plan.planned.iter().map(|p| answer(p, outcome).unwrap_or_else(|e| error(&e))).collect();
+/// The pipeline's answer, given what the script did (an empty outcome if nothing ran) and
+/// the request's `meta` (none if nothing ran).
+pub fn respond<'a>(plan: Plan, outcome: &'a ScriptOutcome, meta: Option<&'a Meta>, ctx: &Context) -> PipelineAnswer<'a> {
+    let results = plan
+        .planned
+        .into_iter()
+        .map(|p| match answer(p, outcome) {
+            Ok(response) => StreamResult::Ok { response },
+            Err(error) => StreamResult::Error { error },
+        })
+        .collect();
     let baton = (!plan.closed).then(|| {
         let stream = if let Some(e) = plan.refusing_at_end {
             Stream::Abandoned { code: e.code, message: e.message }
@@ -571,56 +676,53 @@ pub fn respond(plan: Plan, outcome: &ScriptOutcome, ctx: &Context) -> Value {
         };
         baton::seal(&StreamState { stream, touched_ms: ctx.now_ms, ..plan.state }, ctx.key)
     });
-    json!({ "baton": baton, "base_url": null, "results": results })
+    PipelineAnswer { baton, base_url: None, results, meta }
 }
 
-fn answer(planned: &Planned, outcome: &ScriptOutcome) -> Result<Value, HError> {
+fn answer(planned: Planned, outcome: &ScriptOutcome) -> Result<StreamResponse<'_>, HError> {
     let failed = |o: &StepOutcome| match o {
         StepOutcome::Failed(e) | StepOutcome::Undone(e) => Err(HError::from(e)),
         _ => Err(HError::new("INTERNAL_ERROR", format!("unexpected step outcome {o:?}"))),
     };
     Ok(match planned {
-        Planned::Close => ok(json!({"type": "close"})),
-        Planned::Stored(kind) => ok(json!({"type": kind})),
-        Planned::Failed(e) => return Err(e.clone()),
-        Planned::Answered(v) => ok(v.clone()),
-        Planned::Execute { step, want_rows } => match outcome_of(outcome, *step)? {
-            StepOutcome::Executed(r) => ok(json!({"type": "execute", "result": stmt_result(r, *want_rows)?})),
+        Planned::Answered(response) => response,
+        Planned::Failed(e) => return Err(e),
+        Planned::Execute { step, want_rows } => match outcome_of(outcome, step)? {
+            StepOutcome::Executed(r) => StreamResponse::Execute { result: StmtResult::of(r, want_rows)? },
             o => return failed(o),
         },
-        Planned::Sequence(step) => match outcome_of(outcome, *step)? {
-            StepOutcome::Sequenced => ok(json!({"type": "sequence"})),
+        Planned::Sequence(step) => match outcome_of(outcome, step)? {
+            StepOutcome::Sequenced => StreamResponse::Sequence,
             o => return failed(o),
         },
-        Planned::Describe(step) => match outcome_of(outcome, *step)? {
-            StepOutcome::Described(d) => ok(json!({"type": "describe", "result": describe_result(d)})),
+        Planned::Describe(step) => match outcome_of(outcome, step)? {
+            StepOutcome::Described(d) => StreamResponse::Describe { result: DescribeResult::of(d) },
             o => return failed(o),
         },
-        Planned::GetAutocommit(step) => match outcome_of(outcome, *step)? {
-            StepOutcome::Autocommit(a) => ok(json!({"type": "get_autocommit", "is_autocommit": a})),
+        Planned::GetAutocommit(step) => match outcome_of(outcome, step)? {
+            StepOutcome::Autocommit(a) => StreamResponse::GetAutocommit { is_autocommit: *a },
             o => return failed(o),
         },
-        Planned::BatchFailed { error, steps } => {
-            let errors: Vec<Value> = (0..*steps).map(|_| error.json()).collect();
-            ok(json!({"type": "batch", "result": {"step_results": vec![Value::Null; *steps], "step_errors": errors}}))
-        }
+        Planned::BatchFailed { error, steps } => StreamResponse::Batch {
+            result: BatchResult { step_results: vec![None; steps], step_errors: vec![Some(error); steps] },
+        },
         Planned::Batch { first, want_rows } => {
             let mut step_results = Vec::with_capacity(want_rows.len());
             let mut step_errors = Vec::with_capacity(want_rows.len());
-            for (i, want) in want_rows.iter().enumerate() {
+            for (i, want) in want_rows.into_iter().enumerate() {
                 let (result, err) = match outcome_of(outcome, first + i) {
-                    Err(e) => (Value::Null, e.json()),
-                    Ok(StepOutcome::Executed(r)) => match stmt_result(r, *want) {
-                        Ok(v) => (v, Value::Null),
-                        Err(e) => (Value::Null, e.json()),
+                    Err(e) => (None, Some(e)),
+                    Ok(StepOutcome::Executed(r)) => match StmtResult::of(r, want) {
+                        Ok(v) => (Some(v), None),
+                        Err(e) => (None, Some(e)),
                     },
-                    Ok(StepOutcome::Failed(e) | StepOutcome::Undone(e)) => (Value::Null, HError::from(e).json()),
-                    Ok(_) => (Value::Null, Value::Null),
+                    Ok(StepOutcome::Failed(e) | StepOutcome::Undone(e)) => (None, Some(HError::from(e))),
+                    Ok(_) => (None, None),
                 };
                 step_results.push(result);
                 step_errors.push(err);
             }
-            ok(json!({"type": "batch", "result": {"step_results": step_results, "step_errors": step_errors}}))
+            StreamResponse::Batch { result: BatchResult { step_results, step_errors } }
         }
     })
 }
@@ -652,7 +754,7 @@ mod tests {
         let Action::Execute(s) = &plan.script.steps[0].action else { panic!() };
         assert_eq!(s.params, Params::Positional(vec![SqlValue::Integer(i64::MAX)]));
         assert!(matches!(plan.planned[3], Planned::Failed(_)), "unknown sql_id fails that request only");
-        let answer = respond(plan, &ScriptOutcome::default(), &ctx(None));
+        let answer = serde_json::to_value(respond(plan, &ScriptOutcome::default(), None, &ctx(None))).unwrap();
         let baton = answer["baton"].as_str().unwrap();
         let state = baton::open(baton, None, "app", 2_000.0, baton::TX_IDLE_MS).unwrap();
         assert_eq!(state.sql.get(&1).map(String::as_str), Some("SELECT ?"));
@@ -680,7 +782,7 @@ mod tests {
             rolled_back_from: Some(1),
             ..ScriptOutcome::default()
         };
-        let answer = respond(p, &outcome, &ctx(None));
+        let answer = serde_json::to_value(respond(p, &outcome, None, &ctx(None))).unwrap();
         assert_eq!(answer["results"][0]["type"], "ok");
         assert_eq!(answer["results"][1]["error"]["code"], "TRANSACTION_NOT_SUPPORTED");
         let baton = answer["baton"].as_str().unwrap().to_string();
@@ -698,7 +800,7 @@ mod tests {
         let p = plan(body.as_bytes(), &ctx(None)).unwrap();
         assert_eq!(p.script.steps.len(), 1, "only the statement after ROLLBACK runs");
         let outcome = ScriptOutcome { steps: vec![StepOutcome::Executed(StatementResult::default())], ..ScriptOutcome::default() };
-        let answer = respond(p, &outcome, &ctx(None));
+        let answer = serde_json::to_value(respond(p, &outcome, None, &ctx(None))).unwrap();
         assert_eq!(answer["results"][0]["error"]["code"], "TRANSACTION_NOT_SUPPORTED");
         assert_eq!(answer["results"][1]["response"]["result"]["step_errors"][0]["code"], "TRANSACTION_NOT_SUPPORTED");
         assert_eq!(answer["results"][2]["response"]["is_autocommit"], false);
@@ -709,12 +811,95 @@ mod tests {
     }
 
     #[test]
+    fn results_encode_in_hranas_json_shape() {
+        let p = plan(
+            br#"{"requests":[{"type":"execute","stmt":{"sql":"SELECT 1"}},{"type":"execute","stmt":{"sql":"SELECT 2","want_rows":false}},
+                {"type":"batch","batch":{"steps":[{"stmt":{"sql":"SELECT 3"}},{"stmt":{"sql":"SELECT 4"}}]}},
+                {"type":"store_sql","sql_id":1,"sql":"SELECT 5"},{"type":"close"}]}"#,
+            &ctx(None),
+        )
+        .unwrap();
+        let row = vec![
+            SqlValue::Null,
+            SqlValue::Integer(i64::MIN),
+            SqlValue::Real(0.5),
+            SqlValue::Text("é".into()),
+            SqlValue::Blob(vec![0, 255]),
+        ];
+        let result = StatementResult {
+            columns: vec!["a".into(), "b".into(), "c".into(), "d".into(), "e".into()],
+            decltypes: vec![Some("INT".into())],
+            rows: vec![row],
+            rows_affected: 2,
+            is_insert: true,
+            connection_last_insert_rowid: 7,
+            rows_read: 3,
+            ..StatementResult::default()
+        };
+        let infinite = StatementResult { rows: vec![vec![SqlValue::Real(f64::INFINITY)]], ..StatementResult::default() };
+        let failure = EngineError::Sql(engine_core::error::SqlFailure {
+            message: "no such table: t".into(),
+            code: engine_core::error::SqliteCode::Error,
+        });
+        let outcome = ScriptOutcome {
+            steps: vec![
+                StepOutcome::Executed(result.clone()),
+                StepOutcome::Executed(result),
+                StepOutcome::Executed(infinite),
+                StepOutcome::Failed(failure),
+            ],
+            ..ScriptOutcome::default()
+        };
+        let answer = serde_json::to_value(respond(p, &outcome, None, &ctx(None))).unwrap();
+        let cols = serde_json::json!([{"name": "a", "decltype": "INT"}, {"name": "b", "decltype": null},
+            {"name": "c", "decltype": null}, {"name": "d", "decltype": null}, {"name": "e", "decltype": null}]);
+        assert_eq!(
+            answer["results"][0],
+            serde_json::json!({"type": "ok", "response": {"type": "execute", "result": {
+                "cols": cols,
+                "rows": [[{"type": "null"}, {"type": "integer", "value": "-9223372036854775808"}, {"type": "float", "value": 0.5},
+                          {"type": "text", "value": "é"}, {"type": "blob", "base64": "AP8"}]],
+                "affected_row_count": 2, "last_insert_rowid": "7", "rows_read": 3, "rows_written": 0}}})
+        );
+        assert_eq!(answer["results"][1]["response"]["result"]["rows"], serde_json::json!([]), "want_rows: false");
+        let batch = &answer["results"][2]["response"]["result"];
+        assert_eq!(batch["step_results"], serde_json::json!([null, null]));
+        assert_eq!(batch["step_errors"][0]["code"], "VALUE_NOT_REPRESENTABLE");
+        assert_eq!(batch["step_errors"][1], serde_json::json!({"code": "SQLITE_ERROR", "message": "no such table: t",
+            "extended_code": "SQLITE_ERROR", "raw_code": 1}));
+        assert_eq!(answer["results"][3], serde_json::json!({"type": "ok", "response": {"type": "store_sql"}}));
+        assert_eq!(answer["results"][4], serde_json::json!({"type": "ok", "response": {"type": "close"}}));
+        assert_eq!(answer["baton"], serde_json::Value::Null, "a closed stream has no baton");
+        assert_eq!(answer["base_url"], serde_json::Value::Null);
+        assert!(answer.get("meta").is_none(), "no meta when nothing ran");
+    }
+
+    #[test]
+    fn arguments_that_do_not_fit_are_args_invalid_wherever_found() {
+        let p = plan(
+            br#"{"requests":[{"type":"execute","stmt":{"sql":"SELECT ?","args":[{"type":"integer","value":"x"}]}},
+                {"type":"execute","stmt":{"sql":"SELECT ?","args":[{"type":"null"}],"named_args":[{"name":":a","value":{"type":"null"}}]}},
+                {"type":"execute","stmt":{"sql":"SELECT ?"}}]}"#,
+            &ctx(None),
+        )
+        .unwrap();
+        let outcome = ScriptOutcome {
+            steps: vec![StepOutcome::Failed(EngineError::Params("statement takes 1 parameter, 0 given".into()))],
+            ..ScriptOutcome::default()
+        };
+        let answer = serde_json::to_value(respond(p, &outcome, None, &ctx(None))).unwrap();
+        for i in 0..3 {
+            assert_eq!(answer["results"][i]["error"]["code"], ARGS_INVALID, "request {i}: {answer}");
+        }
+    }
+
+    #[test]
     fn sql_errors_carry_sqlite_codes() {
         let e = EngineError::Sql(engine_core::error::SqlFailure {
             message: "UNIQUE constraint failed: t.id".into(),
             code: engine_core::error::SqliteCode::ConstraintPrimaryKey,
         });
-        let j = HError::from(&e).json();
+        let j = serde_json::to_value(HError::from(&e)).unwrap();
         assert_eq!(j["code"], "SQLITE_CONSTRAINT_PRIMARYKEY");
         assert_eq!(j["extended_code"], "SQLITE_CONSTRAINT_PRIMARYKEY");
         assert_eq!(j["raw_code"], 1555);

@@ -158,7 +158,8 @@ async fn hrana_pipeline(mut db: DbRequest, env: &Env, body: &[u8], started: f64)
     }
     if plan.is_empty() {
         // Only stored SQL, closes or refused statements: nothing for the engine.
-        return Ok(Answer::json(hrana::respond(plan, &ScriptOutcome::default(), &ctx)));
+        let body = hrana::respond(plan, &ScriptOutcome::default(), None, &ctx).encode()?;
+        return Ok(Answer { body: Body::Encoded(body), timing: None, bookmark: None, file: None });
     }
     // A transaction continues on a state at least as new as the one it last ran on.
     if let Some(seen) = plan.min_seq() {
@@ -174,9 +175,8 @@ async fn hrana_pipeline(mut db: DbRequest, env: &Env, body: &[u8], started: f64)
         return Err(crate::internal("a script was answered as a transaction"));
     };
     let ctx = hrana::Context { db: &name, key: key.as_ref(), now_ms: started, tx_idle_ms };
-    let mut body = hrana::respond(plan, outcome, &ctx);
-    body["meta"] = serde_json::to_value(&performed.meta).map_err(|e| crate::internal(&format!("encoding meta: {e}")))?;
-    Ok(Answer { body: Body::Value(body), timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
+    let body = hrana::respond(plan, outcome, Some(&performed.meta), &ctx).encode()?;
+    Ok(Answer { body: Body::Encoded(body), timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
 }
 
 /// Statements separated by semicolons, each committed as it runs (D1's exec):
