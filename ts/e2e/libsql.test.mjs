@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { createClient } from "@libsql/client";
+import * as hrana from "@libsql/hrana-client";
 import { drizzle } from "drizzle-orm/libsql";
 import { migrate } from "drizzle-orm/libsql/migrator";
 import { sqliteTable, integer, text, blob } from "drizzle-orm/sqlite-core";
@@ -87,6 +88,81 @@ test("without a baton key, interactive transactions are refused and nothing runs
   } finally {
     await keyless.stop();
   }
+});
+
+test("Hrana cursors (v3/cursor) through @libsql/hrana-client at protocol version 3: rows, step errors, skipped steps, a transaction across cursors", async () => {
+  // The Rust libsql crate's remote query() reads through v3/cursor (JSON) without probing.
+  // @libsql/hrana-client 0.10 has the same JSON cursor code, but its probe list has the v3
+  // JSON endpoint commented out (it only finds v3-protobuf), so the test hands its client
+  // that endpoint directly; everything after that is the npm client's own code.
+  const v3json = { versionPath: "v3", pipelinePath: "v3/pipeline", cursorPath: "v3/cursor", version: 3, encoding: "json" };
+  const open = async () => {
+    const c = hrana.openHttp(new URL(`${engine.url}/v1/db/libsql-cursor/`));
+    await c.getVersion(); // lets the client settle on its own endpoint first
+    c._endpoint = v3json;
+    c._endpointPromise = Promise.resolve(v3json);
+    return c;
+  };
+  const client = await open();
+  assert.equal(await client.getVersion(), 3);
+  const probe = await fetch(`${engine.url}/v1/db/libsql-cursor/v3`);
+  assert.equal(probe.status, 200, "the v3 JSON endpoint answers its probe");
+  let stream = client.openStream();
+  let batch = stream.batch(true);
+  const create = batch.step();
+  const created = create.run("CREATE TABLE c(id INTEGER PRIMARY KEY, name TEXT NOT NULL, b BLOB)");
+  const inserted = batch.step().condition(hrana.BatchCond.ok(create))
+    .run(["INSERT INTO c(name, b) VALUES (?, ?), (?, ?)", ["ada", new Uint8Array([1, 2]), "bob", null]]);
+  await batch.execute();
+  assert.ok(await created);
+  assert.equal((await inserted).affectedRowCount, 2);
+  assert.equal((await inserted).lastInsertRowid, 2n);
+
+  batch = stream.batch(true);
+  const all = batch.step();
+  const rows = all.query("SELECT id, name, b FROM c ORDER BY id");
+  const failing = batch.step();
+  const failed = failing.query("SELECT nope FROM c");
+  const skipped = batch.step().condition(hrana.BatchCond.ok(failing)).query("SELECT 1");
+  const after = batch.step().condition(hrana.BatchCond.error(failing)).queryValue("SELECT count(*) FROM c");
+  await batch.execute();
+  const got = await rows;
+  assert.deepEqual(got.columnNames, ["id", "name", "b"]);
+  assert.equal(got.rows.length, 2);
+  assert.equal(got.rows[0].name, "ada");
+  assert.deepEqual(new Uint8Array(got.rows[0].b), new Uint8Array([1, 2]));
+  assert.equal(got.rows[1].b, null);
+  await assert.rejects(failed, (e) => /no such column/i.test(e.message) && e.code === "SQLITE_ERROR");
+  assert.equal(await skipped, undefined, "a step whose condition is false has no result");
+  assert.equal((await after).value, 2);
+  stream.close();
+
+  // An interactive transaction whose statements come through cursors, one request each
+  // (the stream's baton carries it), then committed: the other client sees it only then.
+  stream = client.openStream();
+  batch = stream.batch(true);
+  batch.step().run("BEGIN IMMEDIATE");
+  const inTx = batch.step().run("INSERT INTO c(name) VALUES ('carol')");
+  await batch.execute();
+  assert.equal((await inTx).affectedRowCount, 1);
+  const other = await open();
+  const outside = other.openStream();
+  assert.equal((await outside.queryValue("SELECT count(*) FROM c")).value, 2, "not visible before COMMIT");
+  batch = stream.batch(true);
+  const inside = batch.step().queryValue("SELECT count(*) FROM c");
+  batch.step().run("COMMIT");
+  await batch.execute();
+  assert.equal((await inside).value, 3);
+  assert.equal((await outside.queryValue("SELECT count(*) FROM c")).value, 3);
+  stream.close();
+  outside.close();
+  other.close();
+  client.close();
+
+  // A malformed cursor request is refused as a whole, in Hrana's shape.
+  const res = await fetch(`${engine.url}/v1/db/libsql-cursor/v3/cursor`, { method: "POST", body: JSON.stringify({ steps: [] }) });
+  assert.equal(res.status, 400);
+  assert.equal((await res.json()).error.code, "HRANA_PROTO_ERROR");
 });
 
 test("URLs without the database and trailing slash get a clear error", async () => {

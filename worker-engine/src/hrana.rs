@@ -50,6 +50,15 @@ struct PipelineBody {
     requests: Vec<StreamRequest>,
 }
 
+/// A cursor request (`v3/cursor`): one batch, whose results come back as a sequence of
+/// entries, one JSON object per line.
+#[derive(Deserialize)]
+struct CursorBody {
+    #[serde(default)]
+    baton: Option<String>,
+    batch: HBatch,
+}
+
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum StreamRequest {
@@ -246,11 +255,48 @@ fn abandoned_error(code: &str, message: &str) -> HError {
     HError::new(code, message)
 }
 
+/// Which Hrana request a body is (the path says), and how it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HranaRequest {
+    /// `{baton, requests}`, answered with one JSON object.
+    Pipeline,
+    /// `{baton, batch}`, answered as JSON lines.
+    Cursor,
+}
+
+impl HranaRequest {
+    /// Parses the body and turns it into a script.
+    pub fn plan(self, body: &[u8], ctx: &Context) -> Result<Plan, ApiError> {
+        match self {
+            HranaRequest::Pipeline => plan(body, ctx),
+            HranaRequest::Cursor => plan_cursor(body, ctx),
+        }
+    }
+
+    /// The answer, given what the script did (an empty outcome and no `meta` if nothing ran).
+    pub fn answer(self, plan: Plan, outcome: &ScriptOutcome, meta: Option<&Meta>, ctx: &Context) -> Result<crate::Body, ApiError> {
+        Ok(match self {
+            HranaRequest::Pipeline => crate::Body::Encoded(respond(plan, outcome, meta, ctx).encode()?),
+            HranaRequest::Cursor => crate::Body::Lines(respond_cursor(plan, outcome, meta, ctx)?),
+        })
+    }
+}
+
 /// Parses a pipeline request body and turns it into a script.
-pub fn plan(body: &[u8], ctx: &Context) -> Result<Plan, ApiError> {
+fn plan(body: &[u8], ctx: &Context) -> Result<Plan, ApiError> {
     let body: PipelineBody =
         serde_json::from_slice(body).map_err(|e| invalid(format!("pipeline request body: {e}")))?;
-    let mut state = match &body.baton {
+    plan_requests(body.baton, body.requests, ctx)
+}
+
+/// Parses a cursor request body: its batch is planned as a pipeline of that one batch.
+fn plan_cursor(body: &[u8], ctx: &Context) -> Result<Plan, ApiError> {
+    let body: CursorBody = serde_json::from_slice(body).map_err(|e| invalid(format!("cursor request body: {e}")))?;
+    plan_requests(body.baton, vec![StreamRequest::Batch { batch: body.batch }], ctx)
+}
+
+fn plan_requests(baton: Option<String>, requests: Vec<StreamRequest>, ctx: &Context) -> Result<Plan, ApiError> {
+    let mut state = match &baton {
         Some(b) => baton::open(b, ctx.key, ctx.db, ctx.now_ms, ctx.tx_idle_ms)?,
         None => StreamState::new(ctx.db, ctx.now_ms),
     };
@@ -269,7 +315,7 @@ pub fn plan(body: &[u8], ctx: &Context) -> Result<Plan, ApiError> {
     let stored = &mut state.sql;
     let mut planned_all = Vec::new();
     let mut closed = false;
-    for request in body.requests {
+    for request in requests {
         if closed {
             planned_all.push(Planned::Failed(HError::new("STREAM_CLOSED", "the stream was closed by an earlier request")));
             continue;
@@ -614,7 +660,7 @@ enum StreamResult<'a> {
 /// A pipeline's answer: the baton the next request sends, the result of each request,
 /// and the request's `meta` once the engine ran it.
 #[derive(Serialize)]
-pub struct PipelineAnswer<'a> {
+struct PipelineAnswer<'a> {
     baton: Option<String>,
     base_url: Option<String>,
     results: Vec<StreamResult<'a>>,
@@ -624,7 +670,7 @@ pub struct PipelineAnswer<'a> {
 
 impl PipelineAnswer<'_> {
     /// The answer as JSON text.
-    pub fn encode(&self) -> Result<String, ApiError> {
+    fn encode(&self) -> Result<String, ApiError> {
         serde_json::to_string(self).map_err(|e| crate::internal(&format!("encoding the pipeline's answer: {e}")))
     }
 }
@@ -649,9 +695,71 @@ fn outcome_of(outcome: &ScriptOutcome, step: usize) -> Result<&StepOutcome, HErr
     }
 }
 
+/// The first line of a cursor's answer (with the request's `meta`, which clients ignore).
+#[derive(Serialize)]
+struct CursorHead<'a> {
+    baton: Option<String>,
+    base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<&'a Meta>,
+}
+
+/// One line of a cursor's answer after the first.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum CursorEntry<'a> {
+    StepBegin { step: usize, cols: &'a [HCol<'a>] },
+    Row { row: HRow<'a> },
+    StepEnd { affected_row_count: u64, last_insert_rowid: Option<&'a str>, rows_read: u64, rows_written: u64 },
+    StepError { step: usize, error: &'a HError },
+    /// The batch as a whole failed (its steps did not run).
+    Error { error: &'a HError },
+}
+
+/// A cursor's answer, given what its batch did: newline-terminated JSON lines, the head
+/// (baton) first, then for each step that ran `step_begin`, its rows and `step_end`, or
+/// `step_error` (steps a condition skipped have no entries).
+fn respond_cursor(plan: Plan, outcome: &ScriptOutcome, meta: Option<&Meta>, ctx: &Context) -> Result<String, ApiError> {
+    let answer = respond(plan, outcome, meta, ctx);
+    let mut out = Vec::new();
+    push_line(&mut out, &CursorHead { baton: answer.baton, base_url: None, meta: answer.meta })?;
+    let mut line = |entry: &CursorEntry| push_line(&mut out, entry);
+    match answer.results.into_iter().next() {
+        Some(StreamResult::Ok { response: StreamResponse::Batch { result } }) => {
+            for (step, (result, error)) in result.step_results.iter().zip(&result.step_errors).enumerate() {
+                match (result, error) {
+                    (Some(r), _) => {
+                        line(&CursorEntry::StepBegin { step, cols: &r.cols })?;
+                        for row in r.rows.0 {
+                            line(&CursorEntry::Row { row: HRow(row) })?;
+                        }
+                        line(&CursorEntry::StepEnd {
+                            affected_row_count: r.affected_row_count,
+                            last_insert_rowid: r.last_insert_rowid.as_deref(),
+                            rows_read: r.rows_read,
+                            rows_written: r.rows_written,
+                        })?;
+                    }
+                    (None, Some(error)) => line(&CursorEntry::StepError { step, error })?,
+                    (None, None) => {}
+                }
+            }
+        }
+        Some(StreamResult::Error { error }) => line(&CursorEntry::Error { error: &error })?,
+        _ => return Err(crate::internal("a cursor's batch was answered as something else")),
+    }
+    String::from_utf8(out).map_err(|_| crate::internal("a cursor's answer is not UTF-8"))
+}
+
+fn push_line<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), ApiError> {
+    serde_json::to_writer(&mut *out, value).map_err(|e| crate::internal(&format!("encoding the cursor's answer: {e}")))?;
+    out.push(b'\n');
+    Ok(())
+}
+
 /// The pipeline's answer, given what the script did (an empty outcome if nothing ran) and
 /// the request's `meta` (none if nothing ran).
-pub fn respond<'a>(plan: Plan, outcome: &'a ScriptOutcome, meta: Option<&'a Meta>, ctx: &Context) -> PipelineAnswer<'a> {
+fn respond<'a>(plan: Plan, outcome: &'a ScriptOutcome, meta: Option<&'a Meta>, ctx: &Context) -> PipelineAnswer<'a> {
     let results = plan
         .planned
         .into_iter()
@@ -890,6 +998,66 @@ mod tests {
         let answer = serde_json::to_value(respond(p, &outcome, None, &ctx(None))).unwrap();
         for i in 0..3 {
             assert_eq!(answer["results"][i]["error"]["code"], ARGS_INVALID, "request {i}: {answer}");
+        }
+    }
+
+    #[test]
+    fn a_cursor_answers_its_batch_as_json_lines() {
+        let p = plan_cursor(
+            br#"{"baton":null,"batch":{"steps":[{"stmt":{"sql":"SELECT 1, 2"}},{"stmt":{"sql":"SELECT nope"}},
+                {"condition":{"type":"ok","step":1},"stmt":{"sql":"SELECT 3"}},{"stmt":{"sql":"INSERT INTO t VALUES (1)"}}]}}"#,
+            &ctx(None),
+        )
+        .unwrap();
+        assert_eq!(p.script.steps.len(), 4);
+        let rows = StatementResult {
+            columns: vec!["a".into(), "b".into()],
+            rows: vec![vec![SqlValue::Integer(1), SqlValue::Text("x".into())], vec![SqlValue::Null, SqlValue::Real(1.5)]],
+            ..StatementResult::default()
+        };
+        let insert =
+            StatementResult { rows_affected: 1, is_insert: true, connection_last_insert_rowid: 9, ..StatementResult::default() };
+        let failure = EngineError::Sql(engine_core::error::SqlFailure {
+            message: "no such column: nope".into(),
+            code: engine_core::error::SqliteCode::Error,
+        });
+        let outcome = ScriptOutcome {
+            steps: vec![
+                StepOutcome::Executed(rows),
+                StepOutcome::Failed(failure),
+                StepOutcome::Skipped,
+                StepOutcome::Executed(insert),
+            ],
+            ..ScriptOutcome::default()
+        };
+        let text = respond_cursor(p, &outcome, None, &ctx(None)).unwrap();
+        assert!(text.ends_with('\n'));
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(lines[0]["baton"].is_string(), "the stream stays open: {}", lines[0]);
+        assert_eq!(lines[0]["base_url"], serde_json::Value::Null);
+        assert_eq!(lines[1], serde_json::json!({"type": "step_begin", "step": 0,
+            "cols": [{"name": "a", "decltype": null}, {"name": "b", "decltype": null}]}));
+        assert_eq!(lines[2], serde_json::json!({"type": "row", "row": [{"type": "integer", "value": "1"}, {"type": "text", "value": "x"}]}));
+        assert_eq!(lines[3], serde_json::json!({"type": "row", "row": [{"type": "null"}, {"type": "float", "value": 1.5}]}));
+        assert_eq!(lines[4], serde_json::json!({"type": "step_end", "affected_row_count": 0, "last_insert_rowid": null, "rows_read": 0, "rows_written": 0}));
+        assert_eq!(lines[5]["type"], "step_error");
+        assert_eq!(lines[5]["step"], 1);
+        assert_eq!(lines[5]["error"]["code"], "SQLITE_ERROR");
+        // Step 2 was skipped by its condition: no entries.
+        assert_eq!(lines[6]["type"], "step_begin");
+        assert_eq!(lines[6]["step"], 3);
+        assert_eq!(lines[7]["last_insert_rowid"], "9");
+        assert_eq!(lines.len(), 8);
+
+        // A batch refused as a whole is one error entry.
+        let p = plan_cursor(br#"{"batch":{"steps":[{"condition":{"type":"ok","step":0},"stmt":{"sql":"SELECT 1"}}]}}"#, &ctx(None)).unwrap();
+        let text = respond_cursor(p, &ScriptOutcome::default(), None, &ctx(None)).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["type"], "error");
+        assert_eq!(lines[1]["error"]["code"], "HRANA_PROTO_ERROR");
+        for bad in [&b"{}"[..], b"{\"requests\":[]}", b"{\"batch\":{}}"] {
+            assert!(plan_cursor(bad, &ctx(None)).is_err());
         }
     }
 

@@ -63,6 +63,8 @@ pub struct Answer {
 pub enum Body {
     Value(Value),
     Encoded(String),
+    /// JSON lines, each object ended by a newline (Hrana cursors).
+    Lines(String),
 }
 
 impl Answer {
@@ -115,7 +117,7 @@ pub fn fetch(
             Err(e) => {
                 console_error!("{e}");
                 let body = internal(&format!("answering the request: {e}")).body();
-                json_response(&body.to_string(), 500, "", BOOKMARK_HEADER, None)?
+                json_response(&body.to_string(), 500, "", BOOKMARK_HEADER, None, false)?
             }
         };
         Ok(response.into())
@@ -193,22 +195,26 @@ async fn serve(req: incoming::Incoming, env: Env, ctx: Context) -> worker::Resul
         Some(t) => format!("total;dur={elapsed}, {t}"),
         None => format!("total;dur={elapsed}"),
     };
-    let text = match body {
-        Body::Encoded(text) => text,
-        Body::Value(v) => serde_json::to_string(&v).map_err(|e| worker::Error::RustError(format!("encoding the answer: {e}")))?,
+    let (text, lines) = match body {
+        Body::Encoded(text) => (text, false),
+        Body::Lines(text) => (text, true),
+        Body::Value(v) => {
+            (serde_json::to_string(&v).map_err(|e| worker::Error::RustError(format!("encoding the answer: {e}")))?, false)
+        }
     };
-    Ok(json_response(&text, status, &server_timing, BOOKMARK_HEADER, bookmark.map(|b| b.to_string()))?)
+    Ok(json_response(&text, status, &server_timing, BOOKMARK_HEADER, bookmark.map(|b| b.to_string()), lines)?)
 }
 
 // Made in one call into JS rather than through worker::Response or web_sys's Headers and
 // ResponseInit, which take a JS call per header and field.
-#[wasm_bindgen::prelude::wasm_bindgen(inline_js = "export function jsonResponse(text, status, timing, bookmarkHeader, bookmark) {
-  const headers = { 'content-type': 'application/json', 'server-timing': timing, 'cache-control': 'no-store' };
+#[wasm_bindgen::prelude::wasm_bindgen(inline_js = "export function jsonResponse(text, status, timing, bookmarkHeader, bookmark, lines) {
+  const headers = { 'content-type': lines ? 'application/x-ndjson' : 'application/json', 'server-timing': timing, 'cache-control': 'no-store' };
   if (bookmark !== undefined) headers[bookmarkHeader] = bookmark;
   return new Response(text, { status, headers });
 }")]
 extern "C" {
-    /// A JSON answer with our headers, `bookmark` (if any) under `bookmark_header`.
+    /// A JSON answer with our headers, `bookmark` (if any) under `bookmark_header`; `lines`:
+    /// JSON lines rather than one JSON value.
     #[wasm_bindgen(js_name = jsonResponse, catch)]
     fn json_response(
         text: &str,
@@ -216,6 +222,7 @@ extern "C" {
         timing: &str,
         bookmark_header: &str,
         bookmark: Option<String>,
+        lines: bool,
     ) -> Result<web_sys::Response, wasm_bindgen::JsValue>;
 }
 

@@ -2,6 +2,7 @@
 
 use worker::Method;
 
+use crate::hrana::HranaRequest;
 use crate::wire::ApiError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,8 +15,8 @@ pub enum Endpoint {
     Stats,
     /// `GET .../v2` or `.../v3`: Hrana version probe.
     HranaVersion(u8),
-    /// `POST .../v2/pipeline` or `.../v3/pipeline`.
-    HranaPipeline,
+    /// `POST .../v2/pipeline` or `.../v3/pipeline`; `POST .../v3/cursor`.
+    Hrana(HranaRequest),
     /// `GET .../history[?at=]`: the history window, and the commit at a time.
     History,
     /// `POST .../restore`: make a past commit's state the current one.
@@ -72,7 +73,7 @@ impl Endpoint {
             | Endpoint::Export
             | Endpoint::ListDatabases
             | Endpoint::Info => Method::Get,
-            Endpoint::Query | Endpoint::Batch | Endpoint::Exec | Endpoint::HranaPipeline | Endpoint::Restore | Endpoint::Fork => {
+            Endpoint::Query | Endpoint::Batch | Endpoint::Exec | Endpoint::Hrana(_) | Endpoint::Restore | Endpoint::Fork => {
                 Method::Post
             }
         }
@@ -133,11 +134,11 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
                 ["import"] => Endpoint::Import,
                 ["v2"] => Endpoint::HranaVersion(2),
                 ["v3"] => Endpoint::HranaVersion(3),
-                ["v2" | "v3", "pipeline"] => Endpoint::HranaPipeline,
+                ["v2" | "v3", "pipeline"] => Endpoint::Hrana(HranaRequest::Pipeline),
                 ["v3-protobuf", ..] => {
                     return Err(not_found("Hrana's protobuf encoding is not supported; use JSON (v2 or v3)"))
                 }
-                ["v3", "cursor"] => return Err(not_found("Hrana cursors are not supported; use v3/pipeline")),
+                ["v3", "cursor"] => Endpoint::Hrana(HranaRequest::Cursor),
                 [] if *method == Method::Delete => Endpoint::Delete,
                 [] if *method == Method::Get || *method == Method::Head => Endpoint::Info,
                 // A libSQL client given .../v1/db/<name> without the trailing slash.
@@ -177,8 +178,9 @@ mod tests {
             let r = route(&Method::Post, &format!("/v1/db/{name}/query")).unwrap();
             assert_eq!((r.endpoint, r.database.as_deref()), (Endpoint::Query, Some(name)));
             let r = route(&Method::Post, &format!("/v1/db/{name}/v2/pipeline")).unwrap();
-            assert_eq!((r.endpoint, r.database.as_deref()), (Endpoint::HranaPipeline, Some(name)));
+            assert_eq!((r.endpoint, r.database.as_deref()), (Endpoint::Hrana(HranaRequest::Pipeline), Some(name)));
         }
+        assert_eq!(route(&Method::Post, "/v1/db/app/v3/cursor").unwrap().endpoint, Endpoint::Hrana(HranaRequest::Cursor));
         assert_eq!(route(&Method::Get, "/v1/db/v3/v3").unwrap().endpoint, Endpoint::HranaVersion(3));
         assert_eq!(route(&Method::Get, "/v1/db/app/query").unwrap_err().status, 405);
         assert_eq!(route(&Method::Post, "/v1/db/app").unwrap_err().status, 404);

@@ -78,6 +78,7 @@ fn answer_js(answer: crate::Answer) -> Result<JsValue, ApiError> {
     match answer.body {
         crate::Body::Value(v) => Ok(to_js(&v)),
         crate::Body::Encoded(text) => js_sys::JSON::parse(&text).map_err(|_| crate::internal("re-reading an answer")),
+        crate::Body::Lines(_) => Err(crate::internal("RPC has no answer in JSON lines")),
     }
 }
 

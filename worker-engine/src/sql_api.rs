@@ -9,6 +9,7 @@ use worker::Env;
 
 use crate::auth::{self, Access};
 use crate::db_request::{self, DbRequest, STALENESS_HEADER};
+use crate::hrana::HranaRequest;
 use crate::incoming::Incoming;
 use crate::routes::{self, Endpoint};
 use crate::wire::{self, validate_db_name, ApiError, BatchAnswer, ExecAnswer, Json, ResultAnswer};
@@ -80,9 +81,9 @@ pub async fn handle(req: Incoming, env: &Env, started: f64) -> Result<Answer, Ap
     let bookmark = req.header(BOOKMARK_HEADER);
     let staleness = req.header(STALENESS_HEADER);
     match route.endpoint {
-        Endpoint::HranaPipeline => {
+        Endpoint::Hrana(kind) => {
             let read_from = db_request::read_from(&config, bookmark.as_deref(), staleness.as_deref())?;
-            hrana_pipeline(DbRequest::new(env, &name, access, read_from)?, env, &body, started).await
+            hrana_pipeline(DbRequest::new(env, &name, access, read_from)?, env, &body, kind, started).await
         }
         Endpoint::Exec => {
             let sql = wire::parse_exec(&body)?;
@@ -147,19 +148,19 @@ pub async fn handle(req: Incoming, env: &Env, started: f64) -> Result<Answer, Ap
     }
 }
 
-async fn hrana_pipeline(mut db: DbRequest, env: &Env, body: &[u8], started: f64) -> Result<Answer, ApiError> {
+async fn hrana_pipeline(mut db: DbRequest, env: &Env, body: &[u8], kind: HranaRequest, started: f64) -> Result<Answer, ApiError> {
     let settings = settings::get(env);
     let key = settings.baton_key()?;
     let tx_idle_ms = settings.tx_idle_ms;
     let ctx = hrana::Context { db: &db.name, key: key.as_ref(), now_ms: started, tx_idle_ms };
-    let plan = hrana::plan(body, &ctx)?;
+    let plan = kind.plan(body, &ctx)?;
     if db.access == Access::Read && plan.kind()? != StatementKind::Read {
         return Err(auth::read_only_error());
     }
     if plan.is_empty() {
         // Only stored SQL, closes or refused statements: nothing for the engine.
-        let body = hrana::respond(plan, &ScriptOutcome::default(), None, &ctx).encode()?;
-        return Ok(Answer { body: Body::Encoded(body), timing: None, bookmark: None, file: None });
+        let body = kind.answer(plan, &ScriptOutcome::default(), None, &ctx)?;
+        return Ok(Answer { body, timing: None, bookmark: None, file: None });
     }
     // A transaction continues on a state at least as new as the one it last ran on.
     if let Some(seen) = plan.min_seq() {
@@ -175,8 +176,8 @@ async fn hrana_pipeline(mut db: DbRequest, env: &Env, body: &[u8], started: f64)
         return Err(crate::internal("a script was answered as a transaction"));
     };
     let ctx = hrana::Context { db: &name, key: key.as_ref(), now_ms: started, tx_idle_ms };
-    let body = hrana::respond(plan, outcome, Some(&performed.meta), &ctx).encode()?;
-    Ok(Answer { body: Body::Encoded(body), timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
+    let body = kind.answer(plan, outcome, Some(&performed.meta), &ctx)?;
+    Ok(Answer { body, timing: Some(performed.timing), bookmark: Some(bookmark), file: None })
 }
 
 /// Statements separated by semicolons, each committed as it runs (D1's exec):
