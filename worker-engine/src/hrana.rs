@@ -657,15 +657,22 @@ enum StreamResult<'a> {
     Error { error: HError },
 }
 
-/// A pipeline's answer: the baton the next request sends, the result of each request,
-/// and the request's `meta` once the engine ran it.
+/// What every Hrana answer starts with: the baton the next request sends, and the
+/// request's `meta` once the engine ran it (clients ignore it).
 #[derive(Serialize)]
-struct PipelineAnswer<'a> {
+struct StreamHead<'a> {
     baton: Option<String>,
     base_url: Option<String>,
-    results: Vec<StreamResult<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     meta: Option<&'a Meta>,
+}
+
+/// A pipeline's answer: its head, and the result of each request.
+#[derive(Serialize)]
+struct PipelineAnswer<'a> {
+    #[serde(flatten)]
+    head: StreamHead<'a>,
+    results: Vec<StreamResult<'a>>,
 }
 
 impl PipelineAnswer<'_> {
@@ -695,15 +702,6 @@ fn outcome_of(outcome: &ScriptOutcome, step: usize) -> Result<&StepOutcome, HErr
     }
 }
 
-/// The first line of a cursor's answer (with the request's `meta`, which clients ignore).
-#[derive(Serialize)]
-struct CursorHead<'a> {
-    baton: Option<String>,
-    base_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    meta: Option<&'a Meta>,
-}
-
 /// One line of a cursor's answer after the first.
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -722,7 +720,7 @@ enum CursorEntry<'a> {
 fn respond_cursor(plan: Plan, outcome: &ScriptOutcome, meta: Option<&Meta>, ctx: &Context) -> Result<String, ApiError> {
     let answer = respond(plan, outcome, meta, ctx);
     let mut out = Vec::new();
-    push_line(&mut out, &CursorHead { baton: answer.baton, base_url: None, meta: answer.meta })?;
+    push_line(&mut out, &answer.head)?;
     let mut line = |entry: &CursorEntry| push_line(&mut out, entry);
     match answer.results.into_iter().next() {
         Some(StreamResult::Ok { response: StreamResponse::Batch { result } }) => {
@@ -784,7 +782,7 @@ fn respond<'a>(plan: Plan, outcome: &'a ScriptOutcome, meta: Option<&'a Meta>, c
         };
         baton::seal(&StreamState { stream, touched_ms: ctx.now_ms, ..plan.state }, ctx.key)
     });
-    PipelineAnswer { baton, base_url: None, results, meta }
+    PipelineAnswer { head: StreamHead { baton, base_url: None, meta }, results }
 }
 
 fn answer(planned: Planned, outcome: &ScriptOutcome) -> Result<StreamResponse<'_>, HError> {

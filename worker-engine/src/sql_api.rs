@@ -83,7 +83,7 @@ pub async fn handle(req: Incoming, env: &Env, started: f64) -> Result<Answer, Ap
     match route.endpoint {
         Endpoint::Hrana(kind) => {
             let read_from = db_request::read_from(&config, bookmark.as_deref(), staleness.as_deref())?;
-            hrana_pipeline(DbRequest::new(env, &name, access, read_from)?, env, &body, kind, started).await
+            hrana_request(DbRequest::new(env, &name, access, read_from)?, env, &body, kind, started).await
         }
         Endpoint::Exec => {
             let sql = wire::parse_exec(&body)?;
@@ -148,12 +148,12 @@ pub async fn handle(req: Incoming, env: &Env, started: f64) -> Result<Answer, Ap
     }
 }
 
-async fn hrana_pipeline(mut db: DbRequest, env: &Env, body: &[u8], kind: HranaRequest, started: f64) -> Result<Answer, ApiError> {
+async fn hrana_request(mut db: DbRequest, env: &Env, body: &[u8], kind: HranaRequest, started: f64) -> Result<Answer, ApiError> {
     let settings = settings::get(env);
     let key = settings.baton_key()?;
     let tx_idle_ms = settings.tx_idle_ms;
     let ctx = hrana::Context { db: &db.name, key: key.as_ref(), now_ms: started, tx_idle_ms };
-    let plan = kind.plan(body, &ctx)?;
+    let mut plan = kind.plan(body, &ctx)?;
     if db.access == Access::Read && plan.kind()? != StatementKind::Read {
         return Err(auth::read_only_error());
     }
@@ -170,7 +170,9 @@ async fn hrana_pipeline(mut db: DbRequest, env: &Env, body: &[u8], kind: HranaRe
         };
     }
     let name = db.name.clone();
-    let performed = db.perform(Work::Script(plan.script.clone()), started).await?;
+    // The answer needs the plan's bookkeeping, not its script: the script moves to the engine.
+    let script = std::mem::take(&mut plan.script);
+    let performed = db.perform(Work::Script(script), started).await?;
     let bookmark = performed.bookmark();
     let Reply::Script(outcome) = &performed.done.reply else {
         return Err(crate::internal("a script was answered as a transaction"));
