@@ -84,7 +84,7 @@ impl<S: ObjectStore + ?Sized> ObjectStore for SimStore<S> {
         self.record(|| format!("HEAD {key}"));
         self.inner.head(key).await
     }
-    async fn put(&self, key: &str, body: Vec<u8>, condition: PutCondition) -> Result<PutOutcome, StoreError> {
+    async fn put(&self, key: &str, body: &[u8], condition: PutCondition) -> Result<PutOutcome, StoreError> {
         self.wait(self.latency.write).await;
         self.record(|| format!("PUT {key} ({} B, {condition:?})", body.len()));
         self.inner.put(key, body, condition).await

@@ -296,7 +296,7 @@ impl ObjectStore for MemStore {
         self.run(OpKind::Head, "head", key, || self.objects.borrow().get(key).map(|o| o.meta(key))).await
     }
 
-    async fn put(&self, key: &str, body: Vec<u8>, condition: PutCondition) -> Result<PutOutcome, StoreError> {
+    async fn put(&self, key: &str, body: &[u8], condition: PutCondition) -> Result<PutOutcome, StoreError> {
         self.run(OpKind::Put, "put", key, || {
             let mut objects = self.objects.borrow_mut();
             let allowed = match (&condition, objects.get(key)) {
@@ -308,7 +308,7 @@ impl ObjectStore for MemStore {
             if !allowed {
                 return PutOutcome::PreconditionFailed;
             }
-            let stored = Stored::new(body);
+            let stored = Stored::new(body.to_vec());
             let m = stored.meta(key);
             objects.insert(key.to_string(), stored);
             PutOutcome::Stored(m)
@@ -368,16 +368,16 @@ mod tests {
     fn conditional_puts_behave_like_r2() {
         block_on(async {
             let s = MemStore::new();
-            let first = s.put("k", b"a".to_vec(), PutCondition::CreateOnly).await.unwrap();
+            let first = s.put("k", b"a", PutCondition::CreateOnly).await.unwrap();
             let PutOutcome::Stored(m) = first else { panic!("create-only on absent key must store") };
             assert_eq!(m.etag, content_etag(b"a"));
-            assert_eq!(s.put("k", b"b".to_vec(), PutCondition::CreateOnly).await.unwrap(), PutOutcome::PreconditionFailed);
+            assert_eq!(s.put("k", b"b", PutCondition::CreateOnly).await.unwrap(), PutOutcome::PreconditionFailed);
             assert_eq!(
-                s.put("k", b"c".to_vec(), PutCondition::EtagMatches("nope".into())).await.unwrap(),
+                s.put("k", b"c", PutCondition::EtagMatches("nope".into())).await.unwrap(),
                 PutOutcome::PreconditionFailed
             );
             assert!(matches!(
-                s.put("k", b"c".to_vec(), PutCondition::EtagMatches(m.etag.clone())).await.unwrap(),
+                s.put("k", b"c", PutCondition::EtagMatches(m.etag.clone())).await.unwrap(),
                 PutOutcome::Stored(_)
             ));
             assert_eq!(s.raw_get("k").unwrap(), b"c");
@@ -414,11 +414,11 @@ mod tests {
         block_on(async {
             let s = MemStore::new();
             s.set_faults(Some(Box::new(Script(vec![Fault::ErrorAfter, Fault::ErrorBefore, Fault::CrashAfter]))));
-            assert!(s.put("x", vec![1], PutCondition::CreateOnly).await.is_err());
+            assert!(s.put("x", &[1], PutCondition::CreateOnly).await.is_err());
             assert_eq!(s.raw_get("x"), Some(vec![1]));
-            assert!(s.put("y", vec![1], PutCondition::CreateOnly).await.is_err());
+            assert!(s.put("y", &[1], PutCondition::CreateOnly).await.is_err());
             assert_eq!(s.raw_get("y"), None);
-            assert!(s.put("z", vec![1], PutCondition::CreateOnly).await.is_err());
+            assert!(s.put("z", &[1], PutCondition::CreateOnly).await.is_err());
             assert_eq!(s.raw_get("z"), Some(vec![1]));
             assert!(s.crashed());
             assert!(s.head("x").await.is_err());

@@ -104,7 +104,7 @@ pub trait ObjectStore {
     /// The object at `key`, or a range of it; `None` if absent.
     async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Option<Object>, StoreError>;
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
-    async fn put(&self, key: &str, body: Vec<u8>, condition: PutCondition) -> Result<PutOutcome, StoreError>;
+    async fn put(&self, key: &str, body: &[u8], condition: PutCondition) -> Result<PutOutcome, StoreError>;
     /// Keys under `prefix` strictly after `start_after`, at most `limit` (≤ [`MAX_LIST_LIMIT`]).
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListPage, StoreError>;
     /// The folders under `prefix` (each distinct `prefix…/` a key continues with, as R2's
@@ -215,7 +215,7 @@ impl<S: ObjectStore + ?Sized> ObjectStore for CountingStore<S> {
         self.add(|c| c.reads += 1);
         self.inner.head(key).await
     }
-    async fn put(&self, key: &str, body: Vec<u8>, condition: PutCondition) -> Result<PutOutcome, StoreError> {
+    async fn put(&self, key: &str, body: &[u8], condition: PutCondition) -> Result<PutOutcome, StoreError> {
         self.spend("put", key, 1)?;
         let n = body.len() as u64;
         self.add(|c| {
@@ -261,14 +261,14 @@ mod tests {
         let store = CountingStore::new(inner.clone());
         store.budget_calls(Some(2));
         futures::executor::block_on(async {
-            assert!(store.put("a", vec![1], PutCondition::CreateOnly).await.is_ok());
+            assert!(store.put("a", &[1], PutCondition::CreateOnly).await.is_ok());
             assert!(store.get("a", None).await.unwrap().is_some());
-            let e = store.put("b", vec![2], PutCondition::CreateOnly).await.unwrap_err();
+            let e = store.put("b", &[2], PutCondition::CreateOnly).await.unwrap_err();
             assert_eq!(e.kind, StoreErrorKind::OutOfCalls);
             assert_eq!(crate::EngineError::from(e).code(), "LIMIT_EXCEEDED");
             assert!(inner.raw_get("b").is_none(), "the refused call was never made");
             store.budget_calls(None);
-            assert!(store.put("b", vec![2], PutCondition::CreateOnly).await.is_ok());
+            assert!(store.put("b", &[2], PutCondition::CreateOnly).await.is_ok());
         });
         assert_eq!(store.counts().writes, 2);
     }

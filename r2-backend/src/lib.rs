@@ -14,6 +14,9 @@ use engine_core::store::{
     after_folder, ByteRange, FolderPage, ListPage, Object, ObjectMeta, ObjectStore, PutCondition, PutOutcome, StoreError, MAX_LIST_LIMIT,
 };
 use serde::Deserialize;
+use worker::js_sys;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures;
 use worker::{Bucket, Conditional, Range};
 
 /// A seeded fault schedule for local runs (`TWILL_EMULATE_R2_FAULTS`, JSON), e.g.
@@ -125,6 +128,10 @@ fn store_error(op: &'static str, key: &str, e: worker::Error) -> StoreError {
     StoreError::failed(op, key, e.to_string())
 }
 
+fn js_error(op: &'static str, key: &str, e: JsValue) -> StoreError {
+    store_error(op, key, worker::Error::from(e))
+}
+
 fn meta_of(o: &worker::Object) -> ObjectMeta {
     ObjectMeta { key: o.key(), size: o.size(), etag: o.etag() }
 }
@@ -157,23 +164,35 @@ impl ObjectStore for R2Store {
         .await
     }
 
-    async fn put(&self, key: &str, body: Vec<u8>, condition: PutCondition) -> Result<PutOutcome, StoreError> {
+    async fn put(&self, key: &str, body: &[u8], condition: PutCondition) -> Result<PutOutcome, StoreError> {
         self.call("put", key, async {
-            let mut req = self.bucket.put(key, body);
-            match condition {
-                PutCondition::Unconditional => {}
-                PutCondition::CreateOnly => {
-                    req = req.only_if(Conditional { etag_does_not_match: Some("*".into()), ..Default::default() })
-                }
-                PutCondition::EtagMatches(etag) => {
-                    req = req.only_if(Conditional { etag_matches: Some(etag), ..Default::default() })
-                }
+            // Straight from the caller's bytes into a JS array: workers-rs's `put` takes a
+            // `Vec`, which would cost a copy of every body (a commit record or a chunk,
+            // megabytes) inside the isolate's wasm memory first, and a commit PUTs its
+            // record again after an ambiguous failure.
+            let bucket: &worker::worker_sys::R2Bucket = self.bucket.as_ref().unchecked_ref();
+            let only_if = match condition {
+                PutCondition::Unconditional => None,
+                PutCondition::CreateOnly => Some(Conditional { etag_does_not_match: Some("*".into()), ..Default::default() }),
+                PutCondition::EtagMatches(etag) => Some(Conditional { etag_matches: Some(etag), ..Default::default() }),
+            };
+            let options = js_sys::Object::new();
+            if let Some(only_if) = only_if {
+                js_sys::Reflect::set(&options, &"onlyIf".into(), &js_sys::Object::from(only_if))
+                    .map_err(|e| js_error("put", key, e))?;
             }
-            // workers-rs >= 0.8 answers Ok(None) when the condition fails (R2 returns null).
-            match req.execute().await.map_err(|e| store_error("put", key, e))? {
-                Some(obj) => Ok(PutOutcome::Stored(meta_of(&obj))),
-                None => Ok(PutOutcome::PreconditionFailed),
+            let promise = bucket
+                .put(key.to_string(), js_sys::Uint8Array::from(body).into(), options.into())
+                .map_err(|e| js_error("put", key, e))?;
+            let stored = wasm_bindgen_futures::JsFuture::from(promise).await.map_err(|e| js_error("put", key, e))?;
+            // R2 answers null when the condition fails.
+            if stored.is_null() || stored.is_undefined() {
+                return Ok(PutOutcome::PreconditionFailed);
             }
+            let obj: worker::worker_sys::R2Object = stored.unchecked_into();
+            let meta = (|| Ok::<_, JsValue>(ObjectMeta { key: obj.key()?, size: obj.size()? as u64, etag: obj.etag()? }))()
+                .map_err(|e| js_error("put", key, e))?;
+            Ok(PutOutcome::Stored(meta))
         })
         .await
     }

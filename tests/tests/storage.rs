@@ -507,7 +507,7 @@ impl ObjectStore for RoundTrips {
     async fn head(&self, key: &str) -> Result<Option<store::ObjectMeta>, store::StoreError> {
         self.timed(self.inner.head(key)).await
     }
-    async fn put(&self, key: &str, body: Vec<u8>, condition: store::PutCondition) -> Result<store::PutOutcome, store::StoreError> {
+    async fn put(&self, key: &str, body: &[u8], condition: store::PutCondition) -> Result<store::PutOutcome, store::StoreError> {
         self.timed(self.inner.put(key, body, condition)).await
     }
     async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<store::ListPage, store::StoreError> {

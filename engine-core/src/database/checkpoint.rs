@@ -35,7 +35,7 @@ impl Database {
             .map(|chunk| (Arc::from(chunk.key.as_str()), chunk.body.chunks(page_size as usize).map(Arc::from).collect()))
             .collect();
         let puts = batch.into_iter().map(|chunk| async move {
-            self.store.put(&chunk.key, chunk.body, PutCondition::CreateOnly).await
+            self.store.put(&chunk.key, &chunk.body, PutCondition::CreateOnly).await
         });
         let outcomes = join_all(puts).await;
         let mut all_stored = true;
@@ -305,7 +305,7 @@ impl Database {
             Some(etag) => PutCondition::EtagMatches(etag.clone()),
             None => PutCondition::CreateOnly,
         };
-        let etag = match self.store.put(&self.layout.manifest_key(), manifest.encode(), condition).await {
+        let etag = match self.store.put(&self.layout.manifest_key(), &manifest.encode(), condition).await {
             Ok(PutOutcome::Stored(meta)) => meta.etag,
             Ok(PutOutcome::PreconditionFailed) => {
                 // Another isolate checkpointed first: ours was never referenced.

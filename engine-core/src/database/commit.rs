@@ -178,7 +178,7 @@ impl Database {
     pub(super) async fn store_record(&self, key: &str, body: &[u8]) -> Landing {
         let mut last_error: Option<StoreError> = None;
         for attempt in 1..=self.config.put_resolve_attempts.max(1) {
-            match self.store.put(key, body.to_vec(), PutCondition::CreateOnly).await {
+            match self.store.put(key, body, PutCondition::CreateOnly).await {
                 Ok(PutOutcome::Stored(_)) => return Landing::Landed,
                 Ok(PutOutcome::PreconditionFailed) if attempt == 1 => return Landing::Stale,
                 // An earlier attempt failed ambiguously: the record there may be ours.

@@ -118,7 +118,7 @@ impl Database {
         };
         let entry = HistoryEntry::of_manifest(&self.base, full.as_deref().map(|m| (base_generation, m)));
         let key = self.layout.history_entry_key(generation);
-        match self.store.put(&key, entry.encode(), PutCondition::CreateOnly).await? {
+        match self.store.put(&key, &entry.encode(), PutCondition::CreateOnly).await? {
             PutOutcome::Stored(_) | PutOutcome::PreconditionFailed => {}
         }
         let mut cache = self.entries.borrow_mut();

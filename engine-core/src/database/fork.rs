@@ -61,7 +61,7 @@ impl Database {
             let reference = ForkRef { child: child.to_string(), seq, created_ms, chunks };
             let body = serde_json::to_vec(&reference).expect("fork reference serializes");
             let key = Layout::of_prefix(owner).fork_ref_key(child, &nonce);
-            self.store.put(&key, body, PutCondition::Unconditional).await?;
+            self.store.put(&key, &body, PutCondition::Unconditional).await?;
             references.push(key);
         }
         // A deletion purges the old state's chunks once its checkpoint is published, keeping

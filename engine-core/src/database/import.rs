@@ -231,7 +231,7 @@ impl Database {
         let puts = chunks.into_iter().map(|(key, body)| {
             let store = self.store.clone();
             async move {
-                match store.put(&key, body, PutCondition::CreateOnly).await? {
+                match store.put(&key, &body, PutCondition::CreateOnly).await? {
                     PutOutcome::Stored(_) => Ok(key),
                     PutOutcome::PreconditionFailed => {
                         Err(EngineError::Internal(format!("upload chunk {key} already exists (a repeated upload id)")))

@@ -111,7 +111,7 @@ impl Database {
         let id = UploadId::new(started_ms, self.host.as_ref());
         let record = SessionRecord { state: SessionState::Open, part_bytes, started_ms, replace, began_at_seq: self.applied_seq };
         let body = serde_json::to_vec(&record).map_err(|e| EngineError::Internal(e.to_string()))?;
-        match self.store.put(&self.layout.upload_session_key(&id), body, PutCondition::CreateOnly).await? {
+        match self.store.put(&self.layout.upload_session_key(&id), &body, PutCondition::CreateOnly).await? {
             PutOutcome::Stored(_) => Ok(UploadSession { id: id.0, part_bytes, expires_ms: started_ms + UPLOAD_LIFETIME_MS }),
             PutOutcome::PreconditionFailed => Err(EngineError::Internal(format!("upload id {} was drawn twice", id.0))),
         }
@@ -198,7 +198,7 @@ impl Database {
         let sha256 = hex::encode(hash.finalize());
         let record = PartRecord { bytes: written.bytes, sha256: sha256.clone(), chunks: written.keys.clone() };
         let body = serde_json::to_vec(&record).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let outcome = self.store.put(&self.part_key(&id, part), body, PutCondition::CreateOnly).await;
+        let outcome = self.store.put(&self.part_key(&id, part), &body, PutCondition::CreateOnly).await;
         let stored = PartStored { part, bytes: written.bytes, sha256: sha256.clone(), already_stored: false };
         match outcome {
             Ok(PutOutcome::Stored(_)) => Ok(stored),
@@ -301,7 +301,7 @@ impl Database {
         // From here on the session is this completion's: the sweep cannot take it.
         let publishing = SessionRecord { state: SessionState::Publishing, ..session.clone() };
         let body = serde_json::to_vec(&publishing).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let publishing_etag = match self.store.put(&self.layout.upload_session_key(&id), body, PutCondition::EtagMatches(etag)).await? {
+        let publishing_etag = match self.store.put(&self.layout.upload_session_key(&id), &body, PutCondition::EtagMatches(etag)).await? {
             PutOutcome::Stored(meta) => meta.etag,
             PutOutcome::PreconditionFailed => {
                 return Err(EngineError::UploadConflict(format!("upload {} changed meanwhile (completed or swept)", id.0)))
@@ -332,7 +332,7 @@ impl Database {
                 // Nothing was committed: the session may be completed again.
                 let reopened = serde_json::to_vec(&session).map_err(|e| EngineError::Internal(e.to_string()))?;
                 let key = self.layout.upload_session_key(&id);
-                let _ = self.store.put(&key, reopened, PutCondition::EtagMatches(publishing_etag)).await;
+                let _ = self.store.put(&key, &reopened, PutCondition::EtagMatches(publishing_etag)).await;
             }
         }
         published
@@ -355,7 +355,7 @@ impl Database {
         if record.state != SessionState::Abandoned {
             let abandoned = SessionRecord { state: SessionState::Abandoned, ..record };
             let body = serde_json::to_vec(&abandoned).map_err(|e| EngineError::Internal(e.to_string()))?;
-            if let PutOutcome::PreconditionFailed = self.store.put(&key, body, PutCondition::EtagMatches(etag)).await? {
+            if let PutOutcome::PreconditionFailed = self.store.put(&key, &body, PutCondition::EtagMatches(etag)).await? {
                 return Err(EngineError::UploadConflict(format!("upload {} changed meanwhile (completed?)", id.0)));
             }
         }
