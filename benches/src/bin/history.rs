@@ -102,8 +102,7 @@ fn anchor(bench: &Bench, file: &[u8]) -> (f64, f64) {
     for batch in keys.chunks(IN_FLIGHT) {
         let puts = batch.iter().map(|k| {
             let i: usize = k[7..].parse().unwrap();
-            let body = file[i * CHUNK_BYTES..((i + 1) * CHUNK_BYTES).min(file.len())].to_vec();
-            bench.store.put(k, &body, PutCondition::CreateOnly)
+            bench.store.put(k, &file[i * CHUNK_BYTES..((i + 1) * CHUNK_BYTES).min(file.len())], PutCondition::CreateOnly)
         });
         for r in block_on(join_all(puts)) {
             r.expect("anchor put");
