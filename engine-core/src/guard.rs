@@ -102,22 +102,22 @@ pub fn dml_of(sql: &str) -> Dml {
     judgement(sql).dml
 }
 
+/// Parses `sql` once (on a cold isolate the parse runs turso's parser for the first time,
+/// which costs milliseconds) and derives both halves of the judgement from it.
 fn judge_statement(sql: &str) -> Judgement {
-    let mut parser = Parser::new(sql.as_bytes());
-    let dml = match parser.next() {
-        Some(Ok(Cmd::Stmt(Stmt::Insert { .. }))) => Dml::Insert,
-        Some(Ok(Cmd::Stmt(Stmt::Update(_) | Stmt::Delete { .. }))) => Dml::UpdateOrDelete,
+    let cmd = match Parser::new(sql.as_bytes()).next() {
+        Some(Ok(cmd)) => cmd,
+        _ => return Judgement { verdict: Ok(StatementKind::Write), dml: Dml::Other },
+    };
+    let dml = match &cmd {
+        Cmd::Stmt(Stmt::Insert { .. }) => Dml::Insert,
+        Cmd::Stmt(Stmt::Update(_) | Stmt::Delete { .. }) => Dml::UpdateOrDelete,
         _ => Dml::Other,
     };
-    Judgement { verdict: judge_verdict(sql), dml }
+    Judgement { verdict: judge_verdict(cmd), dml }
 }
 
-fn judge_verdict(sql: &str) -> Verdict {
-    let mut parser = Parser::new(sql.as_bytes());
-    let cmd = match parser.next() {
-        Some(Ok(cmd)) => cmd,
-        _ => return Ok(StatementKind::Write),
-    };
+fn judge_verdict(cmd: Cmd) -> Verdict {
     let stmt = match cmd {
         Cmd::Explain(_) | Cmd::ExplainQueryPlan { .. } => return Ok(StatementKind::Read),
         Cmd::Stmt(stmt) => stmt,
