@@ -13,17 +13,37 @@ use crate::error::EngineError;
 const ASSIGNABLE_PRAGMAS: &[&str] = &[
     "foreign_keys",
     "defer_foreign_keys",
+    "ignore_check_constraints",
     "recursive_triggers",
     "case_sensitive_like",
     "user_version",
     "application_id",
 ];
 
+/// Assignable PRAGMAs whose behaviour turso fixes at SQLite's default: turning them off
+/// is accepted (it is what happens), turning them on is refused rather than ignored.
+const FIXED_OFF_PRAGMAS: &[(&str, &str)] = &[
+    ("recursive_triggers", "a trigger never fires itself again here (SQLite's default)"),
+    (
+        "case_sensitive_like",
+        "LIKE ignores the case of ASCII letters here (SQLite's default); GLOB matches case-sensitively",
+    ),
+];
+
+/// SQLite's reading of a PRAGMA's boolean value (`sqlite3GetBoolean`): `None` if it is not one.
+fn pragma_boolean(value: &turso_parser::ast::Expr) -> Option<bool> {
+    let text = value.to_string().to_ascii_lowercase();
+    match text.trim_matches(|c| c == '\'' || c == '"') {
+        "1" | "on" | "yes" | "true" => Some(true),
+        "0" | "off" | "no" | "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// PRAGMAs refused in every form: they checkpoint, vacuum, or change the file format.
 const FORBIDDEN_PRAGMAS: &[&str] = &[
     "wal_checkpoint",
     "incremental_vacuum",
-    "optimize",
     "journal_mode",
     "page_size",
     "locking_mode",
@@ -153,7 +173,12 @@ fn judge_verdict(cmd: Cmd) -> Verdict {
                 Some(PragmaBody::Equals(_)) if !ASSIGNABLE_PRAGMAS.contains(&pragma) => Err(EngineError::NotAllowed(
                     format!("setting PRAGMA {pragma} is not allowed; assignable: {}", ASSIGNABLE_PRAGMAS.join(", ")),
                 )),
-                Some(PragmaBody::Equals(_)) => Ok(StatementKind::Write),
+                Some(PragmaBody::Equals(value)) => match FIXED_OFF_PRAGMAS.iter().find(|(name, _)| *name == pragma) {
+                    Some((_, why)) if pragma_boolean(&value) != Some(false) => Err(EngineError::NotAllowed(format!(
+                        "PRAGMA {pragma} can only be off: {why}"
+                    ))),
+                    _ => Ok(StatementKind::Write),
+                },
                 _ => Ok(StatementKind::Read),
             }
         }
@@ -272,6 +297,16 @@ mod tests {
         assert_eq!(check_statement("insert into t values (1)").unwrap(), StatementKind::Write);
         assert_eq!(check_statement("PRAGMA table_info(t)").unwrap(), StatementKind::Read);
         assert_eq!(check_statement("pragma foreign_keys = on").unwrap(), StatementKind::Write);
+        assert_eq!(check_statement("PRAGMA defer_foreign_keys = ON").unwrap(), StatementKind::Write);
+        // D1 recommends it after creating indexes; turso does nothing for it (README).
+        assert_eq!(check_statement("PRAGMA optimize").unwrap(), StatementKind::Read);
+        for off in ["PRAGMA recursive_triggers = OFF", "pragma case_sensitive_like = 0", "PRAGMA case_sensitive_like='false'", "PRAGMA recursive_triggers = no"] {
+            assert_eq!(check_statement(off).unwrap(), StatementKind::Write, "{off}");
+        }
+        for on in ["PRAGMA recursive_triggers = ON", "PRAGMA case_sensitive_like = 1", "PRAGMA case_sensitive_like = true", "PRAGMA recursive_triggers = 'yes'", "PRAGMA case_sensitive_like = maybe"] {
+            let e = check_statement(on).unwrap_err();
+            assert!(e.code() == "STATEMENT_NOT_ALLOWED" && e.to_string().contains("can only be off"), "{on}: {e}");
+        }
         for bad in [
             "BEGIN",
             "commit",

@@ -438,6 +438,9 @@ impl LocalDb {
         if self.conn.check_constraints_ignored() {
             self.conn.set_check_constraints_ignored(false);
         }
+        if self.conn.defer_foreign_keys() {
+            self.conn.set_defer_foreign_keys(false);
+        }
     }
 
     /// Gives the statements run from now on `limits.max_vm_steps` VM steps between them.

@@ -227,3 +227,83 @@ fn table_valued_functions_answer_and_keep_their_names() {
     let e = block_on(db.transact(&[Statement::new("CREATE TABLE json_each (x)")])).unwrap_err();
     assert!(e.to_string().contains("already exists"), "{e}");
 }
+
+/// `PRAGMA defer_foreign_keys` answers as in SQLite (patches/turso_core: item 14): every
+/// foreign key is checked at commit (RESTRICT too), turning it off drops what it counted
+/// (so a D1-style migration may drop and recreate a parent table), and the next request
+/// enforces foreign keys at once again. Each outcome below is what SQLite 3 answers.
+#[test]
+fn defer_foreign_keys_answers_as_sqlite() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "defer");
+    exec(&mut db, "CREATE TABLE u (id INTEGER PRIMARY KEY, name TEXT)", vec![]);
+    exec(&mut db, "CREATE TABLE p (id INTEGER PRIMARY KEY, u INTEGER NOT NULL REFERENCES u (id) ON DELETE RESTRICT)", vec![]);
+    exec(&mut db, "INSERT INTO u VALUES (1, 'a')", vec![]);
+    exec(&mut db, "INSERT INTO p VALUES (1, 1)", vec![]);
+    let batch = |db: &mut engine_core::Database, sqls: &[&str]| {
+        let statements: Vec<Statement> = sqls.iter().map(|s| Statement::new(*s)).collect();
+        block_on(db.transact(&statements)).map(|mut r| r.results.pop().unwrap().rows).map_err(|e| e.to_string())
+    };
+    let fk_failed = Err("FOREIGN KEY constraint failed".to_string());
+    let one = |v: i64| Ok(vec![vec![SqlValue::Integer(v)]]);
+
+    assert_eq!(batch(&mut db, &["PRAGMA defer_foreign_keys = ON", "PRAGMA defer_foreign_keys"]), one(1));
+    assert_eq!(batch(&mut db, &["PRAGMA defer_foreign_keys"]), one(0), "each request starts without it");
+    // A D1-style migration: the parent is dropped and recreated between ON and OFF.
+    let migration = [
+        "PRAGMA defer_foreign_keys = ON",
+        "CREATE TABLE new_u (id INTEGER PRIMARY KEY, name TEXT, email TEXT)",
+        "INSERT INTO new_u (id, name) SELECT id, name FROM u",
+        "DROP TABLE u",
+        "ALTER TABLE new_u RENAME TO u",
+        "PRAGMA defer_foreign_keys = OFF",
+    ];
+    assert_eq!(batch(&mut db, &migration), Ok(vec![]));
+    assert_eq!(batch(&mut db, &["DROP TABLE u"]), fk_failed, "without the pragma, dropping a parent fails");
+    let mut without_off = migration;
+    without_off[1] = "CREATE TABLE new_u (id INTEGER PRIMARY KEY, name TEXT, email TEXT, x)";
+    assert_eq!(batch(&mut db, &without_off[..5]), fk_failed, "still counted at commit when not turned off");
+    // A child before its parent, then a parent deleted and put back, a key changed and back.
+    assert_eq!(batch(&mut db, &["PRAGMA defer_foreign_keys = ON", "INSERT INTO p VALUES (2, 5)", "INSERT INTO u VALUES (5, 'x', NULL)"]), Ok(vec![]));
+    assert_eq!(batch(&mut db, &["INSERT INTO p VALUES (3, 7)", "INSERT INTO u VALUES (7, 'x', NULL)"]), fk_failed);
+    assert_eq!(batch(&mut db, &["PRAGMA defer_foreign_keys = ON", "INSERT INTO p VALUES (3, 6)"]), fk_failed);
+    let restrict = ["PRAGMA defer_foreign_keys = ON", "DELETE FROM u WHERE id = 5", "INSERT INTO u VALUES (5, 'y', NULL)"];
+    assert_eq!(batch(&mut db, &restrict), Ok(vec![]));
+    assert_eq!(batch(&mut db, &["DELETE FROM u WHERE id = 5", "INSERT INTO u VALUES (5, 'z', NULL)"]), fk_failed, "RESTRICT is immediate again");
+    let key_and_back = ["PRAGMA defer_foreign_keys = ON", "UPDATE u SET id = 50 WHERE id = 5", "UPDATE u SET id = 5 WHERE id = 50"];
+    assert_eq!(batch(&mut db, &key_and_back), Ok(vec![]));
+    assert_eq!(batch(&mut db, &key_and_back[..2]), fk_failed);
+    let mut fresh = open(&store, "defer");
+    assert_eq!(batch(&mut fresh, &["SELECT group_concat(id || ':' || u) FROM p"]), Ok(vec![vec![SqlValue::Text("1:1,2:5".into())]]));
+    assert_eq!(batch(&mut fresh, &["SELECT group_concat(id || name) FROM u"]), Ok(vec![vec![SqlValue::Text("1a,5y".into())]]));
+    assert_eq!(batch(&mut fresh, &["PRAGMA foreign_key_check"]), Ok(vec![]));
+}
+
+/// `PRAGMA optimize`, which D1 suggests running after creating indexes, is accepted in
+/// every form and changes nothing (turso has no automatic analysis).
+#[test]
+fn pragma_optimize_is_accepted_and_changes_nothing() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "opt");
+    exec(&mut db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", vec![]);
+    exec(&mut db, "CREATE INDEX t_v ON t (v)", vec![]);
+    for sql in ["PRAGMA optimize", "PRAGMA optimize(0x10002)", "PRAGMA main.optimize"] {
+        let r = exec(&mut db, sql, vec![]);
+        assert!(r.rows.is_empty() && r.rows_affected == 0, "{sql}: {r:?}");
+    }
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'sqlite_stat%'"), [0]);
+}
+
+/// `PRAGMA ignore_check_constraints` (as in SQLite and D1) lasts for its own request only.
+#[test]
+fn ignore_check_constraints_lasts_one_request() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "chk");
+    exec(&mut db, "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER CHECK (n > 0))", vec![]);
+    let e = block_on(db.transact(&[Statement::new("INSERT INTO t VALUES (1, -1)")])).unwrap_err();
+    assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
+    block_on(db.transact(&[Statement::new("PRAGMA ignore_check_constraints = ON"), Statement::new("INSERT INTO t VALUES (2, -2)")])).unwrap();
+    let e = block_on(db.transact(&[Statement::new("INSERT INTO t VALUES (3, -3)")])).unwrap_err();
+    assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
+    assert_eq!(query_ints(&mut open(&store, "chk"), "SELECT id FROM t"), [2]);
+}

@@ -210,3 +210,30 @@ fn concurrent_transfers_keep_the_total_and_apply_exactly_once() {
     }
     assert_eq!(query_ints(&mut check, "SELECT bal FROM acct ORDER BY id"), bal[1..].to_vec());
 }
+
+/// `PRAGMA defer_foreign_keys` lasts until the interactive transaction ends, on whichever
+/// replica continues it (the replay runs the pragma again), and its orphans fail the COMMIT.
+#[test]
+fn defer_foreign_keys_lasts_until_commit_across_replicas() {
+    let store = Rc::new(MemStore::new());
+    let mut a = open(&store, "fk");
+    exec(&mut a, "CREATE TABLE u (id INTEGER PRIMARY KEY)", vec![]);
+    exec(&mut a, "CREATE TABLE p (id INTEGER PRIMARY KEY, u INTEGER REFERENCES u (id))", vec![]);
+    let mut b = open(&store, "fk");
+
+    let (steps, tx, err) = request(&mut a, None, &["BEGIN", "PRAGMA defer_foreign_keys = ON", "INSERT INTO p VALUES (1, 10)"]);
+    assert!(err.is_none() && steps.iter().all(StepOutcome::succeeded), "{steps:?} {err:?}");
+    let (steps, tx, err) = request(&mut b, tx, &["INSERT INTO p VALUES (2, 20)", "INSERT INTO u VALUES (10), (20)", "COMMIT"]);
+    assert!(err.is_none() && tx.is_none() && steps.iter().all(StepOutcome::succeeded), "{steps:?} {err:?}");
+    assert_eq!(query_ints(&mut a, "SELECT count(*) FROM p"), [2]);
+
+    // An orphan left at COMMIT fails it, and nothing of the transaction lands.
+    let (_, tx, _) = request(&mut a, None, &["BEGIN", "PRAGMA defer_foreign_keys = ON", "INSERT INTO p VALUES (3, 30)"]);
+    let (steps, _, err) = request(&mut b, tx, &["COMMIT"]);
+    assert!(err.is_none(), "{err:?}");
+    assert!(matches!(&steps[0], StepOutcome::Failed(e) if e.to_string().contains("FOREIGN KEY")), "{steps:?}");
+    assert_eq!(query_ints(&mut open(&store, "fk"), "SELECT count(*) FROM p"), [2]);
+    // After the transaction, foreign keys are immediate again.
+    let e = block_on(b.transact(&[Statement::new("INSERT INTO p VALUES (4, 40)")])).unwrap_err();
+    assert!(e.to_string().contains("FOREIGN KEY"), "{e}");
+}

@@ -77,6 +77,22 @@ test("the D1-style client over the service binding answers like D1", async () =>
   assert.equal(twill.exec.count, 2);
 });
 
+test("a D1-style migration with PRAGMA defer_foreign_keys recreates a parent table, as in D1", async () => {
+  const { twill, d1 } = await get("/migration");
+  assert.deepEqual(twill, {
+    withoutDefer: "foreign key",
+    withDefer: "ok",
+    childFirst: "ok",
+    orphanAtCommit: "foreign key",
+    immediateAgain: "foreign key",
+    optimize: "ok",
+    columns: [["id"], ["name"], ["email"]],
+    posts: [[10, 1], [11, 2]],
+    orphans: 0,
+  });
+  assert.deepEqual(twill, d1, "miniflare's D1 (SQLite) answers the same");
+});
+
 test("the same client over HTTP through the binding's fetch gives the same answers", async () => {
   const http = await get("/http");
   const { twill } = await get("/compare");
