@@ -3,7 +3,8 @@
 //!
 //! One seed: several replicas of one database (isolates) run rounds of concurrent work
 //! against the in-memory store, with seeded faults (errors before and after an operation
-//! applies, latency that reorders the replicas' operations, process crashes) and a seeded
+//! applies, latency that reorders the replicas' operations, process crashes, stalls that let
+//! the GC retention window pass mid-operation) and a seeded
 //! clock and random source, so a seed replays exactly. The work: single transactions,
 //! groups committed together, Hrana-style scripts (a batch with BEGIN/COMMIT, an `exec` of
 //! autocommit statements), interactive transactions carried from one replica to another,
@@ -45,7 +46,8 @@ const STALENESS_MS: f64 = 50.0;
 /// history entries, retired generations and their collection are exercised under faults.
 /// A quarter keep GC garbage for the shortest window with which freshness probes issue
 /// their GET and HEAD at once (and reads send them ahead of themselves), so that those
-/// probes run under faults too; the rest collect at once and probe one call after another.
+/// probes run under faults too, with stalls that let that window pass ([`Stalls`]); the rest
+/// collect at once and probe one call after another.
 pub fn config(seed: u64) -> DbConfig {
     const HISTORY_MS: [f64; 3] = [0.0, 300.0, 3_000.0];
     let gc_retention_ms = if (seed / 6) % 4 == 3 { engine_core::database::MIN_RETENTION_FOR_CONCURRENT_PROBE_MS } else { 0.0 };
@@ -360,10 +362,48 @@ pub fn seeded_faults(seed: u64) -> Box<dyn FaultInjector> {
     Box::new(SeededFaults::new(seed ^ 0x5EED, 0.04, 0.04, 0.02).with_delay(0.2))
 }
 
+/// One store operation in this many stalls (in the seeds that get stalls).
+const STALL_ONE_IN: u64 = 150;
+
+/// Stalls: while an operation is in flight the clock jumps (an isolate paused, a slow
+/// network), by amounts on either side of the bounds the engine's time arguments rest on:
+/// a quarter of the GC retention window, just under and just over half of it (a probe's
+/// GET and HEAD count as one observation only within half), just over the window (GC may
+/// then collect what a checkpoint retired) and several windows. Other replicas' operations
+/// run during the stall when the operation is also delayed. Given to the seeds whose
+/// probes issue their GET and HEAD at once, so that GC really collects there and a probe
+/// or a fence check may straddle a collection; other seeds keep what they had.
+struct Stalls {
+    inner: Box<dyn FaultInjector>,
+    host: Arc<SimHost>,
+    rng: SplitMix64,
+    window_ms: f64,
+}
+
+impl FaultInjector for Stalls {
+    fn decide(&mut self, op: engine_core::mem_store::OpKind, key: &str) -> engine_core::mem_store::Fault {
+        if self.rng.below(STALL_ONE_IN) == 0 {
+            let w = self.window_ms;
+            let amounts = [w / 4.0, w / 2.0 - 2.0, w / 2.0 + 2.0, w + 2.0, 3.0 * w];
+            self.host.advance(amounts[self.rng.below(amounts.len() as u64) as usize]);
+        }
+        self.inner.decide(op, key)
+    }
+}
+
 /// Runs one seed with the given fault schedule; returns the first violation.
 pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Result<(), String> {
     let store = Rc::new(MemStore::new());
     let host = Arc::new(SimHost::new(seed));
+    let faults = |seed: u64| -> Box<dyn FaultInjector> {
+        let cfg = config(seed);
+        let window_ms = cfg.gc_retention_ms.max(cfg.history_retention_ms);
+        if cfg.gc_retention_ms < engine_core::database::MIN_RETENTION_FOR_CONCURRENT_PROBE_MS {
+            return faults(seed);
+        }
+        // Its own sequence, so that the other choices of a seed stay what they were.
+        Box::new(Stalls { inner: faults(seed), host: host.clone(), rng: SplitMix64(seed ^ 0x5354_414c_4c53), window_ms })
+    };
     {
         let mut db = open(&store, &host, seed, 1 << 20).map_err(|e| e.to_string())?;
         block_on(db.transact(&[

@@ -127,9 +127,14 @@ pub struct Garbage {
 }
 
 impl Garbage {
+    /// True if this checkpoint folded log record `seq`.
+    pub fn covers(&self, seq: u64) -> bool {
+        (self.log_from..=self.log_to).contains(&seq)
+    }
+
     /// The nonce id of record `seq` as this checkpoint folded it, if this entry knows.
     pub fn folded_nonce(&self, seq: u64) -> Option<u64> {
-        if !(self.log_from..=self.log_to).contains(&seq) {
+        if !self.covers(seq) {
             return None;
         }
         let text = self.log_nonces.get((seq - self.log_from) as usize)?;

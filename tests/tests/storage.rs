@@ -190,6 +190,126 @@ fn a_record_folded_before_its_fence_check_is_acknowledged_once() {
     assert_eq!(query_ints(&mut check, "SELECT n FROM t"), [11], "each update exactly once");
 }
 
+/// Replicas of one database on a shared in-memory store and a simulated clock, so that a
+/// test can let a GC retention window pass.
+struct SimReplicas {
+    store: Rc<MemStore>,
+    host: Arc<SimHost>,
+    name: &'static str,
+    cfg: DbConfig,
+}
+
+impl SimReplicas {
+    fn new(name: &'static str, seed: u64, cfg: DbConfig) -> Self {
+        SimReplicas { store: Rc::new(MemStore::new()), host: Arc::new(SimHost::new(seed)), name, cfg }
+    }
+
+    fn open(&self) -> Database {
+        let ctx = DbContext::new(self.store.clone())
+            .with_host(self.host.clone())
+            .with_sleeper(engine_core::dst::sleeper(&self.host));
+        try_open_in(ctx, self.name, self.cfg).expect("open")
+    }
+}
+
+/// GC keeps garbage for a minute (the shortest window with which probes send their GET and
+/// HEAD at once); checkpoints come every `records` commits, unpaced; no history.
+fn minute_window(records: u64) -> DbConfig {
+    DbConfig {
+        checkpoint_records: records,
+        checkpoint_min_interval_ms: 0.0,
+        gc_retention_ms: engine_core::database::MIN_RETENTION_FOR_CONCURRENT_PROBE_MS,
+        history_retention_ms: 0.0,
+        ..DbConfig::default()
+    }
+}
+
+/// What another isolate does while a writer's fence check (the manifest HEAD after its PUT
+/// landed) is held back.
+#[derive(Clone, Copy)]
+enum MeanwhileElsewhere {
+    /// It folds the writer's record and then checkpoints this many times more.
+    Checkpoints(u32),
+    /// It folds the writer's record, the GC retention window passes, and its next
+    /// checkpoint collects that record and its garbage.
+    WindowPasses,
+}
+
+/// Runs one writer's commit (`n + 1`) while another isolate commits (`n + 10`, each) and
+/// checkpoints during the writer's fence check, as `meanwhile` says; the writer's answer
+/// must be `COMMIT_OUTCOME_UNKNOWN`, and its commit applied exactly once.
+fn commit_while_elsewhere_is_unknown_and_applied_once(meanwhile: MeanwhileElsewhere) {
+    let sim = SimReplicas::new("fence", 7, minute_window(1));
+    let (store, host) = (&sim.store, &sim.host);
+    let open_sim = || sim.open();
+    let mut a = open_sim();
+    exec(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)", vec![]);
+    exec(&mut a, "INSERT INTO t VALUES (1, 0)", vec![]);
+    let mut b = open_sim();
+    assert_eq!(query_ints(&mut b, "SELECT n FROM t"), [0]);
+    let held = Rc::new(std::cell::Cell::new(false));
+    let seen = held.clone();
+    store.set_faults(Some(Box::new(ScriptedFaults(move |op, key: &str| {
+        if op == OpKind::Head && key.ends_with("/manifest") && !seen.get() {
+            seen.set(true);
+            return Fault::Delay(200);
+        }
+        Fault::None
+    }))));
+    let b_cell = std::cell::RefCell::new(Some(b));
+    let a_commit = async { a.transact(&[Statement::new("UPDATE t SET n = n + 1 WHERE id = 1")]).await };
+    let b_work = async {
+        let mut b = b_cell.borrow_mut().take().unwrap();
+        for _ in 0..20 {
+            futures::pending!();
+        }
+        let add = || [Statement::new("UPDATE t SET n = n + 10 WHERE id = 1")];
+        b.transact(&add()).await.unwrap();
+        match meanwhile {
+            MeanwhileElsewhere::Checkpoints(k) => {
+                for _ in 0..k {
+                    b.transact(&add()).await.unwrap();
+                }
+            }
+            MeanwhileElsewhere::WindowPasses => {
+                host.advance(61_000.0);
+                b.transact(&add()).await.unwrap();
+            }
+        }
+        b
+    };
+    let (a_result, _b) = block_on(futures::future::join(a_commit, b_work));
+    store.set_faults(None);
+    assert!(held.get(), "the writer's fence check was held back");
+    let others = match meanwhile {
+        MeanwhileElsewhere::Checkpoints(k) => 1 + k as i64,
+        MeanwhileElsewhere::WindowPasses => 2,
+    };
+    let mut check = open_sim();
+    assert_eq!(query_ints(&mut check, "SELECT n FROM t"), [1 + others * 10], "the writer's commit is applied exactly once");
+    match a_result {
+        Err(engine_core::EngineError::CommitUnknown(_)) => {}
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
+}
+
+/// A writer's record that another isolate folded, followed by more checkpoints than the
+/// fence reads history entries for, is not taken for a zombie's: whose it was cannot be
+/// told, so the answer is `COMMIT_OUTCOME_UNKNOWN` and the commit is applied once (it was
+/// deleted as a zombie's and run again: applied twice).
+#[test]
+fn a_record_folded_many_checkpoints_before_its_fence_check_is_never_applied_twice() {
+    commit_while_elsewhere_is_unknown_and_applied_once(MeanwhileElsewhere::Checkpoints(12));
+}
+
+/// A writer's record that another isolate folded, and whose garbage GC then collected
+/// after a whole retention window, cannot be told from a zombie's by its garbage: the
+/// answer is `COMMIT_OUTCOME_UNKNOWN`, applied once (a zombie's would be deleted, run again).
+#[test]
+fn a_record_folded_and_collected_before_its_fence_check_is_never_applied_twice() {
+    commit_while_elsewhere_is_unknown_and_applied_once(MeanwhileElsewhere::WindowPasses);
+}
+
 /// The first log PUT fails ambiguously: after it applied (the record landed) or before.
 /// Either way the engine resolves the outcome by reading and the write lands exactly once.
 #[test]
@@ -267,6 +387,91 @@ fn bounded_staleness_skips_the_probe_and_default_sees_everything() {
     assert_eq!(store.counts().gets + store.counts().heads, reads, "no R2 read");
     b.config_mut().max_staleness_ms = 0.0;
     assert_eq!(query_ints(&mut b, "SELECT count(*) FROM t"), [1]);
+}
+
+/// A strict read's probe whose GET is slow enough for a whole GC retention window to pass
+/// after its HEAD: meanwhile another isolate commits, folds the next record into a
+/// checkpoint and collects it. The GET then finds the record absent, but the HEAD is too
+/// old to prove that absence real (its GET and HEAD are not one observation), so the
+/// manifest is read again and the replica moves on. Had the probe counted, the replica
+/// would hold the old state as proven current at its end, and a staleness-bounded read
+/// after it would miss commits acknowledged a minute before it began. `first` picks the
+/// probe: a read sends it ahead of itself, a write that changes nothing probes after
+/// running.
+fn slow_probe_straddling_a_collection(first: FirstRequest) {
+    let sim = SimReplicas::new("slow", 11, minute_window(1_000));
+    let (store, host) = (&sim.store, &sim.host);
+    let open_sim = || sim.open();
+    let mut a = open_sim();
+    exec(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY)", vec![]);
+    exec(&mut a, "INSERT INTO t VALUES (1)", vec![]);
+    assert!(block_on(a.checkpoint()).unwrap());
+    let mut x = open_sim();
+    assert_eq!(query_ints(&mut x, "SELECT count(*) FROM t"), [1]);
+    let next_key = format!("db/slow/log/{:020}", x.applied_seq() + 1);
+    let held = Rc::new(std::cell::Cell::new(false));
+    let seen = held.clone();
+    store.set_faults(Some(Box::new(ScriptedFaults(move |op, key: &str| {
+        if op == OpKind::Get && key == next_key && !seen.get() {
+            seen.set(true);
+            return Fault::Delay(200);
+        }
+        Fault::None
+    }))));
+    let (sql, read_from) = match first {
+        FirstRequest::Strict => ("SELECT count(*) FROM t", engine_core::ReadFrom::Latest),
+        FirstRequest::WriteOfNothing => ("UPDATE t SET id = id WHERE id = 999", engine_core::ReadFrom::Latest),
+    };
+    let first = engine_core::Request { work: engine_core::Work::Transaction(vec![Statement::new(sql)]), read_from };
+    let x_read = async {
+        let _ = x.perform(vec![first]).await;
+    };
+    let a_work = async {
+        for _ in 0..5 {
+            futures::pending!();
+        }
+        exec_async(&mut a, "INSERT INTO t VALUES (2)").await;
+        assert!(a.checkpoint().await.unwrap());
+        host.advance(61_000.0);
+        exec_async(&mut a, "INSERT INTO t VALUES (3)").await;
+        assert!(a.checkpoint().await.unwrap());
+    };
+    block_on(futures::future::join(x_read, a_work));
+    store.set_faults(None);
+    assert!(held.get(), "the probe's GET was held back");
+    let bounded = engine_core::Request {
+        work: engine_core::Work::Transaction(vec![Statement::new("SELECT count(*) FROM t")]),
+        read_from: engine_core::ReadFrom::WithinMs(50.0),
+    };
+    let done = block_on(x.perform(vec![bounded])).remove(0).expect("read");
+    let rows = match done.reply {
+        engine_core::Reply::Transaction(r) => r[0].rows.clone(),
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(rows, vec![vec![SqlValue::Integer(3)]], "a read bounded by 50 ms sees commits acknowledged a minute before it");
+}
+
+async fn exec_async(db: &mut Database, sql: &str) {
+    db.transact(&[Statement::new(sql)]).await.unwrap();
+}
+
+/// The first request of [`slow_probe_straddling_a_collection`].
+enum FirstRequest {
+    /// A strict read: its probe goes out ahead of it.
+    Strict,
+    /// An UPDATE that matches no row: nothing to commit, so it probes (its GET and HEAD at
+    /// once) after running, as a read sent nothing ahead would.
+    WriteOfNothing,
+}
+
+#[test]
+fn a_read_whose_probe_straddles_a_collection_does_not_count_it() {
+    slow_probe_straddling_a_collection(FirstRequest::Strict);
+}
+
+#[test]
+fn a_write_of_nothing_whose_probe_straddles_a_collection_does_not_count_it() {
+    slow_probe_straddling_a_collection(FirstRequest::WriteOfNothing);
 }
 
 #[test]

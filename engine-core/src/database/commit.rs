@@ -12,6 +12,18 @@ use super::{nonce_id, Database, RecordKind, RecordMeta};
 /// History entries the zombie fence reads at most to find whose record a checkpoint folded.
 const FENCE_ENTRIES_LOOKED_AT: u64 = 8;
 
+/// Whose record a checkpoint folded at some position, as far as the zombie fence can tell.
+enum FoldedRecord {
+    /// The garbage of the checkpoint that folded it names the record's nonce.
+    Nonce(u64),
+    /// No checkpoint GC has not collected folded it: the one that did was collected, a
+    /// whole retention window after it.
+    Collected,
+    /// The fence cannot tell: the checkpoint that folded it lies beyond the history entries
+    /// the fence reads, an entry is missing, or its garbage keeps no nonces.
+    Untold,
+}
+
 pub(super) enum Publish {
     Published,
     /// Another writer owns this sequence number (or we were a zombie): catch up and retry.
@@ -119,18 +131,24 @@ impl Database {
             // checkpoint's garbage entry tells them apart by the folded record's nonce;
             // once the entry is collected, time does: collecting it takes a whole retention
             // window after the checkpoint, so if less than half a window passed since the
-            // PUT, the record folded was not this one.
+            // PUT, the record folded was not this one. If neither can tell, the outcome is
+            // unknown: taking our own folded record for a zombie's would run it twice.
             Ok(false) => {
-                let folded = match self.folded_nonce(seq).await {
+                let folded = match self.folded_record(seq).await {
                     Ok(folded) => folded,
                     Err(e) => return Publish::Unknown(format!("log record {seq} was folded, and whose it was is unknown: {e}")),
                 };
                 let zombie = match folded {
-                    Some(folded) => folded != meta.nonce,
-                    None if self.now_ms() - put_started < self.retention_ms() / 2.0 => true,
-                    None => {
+                    FoldedRecord::Nonce(folded) => folded != meta.nonce,
+                    FoldedRecord::Collected if self.now_ms() - put_started < self.retention_ms() / 2.0 => true,
+                    FoldedRecord::Collected => {
                         return Publish::Unknown(format!(
                             "a checkpoint covered log record {seq}, and collected it, before its writer could tell whose it was"
+                        ))
+                    }
+                    FoldedRecord::Untold => {
+                        return Publish::Unknown(format!(
+                            "a checkpoint covered log record {seq}, and more checkpoints followed it than the writer reads to tell whose it was"
                         ))
                     }
                 };
@@ -152,24 +170,31 @@ impl Database {
         outcome
     }
 
-    /// The nonce id of record `seq` as a checkpoint folded it, if the garbage of the base
-    /// manifest or of the history entries of the few generations before it still says.
-    async fn folded_nonce(&self, seq: u64) -> Result<Option<u64>, crate::EngineError> {
-        let from_base = self.base.retired.iter().chain(&self.base.garbage).find_map(|g| g.folded_nonce(seq));
-        if from_base.is_some() {
-            return Ok(from_base);
+    /// What the garbage of the checkpoints GC has not collected says of record `seq`, which
+    /// a checkpoint folded: the base manifest's, then the history entries of the few
+    /// generations before it.
+    async fn folded_record(&self, seq: u64) -> Result<FoldedRecord, crate::EngineError> {
+        let told = |g: &crate::manifest::Garbage| g.covers(seq).then(|| g.folded_nonce(seq).map_or(FoldedRecord::Untold, FoldedRecord::Nonce));
+        if let Some(told) = self.base.retired.iter().chain(&self.base.garbage).find_map(told) {
+            return Ok(told);
         }
-        let lowest = self.base.gc_floor.max(1).max(self.base.generation.saturating_sub(FENCE_ENTRIES_LOOKED_AT));
+        let lowest = self.base.gc_floor.max(1);
         for generation in (lowest..self.base.generation).rev() {
-            let Some(entry) = self.entry(generation).await? else { break };
-            if let Some(nonce) = entry.retired.as_ref().and_then(|g| g.folded_nonce(seq)) {
-                return Ok(Some(nonce));
+            if generation + FENCE_ENTRIES_LOOKED_AT < self.base.generation {
+                return Ok(FoldedRecord::Untold);
+            }
+            let Some(entry) = self.entry(generation).await? else { return Ok(FoldedRecord::Untold) };
+            if let Some(told) = entry.retired.as_ref().and_then(told) {
+                return Ok(told);
             }
             if entry.checkpoint_seq < seq {
-                break;
+                // The checkpoint after this one folded `seq` but its garbage does not say so.
+                return Ok(FoldedRecord::Untold);
             }
         }
-        Ok(None)
+        // Every generation from GC's floor on was read: the checkpoint that folded `seq`
+        // lies below it, collected.
+        Ok(FoldedRecord::Collected)
     }
 
     /// PUTs `body` create-only at `key`, resolving ambiguous failures by reading back
