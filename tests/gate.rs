@@ -448,6 +448,9 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
                         replicas[r] = Some(db);
                         failed_opens = 0;
                     }
+                    Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) if !store.crashed() => {
+                        return Err(format!("opening failed: {e}"));
+                    }
                     Err(e) => {
                         if store.crashed() {
                             store.restart();

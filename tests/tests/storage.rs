@@ -783,3 +783,67 @@ fn a_schema_change_whose_pages_are_not_cached_is_read_in_full() {
     assert_eq!(query_ints(&mut b, "SELECT count(*) FROM t199"), [0]);
     assert_eq!(query_ints(&mut b, "SELECT count(*) FROM sqlite_schema"), [201]);
 }
+
+/// Which store call of a cold open another isolate's checkpoint and GC overtake.
+#[derive(Clone, Copy)]
+enum Overtaken {
+    /// The LIST of the log after the manifest: the records it should show are gone.
+    Listing,
+    /// The GET of a record the LIST showed: it is gone by then.
+    RecordGet,
+}
+
+/// A cold open reads the manifest, then lists the log after it. With no GC retention window
+/// another isolate may fold and collect those records in between: the open moves onto the
+/// newer checkpoint and lists again (it failed with "log record N is missing").
+fn open_overtaken_by_a_collection(overtaken: Overtaken) {
+    let store = Rc::new(MemStore::new());
+    let cfg = DbConfig { checkpoint_records: 1_000, gc_retention_ms: 0.0, history_retention_ms: 0.0, checkpoint_min_interval_ms: 0.0, ..DbConfig::default() };
+    let mut a = open_with(&store, "ol", cfg, 32 << 20);
+    exec(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY)", vec![]);
+    assert!(block_on(a.checkpoint()).unwrap());
+    let first_record = format!("db/ol/log/{:020}", a.applied_seq() + 1);
+    exec(&mut a, "INSERT INTO t VALUES (1)", vec![]);
+    exec(&mut a, "INSERT INTO t VALUES (2)", vec![]);
+    let held = Rc::new(std::cell::Cell::new(false));
+    let seen = held.clone();
+    store.set_faults(Some(Box::new(ScriptedFaults(move |op, key: &str| {
+        let target = match overtaken {
+            Overtaken::Listing => op == OpKind::List,
+            Overtaken::RecordGet => op == OpKind::Get && key == first_record,
+        };
+        if target && !seen.get() {
+            seen.set(true);
+            return Fault::Delay(200);
+        }
+        Fault::None
+    }))));
+    let x_open = Database::open(DbContext::new(store.clone()), Layout::new("", "ol"), cfg);
+    let a_work = async {
+        for _ in 0..5 {
+            futures::pending!();
+        }
+        for id in 3..=5 {
+            a.transact(&[Statement::with_params("INSERT INTO t VALUES (?)", vec![SqlValue::Integer(id)])]).await.unwrap();
+            if id < 5 {
+                assert!(a.checkpoint().await.unwrap());
+            }
+        }
+    };
+    let (x, ()) = block_on(futures::future::join(x_open, a_work));
+    store.set_faults(None);
+    assert!(held.get(), "the open's call was held back");
+    assert!(store.raw_get(&format!("db/ol/log/{:020}", 2)).is_none(), "collected while the open ran");
+    let mut x = x.expect("the open moves onto the newer checkpoint");
+    assert_eq!(query_ints(&mut x, "SELECT count(*) FROM t"), [5]);
+}
+
+#[test]
+fn an_open_whose_listing_is_overtaken_by_a_collection_moves_on() {
+    open_overtaken_by_a_collection(Overtaken::Listing);
+}
+
+#[test]
+fn an_open_whose_record_get_is_overtaken_by_a_collection_moves_on() {
+    open_overtaken_by_a_collection(Overtaken::RecordGet);
+}

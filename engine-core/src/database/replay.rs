@@ -58,6 +58,14 @@ pub(super) struct SeenAhead {
     tail: Option<SeenTail>,
 }
 
+/// How one pass over a listing of the log ended.
+enum Listed {
+    /// Every record after the applied one was applied.
+    Complete,
+    /// Record `missing` was not there: collected since the manifest was read, or lost.
+    Gap { missing: u64, why: String },
+}
+
 /// What a freshness probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ProbeResult {
@@ -83,8 +91,28 @@ impl Database {
     /// many records may be missing; fetches them concurrently). The listing runs over the
     /// database's folder from the applied record on, so it also shows the manifest (which
     /// sorts after `log/`) and its etag: see [`SeenTail`].
+    ///
+    /// A record missing from the listing (or gone before its GET) is corruption only if
+    /// the manifest still says it should be there: between the manifest read this replica
+    /// stands on and the listing, another isolate may have folded it into a checkpoint and
+    /// GC collected it (at once with no retention window). Then the replica moves onto that
+    /// checkpoint and lists again.
     pub(super) async fn replay_listed_log(&mut self) -> Result<(), EngineError> {
         let started = self.now_ms();
+        for _ in 0..MAX_MANIFEST_ROUNDS {
+            let Listed::Gap { missing, why } = self.list_and_apply(started).await? else { return Ok(()) };
+            if self.check_manifest(missing).await? {
+                return Err(EngineError::Corrupt(why));
+            }
+        }
+        Err(EngineError::Corrupt(format!(
+            "the log after the manifest was collected {MAX_MANIFEST_ROUNDS} times while this replica listed it"
+        )))
+    }
+
+    /// One pass of [`Self::replay_listed_log`]: lists from the applied record on and applies
+    /// what it finds, up to a gap.
+    async fn list_and_apply(&mut self, started: f64) -> Result<Listed, EngineError> {
         let manifest_key = self.layout.manifest_key();
         let log_prefix = self.layout.log_prefix();
         let mut start_after = Some(self.layout.log_key(self.applied_seq));
@@ -120,15 +148,12 @@ impl Database {
                 });
                 let bodies = join_all(fetches).await;
                 for (seq, body) in batch.iter().zip(bodies) {
-                    if *seq != self.applied_seq + 1 {
-                        return Err(EngineError::Corrupt(format!(
-                            "log record {} is missing (found {} next)",
-                            self.applied_seq + 1,
-                            seq
-                        )));
+                    let missing = self.applied_seq + 1;
+                    if *seq != missing {
+                        return Ok(Listed::Gap { missing, why: format!("log record {missing} is missing (found {seq} next)") });
                     }
                     let Some(obj) = body? else {
-                        return Err(EngineError::Corrupt(format!("log record {seq} was listed but is gone")));
+                        return Ok(Listed::Gap { missing, why: format!("log record {seq} was listed but is gone") });
                     };
                     self.apply_record(*seq, &obj.body).await?;
                 }
@@ -143,7 +168,7 @@ impl Database {
                         self.unverified_records = false;
                     }
                     self.seen_tail = Some(SeenTail::Absent { seq: self.applied_seq + 1, manifest_etag: in_time.then_some(manifest_etag) });
-                    return Ok(());
+                    return Ok(Listed::Complete);
                 }
             }
         }
