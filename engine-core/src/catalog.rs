@@ -31,6 +31,9 @@ pub struct ListedDatabase {
     pub deleted: Option<Deletion>,
     /// The deletion ended the history too (a purge): nothing of the old state is left.
     pub purged: bool,
+    /// The log records before a purging deletion are still to be deleted (the scheduled
+    /// sweep does it once the GC window after the deletion has passed).
+    pub purge_log_pending: bool,
 }
 
 /// One page of a listing.
@@ -81,6 +84,7 @@ pub async fn list_databases(
                             checkpoint_ms: m.committed_ms,
                             deleted: m.deleted,
                             purged: m.deleted.is_some_and(|d| m.history_from_seq >= d.seq),
+                            purge_log_pending: m.purge_log_pending().is_some(),
                         }
                     }
                     // Never checkpointed: fewer commits than a checkpoint folds.
@@ -91,6 +95,7 @@ pub async fn list_databases(
                         checkpoint_ms: 0,
                         deleted: None,
                         purged: false,
+                        purge_log_pending: false,
                     },
                 };
                 page.next_after = Some(listed.name.clone());

@@ -70,6 +70,12 @@ pub struct Manifest {
     /// Set if this database began as a fork (kept across checkpoints, restores and imports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forked_from: Option<ForkedFrom>,
+    /// Log records below this are known deleted. A purging deletion leaves the records
+    /// before it to the scheduled sweep for the GC window after the deletion's commit
+    /// (readers and writers prove a record's absence by time: ARCHITECTURE.md); the sweep
+    /// sets this once it has deleted them, and listings then skip the database.
+    #[serde(default)]
+    pub log_purged_before: u64,
     /// A few pages of this checkpoint carried in the manifest itself, so that a cold open
     /// reads them with the manifest instead of one page group each: page 1 (the schema)
     /// and the roots of tables and indexes. Copies: the chunks hold the same bytes.
@@ -168,8 +174,15 @@ impl Manifest {
             written_ms: 0.0,
             deleted: None,
             forked_from: None,
+            log_purged_before: 0,
             pages: Vec::new(),
         }
+    }
+
+    /// The purging deletion this checkpoint is, while the log records before it are
+    /// still to be deleted (see [`Manifest::log_purged_before`]).
+    pub fn purge_log_pending(&self) -> Option<Deletion> {
+        self.deleted.filter(|d| self.history_from_seq >= d.seq && self.log_purged_before < d.seq)
     }
 
     pub fn encode(&self) -> Vec<u8> {

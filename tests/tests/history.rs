@@ -604,3 +604,67 @@ fn a_checkpointer_proven_current_long_ago_keeps_what_a_restore_it_missed_brought
     let mut reader = open_manual();
     assert_eq!(query_ints(&mut reader, "SELECT v FROM t"), vec![1], "the restored state reads");
 }
+
+/// A purge deletes the old state's chunks and history at once but leaves its log records for
+/// the GC window (readers and writers prove a record absent by time, so no record may go
+/// sooner after its creation): the scheduled sweep deletes them once the window has passed
+/// and notes it in the manifest, after which listings no longer ask for it. A name used
+/// again meanwhile has its orphan sweep take them, after the window too.
+#[test]
+fn a_purge_leaves_its_log_records_to_the_sweep_for_the_gc_window() {
+    let store = Rc::new(MemStore::new());
+    let host = Arc::new(SimHost::new(3));
+    let cfg = DbConfig {
+        checkpoint_records: 3,
+        checkpoint_min_interval_ms: 0.0,
+        gc_retention_ms: 10.0 * MINUTE,
+        history_retention_ms: 0.0,
+        orphan_sweep_interval_ms: 0.0,
+        ..DbConfig::default()
+    };
+    let ctx = || DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(&host));
+    let log_of = |db: &str| store.keys().into_iter().filter(|k| k.starts_with(&format!("db/{db}/log/"))).count();
+    let pending = |db: &str| {
+        let page = block_on(list_databases(store.as_ref(), "", ListRequest { after: None, limit: 10, include_deleted: true }, 6)).unwrap();
+        page.databases.into_iter().find(|d| d.name == db).map(|d| (d.purged, d.purge_log_pending))
+    };
+    for name in ["p", "r"] {
+        let mut db = try_open_in(ctx(), name, cfg).unwrap();
+        exec(&mut db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", vec![]);
+        for i in 0..7 {
+            exec(&mut db, "INSERT INTO t (v) VALUES (?)", vec![SqlValue::Integer(i)]);
+        }
+        let purged = block_on(db.delete(DeleteMode::Purge)).unwrap();
+        let p = purged.purge.expect("purged");
+        assert!(p.complete && p.log_records_left && p.objects_deleted > 0, "{purged:?}");
+        assert!(log_of(name) >= 8, "the log records stay: {}", log_of(name));
+        assert_eq!(pending(name), Some((true, true)));
+        assert_eq!(block_on(db.sweep_purged_log()).unwrap(), None, "inside the GC window");
+    }
+    // "r" is used again: its checkpoints' orphan sweeps leave the purged log alone in the
+    // window, and delete it after.
+    let mut r = try_open_in(ctx(), "r", cfg).unwrap();
+    exec(&mut r, "CREATE TABLE again (x)", vec![]);
+    for _ in 0..3 {
+        exec(&mut r, "INSERT INTO again VALUES (1)", vec![]);
+    }
+    assert!(r.checkpoint_seq() > r.applied_seq() - 3, "checkpointed in the window");
+    let r_log_in_window = log_of("r");
+    assert!(r_log_in_window >= 8, "{r_log_in_window}");
+
+    host.advance(10.0 * MINUTE + 1_000.0);
+    let mut p = try_open_in(ctx(), "p", cfg).unwrap();
+    let swept = block_on(p.sweep_purged_log()).unwrap().expect("swept");
+    assert!(swept >= 8, "{swept} records deleted");
+    assert_eq!(log_of("p"), 1, "only the deletion's own record is left");
+    assert_eq!(pending("p"), Some((true, false)));
+    assert_eq!(block_on(p.sweep_purged_log()).unwrap(), None, "once is enough");
+    assert_eq!(query_ints(&mut p, "SELECT count(*) FROM sqlite_schema"), [0]);
+    exec(&mut p, "CREATE TABLE later (x)", vec![]);
+
+    for _ in 0..3 {
+        exec(&mut r, "INSERT INTO again VALUES (2)", vec![]);
+    }
+    assert!(log_of("r") < r_log_in_window, "the orphan sweep took the purged log: {} of {r_log_in_window}", log_of("r"));
+    assert_eq!(query_ints(&mut r, "SELECT count(*) FROM again"), [6]);
+}

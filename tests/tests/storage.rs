@@ -847,3 +847,57 @@ fn an_open_whose_listing_is_overtaken_by_a_collection_moves_on() {
 fn an_open_whose_record_get_is_overtaken_by_a_collection_moves_on() {
     open_overtaken_by_a_collection(Overtaken::RecordGet);
 }
+
+/// A purging deletion publishes its checkpoint and then deletes the log records before it.
+/// A strict read whose probe saw the manifest before that checkpoint and sends its GET of
+/// the next record after the purge must not take the purged record's absence for the end
+/// of the log: it would answer from a state older than commits acknowledged before the
+/// read began. Either the state before the deletion or the deleted one is right.
+#[test]
+fn a_strict_read_racing_a_purge_never_answers_from_before_acknowledged_commits() {
+    let sim = SimReplicas::new("racing", 5, minute_window(1_000));
+    let store = &sim.store;
+    let mut a = sim.open();
+    exec(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY)", vec![]);
+    exec(&mut a, "INSERT INTO t VALUES (1)", vec![]);
+    assert!(block_on(a.checkpoint()).unwrap());
+    let mut x = sim.open();
+    assert_eq!(query_ints(&mut x, "SELECT count(*) FROM t"), [1]);
+    for id in 2..=4 {
+        exec(&mut a, &format!("INSERT INTO t VALUES ({id})"), vec![]);
+    }
+    let next_key = format!("db/racing/log/{:020}", x.applied_seq() + 1);
+    let held = Rc::new(std::cell::Cell::new(false));
+    let seen = held.clone();
+    store.set_faults(Some(Box::new(ScriptedFaults(move |op, key: &str| {
+        if op == OpKind::Get && key == next_key && !seen.get() {
+            seen.set(true);
+            return Fault::Delay(200);
+        }
+        Fault::None
+    }))));
+    let read = engine_core::Request {
+        work: engine_core::Work::Transaction(vec![Statement::new("SELECT count(*) FROM t")]),
+        read_from: engine_core::ReadFrom::Latest,
+    };
+    let x_read = async { x.perform(vec![read]).await.remove(0) };
+    let a_purge = async {
+        for _ in 0..5 {
+            futures::pending!();
+        }
+        let deleted = a.delete(engine_core::DeleteMode::Purge).await.unwrap();
+        assert!(deleted.purge.is_some_and(|p| p.complete), "{deleted:?}");
+    };
+    let (answer, ()) = block_on(futures::future::join(x_read, a_purge));
+    store.set_faults(None);
+    assert!(held.get(), "the probe's GET was held back");
+    match answer {
+        Ok(done) => match done.reply {
+            engine_core::Reply::Transaction(r) => {
+                assert_eq!(r[0].rows, vec![vec![SqlValue::Integer(4)]], "answered from before acknowledged commits")
+            }
+            other => panic!("unexpected {other:?}"),
+        },
+        Err(e) => assert!(e.to_string().contains("no such table"), "{e}"),
+    }
+}

@@ -569,12 +569,14 @@ test("GET /v1/db, GET and DELETE /v1/db/{name}: listings, info, a deletion undon
   const history = await call("a", `${db}/history`);
   assert.equal(history.body.window.from, deleted.body.bookmark);
 
-  // In R2: the manifest, the deletion's record, the fork's reference and the chunks it uses.
+  // In R2: the manifest, the fork's reference and the chunks it uses, and the log records,
+  // which stay for the GC window (10 minutes here) until the scheduled sweep.
+  assert.equal(deleted.body.purge.log_records_left, true, JSON.stringify(deleted.body));
   const after = await keys("db/doomed/");
   const chunks = after.filter((k) => k.includes("/chunk/"));
   assert.equal(chunks.length, deleted.body.purge.chunks_kept_for_forks, after.join(" "));
   const others = after.filter((k) => !k.includes("/chunk/") && !k.includes("/forks/") && !k.endsWith("/manifest"));
-  assert.ok(others.length <= 1 && others.every((k) => k.includes("/log/")), others.join(" "));
+  assert.ok(others.length > 1 && others.every((k) => k.includes("/log/")), others.join(" "));
   assert.ok(after.length < before.length, `${after.length} of ${before.length} objects left`);
 
   // The fork reads all it had; the name works again at once.
@@ -583,6 +585,41 @@ test("GET /v1/db, GET and DELETE /v1/db/{name}: listings, info, a deletion undon
   assert.equal((await call("a", `${db}/query`, { body: { sql: "CREATE TABLE t (x)" } })).status, 200);
   assert.equal((await call("b", `${db}/query`, { body: { sql: "INSERT INTO t VALUES (1)" } })).status, 200);
   assert.equal((await call("a", `${db}/query`, { body: { sql: "SELECT count(*) FROM t" } })).body.rows[0][0], 1);
+});
+
+test("a purge's log records stay for the GC window, then the scheduled sweep deletes them", async () => {
+  const dir = tempDir();
+  const bindings = { TWILL_HISTORY_RETENTION_MS: "0", TWILL_GC_RETENTION_MS: "1500" };
+  const short = new Miniflare({ r2Persist: dir, workers: [engineWorker("g", { bindings })] });
+  try {
+    const worker = await short.getWorker("g");
+    const bucket = await short.getR2Bucket("BUCKET", "g");
+    const send = async (path, init = {}) => {
+      const res = await worker.fetch(`http://localhost${path}`, { headers: { "content-type": "application/json" }, ...init });
+      return { status: res.status, body: await res.json() };
+    };
+    const q = (sql) => send("/v1/db/p/query", { method: "POST", body: JSON.stringify({ sql }) });
+    const logKeys = async () => (await bucket.list({ prefix: "db/p/log/", limit: 1000 })).objects.map((o) => o.key);
+    const sweep = () => worker.scheduled({ cron: "*/10 * * * *" });
+    assert.equal((await q("CREATE TABLE t (x)")).status, 200);
+    for (let i = 0; i < 4; i++) assert.equal((await q(`INSERT INTO t VALUES (${i})`)).status, 200);
+    const purged = await send("/v1/db/p?purge=true", { method: "DELETE" });
+    assert.equal(purged.status, 200, JSON.stringify(purged.body));
+    assert.equal(purged.body.purge.complete, true, JSON.stringify(purged.body));
+    assert.equal(purged.body.purge.log_records_left, true, JSON.stringify(purged.body));
+    const left = await logKeys();
+    assert.ok(left.length >= 6, left.join(" "));
+    await sweep();
+    assert.equal((await logKeys()).length, left.length, "inside the GC window the sweep leaves them");
+    await new Promise((r) => setTimeout(r, 2000));
+    await sweep();
+    const swept = await logKeys();
+    assert.deepEqual(swept, [left[left.length - 1]], "only the deletion's own record is left");
+    assert.equal((await q("SELECT count(*) FROM sqlite_schema")).body.rows[0][0], 0);
+  } finally {
+    await short.dispose();
+    removeDir(dir);
+  }
 });
 
 test("the scheduled sweep purges databases deleted longer ago than the history window, and no others", async () => {

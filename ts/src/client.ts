@@ -72,7 +72,7 @@ export interface DeleteAnswer {
   published: boolean;
   /** With `purge`: what the purge deleted; `complete: false` if it stopped at its call
    * budget (delete again to finish it). */
-  purge?: { objects_deleted: number; chunks_kept_for_forks: number; complete: boolean };
+  purge?: { objects_deleted: number; chunks_kept_for_forks: number; complete: boolean; log_records_left: boolean };
 }
 
 /** What a database is now (`GET /v1/db/{name}`). */

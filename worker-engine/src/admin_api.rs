@@ -117,6 +117,9 @@ pub async fn info(db: DbRequest, env: &Env) -> Result<Answer, ApiError> {
 /// GC takes the old objects after that. With `purge=true` the history ends at the deletion
 /// and the old state's objects are deleted now (those its forks use stay); a purge cut
 /// short by its call budget says so (`purge.complete: false`): deleting again finishes it.
+/// The old state's log records stay for the GC window (`purge.log_records_left`): readers and
+/// writers prove a record absent by time, so none is deleted sooner; the scheduled sweep
+/// deletes them after it.
 pub async fn delete(db: DbRequest, purge: Option<&str>) -> Result<Answer, ApiError> {
     if db.access != Access::Write {
         return Err(auth::read_only_error());
@@ -137,13 +140,14 @@ pub async fn delete(db: DbRequest, purge: Option<&str>) -> Result<Answer, ApiErr
             "objects_deleted": p.objects_deleted,
             "chunks_kept_for_forks": p.chunks_kept_for_forks,
             "complete": p.complete,
+            "log_records_left": p.log_records_left,
         });
     }
     Ok(Answer { body: crate::Body::Value(body), timing: None, bookmark: Some(bookmark), file: None })
 }
 
-/// Deleted databases one scheduled run purges at most: each purge may make 400 R2 calls, and
-/// an invocation 1,000 on the free plan (the listing takes the rest).
+/// Deleted databases one scheduled run purges (or whose purged log it deletes) at most: each
+/// may make 400 R2 calls, and an invocation 1,000 on the free plan (the listing takes the rest).
 const EXPIRIES_PER_RUN: usize = 1;
 /// Listing pages (of 100 databases, one manifest GET each) one scheduled run reads.
 const SWEEP_PAGES: usize = 3;
@@ -153,6 +157,16 @@ const SWEEP_PAGE_LIMIT: usize = 100;
 pub struct Sweep {
     pub listed: usize,
     pub expired: Vec<String>,
+    /// Purged databases whose log records before the deletion this run deleted.
+    pub logs_swept: Vec<String>,
+}
+
+/// What the scheduled sweep has to do for one deleted database.
+enum SweepDue {
+    /// Deleted longer ago than the retention window: purge it.
+    Expire(String),
+    /// Purged longer ago than the GC window: delete the log records it left.
+    PurgedLog(String),
 }
 
 /// The scheduled sweep (the Worker's cron trigger): finds databases whose deletion is older
@@ -164,6 +178,7 @@ pub async fn expire_deletions(env: &Env) -> Result<Sweep, ApiError> {
     let settings = settings::get(env);
     let config = settings.db_config;
     let retention_ms = config.gc_retention_ms.max(config.history_retention_ms);
+    let log_delay_ms = config.gc_retention_ms;
     let now = js_sys::Date::now();
     let r2: Rc<dyn ObjectStore> = Rc::new(settings.r2_store()?);
     let store = CountingStore::new(r2);
@@ -173,18 +188,22 @@ pub async fn expire_deletions(env: &Env) -> Result<Sweep, ApiError> {
     let start: Option<String> = STARTS.get(pick..pick + 1).map(str::to_string);
     let mut after = start.clone();
     let mut wrapped = start.is_none();
-    let mut sweep = Sweep { listed: 0, expired: Vec::new() };
+    let mut sweep = Sweep { listed: 0, expired: Vec::new(), logs_swept: Vec::new() };
     let mut candidates = Vec::new();
     for _ in 0..SWEEP_PAGES {
         let request = ListRequest { after: after.as_deref(), limit: SWEEP_PAGE_LIMIT, include_deleted: true };
         let page = catalog::list_databases(&store, "", request, config.fetch_concurrency).await?;
         sweep.listed += page.databases.len();
-        candidates.extend(
-            page.databases
-                .into_iter()
-                .filter(|d| !d.purged && d.deleted.is_some_and(|del| del.committed_ms as f64 + retention_ms <= now))
-                .map(|d| d.name),
-        );
+        candidates.extend(page.databases.into_iter().filter_map(|d| {
+            let deleted_ms = d.deleted?.committed_ms as f64;
+            if !d.purged && deleted_ms + retention_ms <= now {
+                Some(SweepDue::Expire(d.name))
+            } else if d.purge_log_pending && deleted_ms + log_delay_ms <= now {
+                Some(SweepDue::PurgedLog(d.name))
+            } else {
+                None
+            }
+        }));
         if candidates.len() >= EXPIRIES_PER_RUN {
             break;
         }
@@ -197,11 +216,22 @@ pub async fn expire_deletions(env: &Env) -> Result<Sweep, ApiError> {
             None => break,
         }
     }
-    for name in candidates.into_iter().take(EXPIRIES_PER_RUN) {
-        let db = DbRequest::new(env, &name, Access::Write, ReadFrom::Latest)?;
-        let (expired, _) = db.exclusive(|d| d.expire_deletion().boxed_local()).await?;
-        if expired.is_some() {
-            sweep.expired.push(name);
+    for due in candidates.into_iter().take(EXPIRIES_PER_RUN) {
+        match due {
+            SweepDue::Expire(name) => {
+                let db = DbRequest::new(env, &name, Access::Write, ReadFrom::Latest)?;
+                let (expired, _) = db.exclusive(|d| d.expire_deletion().boxed_local()).await?;
+                if expired.is_some() {
+                    sweep.expired.push(name);
+                }
+            }
+            SweepDue::PurgedLog(name) => {
+                let db = DbRequest::new(env, &name, Access::Write, ReadFrom::Latest)?;
+                let (swept, _) = db.exclusive(|d| d.sweep_purged_log().boxed_local()).await?;
+                if swept.is_some() {
+                    sweep.logs_swept.push(name);
+                }
+            }
         }
     }
     Ok(sweep)

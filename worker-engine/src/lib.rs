@@ -231,7 +231,12 @@ extern "C" {
 #[event(scheduled)]
 async fn scheduled(_event: ScheduledEvent, env: Env, _ctx: ScheduleContext) {
     match admin_api::expire_deletions(&env).await {
-        Ok(sweep) => console_log!("twill sweep: {} databases listed, purged {:?}", sweep.listed, sweep.expired),
+        Ok(sweep) => console_log!(
+            "twill sweep: {} databases listed, purged {:?}, purged logs deleted {:?}",
+            sweep.listed,
+            sweep.expired,
+            sweep.logs_swept
+        ),
         Err(e) => console_error!("twill sweep failed: {} {}", e.code, e.message),
     }
 }

@@ -295,6 +295,7 @@ impl Database {
             swept_generation,
             written_ms: now,
             forked_from: self.image.forked_from.clone(),
+            log_purged_before: self.base.log_purged_before,
             deleted: folded
                 .last()
                 .filter(|m| m.seq == self.applied_seq && matches!(m.kind, RecordKind::Snapshot { deletes: true, .. }))

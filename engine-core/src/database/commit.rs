@@ -140,7 +140,7 @@ impl Database {
                 };
                 let zombie = match folded {
                     FoldedRecord::Nonce(folded) => folded != meta.nonce,
-                    FoldedRecord::Collected if self.now_ms() - put_started < self.retention_ms() / 2.0 => true,
+                    FoldedRecord::Collected if self.now_ms() - put_started < self.collection_delay_ms() / 2.0 => true,
                     FoldedRecord::Collected => {
                         return Publish::Unknown(format!(
                             "a checkpoint covered log record {seq}, and collected it, before its writer could tell whose it was"

@@ -3,8 +3,11 @@
 //! read manifests only, leave the database out. By default the states before stay in the
 //! history: restoring the bookmark before the deletion undoes it, until the window ends and
 //! [`Database::expire_deletion`] (the Worker's scheduled sweep) purges them. A purging
-//! deletion also ends the history
-//! there and deletes the objects of the old state at once. Either way what forks still use
+//! deletion also ends the history there and deletes the objects of the old state at once,
+//! except its log records: readers and writers prove a record absent by time (no record is
+//! deleted sooner than the GC window after its creation), so those stay until the GC window
+//! after the deletion has passed and [`Database::sweep_purged_log`] (the scheduled sweep,
+//! or the orphan sweep of a name used again) deletes them. Either way what forks still use
 //! stays (their references name it), and so does the manifest: it is the compare-and-swap
 //! anchor that fences writers which have not seen the deletion yet, and the name can be
 //! used again at once.
@@ -15,9 +18,11 @@ use crate::bookmark::Bookmark;
 use crate::error::EngineError;
 use crate::layout::{Layout, UploadId};
 use crate::log_record::{Snapshot, SnapshotOrigin};
-use crate::store::MAX_LIST_LIMIT;
+use crate::store::{PutCondition, PutOutcome, MAX_LIST_LIMIT};
 
 use crate::manifest::Deletion;
+
+use super::replay::read_manifest;
 
 use super::{Database, RecordKind};
 
@@ -66,6 +71,9 @@ pub struct Purged {
     /// False if the purge stopped at [`PURGE_CALL_BUDGET`] or could not publish its
     /// checkpoint yet: delete again to finish (nothing of the old state is readable either way).
     pub complete: bool,
+    /// The old state's log records stay until the GC window after the deletion has passed
+    /// (the scheduled sweep deletes them then); false once they are deleted too.
+    pub log_records_left: bool,
 }
 
 /// Where one purge stands: what it may still call, what it did.
@@ -110,6 +118,46 @@ impl Database {
             // A writer used the name since: the database lives again.
             Err(EngineError::NotEmpty(_)) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// What the scheduled sweep does for a purged database whose log records before the
+    /// deletion are still there (see the module's note), once the GC window after the
+    /// deletion has passed: deletes them and notes it in the manifest, so that listings
+    /// skip the database from then on. Returns the records deleted, `None` if there is
+    /// nothing to do yet (or a writer used the name since: its own sweeps take them).
+    pub async fn sweep_purged_log(&mut self) -> Result<Option<u64>, EngineError> {
+        self.catch_up().await?;
+        let pending = self.base.purge_log_pending();
+        let Some(deletion) = self.current_deletion().filter(|d| pending == Some(*d)) else {
+            return Ok(None);
+        };
+        if !self.purged_log_due(self.now_ms()) {
+            return Ok(None);
+        }
+        let mut purge = Purge { calls_left: PURGE_CALL_BUDGET, deleted: 0 };
+        if !self.purge_log(&mut purge, deletion.seq).await? || !self.note_log_purged(deletion.seq).await? {
+            return Ok(None);
+        }
+        Ok(Some(purge.deleted))
+    }
+
+    /// Notes in the manifest that the log records before `seq` are deleted: a rewrite of
+    /// the same generation by compare-and-swap (only this field changes, and only upward,
+    /// so no etag repeats). False if the manifest moved meanwhile.
+    async fn note_log_purged(&mut self, seq: u64) -> Result<bool, EngineError> {
+        let (mut m, etag) = read_manifest(&self.store, &self.layout).await?;
+        let Some(etag) = etag.filter(|_| m.generation == self.base.generation && m.log_purged_before < seq) else {
+            return Ok(false);
+        };
+        m.log_purged_before = seq;
+        match self.store.put(&self.layout.manifest_key(), &m.encode(), PutCondition::EtagMatches(etag)).await? {
+            PutOutcome::Stored(meta) => {
+                self.base.log_purged_before = seq;
+                self.base_etag = Some(meta.etag);
+                Ok(true)
+            }
+            PutOutcome::PreconditionFailed => Ok(false),
         }
     }
 
@@ -160,7 +208,14 @@ impl Database {
                 let complete = published
                     && self.purge(&mut purge, deleted_ms, &mut kept_for_forks).await.unwrap_or(false)
                     && self.drop_references(&mut purge, &owners).await.unwrap_or(false);
-                Some(Purged { objects_deleted: purge.deleted, chunks_kept_for_forks: kept_for_forks, complete })
+                // With no GC window (tests, or a deployment that keeps nothing) the log
+                // records go now too.
+                let log_deleted = complete
+                    && self.purged_log_due(self.now_ms())
+                    && self.purge_log(&mut purge, bookmark.0).await.unwrap_or(false)
+                    && self.note_log_purged(bookmark.0).await.unwrap_or(false);
+                let log_records_left = !log_deleted;
+                Some(Purged { objects_deleted: purge.deleted, chunks_kept_for_forks: kept_for_forks, complete, log_records_left })
             }
         };
         Ok(Deleted { bookmark, previous, published, purge })
@@ -181,8 +236,8 @@ impl Database {
 
     /// Deletes what the state before the published deletion used: chunks of generations up
     /// to the manifest's that it does not name, uploads older than the deletion (less the
-    /// grace), history entries and log records before where history now starts. Returns
-    /// false if the call budget ran out first.
+    /// grace) and history entries before where history now starts (its log records wait:
+    /// [`Self::purge_log`]). Returns false if the call budget ran out first.
     async fn purge(&self, purge: &mut Purge, deleted_ms: u64, kept_for_forks: &mut u64) -> Result<bool, EngineError> {
         if !purge.spend() {
             return Ok(false);
@@ -190,7 +245,6 @@ impl Database {
         let forks = self.fork_referenced_chunks().await?;
         let live: HashSet<&str> = self.base.chunks.iter().map(String::as_str).collect();
         let generation = self.base.generation;
-        let history_from = self.base.history_from_seq;
         let entries_from = self.base.entries_from;
         let layout = &self.layout;
         let chunk_doomed = |key: &str| match layout.chunk_generation_of(key) {
@@ -203,14 +257,34 @@ impl Database {
         let entry_doomed = |key: &str| {
             key.strip_prefix(&layout.history_prefix()).and_then(|g| g.parse::<u64>().ok()).is_some_and(|g| g < entries_from)
         };
-        let record_doomed = |key: &str| layout.log_seq_of(key).is_some_and(|seq| seq < history_from);
-        let sets: [(String, &dyn Fn(&str) -> bool); 5] = [
+        let sets: [(String, &dyn Fn(&str) -> bool); 4] = [
             (layout.chunk_prefix(), &chunk_doomed),
             (layout.uploads_prefix(), &upload_doomed),
             (layout.upload_sessions_prefix(), &upload_doomed),
             (layout.history_prefix(), &entry_doomed),
-            (layout.log_prefix(), &record_doomed),
         ];
+        self.purge_listed(purge, sets, &live, &forks, kept_for_forks).await
+    }
+
+    /// Deletes the log records before the purging deletion at `deletion`. Returns false if
+    /// the call budget ran out first.
+    async fn purge_log(&self, purge: &mut Purge, deletion: u64) -> Result<bool, EngineError> {
+        let layout = &self.layout;
+        let record_doomed = |key: &str| layout.log_seq_of(key).is_some_and(|seq| seq < deletion);
+        let sets: [(String, &dyn Fn(&str) -> bool); 1] = [(layout.log_prefix(), &record_doomed)];
+        self.purge_listed(purge, sets, &HashSet::new(), &HashSet::new(), &mut 0).await
+    }
+
+    /// Lists each prefix and deletes the keys `doomed` picks, but for those the live map
+    /// names and those forks use (counted in `kept_for_forks`).
+    async fn purge_listed<const N: usize>(
+        &self,
+        purge: &mut Purge,
+        sets: [(String, &dyn Fn(&str) -> bool); N],
+        live: &HashSet<&str>,
+        forks: &HashSet<String>,
+        kept_for_forks: &mut u64,
+    ) -> Result<bool, EngineError> {
         for (prefix, doomed) in sets {
             let mut after: Option<String> = None;
             loop {

@@ -43,6 +43,16 @@ impl Database {
         self.config.gc_retention_ms.max(self.config.history_retention_ms)
     }
 
+    /// The least time between a log record's creation and its deletion, over every path
+    /// that deletes records: GC deletes what a checkpoint folded a whole retention window
+    /// after that checkpoint, and a purge leaves the records before its deletion to the
+    /// scheduled sweep for the GC window after the deletion's commit. What proves a record's
+    /// absence by time (a probe's GET and HEAD at once, a listing, the zombie fence) relies
+    /// on it, with half of it as the margin for clocks that differ between isolates.
+    pub(super) fn collection_delay_ms(&self) -> f64 {
+        self.config.gc_retention_ms.min(self.retention_ms())
+    }
+
     /// How far inside the window's edge a past state must be to be served (read, restored,
     /// forked): GC cannot take its objects for at least this long after it was checked.
     pub(super) fn history_edge_margin_ms(&self) -> f64 {

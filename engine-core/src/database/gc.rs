@@ -182,6 +182,14 @@ impl Database {
         Ok(keep_full.max(self.base.entries_from))
     }
 
+    /// True if the log records before where history starts may be deleted by listing (a
+    /// purge, the orphan sweep): where a purging deletion moved the start, not before the
+    /// GC window after the deletion's commit has passed ([`Self::collection_delay_ms`]).
+    /// Where GC moved it, its records were retired longer ago than that already.
+    pub(super) fn purged_log_due(&self, now: f64) -> bool {
+        self.base.history_from_ms as f64 + self.collection_delay_ms() <= now
+    }
+
     /// True if the manifest about to be published should carry a sweep.
     pub(super) fn sweep_due(&self, now: f64) -> bool {
         now - self.base.last_sweep_ms >= self.config.orphan_sweep_interval_ms
@@ -221,7 +229,12 @@ impl Database {
 
         // Log records at or below the oldest kept state were deleted by GC (unless a
         // version-1 garbage entry still holds them): any found there were re-created by a
-        // zombie writer, or their delete failed.
+        // zombie writer, or their delete failed. After a purging deletion they are the
+        // records before it, deleted only once the GC window after it has passed.
+        if !self.purged_log_due(self.now_ms()) {
+            self.store.delete_many(&orphans).await?;
+            return Ok(swept);
+        }
         let legacy = |seq: u64| self.base.garbage.iter().any(|g| (g.log_from..=g.log_to).contains(&seq));
         let prefix = self.layout.log_prefix();
         let mut after: Option<String> = None;

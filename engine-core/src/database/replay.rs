@@ -161,7 +161,7 @@ impl Database {
             match page.next_start_after {
                 Some(next) if !past_the_log => start_after = Some(next),
                 _ => {
-                    let in_time = self.probe_concurrently() && self.now_ms() - started < self.retention_ms() / 2.0;
+                    let in_time = self.probe_concurrently() && self.now_ms() - started < self.collection_delay_ms() / 2.0;
                     if in_time && manifest_etag == self.base_etag {
                         // The manifest the listing showed is the one this replica stands on:
                         // no checkpoint covered the records listed with it, so they are real.
@@ -288,7 +288,7 @@ impl Database {
                             let started = self.now_ms();
                             let manifest_key = self.layout.manifest_key();
                             let (record, head) = futures::join!(self.store.get(&key, None), self.store.head(&manifest_key));
-                            let in_time = self.now_ms() - started < self.retention_ms() / 2.0;
+                            let in_time = self.now_ms() - started < self.collection_delay_ms() / 2.0;
                             (record?, in_time.then_some(head?.map(|m| m.etag)))
                         }
                         None => (self.store.get(&key, None).await?, None),
@@ -352,7 +352,7 @@ impl Database {
     pub(super) fn accept_seen_ahead(&mut self, seen: SeenAhead) {
         // A slow probe still proves the record absent, but its HEAD is too far from its
         // GET: the manifest is then checked after, as in a sequential probe.
-        let in_time = self.now_ms() - seen.started_ms < self.retention_ms() / 2.0;
+        let in_time = self.now_ms() - seen.started_ms < self.collection_delay_ms() / 2.0;
         self.seen_tail = seen.tail.map(|t| match t {
             SeenTail::Absent { seq, manifest_etag } => SeenTail::Absent { seq, manifest_etag: manifest_etag.filter(|_| in_time) },
             record => record,
@@ -366,7 +366,7 @@ impl Database {
     /// one probe, so that cannot happen while the probe is shorter than the window (half of
     /// it, to allow for clock skew between isolates). ARCHITECTURE.md has the argument.
     fn probe_concurrently(&self) -> bool {
-        self.retention_ms() >= MIN_RETENTION_FOR_CONCURRENT_PROBE_MS
+        self.collection_delay_ms() >= MIN_RETENTION_FOR_CONCURRENT_PROBE_MS
     }
 
     /// Checks the manifest after records were applied by a call that then failed.
