@@ -14,6 +14,26 @@ fn small_checkpoints() -> DbConfig {
     DbConfig { checkpoint_records: 4, checkpoint_min_interval_ms: 0.0, gc_retention_ms: 0.0, history_retention_ms: 0.0, ..DbConfig::default() }
 }
 
+/// Holds back the first store call `picks` chooses (for 200 yields of the executor), so that
+/// other work runs while it is in flight. The flag says whether it was held.
+fn hold_back_once(store: &MemStore, picks: impl Fn(OpKind, &str) -> bool + 'static) -> Rc<std::cell::Cell<bool>> {
+    let held = Rc::new(std::cell::Cell::new(false));
+    let seen = held.clone();
+    store.set_faults(Some(Box::new(ScriptedFaults(move |op, key: &str| {
+        if picks(op, key) && !seen.get() {
+            seen.set(true);
+            return Fault::Delay(200);
+        }
+        Fault::None
+    }))));
+    held
+}
+
+/// Picks the manifest's HEAD (a probe's, or a commit's fence check).
+fn manifest_head(op: OpKind, key: &str) -> bool {
+    op == OpKind::Head && key.ends_with("/manifest")
+}
+
 fn log_keys(store: &MemStore, db: &str) -> Vec<String> {
     store.keys().into_iter().filter(|k| k.starts_with(&format!("db/{db}/log/"))).collect()
 }
@@ -153,26 +173,22 @@ fn zombie_writer_stalled_across_checkpoint_and_gc_is_never_acknowledged() {
 /// once, and never run again (crash-gate seed 148 of the stronger oracle).
 #[test]
 fn a_record_folded_before_its_fence_check_is_acknowledged_once() {
-    let store = Rc::new(MemStore::new());
     let cfg = DbConfig { checkpoint_records: 2, gc_retention_ms: 60_000.0, history_retention_ms: 0.0, ..DbConfig::default() };
-    let mut a = open_with(&store, "f", cfg, 32 << 20);
+    let sim = SimReplicas::new("f", 3, cfg);
+    let store = &sim.store;
+    let mut a = sim.open();
     exec(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER)", vec![]);
     exec(&mut a, "INSERT INTO t VALUES (1, 0)", vec![]);
-    let mut b = open_with(&store, "f", cfg, 32 << 20);
+    let mut b = sim.open();
     assert_eq!(query_ints(&mut b, "SELECT n FROM t"), [0]);
+    // Half the window passes: time no longer proves a's next key unused, so its commit
+    // checks the manifest after the PUT (the fence this test holds back).
+    sim.host.advance(31_000.0);
     // a's PUT lands; before a checks the manifest, b reads a's record, commits after it
     // and checkpoints (folding a's record).
-    let fence_head = std::rc::Rc::new(std::cell::Cell::new(false));
-    let seen = fence_head.clone();
+    // Held long enough for b's work below to run first.
+    let fence_head = hold_back_once(store, manifest_head);
     let b_cell = std::cell::RefCell::new(Some(b));
-    store.set_faults(Some(Box::new(ScriptedFaults(move |op, key: &str| {
-        if op == OpKind::Head && key.ends_with("/manifest") && !seen.get() {
-            seen.set(true);
-            // Yield long enough for b's work below to run first.
-            return Fault::Delay(200);
-        }
-        Fault::None
-    }))));
     let a_commit = async { a.transact(&[Statement::new("UPDATE t SET n = n + 1 WHERE id = 1")]).await };
     let b_work = async {
         let mut b = b_cell.borrow_mut().take().unwrap();
@@ -185,8 +201,9 @@ fn a_record_folded_before_its_fence_check_is_acknowledged_once() {
     };
     let (a_result, _b) = block_on(futures::future::join(a_commit, b_work));
     store.set_faults(None);
+    assert!(fence_head.get(), "the writer's fence check was held back");
     a_result.expect("acknowledged: the record was a's own, folded by b's checkpoint");
-    let mut check = open_with(&store, "f", cfg, 32 << 20);
+    let mut check = sim.open();
     assert_eq!(query_ints(&mut check, "SELECT n FROM t"), [11], "each update exactly once");
 }
 
@@ -247,15 +264,9 @@ fn commit_while_elsewhere_is_unknown_and_applied_once(meanwhile: MeanwhileElsewh
     exec(&mut a, "INSERT INTO t VALUES (1, 0)", vec![]);
     let mut b = open_sim();
     assert_eq!(query_ints(&mut b, "SELECT n FROM t"), [0]);
-    let held = Rc::new(std::cell::Cell::new(false));
-    let seen = held.clone();
-    store.set_faults(Some(Box::new(ScriptedFaults(move |op, key: &str| {
-        if op == OpKind::Head && key.ends_with("/manifest") && !seen.get() {
-            seen.set(true);
-            return Fault::Delay(200);
-        }
-        Fault::None
-    }))));
+    // Half the window passes, so the writer's commit runs its fence check.
+    host.advance(31_000.0);
+    let held = hold_back_once(store, manifest_head);
     let b_cell = std::cell::RefCell::new(Some(b));
     let a_commit = async { a.transact(&[Statement::new("UPDATE t SET n = n + 1 WHERE id = 1")]).await };
     let b_work = async {
@@ -409,15 +420,7 @@ fn slow_probe_straddling_a_collection(first: FirstRequest) {
     let mut x = open_sim();
     assert_eq!(query_ints(&mut x, "SELECT count(*) FROM t"), [1]);
     let next_key = format!("db/slow/log/{:020}", x.applied_seq() + 1);
-    let held = Rc::new(std::cell::Cell::new(false));
-    let seen = held.clone();
-    store.set_faults(Some(Box::new(ScriptedFaults(move |op, key: &str| {
-        if op == OpKind::Get && key == next_key && !seen.get() {
-            seen.set(true);
-            return Fault::Delay(200);
-        }
-        Fault::None
-    }))));
+    let held = hold_back_once(store, move |op, key| op == OpKind::Get && key == next_key);
     let (sql, read_from) = match first {
         FirstRequest::Strict => ("SELECT count(*) FROM t", engine_core::ReadFrom::Latest),
         FirstRequest::WriteOfNothing => ("UPDATE t SET id = id WHERE id = 999", engine_core::ReadFrom::Latest),
@@ -749,9 +752,11 @@ fn a_strict_read_that_fetches_a_page_waits_one_round_trip() {
         (slow.rounds.get() - rounds, after.gets - reads.gets + after.heads - reads.heads)
     };
     read(12900); // the B-tree's interior pages
-    assert_eq!(read(15000), (1, 3), "a leaf's page group, the next record and the manifest: together");
-    assert_eq!(read(15001), (1, 2), "cached page: the probe alone");
-    assert_eq!(read(7000), (1, 3));
+    // The open's listing read the manifest a moment ago, so time proves the next record's
+    // absence: the probe is its GET alone (no HEAD; see `time_proves_absence`).
+    assert_eq!(read(15000), (1, 2), "a leaf's page group and the next record: together");
+    assert_eq!(read(15001), (1, 1), "cached page: the probe's one GET alone");
+    assert_eq!(read(7000), (1, 2));
 
     // Another replica commits: the record the probe ahead found is applied as it is (no
     // second GET), then the next one's GET and the manifest's HEAD go out together, and
@@ -805,19 +810,10 @@ fn open_overtaken_by_a_collection(overtaken: Overtaken) {
     let first_record = format!("db/ol/log/{:020}", a.applied_seq() + 1);
     exec(&mut a, "INSERT INTO t VALUES (1)", vec![]);
     exec(&mut a, "INSERT INTO t VALUES (2)", vec![]);
-    let held = Rc::new(std::cell::Cell::new(false));
-    let seen = held.clone();
-    store.set_faults(Some(Box::new(ScriptedFaults(move |op, key: &str| {
-        let target = match overtaken {
-            Overtaken::Listing => op == OpKind::List,
-            Overtaken::RecordGet => op == OpKind::Get && key == first_record,
-        };
-        if target && !seen.get() {
-            seen.set(true);
-            return Fault::Delay(200);
-        }
-        Fault::None
-    }))));
+    let held = hold_back_once(&store, move |op, key| match overtaken {
+        Overtaken::Listing => op == OpKind::List,
+        Overtaken::RecordGet => op == OpKind::Get && key == first_record,
+    });
     let x_open = Database::open(DbContext::new(store.clone()), Layout::new("", "ol"), cfg);
     let a_work = async {
         for _ in 0..5 {
@@ -867,15 +863,7 @@ fn a_strict_read_racing_a_purge_never_answers_from_before_acknowledged_commits()
         exec(&mut a, &format!("INSERT INTO t VALUES ({id})"), vec![]);
     }
     let next_key = format!("db/racing/log/{:020}", x.applied_seq() + 1);
-    let held = Rc::new(std::cell::Cell::new(false));
-    let seen = held.clone();
-    store.set_faults(Some(Box::new(ScriptedFaults(move |op, key: &str| {
-        if op == OpKind::Get && key == next_key && !seen.get() {
-            seen.set(true);
-            return Fault::Delay(200);
-        }
-        Fault::None
-    }))));
+    let held = hold_back_once(store, move |op, key| op == OpKind::Get && key == next_key);
     let read = engine_core::Request {
         work: engine_core::Work::Transaction(vec![Statement::new("SELECT count(*) FROM t")]),
         read_from: engine_core::ReadFrom::Latest,
@@ -900,4 +888,73 @@ fn a_strict_read_racing_a_purge_never_answers_from_before_acknowledged_commits()
         },
         Err(e) => assert!(e.to_string().contains("no such table"), "{e}"),
     }
+}
+
+/// What a warm replica does next in [`a_replica_idle_for_half_the_window_checks_the_manifest_again`].
+#[derive(Clone, Copy)]
+enum AfterIdle {
+    StrictRead,
+    Commit,
+}
+
+/// Within half the GC window of the manifest read that proved it current, a replica proves
+/// a strict read with one GET and a commit with its PUT alone (time proves the next key
+/// unused). Idle for longer, it checks the manifest again: meanwhile its next record may
+/// have been created, folded and collected, and a GET alone would take its absence for the
+/// end of the log (a stale read), a PUT alone would land a zombie's record.
+fn a_replica_idle_for_half_the_window_checks_the_manifest_again(next: AfterIdle) {
+    let sim = SimReplicas::new("idle", 13, minute_window(1_000));
+    let (store, host) = (&sim.store, &sim.host);
+    let mut a = sim.open();
+    exec(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT)", vec![]);
+    exec(&mut a, "INSERT INTO t VALUES (1, 'a')", vec![]);
+    assert!(block_on(a.checkpoint()).unwrap());
+    let mut x = sim.open();
+    assert_eq!(query_ints(&mut x, "SELECT count(*) FROM t"), [1]);
+    // Warm: one call each.
+    let calls = |before: engine_core::mem_store::MemStoreCounts| {
+        let after = store.counts();
+        (after.gets - before.gets, after.heads - before.heads, after.puts - before.puts)
+    };
+    let before = store.counts();
+    assert_eq!(query_ints(&mut x, "SELECT count(*) FROM t"), [1]);
+    assert_eq!(calls(before), (1, 0, 0), "a warm strict read: the next record's GET alone");
+    let before = store.counts();
+    exec(&mut x, "INSERT INTO t VALUES (2, 'x')", vec![]);
+    assert_eq!(calls(before), (0, 0, 1), "a warm commit: its PUT alone");
+
+    // x idles; a commits, checkpoints, the window passes and a's next checkpoint collects
+    // the record after x's state.
+    host.advance(31_000.0);
+    exec(&mut a, "INSERT INTO t VALUES (3, 'a')", vec![]);
+    assert!(block_on(a.checkpoint()).unwrap());
+    host.advance(61_000.0);
+    exec(&mut a, "INSERT INTO t VALUES (4, 'a')", vec![]);
+    assert!(block_on(a.checkpoint()).unwrap());
+    assert!(store.raw_get(&format!("db/idle/log/{:020}", x.applied_seq() + 1)).is_none(), "collected");
+
+    match next {
+        AfterIdle::StrictRead => {
+            assert_eq!(query_ints(&mut x, "SELECT count(*) FROM t"), [4], "a stale read");
+        }
+        AfterIdle::Commit => {
+            exec(&mut x, "INSERT INTO t VALUES (5, 'x')", vec![]);
+            let mut check = sim.open();
+            assert_eq!(query_ints(&mut check, "SELECT count(*) FROM t"), [5], "x's commit is read, with all before it");
+        }
+    }
+    // Proven again: one call each once more.
+    let before = store.counts();
+    assert!(query_ints(&mut x, "SELECT count(*) FROM t")[0] >= 4);
+    assert_eq!(calls(before), (1, 0, 0));
+}
+
+#[test]
+fn a_strict_read_after_half_a_window_idle_checks_the_manifest_again() {
+    a_replica_idle_for_half_the_window_checks_the_manifest_again(AfterIdle::StrictRead);
+}
+
+#[test]
+fn a_commit_after_half_a_window_idle_checks_the_manifest_again() {
+    a_replica_idle_for_half_the_window_checks_the_manifest_again(AfterIdle::Commit);
 }

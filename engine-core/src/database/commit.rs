@@ -103,9 +103,22 @@ impl Database {
             Landing::Unknown(why) => return Publish::Unknown(why),
             Landing::NotStored(e) => return Publish::NotStored(e),
         }
-        // The fence: the record must be one that readers will read.
+        // The fence: the record must be one that readers will read. A PUT that landed while
+        // time proves the key was never used before (see `time_proves_absence`) created it
+        // first, so it is not a zombie's: no check needed, the commit costs one round trip.
+        if let Some(end_frame) = local_frames.filter(|_| self.time_proves_absence()) {
+            let Ok(local) = self.local_mut() else {
+                return Publish::Unknown("the local database was lost after the record landed".into());
+            };
+            local.mark_durable(end_frame);
+            self.note_applied(meta, end_frame);
+            self.validated_ms = self.validated_ms.max(put_started);
+            return Publish::Published;
+        }
         let base_before = self.base.generation;
-        let outcome = match self.check_manifest(seq).await {
+        let checked = self.check_manifest(seq).await;
+        let uncovered = matches!(checked, Ok(true));
+        let outcome = match checked {
             Ok(true) if self.base.generation == base_before && local_frames.is_some() => {
                 let Ok(local) = self.local_mut() else {
                     return Publish::Unknown("the local database was lost after the record landed".into());
@@ -166,6 +179,10 @@ impl Database {
             // Every record before `seq` was applied here, and `seq` was free when the PUT
             // began: the state was current then (GC's bound, `proven_current_for_gc`).
             self.validated_ms = self.validated_ms.max(put_started);
+            if uncovered {
+                // The manifest read after the PUT found no checkpoint covering it.
+                self.manifest_proof_ms = self.manifest_proof_ms.max(put_started);
+            }
         }
         outcome
     }

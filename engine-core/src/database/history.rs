@@ -164,6 +164,7 @@ impl Database {
             last_commit_ms: 0,
             unverified_records: false,
             validated_ms: f64::INFINITY,
+            manifest_proof_ms: f64::NEG_INFINITY,
             seen_tail: None,
             scan_resumes_at: Default::default(),
         }

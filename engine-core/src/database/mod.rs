@@ -388,6 +388,10 @@ pub struct Database {
     unverified_records: bool,
     /// When local state was last proven current (ms since the epoch).
     validated_ms: f64,
+    /// When the last observation that proved local state current by reading the manifest
+    /// (a probe's HEAD, an open's LIST, a commit's fence check) began: time proves absences
+    /// from it for half the GC window ([`Self::time_proves_absence`]).
+    manifest_proof_ms: f64,
     /// What the request in progress saw after the applied log record (an open's LIST, or a
     /// probe sent ahead of a read): its freshness probe then needs no GET, and perhaps no
     /// HEAD either.
@@ -433,6 +437,7 @@ impl Database {
             records: Vec::new(),
             unverified_records: false,
             validated_ms: f64::NEG_INFINITY,
+            manifest_proof_ms: f64::NEG_INFINITY,
             seen_tail: None,
             scan_resumes_at: Default::default(),
         };

@@ -43,8 +43,11 @@ pub(super) enum SeenTail {
         /// a GET and HEAD issued at once, shows the record absent and the manifest as it
         /// was together, so it proves the state current as the concurrent GET and HEAD of
         /// a probe do (the same argument, ARCHITECTURE.md), and the probe needs no HEAD.
-        /// Outer `None`: the probe checks the manifest after (as a sequential probe does).
+        /// Outer `None`: the probe checks the manifest after (as a sequential probe does),
+        /// unless time proves the absence ([`Database::time_proves_absence`]).
         manifest_etag: Option<Option<String>>,
+        /// When the observation began: the instant the state is proven current from.
+        observed_ms: f64,
     },
     /// The record at `seq`, fetched ahead: the probe applies it without a GET (trusted,
     /// like any record, only once a manifest read after it shows no checkpoint covering it).
@@ -167,7 +170,11 @@ impl Database {
                         // no checkpoint covered the records listed with it, so they are real.
                         self.unverified_records = false;
                     }
-                    self.seen_tail = Some(SeenTail::Absent { seq: self.applied_seq + 1, manifest_etag: in_time.then_some(manifest_etag) });
+                    self.seen_tail = Some(SeenTail::Absent {
+                        seq: self.applied_seq + 1,
+                        manifest_etag: in_time.then_some(manifest_etag),
+                        observed_ms: started,
+                    });
                     return Ok(Listed::Complete);
                 }
             }
@@ -270,25 +277,30 @@ impl Database {
             // The manifest's etag, when a HEAD ran together with the GET that found the
             // next record absent, or the same LIST showed it (one round trip; see
             // `probe_concurrently`).
-            let (seen_absent, mut etag_with_absence, mut record_ahead) = match seen {
-                Some(SeenTail::Absent { seq, manifest_etag }) if seq == next => (true, manifest_etag, None),
-                Some(SeenTail::Record { seq, object }) if seq == next => (false, None, Some(object)),
-                _ => (false, None, None),
+            let (seen_absent, mut etag_with_absence, mut record_ahead, mut absent_since) = match seen {
+                Some(SeenTail::Absent { seq, manifest_etag, observed_ms }) if seq == next => (true, manifest_etag, None, observed_ms),
+                Some(SeenTail::Record { seq, object }) if seq == next => (false, None, Some(object), f64::NEG_INFINITY),
+                _ => (false, None, None, f64::NEG_INFINITY),
             };
             if !seen_absent {
                 let mut first = true;
                 loop {
                     let seq = self.applied_seq + 1;
                     let key = self.layout.log_key(seq);
+                    let get_started = self.now_ms();
                     let (record, etag) = match record_ahead.take() {
                         // Fetched ahead; the GET after it still goes out with a HEAD.
                         Some(object) => (Some(object), None),
+                        // Time will prove an absence: the GET alone.
+                        None if first && self.time_proves_absence() => {
+                            first = false;
+                            (self.store.get(&key, None).await?, None)
+                        }
                         None if first && self.probe_concurrently() => {
                             first = false;
-                            let started = self.now_ms();
                             let manifest_key = self.layout.manifest_key();
                             let (record, head) = futures::join!(self.store.get(&key, None), self.store.head(&manifest_key));
-                            let in_time = self.now_ms() - started < self.collection_delay_ms() / 2.0;
+                            let in_time = self.now_ms() - get_started < self.collection_delay_ms() / 2.0;
                             (record?, in_time.then_some(head?.map(|m| m.etag)))
                         }
                         None => (self.store.get(&key, None).await?, None),
@@ -301,6 +313,7 @@ impl Database {
                         }
                         None => {
                             etag_with_absence = etag;
+                            absent_since = get_started;
                             break;
                         }
                     }
@@ -310,17 +323,38 @@ impl Database {
             // we know, no checkpoint could have let GC delete that record, so "absent" is
             // real. If a newer checkpoint covers it, move onto that checkpoint and go on.
             let seq = self.applied_seq + 1;
+            if etag_with_absence.is_none() && self.time_proves_absence() {
+                break;
+            }
             let current = match etag_with_absence {
                 Some(etag) => self.check_manifest_etag(seq, etag).await?,
                 None => self.check_manifest(seq).await?,
             };
             if current {
+                self.manifest_proof_ms = absent_since;
                 break;
             }
             freshness = ProbeResult::Moved;
         }
         self.validated_ms = self.now_ms();
         Ok(freshness)
+    }
+
+    /// True if time alone proves that a log record found absent now was never created, so
+    /// that a probe needs no manifest HEAD and a commit no fence check. The state was
+    /// proven current by an observation that read the manifest and began at
+    /// `manifest_proof_ms`, and every record after it since is this replica's own commit:
+    /// any next record another writer created came after that instant, and no record is
+    /// deleted sooner than the GC window after it ([`Self::collection_delay_ms`]). So while
+    /// less than half the window has passed since (the other half absorbs clock skew
+    /// between isolates, whose clocks time the deletion), "absent" is real. Records applied
+    /// from the store since (unverified until a manifest check) end this, and so does the
+    /// half window: a replica reads the manifest at least that often, so its base's chunks
+    /// never age out under it.
+    pub(super) fn time_proves_absence(&self) -> bool {
+        self.probe_concurrently()
+            && !self.unverified_records
+            && self.now_ms() - self.manifest_proof_ms < self.collection_delay_ms() / 2.0
     }
 
     /// Starts the freshness probe of a read before the read runs (None when probes here
@@ -337,9 +371,20 @@ impl Database {
         let key = self.layout.log_key(absent_seq);
         let manifest_key = self.layout.manifest_key();
         let started_ms = self.now_ms();
+        // Checked again when the probe is taken (`refresh`): a GET that ends too late needs
+        // the HEAD after all.
+        let with_head = !self.time_proves_absence();
         Some(async move {
-            let tail = match futures::join!(store.get(&key, None), store.head(&manifest_key)) {
-                (Ok(None), Ok(head)) => Some(SeenTail::Absent { seq: absent_seq, manifest_etag: Some(head.map(|m| m.etag)) }),
+            let (record, head) = if with_head {
+                let (record, head) = futures::join!(store.get(&key, None), store.head(&manifest_key));
+                (record, Some(head))
+            } else {
+                (store.get(&key, None).await, None)
+            };
+            let absent = |manifest_etag| SeenTail::Absent { seq: absent_seq, manifest_etag, observed_ms: started_ms };
+            let tail = match (record, head) {
+                (Ok(None), Some(Ok(head))) => Some(absent(Some(head.map(|m| m.etag)))),
+                (Ok(None), None) => Some(absent(None)),
                 (Ok(Some(object)), _) => Some(SeenTail::Record { seq: absent_seq, object }),
                 _ => None,
             };
@@ -354,7 +399,9 @@ impl Database {
         // GET: the manifest is then checked after, as in a sequential probe.
         let in_time = self.now_ms() - seen.started_ms < self.collection_delay_ms() / 2.0;
         self.seen_tail = seen.tail.map(|t| match t {
-            SeenTail::Absent { seq, manifest_etag } => SeenTail::Absent { seq, manifest_etag: manifest_etag.filter(|_| in_time) },
+            SeenTail::Absent { seq, manifest_etag, observed_ms } => {
+                SeenTail::Absent { seq, manifest_etag: manifest_etag.filter(|_| in_time), observed_ms }
+            }
             record => record,
         });
     }
@@ -476,6 +523,7 @@ impl Database {
         // `validated_ms`: until the replay below proves it current again, no read may
         // stand on it, or a staleness-bounded read could miss commits it had seen.
         self.validated_ms = f64::NEG_INFINITY;
+        self.manifest_proof_ms = f64::NEG_INFINITY;
         let old_image = std::mem::replace(&mut self.image, Image::of_manifest(&m));
         self.cache_embedded_pages(&m);
         let fresh = match self.create_local().await {
