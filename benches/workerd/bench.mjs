@@ -340,8 +340,8 @@ async function throughput() {
   }
   const trips = strictRoundTrips.p50 / EMULATED_R2_MS;
   out(`**Strict reads** with every R2 call delayed ${EMULATED_R2_MS} ms: p50 ${strictRoundTrips.p50.toFixed(1)} ms ` +
-      `(${trips.toFixed(2)} × one R2 call), ${strictRoundTrips.reads.toFixed(1)} R2 calls per read (the next log record's GET and ` +
-      `the manifest's HEAD, issued together and ahead of the read, and the GET of the leaf's page group when it is not cached yet). **Sessions**: ${sessionR2.toFixed(2)} R2 reads per read on a warm isolate.`);
+      `(${trips.toFixed(2)} × one R2 call), ${strictRoundTrips.reads.toFixed(1)} R2 calls per read (the next log record's GET, sent ` +
+      `ahead of the read, with the manifest's HEAD only after half the GC window without a manifest read, and the GET of the leaf's page group when it is not cached yet). **Sessions**: ${sessionR2.toFixed(2)} R2 reads per read on a warm isolate.`);
   out();
   target("R2 round trips per strict read = 1 (p50 latency ÷ emulated R2 latency)", `${trips.toFixed(2)}`, trips < 2);
 
