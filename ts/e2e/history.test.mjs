@@ -589,20 +589,33 @@ test("GET /v1/db, GET and DELETE /v1/db/{name}: listings, info, a deletion undon
   assert.equal((await call("a", `${db}/query`, { body: { sql: "SELECT count(*) FROM t" } })).body.rows[0][0], 1);
 });
 
-test("a purge's log records stay for the GC window, then the scheduled sweep deletes them", async () => {
+// Runs `run` against a Worker of its own with these settings (short windows) on a fresh
+// bucket: `send` a request, `q` a statement, `keys` under a prefix, `sweep` (the cron).
+async function withSweepWorker(bindings, run) {
   const dir = tempDir();
-  const bindings = { TWILL_HISTORY_RETENTION_MS: "0", TWILL_GC_RETENTION_MS: "1500" };
-  const short = new Miniflare({ r2Persist: dir, workers: [engineWorker("g", { bindings })] });
+  const short = new Miniflare({ r2Persist: dir, workers: [engineWorker("s", { bindings })] });
   try {
-    const worker = await short.getWorker("g");
-    const bucket = await short.getR2Bucket("BUCKET", "g");
+    const worker = await short.getWorker("s");
+    const bucket = await short.getR2Bucket("BUCKET", "s");
     const send = async (path, init = {}) => {
       const res = await worker.fetch(`http://localhost${path}`, { headers: { "content-type": "application/json" }, ...init });
       return { status: res.status, body: await res.json() };
     };
-    const q = (sql) => send("/v1/db/p/query", { method: "POST", body: JSON.stringify({ sql }) });
-    const logKeys = async () => (await bucket.list({ prefix: "db/p/log/", limit: 1000 })).objects.map((o) => o.key);
+    const q = (db, sql) => send(`/v1/db/${db}/query`, { method: "POST", body: JSON.stringify({ sql }) });
+    const keys = async (prefix) => (await bucket.list({ prefix, limit: 1000 })).objects.map((o) => o.key);
     const sweep = () => worker.scheduled({ cron: "*/10 * * * *" });
+    await run({ send, q, keys, sweep });
+  } finally {
+    await short.dispose();
+    removeDir(dir);
+  }
+}
+
+test("a purge's log records stay for the GC window, then the scheduled sweep deletes them", async () => {
+  const bindings = { TWILL_HISTORY_RETENTION_MS: "0", TWILL_GC_RETENTION_MS: "1500" };
+  await withSweepWorker(bindings, async ({ send, q: query, keys, sweep }) => {
+    const q = (sql) => query("p", sql);
+    const logKeys = () => keys("db/p/log/");
     assert.equal((await q("CREATE TABLE t (x)")).status, 200);
     for (let i = 0; i < 4; i++) assert.equal((await q(`INSERT INTO t VALUES (${i})`)).status, 200);
     const purged = await send("/v1/db/p?purge=true", { method: "DELETE" });
@@ -618,26 +631,12 @@ test("a purge's log records stay for the GC window, then the scheduled sweep del
     const swept = await logKeys();
     assert.deepEqual(swept, [left[left.length - 1]], "only the deletion's own record is left");
     assert.equal((await q("SELECT count(*) FROM sqlite_schema")).body.rows[0][0], 0);
-  } finally {
-    await short.dispose();
-    removeDir(dir);
-  }
+  });
 });
 
 test("the scheduled sweep purges databases deleted longer ago than the history window, and no others", async () => {
-  const dir = tempDir();
   const bindings = { TWILL_HISTORY_RETENTION_MS: "1500", TWILL_GC_RETENTION_MS: "0" };
-  const short = new Miniflare({ r2Persist: dir, workers: [engineWorker("s", { bindings })] });
-  try {
-    const worker = await short.getWorker("s");
-    const bucket = await short.getR2Bucket("BUCKET", "s");
-    const send = async (path, init = {}) => {
-      const res = await worker.fetch(`http://localhost${path}`, { headers: { "content-type": "application/json" }, ...init });
-      return { status: res.status, body: await res.json() };
-    };
-    const q = (db, sql) => send(`/v1/db/${db}/query`, { method: "POST", body: JSON.stringify({ sql }) });
-    const keys = async (prefix) => (await bucket.list({ prefix, limit: 1000 })).objects.map((o) => o.key);
-    const sweep = () => worker.scheduled({ cron: "*/10 * * * *" });
+  await withSweepWorker(bindings, async ({ send, q, keys, sweep }) => {
     for (const db of ["gone", "kept", "reused"]) {
       assert.equal((await q(db, "CREATE TABLE t (x)")).status, 200);
       assert.equal((await q(db, "INSERT INTO t VALUES (randomblob(50000))")).status, 200);
@@ -664,8 +663,5 @@ test("the scheduled sweep purges databases deleted longer ago than the history w
     assert.equal((await q("kept", "SELECT length(x) FROM t")).body.rows[0][0], 50000);
     assert.equal((await q("reused", "SELECT count(*) FROM again")).body.rows[0][0], 0);
     assert.ok((await keys("db/kept/")).includes("db/kept/log/00000000000000000001"));
-  } finally {
-    await short.dispose();
-    removeDir(dir);
-  }
+  });
 });

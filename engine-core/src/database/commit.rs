@@ -105,19 +105,11 @@ impl Database {
         }
         // The fence: the record must be one that readers will read. A PUT that landed while
         // time proves the key was never used before (see `time_proves_absence`) created it
-        // first, so it is not a zombie's: no check needed, the commit costs one round trip.
-        if let Some(end_frame) = local_frames.filter(|_| self.time_proves_absence()) {
-            let Ok(local) = self.local_mut() else {
-                return Publish::Unknown("the local database was lost after the record landed".into());
-            };
-            local.mark_durable(end_frame);
-            self.note_applied(meta, end_frame);
-            self.validated_ms = self.validated_ms.max(put_started);
-            return Publish::Published;
-        }
+        // first, so it is not a zombie's: no manifest check, the commit costs one round trip.
         let base_before = self.base.generation;
-        let checked = self.check_manifest(seq).await;
-        let uncovered = matches!(checked, Ok(true));
+        let by_time = local_frames.is_some() && self.time_proves_absence();
+        let checked = if by_time { Ok(true) } else { self.check_manifest(seq).await };
+        let read_uncovered = !by_time && matches!(checked, Ok(true));
         let outcome = match checked {
             Ok(true) if self.base.generation == base_before && local_frames.is_some() => {
                 let Ok(local) = self.local_mut() else {
@@ -179,7 +171,7 @@ impl Database {
             // Every record before `seq` was applied here, and `seq` was free when the PUT
             // began: the state was current then (GC's bound, `proven_current_for_gc`).
             self.validated_ms = self.validated_ms.max(put_started);
-            if uncovered {
+            if read_uncovered {
                 // The manifest read after the PUT found no checkpoint covering it.
                 self.manifest_proof_ms = self.manifest_proof_ms.max(put_started);
             }

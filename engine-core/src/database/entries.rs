@@ -50,7 +50,7 @@ impl Database {
     /// absence by time (a probe's GET and HEAD at once, a listing, the zombie fence) relies
     /// on it, with half of it as the margin for clocks that differ between isolates.
     pub(super) fn collection_delay_ms(&self) -> f64 {
-        self.config.gc_retention_ms.min(self.retention_ms())
+        self.config.gc_retention_ms
     }
 
     /// How far inside the window's edge a past state must be to be served (read, restored,
