@@ -6,8 +6,8 @@
 //! deletion also ends the history there and deletes the objects of the old state at once,
 //! except its log records: readers and writers prove a record absent by time (no record is
 //! deleted sooner than the GC window after its creation), so those stay until the GC window
-//! after the deletion has passed and [`Database::sweep_purged_log`] (the scheduled sweep,
-//! or the orphan sweep of a name used again) deletes them. Either way what forks still use
+//! after the deletion has passed; then [`Database::sweep_purged_log`] (the scheduled sweep)
+//! deletes them, or the orphan sweep of a name used again does. Either way what forks still use
 //! stays (their references name it), and so does the manifest: it is the compare-and-swap
 //! anchor that fences writers which have not seen the deletion yet, and the name can be
 //! used again at once.
