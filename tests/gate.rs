@@ -8,7 +8,9 @@
 //! clock and random source, so a seed replays exactly. The work: single transactions,
 //! groups committed together, Hrana-style scripts (a batch with BEGIN/COMMIT, an `exec` of
 //! autocommit statements), interactive transactions carried from one replica to another,
-//! and reads that are strict, bounded by a bookmark, or bounded by staleness.
+//! reads that are strict, bounded by a bookmark, or bounded by staleness, and in half the
+//! seeds one deletion of the database halfway (purging or keeping history; the scheduled
+//! sweeps then run now and then), after which the tables are created again and work goes on.
 //!
 //! The oracle checks the whole contract, during the run and after recovery:
 //! * an acknowledged commit is present, exactly once (every row's id is unique and the
@@ -18,7 +20,8 @@
 //!   only `COMMIT_OUTCOME_UNKNOWN` (or a crash) may go either way;
 //! * no read is torn, and a strict read reflects every commit acknowledged before it began
 //!   (linearizable); a bookmark read reflects every commit at or before its bookmark; a
-//!   staleness read every commit acknowledged more than its bound before it began;
+//!   staleness read every commit acknowledged more than its bound before it began (a
+//!   deletion is a commit like the others: a read from after it sees nothing from before it);
 //! * replicas that survived agree with a fresh recovery.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,7 +33,9 @@ use engine_core::dst::SimHost;
 use engine_core::mem_store::{FaultInjector, MemStore, SeededFaults, SplitMix64};
 use engine_core::script::{Action, Cond, Script, Step, StepOutcome};
 use engine_core::txn::{OpenAtEnd, TxLog};
-use engine_core::{Database, DbConfig, DbContext, Done, EngineError, Layout, ReadFrom, Reply, Request, SqlValue, Statement, Work};
+use engine_core::{
+    Database, DbConfig, DbContext, DeleteMode, Done, EngineError, Layout, ReadFrom, Reply, Request, SqlValue, Statement, Work,
+};
 
 use crate::block_on;
 
@@ -90,6 +95,8 @@ enum Fate {
 struct Tx {
     id: u64,
     rows: u64,
+    /// The round that submitted it.
+    round: u32,
 }
 
 impl Tx {
@@ -117,6 +124,16 @@ pub struct State {
     counter: i64,
 }
 
+const SCHEMA_SQL: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS item (id INTEGER PRIMARY KEY, tx INTEGER NOT NULL, pad BLOB)",
+    "CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO counter VALUES (1, 0)",
+];
+
+fn schema_statements() -> Vec<Statement> {
+    SCHEMA_SQL.iter().map(|s| Statement::new(*s)).collect()
+}
+
 const READ_SQL: [&str; 2] = ["SELECT tx, count(*) FROM item GROUP BY tx ORDER BY tx", "SELECT n FROM counter WHERE id = 1"];
 
 fn read_statements() -> Vec<Statement> {
@@ -142,10 +159,24 @@ fn state_of(results: &[engine_core::StatementResult]) -> Result<State, String> {
 /// A read the gate made, and what it must reflect.
 struct ReadCheck {
     state: State,
+    /// The commit the read answered from.
+    bookmark: u64,
     /// Transactions acknowledged before the read began (strict), or at or before its
     /// bookmark, or more than the staleness bound before it began.
     must_include: BTreeSet<u64>,
     what: &'static str,
+}
+
+/// The seed's deletion of the database, once it is known to have happened.
+#[derive(Debug, Clone, Copy)]
+struct DeletionSeen {
+    /// Its commit.
+    seq: u64,
+    /// The round that deleted.
+    round: u32,
+    /// When it was acknowledged (`None` when its answer was unknown and the store says it
+    /// happened).
+    acked_at: Option<f64>,
 }
 
 struct Model {
@@ -154,6 +185,7 @@ struct Model {
     /// Acknowledged transactions with the simulated time of their acknowledgement.
     acked_at: BTreeMap<u64, f64>,
     reads: Vec<ReadCheck>,
+    deletion: Option<DeletionSeen>,
 }
 
 impl Model {
@@ -182,6 +214,28 @@ impl Model {
         Ok(())
     }
 
+    /// The latest commit acknowledged at or before `t` (a transaction or the deletion): a
+    /// read that must reflect everything acknowledged by then answers from it or later.
+    fn latest_acked_before(&self, t: f64) -> u64 {
+        let txs = self.acked_before(t).into_iter().filter_map(|id| match self.fate.get(&id) {
+            Some(Fate::Acked(b)) => Some(*b),
+            _ => None,
+        });
+        let deletion = self.deletion.filter(|d| d.acked_at.is_some_and(|at| at <= t)).map(|d| d.seq);
+        txs.chain(deletion).max().unwrap_or(0)
+    }
+
+    /// Whether transaction `tx` may be in a state answered from commit `at`: not if the
+    /// deletion came between them. A transaction of the deletion's own round whose answer
+    /// is unknown may be on either side.
+    fn deleted_by(&self, tx: u64, at: u64) -> bool {
+        let Some(d) = self.deletion.filter(|d| d.seq <= at) else { return false };
+        match self.fate.get(&tx) {
+            Some(Fate::Acked(b)) => *b < d.seq,
+            _ => self.attempted.get(&tx).is_some_and(|t| t.round < d.round),
+        }
+    }
+
     fn acked_through(&self, bookmark: u64) -> BTreeSet<u64> {
         self.fate.iter().filter_map(|(id, f)| matches!(f, Fate::Acked(b) if *b <= bookmark).then_some(*id)).collect()
     }
@@ -191,13 +245,17 @@ impl Model {
     }
 
     /// The checks every state must pass: nothing torn, nothing never attempted, nothing
-    /// that was promised not to be committed.
-    fn check_state(&self, state: &State, what: &str) -> Result<(), String> {
+    /// that was promised not to be committed, nothing the deletion took (`at` is the commit
+    /// the state is from).
+    fn check_state(&self, state: &State, at: u64, what: &str) -> Result<(), String> {
         let mut total = 0;
         for (tx, rows) in &state.rows_by_tx {
             let Some(attempted) = self.attempted.get(tx) else {
                 return Err(format!("{what}: transaction {tx} was never attempted"));
             };
+            if self.deleted_by(*tx, at) {
+                return Err(format!("{what}: transaction {tx} is there in a state from after the database was deleted"));
+            }
             if *rows != attempted.rows {
                 return Err(format!("{what}: transaction {tx} is torn: {rows} of {} rows", attempted.rows));
             }
@@ -213,15 +271,16 @@ impl Model {
     }
 
     fn check_final(&self, state: &State) -> Result<(), String> {
-        self.check_state(state, "recovery")?;
+        self.check_state(state, u64::MAX, "recovery")?;
         for (tx, fate) in &self.fate {
-            if matches!(fate, Fate::Acked(_)) && !state.rows_by_tx.contains_key(tx) {
+            if matches!(fate, Fate::Acked(_)) && !self.deleted_by(*tx, u64::MAX) && !state.rows_by_tx.contains_key(tx) {
                 return Err(format!("acknowledged transaction {tx} is lost"));
             }
         }
         for read in &self.reads {
-            self.check_state(&read.state, read.what)?;
-            if let Some(missing) = read.must_include.iter().find(|tx| !read.state.rows_by_tx.contains_key(tx)) {
+            self.check_state(&read.state, read.bookmark, read.what)?;
+            let mut missing = read.must_include.iter().filter(|tx| !self.deleted_by(**tx, read.bookmark));
+            if let Some(missing) = missing.find(|tx| !read.state.rows_by_tx.contains_key(tx)) {
                 return Err(format!("a {} read missed transaction {missing}, acknowledged before it began", read.what));
             }
         }
@@ -242,12 +301,18 @@ enum Op {
     /// COMMIT on another replica (`to`), carried as a log between them.
     Interactive { tx: Tx, to: usize },
     Read(ReadFrom),
+    /// The database deleted (once a seed, in half the seeds).
+    Delete(DeleteMode),
+    /// The tables created again after the deletion (until that is acknowledged).
+    Schema,
 }
 
 /// The outcome of one replica's op in a round.
 enum Done1 {
     Tx(Vec<(Tx, Result<u64, EngineError>)>),
     Read { kind: ReadFrom, began: f64, result: Result<(State, u64), EngineError> },
+    Deleted(Result<u64, EngineError>),
+    Schema(Result<(), EngineError>),
 }
 
 fn script_of(tx: &Tx) -> Script {
@@ -333,6 +398,8 @@ async fn run_op(db: &mut Database, op: &Op, began: f64, carried: &mut Option<(Tx
             });
             Done1::Read { kind: *kind, began, result }
         }
+        Op::Delete(mode) => Done1::Deleted(db.delete(*mode).await.map(|d| d.bookmark.0)),
+        Op::Schema => Done1::Schema(db.transact(&schema_statements()).await.map(|_| ())),
     }
 }
 
@@ -355,6 +422,26 @@ fn open(store: &Rc<MemStore>, host: &Arc<SimHost>, seed: u64, cache_bytes: usize
         .with_host(host.clone())
         .with_sleeper(engine_core::dst::sleeper(host));
     block_on(Database::open(ctx, Layout::new("", "gate"), config(seed)))
+}
+
+/// Whether the deletion whose answer was unknown happened: its commit if so. Asks a new
+/// replica (opening and reading can fail under faults: it tries again).
+fn deletion_in_store(store: &Rc<MemStore>, host: &Arc<SimHost>, seed: u64) -> Result<Option<u64>, String> {
+    let mut last = String::new();
+    for _ in 0..30 {
+        let info = open(store, host, seed, 64 << 10).and_then(|mut db| block_on(db.info()));
+        match info {
+            Ok(info) => return Ok(info.deleted.map(|d| d.bookmark.0)),
+            Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) if !store.crashed() => {
+                return Err(format!("reading whether the database is deleted: {e}"));
+            }
+            Err(e) => last = e.to_string(),
+        }
+        if store.crashed() {
+            store.restart();
+        }
+    }
+    Err(format!("cannot learn whether the database is deleted: {last}"))
 }
 
 /// The seeded fault schedule of the random sweep.
@@ -391,6 +478,20 @@ impl FaultInjector for Stalls {
     }
 }
 
+/// `TWILL_TRACE_STORE=1`: every store operation printed with the simulated time and its fault.
+struct TracedStore {
+    inner: Box<dyn FaultInjector>,
+    host: Arc<SimHost>,
+}
+
+impl FaultInjector for TracedStore {
+    fn decide(&mut self, op: engine_core::mem_store::OpKind, key: &str) -> engine_core::mem_store::Fault {
+        let fault = self.inner.decide(op, key);
+        eprintln!("  store {:.1} {op:?} {key} {fault:?}", self.host.peek_ms());
+        fault
+    }
+}
+
 /// Runs one seed with the given fault schedule; returns the first violation.
 pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Result<(), String> {
     let store = Rc::new(MemStore::new());
@@ -398,11 +499,16 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
     let faults = |seed: u64| -> Box<dyn FaultInjector> {
         let cfg = config(seed);
         let window_ms = cfg.gc_retention_ms.max(cfg.history_retention_ms);
-        if cfg.gc_retention_ms < engine_core::database::MIN_RETENTION_FOR_CONCURRENT_PROBE_MS {
-            return faults(seed);
+        let faults = if cfg.gc_retention_ms < engine_core::database::MIN_RETENTION_FOR_CONCURRENT_PROBE_MS {
+            faults(seed)
+        } else {
+            // Its own sequence, so that the other choices of a seed stay what they were.
+            Box::new(Stalls { inner: faults(seed), host: host.clone(), rng: SplitMix64(seed ^ 0x5354_414c_4c53), window_ms })
+        };
+        match std::env::var("TWILL_TRACE_STORE") {
+            Ok(_) => Box::new(TracedStore { inner: faults, host: host.clone() }),
+            Err(_) => faults,
         }
-        // Its own sequence, so that the other choices of a seed stay what they were.
-        Box::new(Stalls { inner: faults(seed), host: host.clone(), rng: SplitMix64(seed ^ 0x5354_414c_4c53), window_ms })
     };
     {
         let mut db = open(&store, &host, seed, 1 << 20).map_err(|e| e.to_string())?;
@@ -418,13 +524,24 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
     let mut quiet_rng = SplitMix64(seed ^ 0x5157_4945_5443_4b50);
     store.set_faults(Some(faults(seed)));
     let mut replicas: Vec<Option<Database>> = (0..REPLICAS).map(|_| None).collect();
-    let mut model = Model { attempted: BTreeMap::new(), fate: BTreeMap::new(), acked_at: BTreeMap::new(), reads: Vec::new() };
+    let mut model =
+        Model { attempted: BTreeMap::new(), fate: BTreeMap::new(), acked_at: BTreeMap::new(), reads: Vec::new(), deletion: None };
+    // The deletion's choices and the sweeps after it: a sequence of their own again.
+    let mut deletion_rng = SplitMix64(seed ^ 0x4445_4c45_5445);
+    let mut deletion_pending = match deletion_rng.below(4) {
+        0 => Some(DeleteMode::Purge),
+        1 => Some(DeleteMode::KeepHistory),
+        _ => None,
+    };
+    let mut deletion_round = 0;
+    let mut deletion_unknown = false;
+    let mut needs_schema = false;
     let mut next_tx = 0;
     let mut failed_opens = 0;
-    let mut rounds = 0;
-    let new_tx = |rng: &mut SplitMix64, next_tx: &mut u64, model: &mut Model| {
+    let mut rounds: u32 = 0;
+    let new_tx = |rng: &mut SplitMix64, next_tx: &mut u64, model: &mut Model, round: u32| {
         *next_tx += 1;
-        let tx = Tx { id: *next_tx, rows: 1 + rng.below(3) };
+        let tx = Tx { id: *next_tx, rows: 1 + rng.below(3), round };
         model.attempted.insert(tx.id, tx);
         tx
     };
@@ -433,6 +550,14 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
         if rounds > 200 {
             return Err("the gate made no progress in 200 rounds".into());
         }
+        if deletion_unknown {
+            if let Some(seq) = deletion_in_store(&store, &host, seed)? {
+                model.deletion = Some(DeletionSeen { seq, round: deletion_round, acked_at: None });
+                needs_schema = true;
+            }
+            deletion_unknown = false;
+        }
+        let mut schema_asked = false;
         let mut order: Vec<usize> = (0..REPLICAS).collect();
         for i in (1..order.len()).rev() {
             order.swap(i, rng.below(i as u64 + 1) as usize);
@@ -463,11 +588,20 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
                     }
                 }
             }
+            let deleting_now = next_tx >= TRANSACTIONS / 2;
             let op = match rng.below(10) {
-                0..=2 => Op::Transact(new_tx(&mut rng, &mut next_tx, &mut model)),
-                3 => Op::Group((0..2 + rng.below(3)).map(|_| new_tx(&mut rng, &mut next_tx, &mut model)).collect()),
-                4 => Op::Batch(new_tx(&mut rng, &mut next_tx, &mut model)),
-                5 => Op::Interactive { tx: new_tx(&mut rng, &mut next_tx, &mut model), to: (r + 1) % REPLICAS },
+                _ if deleting_now && deletion_pending.is_some() => {
+                    deletion_round = rounds;
+                    Op::Delete(deletion_pending.take().expect("a deletion pending"))
+                }
+                _ if needs_schema && !schema_asked => {
+                    schema_asked = true;
+                    Op::Schema
+                }
+                0..=2 => Op::Transact(new_tx(&mut rng, &mut next_tx, &mut model, rounds)),
+                3 => Op::Group((0..2 + rng.below(3)).map(|_| new_tx(&mut rng, &mut next_tx, &mut model, rounds)).collect()),
+                4 => Op::Batch(new_tx(&mut rng, &mut next_tx, &mut model, rounds)),
+                5 => Op::Interactive { tx: new_tx(&mut rng, &mut next_tx, &mut model, rounds), to: (r + 1) % REPLICAS },
                 6 | 7 => Op::Read(ReadFrom::Latest),
                 8 => {
                     let acked: Vec<u64> =
@@ -486,6 +620,8 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
                     Op::Batch(t) => format!("batch {}", t.id),
                     Op::Interactive { tx, to } => format!("interactive {} -> replica {to}", tx.id),
                     Op::Read(k) => format!("read {k:?}"),
+                    Op::Delete(mode) => format!("delete {mode:?}"),
+                    Op::Schema => "create the tables again".into(),
                 };
                 eprintln!("round {rounds}: replica {r}: {kind}");
             }
@@ -510,19 +646,44 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
                 }
                 Done1::Read { kind, began, result } => match result {
                     Ok((state, bookmark)) => {
-                        let (must_include, what) = match kind {
-                            ReadFrom::Latest => (model.acked_before(began), "strict"),
-                            ReadFrom::AtLeast(b) if bookmark < b => {
-                                return Err(format!("a read asked for bookmark {b} answered from {bookmark}"));
+                        let (must_include, at_least, what) = match kind {
+                            ReadFrom::Latest => (model.acked_before(began), model.latest_acked_before(began), "strict"),
+                            ReadFrom::AtLeast(b) => (model.acked_through(b), b, "bookmark"),
+                            ReadFrom::WithinMs(ms) => {
+                                (model.acked_before(began - ms), model.latest_acked_before(began - ms), "staleness-bounded")
                             }
-                            ReadFrom::AtLeast(b) => (model.acked_through(b), "bookmark"),
-                            ReadFrom::WithinMs(ms) => (model.acked_before(began - ms), "staleness-bounded"),
                         };
-                        model.check_state(&state, "a read")?;
-                        model.reads.push(ReadCheck { state, must_include, what });
+                        if bookmark < at_least {
+                            return Err(format!("a {what} read answered from commit {bookmark}, before commit {at_least}"));
+                        }
+                        model.check_state(&state, bookmark, "a read")?;
+                        model.reads.push(ReadCheck { state, bookmark, must_include, what });
                     }
                     Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) if !crashed => {
                         return Err(format!("a read failed: {e}"));
+                    }
+                    Err(_) => {}
+                },
+                Done1::Deleted(result) => match {
+                    if std::env::var("TWILL_TRACE").is_ok() {
+                        eprintln!("deletion -> {result:?}");
+                    }
+                    result
+                } {
+                    Ok(seq) => {
+                        model.deletion = Some(DeletionSeen { seq, round: rounds, acked_at: Some(now) });
+                        needs_schema = true;
+                    }
+                    Err(_) if crashed => deletion_unknown = true,
+                    Err(EngineError::CommitUnknown(_)) => deletion_unknown = true,
+                    // Refused: it must not have happened, which the transactions' checks see.
+                    Err(EngineError::Conflict { .. } | EngineError::Storage(_)) => {}
+                    Err(e) => return Err(format!("the deletion failed: {} ({e})", e.code())),
+                },
+                Done1::Schema(result) => match result {
+                    Ok(()) => needs_schema = false,
+                    Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) if !crashed => {
+                        return Err(format!("creating the tables again failed: {e}"));
                     }
                     Err(_) => {}
                 },
@@ -574,6 +735,23 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
                 }
             }
         }
+        // After the deletion, the scheduled sweeps now and then: the purge's log records once
+        // the GC window has passed, and a kept deletion's purge once its history window has.
+        if model.deletion.is_some() && deletion_rng.below(3) == 0 {
+            let r = deletion_rng.below(REPLICAS as u64) as usize;
+            if let Some(db) = replicas[r].as_mut() {
+                let mut result = block_on(db.sweep_purged_log()).map(|_| ());
+                if result.is_ok() && !store.crashed() {
+                    result = block_on(db.expire_deletion()).map(|_| ());
+                }
+                if store.crashed() {
+                    replicas[r] = None;
+                    store.restart();
+                } else if let Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) = result {
+                    return Err(format!("a scheduled sweep failed: {e}"));
+                }
+            }
+        }
         // Occasionally a replica is simply dropped (isolate evicted).
         if rng.below(10) == 0 {
             replicas[rng.below(REPLICAS as u64) as usize] = None;
@@ -583,7 +761,15 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
     // Recovery, with the faults gone.
     store.set_faults(None);
     store.restart();
+    if deletion_unknown {
+        if let Some(seq) = deletion_in_store(&store, &host, seed)? {
+            model.deletion = Some(DeletionSeen { seq, round: deletion_round, acked_at: None });
+        }
+    }
     let mut fresh = open(&store, &host, seed, 64 << 10).map_err(|e| format!("recovery failed: {e}"))?;
+    if model.deletion.is_some() {
+        block_on(fresh.transact(&schema_statements())).map_err(|e| format!("creating the tables again failed: {e}"))?;
+    }
     let read = |db: &mut Database| -> Result<State, String> {
         let r = block_on(db.transact(&read_statements())).map_err(|e| e.to_string())?;
         state_of(&r.results)

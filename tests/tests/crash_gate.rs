@@ -3,7 +3,8 @@
 //! `make test` runs 2,000 seeds from a base that changes every run (printed, so a failure
 //! can be replayed), the seeds that once failed, and every operation boundary of a fixed
 //! workload. `TWILL_CRASH_SEEDS=N` runs N seeds, `TWILL_CRASH_BASE=B` starts them at B,
-//! `TWILL_CRASH_SEED=S` replays one; `make soak` runs 100,000 (bin/crash_soak.rs).
+//! `TWILL_CRASH_SEED=S` replays one (`TWILL_TRACE=1` prints its operations and answers,
+//! `TWILL_TRACE_STORE=1` every store call); `make soak` runs 100,000 (bin/crash_soak.rs).
 
 use engine_core::mem_store::{Fault, OpKind, ScriptedFaults};
 use twill_tests::gate::{run_seed, seeded_faults};
@@ -16,6 +17,7 @@ const REGRESSIONS: &[(u64, &str)] = &[
     (439748002926, "a replica that applied a schema change whose schema pages were not cached was left with no schema"),
     (440159919, "applying a record that rewrites page 1 read the header from a base page the cache had evicted"),
     (440176085, "a quiet checkpoint's rebase applied a record that rewrites page 1 with the header evicted"),
+    (1329, "a write's answer named the deletion its fence check caught up on as its bookmark, not its own commit"),
 ];
 
 fn replay_hint(seed: u64) -> String {

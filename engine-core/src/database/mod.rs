@@ -586,7 +586,6 @@ impl Database {
                     break;
                 }
             };
-            stats.bookmark = self.applied_seq;
             replies.extend(outcomes.into_iter().map(|o| {
                 o.map(|reply| {
                     let mut s = stats;
@@ -778,6 +777,7 @@ impl Database {
             }
             let lost_race = if unshipped == 0 {
                 if self.answers_may_stand(requests, &outcomes) {
+                    stats.bookmark = self.applied_seq;
                     return Ok(outcomes);
                 }
                 match self.refresh(stats).await? {
@@ -791,15 +791,21 @@ impl Database {
                                 self.applied_seq
                             )));
                         }
+                        stats.bookmark = self.applied_seq;
                         return Ok(outcomes);
                     }
                     // Newer commits arrived: run again on them (no backoff, nobody lost).
                     ProbeResult::Moved => false,
                 }
             } else {
+                // The record `publish` makes. The answers reflect it, not what the fence
+                // check or a checkpoint catches up on after it (a later commit of another
+                // isolate, a deletion even).
+                let committed_seq = self.applied_seq + 1;
                 match self.publish().await {
                     Publish::Published => {
                         stats.records_committed += 1;
+                        stats.bookmark = committed_seq;
                         self.validated_ms = self.now_ms();
                         // The commit is durable and is acknowledged whatever happens next: a
                         // failed checkpoint only delays folding (and a broken local copy is
