@@ -124,6 +124,9 @@ pub struct State {
     counter: i64,
 }
 
+/// The tables created again after the deletion. (The seed's first commit keeps its own
+/// statements: the bytes it writes decide how later records split, and the regression seeds
+/// must replay as they did.)
 const SCHEMA_SQL: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS item (id INTEGER PRIMARY KEY, tx INTEGER NOT NULL, pad BLOB)",
     "CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
@@ -398,7 +401,13 @@ async fn run_op(db: &mut Database, op: &Op, began: f64, carried: &mut Option<(Tx
             });
             Done1::Read { kind: *kind, began, result }
         }
-        Op::Delete(mode) => Done1::Deleted(db.delete(*mode).await.map(|d| d.bookmark.0)),
+        Op::Delete(mode) => {
+            let result = db.delete(*mode).await.map(|d| d.bookmark.0);
+            if std::env::var("TWILL_TRACE").is_ok() {
+                eprintln!("deletion -> {result:?}");
+            }
+            Done1::Deleted(result)
+        }
         Op::Schema => Done1::Schema(db.transact(&schema_statements()).await.map(|_| ())),
     }
 }
@@ -424,14 +433,14 @@ fn open(store: &Rc<MemStore>, host: &Arc<SimHost>, seed: u64, cache_bytes: usize
     block_on(Database::open(ctx, Layout::new("", "gate"), config(seed)))
 }
 
-/// Whether the deletion whose answer was unknown happened: its commit if so. Asks a new
+/// Whether the deletion (of round `round`) whose answer was unknown happened. Asks a new
 /// replica (opening and reading can fail under faults: it tries again).
-fn deletion_in_store(store: &Rc<MemStore>, host: &Arc<SimHost>, seed: u64) -> Result<Option<u64>, String> {
+fn deletion_in_store(store: &Rc<MemStore>, host: &Arc<SimHost>, seed: u64, round: u32) -> Result<Option<DeletionSeen>, String> {
     let mut last = String::new();
     for _ in 0..30 {
         let info = open(store, host, seed, 64 << 10).and_then(|mut db| block_on(db.info()));
         match info {
-            Ok(info) => return Ok(info.deleted.map(|d| d.bookmark.0)),
+            Ok(info) => return Ok(info.deleted.map(|d| DeletionSeen { seq: d.bookmark.0, round, acked_at: None })),
             Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) if !store.crashed() => {
                 return Err(format!("reading whether the database is deleted: {e}"));
             }
@@ -551,10 +560,8 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
             return Err("the gate made no progress in 200 rounds".into());
         }
         if deletion_unknown {
-            if let Some(seq) = deletion_in_store(&store, &host, seed)? {
-                model.deletion = Some(DeletionSeen { seq, round: deletion_round, acked_at: None });
-                needs_schema = true;
-            }
+            model.deletion = deletion_in_store(&store, &host, seed, deletion_round)?;
+            needs_schema = model.deletion.is_some();
             deletion_unknown = false;
         }
         let mut schema_asked = false;
@@ -664,12 +671,7 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
                     }
                     Err(_) => {}
                 },
-                Done1::Deleted(result) => match {
-                    if std::env::var("TWILL_TRACE").is_ok() {
-                        eprintln!("deletion -> {result:?}");
-                    }
-                    result
-                } {
+                Done1::Deleted(result) => match result {
                     Ok(seq) => {
                         model.deletion = Some(DeletionSeen { seq, round: rounds, acked_at: Some(now) });
                         needs_schema = true;
@@ -762,9 +764,7 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
     store.set_faults(None);
     store.restart();
     if deletion_unknown {
-        if let Some(seq) = deletion_in_store(&store, &host, seed)? {
-            model.deletion = Some(DeletionSeen { seq, round: deletion_round, acked_at: None });
-        }
+        model.deletion = deletion_in_store(&store, &host, seed, deletion_round)?;
     }
     let mut fresh = open(&store, &host, seed, 64 << 10).map_err(|e| format!("recovery failed: {e}"))?;
     if model.deletion.is_some() {
