@@ -307,3 +307,24 @@ fn ignore_check_constraints_lasts_one_request() {
     assert!(e.to_string().contains("CHECK constraint failed"), "{e}");
     assert_eq!(query_ints(&mut open(&store, "chk"), "SELECT id FROM t"), [2]);
 }
+
+/// A boolean pragma reads its value as SQLite's `sqlite3GetBoolean` does: the value dequoted
+/// (`'on'`, `"yes"` and `on` are the same), a leading digit as a number, and the words on, yes,
+/// true, full, extra as on; anything else (off, no, false, a negative number, an unknown word)
+/// as off. Each answer below is what SQLite 3 gives.
+#[test]
+fn boolean_pragmas_read_their_value_as_sqlite() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "pragma-bool");
+    let on = ["ON", "on", "'on'", "\"on\"", "yes", "'YES'", "true", "TRUE", "'true'", "1", "'1'", "2", "full", "'extra'"];
+    let off = ["OFF", "'off'", "no", "false", "FALSE", "'false'", "0", "'0'", "-1", "'banana'", "''"];
+    for (value, expected) in on.iter().map(|v| (v, 1)).chain(off.iter().map(|v| (v, 0))) {
+        let statements = [
+            Statement::new(format!("PRAGMA defer_foreign_keys = {}", 1 - expected)),
+            Statement::new(format!("PRAGMA defer_foreign_keys = {value}")),
+            Statement::new("PRAGMA defer_foreign_keys"),
+        ];
+        let rows = block_on(db.transact(&statements)).map(|mut r| r.results.pop().unwrap().rows).map_err(|e| e.to_string());
+        assert_eq!(rows, Ok(vec![vec![SqlValue::Integer(expected)]]), "PRAGMA defer_foreign_keys = {value}");
+    }
+}
