@@ -433,6 +433,31 @@ fn open(store: &Rc<MemStore>, host: &Arc<SimHost>, seed: u64, cache_bytes: usize
     block_on(Database::open(ctx, Layout::new("", "gate"), config(seed)))
 }
 
+/// Whether `e` is a bug: an error that no injected fault or crash excuses.
+fn is_bug(e: &EngineError, crashed: bool) -> bool {
+    !crashed && matches!(e, EngineError::Internal(_) | EngineError::Corrupt(_))
+}
+
+/// Runs a maintenance step (a quiet checkpoint, a scheduled sweep) on replica `r` if it is
+/// up. A crash drops the replica (its memory is gone with the process); a bug fails the seed.
+fn maintain(
+    replicas: &mut [Option<Database>],
+    r: usize,
+    store: &MemStore,
+    what: &str,
+    step: impl FnOnce(&mut Database) -> Result<(), EngineError>,
+) -> Result<(), String> {
+    let Some(db) = replicas[r].as_mut() else { return Ok(()) };
+    let result = step(db);
+    if store.crashed() {
+        replicas[r] = None;
+        store.restart();
+    } else if let Some(e) = result.as_ref().err().filter(|e| is_bug(e, false)) {
+        return Err(format!("{what} failed: {e}"));
+    }
+    Ok(())
+}
+
 /// Whether the deletion (of round `round`) whose answer was unknown happened. Asks a new
 /// replica (opening and reading can fail under faults: it tries again).
 fn deletion_in_store(store: &Rc<MemStore>, host: &Arc<SimHost>, seed: u64, round: u32) -> Result<Option<DeletionSeen>, String> {
@@ -441,7 +466,7 @@ fn deletion_in_store(store: &Rc<MemStore>, host: &Arc<SimHost>, seed: u64, round
         let info = open(store, host, seed, 64 << 10).and_then(|mut db| block_on(db.info()));
         match info {
             Ok(info) => return Ok(info.deleted.map(|d| DeletionSeen { seq: d.bookmark.0, round, acked_at: None })),
-            Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) if !store.crashed() => {
+            Err(e) if is_bug(&e, store.crashed()) => {
                 return Err(format!("reading whether the database is deleted: {e}"));
             }
             Err(e) => last = e.to_string(),
@@ -580,7 +605,7 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
                         replicas[r] = Some(db);
                         failed_opens = 0;
                     }
-                    Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) if !store.crashed() => {
+                    Err(e) if is_bug(&e, store.crashed()) => {
                         return Err(format!("opening failed: {e}"));
                     }
                     Err(e) => {
@@ -666,7 +691,7 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
                         model.check_state(&state, bookmark, "a read")?;
                         model.reads.push(ReadCheck { state, bookmark, must_include, what });
                     }
-                    Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) if !crashed => {
+                    Err(e) if is_bug(&e, crashed) => {
                         return Err(format!("a read failed: {e}"));
                     }
                     Err(_) => {}
@@ -684,7 +709,7 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
                 },
                 Done1::Schema(result) => match result {
                     Ok(()) => needs_schema = false,
-                    Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) if !crashed => {
+                    Err(e) if is_bug(&e, crashed) => {
                         return Err(format!("creating the tables again failed: {e}"));
                     }
                     Err(_) => {}
@@ -727,32 +752,19 @@ pub fn run_seed(seed: u64, faults: impl Fn(u64) -> Box<dyn FaultInjector>) -> Re
         // answering, in `waitUntil`).
         if quiet_rng.below(4) == 0 {
             let r = quiet_rng.below(REPLICAS as u64) as usize;
-            if let Some(db) = replicas[r].as_mut() {
-                let result = block_on(db.checkpoint_if_quiet());
-                if store.crashed() {
-                    replicas[r] = None;
-                    store.restart();
-                } else if let Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) = result {
-                    return Err(format!("a quiet checkpoint failed: {e}"));
-                }
-            }
+            maintain(&mut replicas, r, &store, "a quiet checkpoint", |db| block_on(db.checkpoint_if_quiet()).map(|_| ()))?;
         }
         // After the deletion, the scheduled sweeps now and then: the purge's log records once
         // the GC window has passed, and a kept deletion's purge once its history window has.
         if model.deletion.is_some() && deletion_rng.below(3) == 0 {
             let r = deletion_rng.below(REPLICAS as u64) as usize;
-            if let Some(db) = replicas[r].as_mut() {
-                let mut result = block_on(db.sweep_purged_log()).map(|_| ());
-                if result.is_ok() && !store.crashed() {
-                    result = block_on(db.expire_deletion()).map(|_| ());
+            maintain(&mut replicas, r, &store, "a scheduled sweep", |db| {
+                block_on(db.sweep_purged_log())?;
+                if !store.crashed() {
+                    block_on(db.expire_deletion())?;
                 }
-                if store.crashed() {
-                    replicas[r] = None;
-                    store.restart();
-                } else if let Err(e @ (EngineError::Internal(_) | EngineError::Corrupt(_))) = result {
-                    return Err(format!("a scheduled sweep failed: {e}"));
-                }
-            }
+                Ok(())
+            })?;
         }
         // Occasionally a replica is simply dropped (isolate evicted).
         if rng.below(10) == 0 {
