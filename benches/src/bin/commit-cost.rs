@@ -6,7 +6,8 @@
 //! (up to 64) as one group, one log record for all. Writers are tasks on one thread that
 //! each commit a row and wait for the acknowledgement before the next.
 //!
-//! Writes a markdown section to stdout and target figures to `$TWILL_BENCH_TARGETS`.
+//! Writes a markdown section to stdout and target figures to `$TWILL_BENCH_TARGETS`;
+//! `TWILL_BENCH_ONLY=contention` runs Exp 3 alone.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -242,39 +243,43 @@ fn main() {
             LATENCY.jitter * 100.0
         );
         println!();
-        let commits = scale(1000, 20);
-        let (p, seq_rate, writes_per_commit) = sequential(commits).await;
-        println!("**Exp 1, sequential commits** ({} commits; a commit is 1 PUT of its log record + 1 HEAD of the manifest, and a checkpoint every 32):", p.count);
-        println!();
-        println!("| p50 ms | p99 ms | p999 ms | mean ms | commits/s | store writes per commit |");
-        println!("|---|---|---|---|---|---|");
-        println!("| {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |", p.p50, p.p99, p.p999, p.mean, seq_rate, writes_per_commit);
-        println!();
-
+        // `TWILL_BENCH_ONLY=contention` runs Exp 3 alone (when tuning the retry policy).
+        let only_contention = std::env::var("TWILL_BENCH_ONLY").is_ok_and(|v| v == "contention");
         let run_for = Duration::from_millis(scale(3000, 300));
         let cap = scale(100_000, 50);
-        println!("**Exp 2, group commit**: commits/s against concurrent writers in one isolate ({} s per point).", run_for.as_secs_f64());
-        println!();
-        println!("| writers | commits/s | × sequential | store writes per commit | store reads per commit | commit p50 ms | p99 ms |");
-        println!("|---|---|---|---|---|---|---|");
-        let mut at64 = 0.0;
-        for writers in [1, 4, 16, 64] {
-            let (rate, w, r, p) = concurrent(writers, run_for, cap).await;
-            println!("| {writers} | {rate:.0} | {:.1} | {w:.3} | {r:.3} | {:.1} | {:.1} |", rate / seq_rate, p.p50, p.p99);
-            let x = writers as f64;
-            write_chart_point("group-commit-rate", "commits/s", x, rate);
-            write_chart_point("group-commit-writes", "R2 writes per commit", x, w);
-            write_chart_point("commit-latency", "p50", x, p.p50);
-            write_chart_point("commit-latency", "p99", x, p.p99);
-            write_chart_point("commit-latency", "p999", x, p.p999);
-            if writers == 64 {
-                at64 = rate;
-            }
-        }
-        println!();
-        let ratio = at64 / seq_rate;
-        write_target("with 20 ms simulated PUT latency, commits/s at 64 writers ≥ 20× sequential", format!("{ratio:.1}×"), ratio >= 20.0);
+        if !only_contention {
+            let commits = scale(1000, 20);
+            let (p, seq_rate, writes_per_commit) = sequential(commits).await;
+            println!("**Exp 1, sequential commits** ({} commits; a commit is 1 PUT of its log record + 1 HEAD of the manifest, and a checkpoint every 32):", p.count);
+            println!();
+            println!("| p50 ms | p99 ms | p999 ms | mean ms | commits/s | store writes per commit |");
+            println!("|---|---|---|---|---|---|");
+            println!("| {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} |", p.p50, p.p99, p.p999, p.mean, seq_rate, writes_per_commit);
+            println!();
 
+            println!("**Exp 2, group commit**: commits/s against concurrent writers in one isolate ({} s per point).", run_for.as_secs_f64());
+            println!();
+            println!("| writers | commits/s | × sequential | store writes per commit | store reads per commit | commit p50 ms | p99 ms |");
+            println!("|---|---|---|---|---|---|---|");
+            let mut at64 = 0.0;
+            for writers in [1, 4, 16, 64] {
+                let (rate, w, r, p) = concurrent(writers, run_for, cap).await;
+                println!("| {writers} | {rate:.0} | {:.1} | {w:.3} | {r:.3} | {:.1} | {:.1} |", rate / seq_rate, p.p50, p.p99);
+                let x = writers as f64;
+                write_chart_point("group-commit-rate", "commits/s", x, rate);
+                write_chart_point("group-commit-writes", "R2 writes per commit", x, w);
+                write_chart_point("commit-latency", "p50", x, p.p50);
+                write_chart_point("commit-latency", "p99", x, p.p99);
+                write_chart_point("commit-latency", "p999", x, p.p999);
+                if writers == 64 {
+                    at64 = rate;
+                }
+            }
+            println!();
+            let ratio = at64 / seq_rate;
+            write_target("with 20 ms simulated PUT latency, commits/s at 64 writers ≥ 20× sequential", format!("{ratio:.1}×"), ratio >= 20.0);
+
+        }
         println!("**Exp 3, contention**: N writers, each in its own isolate (its own `Database` and cache), incrementing one row \
                   of one shared database, against N writers each on its own database ({} s per point). A lost commit race is \
                   retried after a jittered backoff (uniform in 0..min(128 ms, 4 ms × 2^attempt)) within a 5 s budget; only then \

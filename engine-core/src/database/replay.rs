@@ -480,22 +480,7 @@ impl Database {
                 prev_end = record.end_frame;
             }
         }
-        let old_image = std::mem::replace(&mut self.image, Image::of_manifest(&m));
-        self.cache_embedded_pages(&m);
-        let fresh = match self.create_local().await {
-            Ok(fresh) => fresh,
-            Err(e) => {
-                self.image = old_image;
-                return Err(e);
-            }
-        };
-        self.base = m;
-        self.base_seen_ms = self.now_ms();
-        self.base_etag = etag;
-        self.local = Some(fresh);
-        self.records.clear();
-        self.applied_seq = self.base.checkpoint_seq;
-        self.last_commit_ms = self.base.committed_ms;
+        self.start_over_on(m, etag).await?;
         for kept in keep {
             if let Err(e) = self.apply_frames(kept.record.meta, &kept.frames, page_size) {
                 // The new base with part of the records is a consistent older state, but
@@ -524,6 +509,14 @@ impl Database {
         // stand on it, or a staleness-bounded read could miss commits it had seen.
         self.validated_ms = f64::NEG_INFINITY;
         self.manifest_proof_ms = f64::NEG_INFINITY;
+        self.start_over_on(m, etag).await?;
+        self.replay_listed_log().await
+    }
+
+    /// Starts local state over on checkpoint `m`: a fresh local database on its chunks and
+    /// no records after it. If the new local database cannot be built, the image stays
+    /// the old one (so do base and records) and the error is returned.
+    async fn start_over_on(&mut self, m: Manifest, etag: Option<String>) -> Result<(), EngineError> {
         let old_image = std::mem::replace(&mut self.image, Image::of_manifest(&m));
         self.cache_embedded_pages(&m);
         let fresh = match self.create_local().await {
@@ -540,7 +533,7 @@ impl Database {
         self.records.clear();
         self.applied_seq = self.base.checkpoint_seq;
         self.last_commit_ms = self.base.committed_ms;
-        self.replay_listed_log().await
+        Ok(())
     }
 }
 
