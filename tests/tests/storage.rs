@@ -958,3 +958,73 @@ fn a_strict_read_after_half_a_window_idle_checks_the_manifest_again() {
 fn a_commit_after_half_a_window_idle_checks_the_manifest_again() {
     a_replica_idle_for_half_the_window_checks_the_manifest_again(AfterIdle::Commit);
 }
+
+/// A probe sends the next record's GET and the manifest's HEAD at once only because both
+/// land within half the GC window: a record absent at a GET that landed later may have been
+/// created, folded and collected after the HEAD saw the old manifest. Here the GET is held
+/// back while another writer commits that record, checkpoints, and a whole window passes
+/// until its next checkpoint collects it: the probe must not take the HEAD it sent with
+/// the GET as proof, and checks the manifest again after (so it never answers 1 row where
+/// 4 were acknowledged; the request may end in a conflict instead, its budget spent).
+fn a_probe_whose_get_lands_after_half_the_window_checks_the_manifest_again(statements: Vec<Statement>) {
+    let sim = SimReplicas::new("slow-probe", 29, minute_window(1_000));
+    let (store, host) = (&sim.store, &sim.host);
+    let mut a = sim.open();
+    exec(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY)", vec![]);
+    exec(&mut a, "INSERT INTO t VALUES (1)", vec![]);
+    assert!(block_on(a.checkpoint()).unwrap());
+    let mut x = sim.open();
+    assert_eq!(query_ints(&mut x, "SELECT count(*) FROM t"), [1]);
+    // Past half the window since x last read the manifest: its probe sends GET and HEAD together.
+    host.advance(31_000.0);
+    let next_key = format!("db/slow-probe/log/{:020}", x.applied_seq() + 1);
+    let collected_key = next_key.clone();
+    let held = hold_back_once(store, move |op, key| op == OpKind::Get && key == next_key);
+    let read = engine_core::Request {
+        work: engine_core::Work::Transaction(statements),
+        read_from: engine_core::ReadFrom::Latest,
+    };
+    let x_read = async { x.perform(vec![read]).await.remove(0) };
+    let a_writes = async {
+        for _ in 0..5 {
+            futures::pending!();
+        }
+        for id in 2..=3 {
+            a.transact(&[Statement::new(format!("INSERT INTO t VALUES ({id})"))]).await.unwrap();
+        }
+        assert!(a.checkpoint().await.unwrap());
+        host.advance(61_000.0);
+        a.transact(&[Statement::new("INSERT INTO t VALUES (4)")]).await.unwrap();
+        assert!(a.checkpoint().await.unwrap());
+        assert!(store.raw_get(&collected_key).is_none(), "the record after x's state is collected");
+    };
+    let (answer, ()) = block_on(futures::future::join(x_read, a_writes));
+    store.set_faults(None);
+    assert!(held.get(), "the probe's GET was held back");
+    match answer {
+        Ok(done) => match done.reply {
+            engine_core::Reply::Transaction(r) => {
+                assert_eq!(r[0].rows, vec![vec![SqlValue::Integer(4)]], "answered from before acknowledged commits")
+            }
+            other => panic!("unexpected {other:?}"),
+        },
+        // The read found the log moved on and would run again, but its budget is spent:
+        // the probe took a simulated minute.
+        Err(e) => assert!(matches!(e, engine_core::EngineError::Conflict { .. }), "{e}"),
+    }
+}
+
+/// Reads alone: the probe is sent ahead, beside the local run.
+#[test]
+fn a_probe_sent_ahead_of_reads_whose_get_lands_late_checks_the_manifest_again() {
+    a_probe_whose_get_lands_after_half_the_window_checks_the_manifest_again(vec![Statement::new("SELECT count(*) FROM t")]);
+}
+
+/// A write that changed nothing: no record to publish, so the probe runs after the local run.
+#[test]
+fn a_probe_after_a_write_of_nothing_whose_get_lands_late_checks_the_manifest_again() {
+    a_probe_whose_get_lands_after_half_the_window_checks_the_manifest_again(vec![
+        Statement::new("SELECT count(*) FROM t"),
+        Statement::new("DELETE FROM t WHERE id = 99"),
+    ]);
+}

@@ -243,7 +243,6 @@ fn main() {
             LATENCY.jitter * 100.0
         );
         println!();
-        // `TWILL_BENCH_ONLY=contention` runs Exp 3 alone (when tuning the retry policy).
         let only_contention = std::env::var("TWILL_BENCH_ONLY").is_ok_and(|v| v == "contention");
         let run_for = Duration::from_millis(scale(3000, 300));
         let cap = scale(100_000, 50);
@@ -278,7 +277,6 @@ fn main() {
             println!();
             let ratio = at64 / seq_rate;
             write_target("with 20 ms simulated PUT latency, commits/s at 64 writers ≥ 20× sequential", format!("{ratio:.1}×"), ratio >= 20.0);
-
         }
         println!("**Exp 3, contention**: N writers, each in its own isolate (its own `Database` and cache), incrementing one row \
                   of one shared database, against N writers each on its own database ({} s per point). A lost commit race is \
