@@ -221,11 +221,12 @@ impl SimReplicas {
         SimReplicas { store: Rc::new(MemStore::new()), host: Arc::new(SimHost::new(seed)), name, cfg }
     }
 
+    fn context(&self) -> DbContext {
+        DbContext::new(self.store.clone()).with_host(self.host.clone()).with_sleeper(engine_core::dst::sleeper(&self.host))
+    }
+
     fn open(&self) -> Database {
-        let ctx = DbContext::new(self.store.clone())
-            .with_host(self.host.clone())
-            .with_sleeper(engine_core::dst::sleeper(&self.host));
-        try_open_in(ctx, self.name, self.cfg).expect("open")
+        try_open_in(self.context(), self.name, self.cfg).expect("open")
     }
 
     /// A writer that created table `t` with one row and checkpointed, and a second replica
@@ -886,21 +887,27 @@ fn a_strict_read_racing_a_purge_never_answers_from_before_acknowledged_commits()
     let (answer, ()) = block_on(futures::future::join(x_read, a_purge));
     store.set_faults(None);
     assert!(held.get(), "the probe's GET was held back");
-    assert_counts_all_four_or(answer, |e| e.to_string().contains("no such table"));
+    assert_rows_or(answer, vec![vec![SqlValue::Integer(4)]], |e| e.to_string().contains("no such table"));
 }
 
-/// A racing read's first answer counts all four acknowledged rows, or is an error the race
-/// excuses: never a count from before acknowledged commits.
-fn assert_counts_all_four_or(answer: Result<engine_core::Done, engine_core::EngineError>, excused: impl Fn(&engine_core::EngineError) -> bool) {
+/// A racing read's first statement answers `want` (the state every acknowledged commit
+/// made), or the read ends in an error the race excuses: never an answer from another state.
+fn assert_rows_or(
+    answer: Result<engine_core::Done, engine_core::EngineError>,
+    want: Vec<Vec<SqlValue>>,
+    excused: impl Fn(&engine_core::EngineError) -> bool,
+) {
     match answer {
         Ok(done) => match done.reply {
-            engine_core::Reply::Transaction(r) => {
-                assert_eq!(r[0].rows, vec![vec![SqlValue::Integer(4)]], "answered from before acknowledged commits")
-            }
+            engine_core::Reply::Transaction(r) => assert_eq!(r[0].rows, want, "answered from another state than the acknowledged one"),
             other => panic!("unexpected {other:?}"),
         },
         Err(e) => assert!(excused(&e), "{e}"),
     }
+}
+
+fn is_conflict(e: &engine_core::EngineError) -> bool {
+    matches!(e, engine_core::EngineError::Conflict { .. })
 }
 
 /// What a warm replica does next in [`a_replica_idle_for_half_the_window_checks_the_manifest_again`].
@@ -1006,7 +1013,7 @@ fn a_probe_whose_get_lands_after_half_the_window_checks_the_manifest_again(state
     assert!(held.get(), "the probe's GET was held back");
     // The read may find the log moved on with its budget spent (the probe took a simulated
     // minute): a conflict, not an answer.
-    assert_counts_all_four_or(answer, |e| matches!(e, engine_core::EngineError::Conflict { .. }));
+    assert_rows_or(answer, vec![vec![SqlValue::Integer(4)]], is_conflict);
 }
 
 /// Reads alone: the probe is sent ahead, beside the local run.
@@ -1022,4 +1029,61 @@ fn a_probe_after_a_write_of_nothing_whose_get_lands_late_checks_the_manifest_aga
         Statement::new("SELECT count(*) FROM t"),
         Statement::new("DELETE FROM t WHERE id = 99"),
     ]);
+}
+
+/// A cold open's listing shows the log tail and the manifest at one instant, so with the
+/// manifest unchanged the records it lists are trusted and it stands in for the first
+/// request's probe, but only if the GETs of those records land within half the GC window.
+/// Here the GET of the one listed record is held back while the writer folds it, a window
+/// passes, its next checkpoint collects it, and a zombie (a replica still on the old state)
+/// creates that key again with a write nobody acknowledges. The open must not trust what
+/// it then reads: the waiting read answers the real state (3 rows, row 2 by `a`), never the
+/// zombie's (2 rows, row 2 by `z`), or ends in a conflict once its budget is spent.
+#[test]
+fn an_open_whose_record_gets_land_after_half_the_window_checks_the_manifest_again() {
+    let sim = SimReplicas::new("slow-open", 31, minute_window(1_000));
+    let (store, host) = (&sim.store, &sim.host);
+    let (mut a, mut zombie) = sim.writer_and_warm_replica("CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT)", "INSERT INTO t VALUES (1, 'a')");
+    exec(&mut a, "INSERT INTO t VALUES (2, 'a')", vec![]);
+    let listed_key = format!("db/slow-open/log/{:020}", a.applied_seq());
+    let zombie_key = listed_key.clone();
+    // The GET of the listed record is held back once; the zombie's clean-up of its record
+    // fails (as if its isolate died right after the PUT).
+    let (held, zombie_dies) = (Rc::new(std::cell::Cell::new(false)), Rc::new(std::cell::Cell::new(false)));
+    store.set_faults(Some(Box::new(ScriptedFaults({
+        let (held, zombie_dies, listed_key) = (held.clone(), zombie_dies.clone(), listed_key.clone());
+        move |op, key: &str| match op {
+            OpKind::Get if key == listed_key && !held.get() => {
+                held.set(true);
+                Fault::Delay(200)
+            }
+            OpKind::Delete if key == listed_key && zombie_dies.get() => Fault::ErrorBefore,
+            _ => Fault::None,
+        }
+    }))));
+    let x_open = Database::open_for_waiting_requests(sim.context(), Layout::new("", sim.name), sim.cfg);
+    let meanwhile = async {
+        for _ in 0..5 {
+            futures::pending!();
+        }
+        assert!(a.checkpoint().await.unwrap());
+        host.advance(61_000.0);
+        a.transact(&[Statement::new("INSERT INTO t VALUES (3, 'a')")]).await.unwrap();
+        assert!(a.checkpoint().await.unwrap());
+        assert!(store.raw_get(&listed_key).is_none(), "the listed record is collected");
+        zombie_dies.set(true);
+        let zombie_write = zombie.transact(&[Statement::new("INSERT INTO t VALUES (2, 'z')")]).await;
+        assert!(zombie_write.is_err(), "the zombie's write is not acknowledged: {zombie_write:?}");
+        assert!(store.raw_get(&zombie_key).is_some(), "the zombie created the collected key again");
+    };
+    let (x, ()) = block_on(futures::future::join(x_open, meanwhile));
+    store.set_faults(None);
+    assert!(held.get(), "the GET of the listed record was held back");
+    let mut x = x.expect("open");
+    let read = engine_core::Request {
+        work: engine_core::Work::Transaction(vec![Statement::new("SELECT count(*), (SELECT who FROM t WHERE id = 2) FROM t")]),
+        read_from: engine_core::ReadFrom::Latest,
+    };
+    let answer = block_on(x.perform(vec![read])).remove(0);
+    assert_rows_or(answer, vec![vec![SqlValue::Integer(3), SqlValue::Text("a".into())]], is_conflict);
 }
