@@ -438,7 +438,7 @@ fn slow_probe_straddling_a_collection(first: FirstRequest) {
         FirstRequest::Strict => ("SELECT count(*) FROM t", engine_core::ReadFrom::Latest),
         FirstRequest::WriteOfNothing => ("UPDATE t SET id = id WHERE id = 999", engine_core::ReadFrom::Latest),
     };
-    let first = engine_core::Request { work: engine_core::Work::Transaction(vec![Statement::new(sql)]), read_from };
+    let first = transaction(vec![Statement::new(sql)], read_from);
     let x_read = async {
         let _ = x.perform(vec![first]).await;
     };
@@ -455,10 +455,7 @@ fn slow_probe_straddling_a_collection(first: FirstRequest) {
     block_on(futures::future::join(x_read, a_work));
     store.set_faults(None);
     assert!(held.get(), "the probe's GET was held back");
-    let bounded = engine_core::Request {
-        work: engine_core::Work::Transaction(vec![Statement::new("SELECT count(*) FROM t")]),
-        read_from: engine_core::ReadFrom::WithinMs(50.0),
-    };
+    let bounded = transaction(vec![Statement::new("SELECT count(*) FROM t")], engine_core::ReadFrom::WithinMs(50.0));
     let done = block_on(x.perform(vec![bounded])).remove(0).expect("read");
     let rows = match done.reply {
         engine_core::Reply::Transaction(r) => r[0].rows.clone(),
@@ -872,10 +869,7 @@ fn a_strict_read_racing_a_purge_never_answers_from_before_acknowledged_commits()
     }
     let next_key = format!("db/racing/log/{:020}", x.applied_seq() + 1);
     let held = hold_back_once(store, move |op, key| op == OpKind::Get && key == next_key);
-    let read = engine_core::Request {
-        work: engine_core::Work::Transaction(vec![Statement::new("SELECT count(*) FROM t")]),
-        read_from: engine_core::ReadFrom::Latest,
-    };
+    let read = transaction(vec![Statement::new("SELECT count(*) FROM t")], engine_core::ReadFrom::Latest);
     let x_read = async { x.perform(vec![read]).await.remove(0) };
     let a_purge = async {
         for _ in 0..5 {
@@ -904,6 +898,11 @@ fn assert_rows_or(
         },
         Err(e) => assert!(excused(&e), "{e}"),
     }
+}
+
+/// One request: `statements` as one transaction, answered from `read_from`.
+fn transaction(statements: Vec<Statement>, read_from: engine_core::ReadFrom) -> engine_core::Request {
+    engine_core::Request { work: engine_core::Work::Transaction(statements), read_from }
 }
 
 fn is_conflict(e: &engine_core::EngineError) -> bool {
@@ -990,10 +989,7 @@ fn a_probe_whose_get_lands_after_half_the_window_checks_the_manifest_again(state
     let next_key = format!("db/slow-probe/log/{:020}", x.applied_seq() + 1);
     let collected_key = next_key.clone();
     let held = hold_back_once(store, move |op, key| op == OpKind::Get && key == next_key);
-    let read = engine_core::Request {
-        work: engine_core::Work::Transaction(statements),
-        read_from: engine_core::ReadFrom::Latest,
-    };
+    let read = transaction(statements, engine_core::ReadFrom::Latest);
     let x_read = async { x.perform(vec![read]).await.remove(0) };
     let a_writes = async {
         for _ in 0..5 {
@@ -1046,7 +1042,6 @@ fn an_open_whose_record_gets_land_after_half_the_window_checks_the_manifest_agai
     let (mut a, mut zombie) = sim.writer_and_warm_replica("CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT)", "INSERT INTO t VALUES (1, 'a')");
     exec(&mut a, "INSERT INTO t VALUES (2, 'a')", vec![]);
     let listed_key = format!("db/slow-open/log/{:020}", a.applied_seq());
-    let zombie_key = listed_key.clone();
     // The GET of the listed record is held back once; the zombie's clean-up of its record
     // fails (as if its isolate died right after the PUT).
     let (held, zombie_dies) = (Rc::new(std::cell::Cell::new(false)), Rc::new(std::cell::Cell::new(false)));
@@ -1074,16 +1069,16 @@ fn an_open_whose_record_gets_land_after_half_the_window_checks_the_manifest_agai
         zombie_dies.set(true);
         let zombie_write = zombie.transact(&[Statement::new("INSERT INTO t VALUES (2, 'z')")]).await;
         assert!(zombie_write.is_err(), "the zombie's write is not acknowledged: {zombie_write:?}");
-        assert!(store.raw_get(&zombie_key).is_some(), "the zombie created the collected key again");
+        assert!(store.raw_get(&listed_key).is_some(), "the zombie created the collected key again");
     };
     let (x, ()) = block_on(futures::future::join(x_open, meanwhile));
     store.set_faults(None);
     assert!(held.get(), "the GET of the listed record was held back");
     let mut x = x.expect("open");
-    let read = engine_core::Request {
-        work: engine_core::Work::Transaction(vec![Statement::new("SELECT count(*), (SELECT who FROM t WHERE id = 2) FROM t")]),
-        read_from: engine_core::ReadFrom::Latest,
-    };
+    let read = transaction(
+        vec![Statement::new("SELECT count(*), (SELECT who FROM t WHERE id = 2) FROM t")],
+        engine_core::ReadFrom::Latest,
+    );
     let answer = block_on(x.perform(vec![read])).remove(0);
     assert_rows_or(answer, vec![vec![SqlValue::Integer(3), SqlValue::Text("a".into())]], is_conflict);
 }

@@ -91,7 +91,12 @@ impl engine_core::host::Sleeper for TokioSleep {
 }
 
 fn new_store(seed: u64) -> Rc<Store> {
-    Rc::new(CountingStore::new(Rc::new(SimStore::new(Rc::new(MemStore::new()), LATENCY, seed))))
+    store_over(Rc::new(MemStore::new()), seed)
+}
+
+/// The simulated R2 over `mem`, whose own counters tell PUTs and LISTs apart.
+fn store_over(mem: Rc<MemStore>, seed: u64) -> Rc<Store> {
+    Rc::new(CountingStore::new(Rc::new(SimStore::new(mem, LATENCY, seed))))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -179,7 +184,7 @@ struct Contended {
 /// database (`shared`), or each its own database.
 async fn contention(writers: usize, shared: bool, run_for: Duration, max_per_writer: u64) -> Contended {
     let mem = Rc::new(MemStore::new());
-    let store = Rc::new(CountingStore::new(Rc::new(SimStore::new(mem.clone(), LATENCY, 3 + writers as u64))));
+    let store = store_over(mem.clone(), 3 + writers as u64);
     let name = |w: usize| if shared { "shared".to_string() } else { format!("own-{w}") };
     for w in 0..if shared { 1 } else { writers } {
         let lane = Lane::start(store.clone(), &name(w)).await;
