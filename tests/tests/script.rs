@@ -114,6 +114,34 @@ fn sequences_describe_and_guards() {
     assert_eq!(query_ints(&mut db, "SELECT x FROM a ORDER BY x"), vec![1, 2, 3]);
 }
 
+/// turso's MVCC engine is not in this build (patches/turso_core-0.8.3.patch, item 16): a
+/// script's `BEGIN CONCURRENT` fails as a statement, leaves the script in autocommit and the
+/// database as it was, and a libSQL batch opened that way commits nothing.
+#[test]
+fn begin_concurrent_fails_as_a_statement_without_mvcc() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "s");
+    twill_tests::exec(&mut db, "CREATE TABLE t(x)", vec![]);
+    let (out, _) = block_on(db.run_script(Script::new(vec![
+        exec_step("BEGIN CONCURRENT"),
+        Step::always(Action::GetAutocommit),
+        exec_step("SELECT count(*) FROM t"),
+    ])))
+    .unwrap();
+    let StepOutcome::Failed(e) = &out.steps[0] else { panic!("{:?}", out.steps[0]) };
+    assert!(e.to_string().contains("MVCC"), "{e}");
+    assert_eq!(out.steps[1], StepOutcome::Autocommit(true));
+    assert!(out.steps[2].succeeded());
+
+    let mut batch = libsql_batch(&["INSERT INTO t VALUES (1)"]);
+    batch.steps[0] = exec_step("BEGIN CONCURRENT");
+    let (out, _) = block_on(db.run_script(batch)).unwrap();
+    assert!(matches!(out.steps[0], StepOutcome::Failed(_)), "{:?}", out.steps[0]);
+    assert_eq!(out.steps[1], StepOutcome::Skipped);
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM t"), vec![0]);
+    assert_eq!(query_ints(&mut open(&store, "s"), "SELECT count(*) FROM t"), vec![0]);
+}
+
 #[test]
 fn a_runaway_query_is_interrupted_and_changes_nothing() {
     let store = Rc::new(MemStore::new());
