@@ -362,6 +362,54 @@ fn imports_publish_a_checked_file_atomically_and_refuse_what_is_not_one() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// turso's materialized views are not in this build (patch item 17). A file turso made with
+/// one still imports and reads; the view and writes that would leave it stale are refused, and
+/// its schema row goes out with an export.
+#[test]
+fn a_file_with_a_materialized_view_loads_with_the_view_unavailable() {
+    let store = Rc::new(MemStore::new());
+    let host = Arc::new(SimHost::new(17));
+    let ctx = || DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(&host));
+    let dir = std::env::temp_dir().join(format!("twill-mview-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("turso-made.db");
+    {
+        // The view's own B-tree is made as a table, then its schema row is rewritten into the
+        // row turso writes for a materialized view (C SQLite cannot parse that row).
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE other (x);
+             INSERT INTO t (v) VALUES ('a'), ('b'), ('c'); CREATE TABLE mv (id, v);
+             PRAGMA writable_schema = ON;
+             UPDATE sqlite_schema SET type = 'view',
+               sql = 'CREATE MATERIALIZED VIEW mv AS SELECT id, v FROM t WHERE id > 1' WHERE name = 'mv';",
+        )
+        .unwrap();
+    }
+    let file = std::fs::read(&path).unwrap();
+    let config = DbConfig { quick_check_max_bytes: 0, ..config(24.0 * HOUR) };
+    let mut db = try_open_in(ctx(), "mview", config).unwrap();
+    block_on(db.import_file(pieces(&file, 4096), false)).unwrap();
+
+    let mut other = try_open_in(ctx(), "mview", config).unwrap();
+    assert_eq!(query_ints(&mut other, "SELECT count(*) FROM t")[0], 3);
+    let e = exec_err(&mut other, "SELECT * FROM mv").to_string();
+    assert!(e.contains("materialized views are not available in this build"), "{e}");
+    for write in ["INSERT INTO t (v) VALUES ('d')", "UPDATE t SET v = 'x' WHERE id = 1", "DELETE FROM t WHERE id = 1"] {
+        let e = exec_err(&mut other, write).to_string();
+        assert!(e.contains("cannot modify table t: materialized view(s) mv read it"), "{write}: {e}");
+    }
+    exec(&mut other, "INSERT INTO other VALUES (1)", vec![]);
+    assert_eq!(query_ints(&mut other, "SELECT count(*) FROM t")[0], 3, "the refused writes left t as it was");
+    assert_eq!(query_ints(&mut other, "SELECT count(*) FROM sqlite_schema WHERE name = 'mv' AND sql LIKE 'CREATE MATERIALIZED VIEW%'")[0], 1);
+    let exported = export(&other);
+    let mut round_trip = try_open_in(ctx(), "mview-again", config).unwrap();
+    block_on(round_trip.import_file(pieces(&exported, 4096), false)).unwrap();
+    assert_eq!(query_ints(&mut round_trip, "SELECT count(*) FROM other")[0], 1);
+    assert!(exec_err(&mut round_trip, "SELECT * FROM mv").to_string().contains("not available in this build"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn deleting_a_database_empties_it_purges_its_objects_and_spares_its_forks() {
     let store = Rc::new(MemStore::new());
