@@ -275,6 +275,15 @@ fn exports_are_valid_sqlite_files_of_any_commit() {
 }
 
 /// A file as a stream of pieces of `size` bytes (as a request body arrives).
+/// A database file C SQLite makes from `sql`, in a new temporary directory the caller removes.
+fn sqlite_file_of(tag: &str, sql: &str) -> (std::path::PathBuf, Vec<u8>) {
+    let dir = std::env::temp_dir().join(format!("twill-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("source.db");
+    rusqlite::Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+    (dir, std::fs::read(&path).unwrap())
+}
+
 fn pieces(bytes: &[u8], size: usize) -> impl futures::Stream<Item = Result<Vec<u8>, EngineError>> + Unpin {
     futures::stream::iter(bytes.chunks(size.max(1)).map(|c| Ok(c.to_vec())).collect::<Vec<_>>())
 }
@@ -285,23 +294,16 @@ fn imports_publish_a_checked_file_atomically_and_refuse_what_is_not_one() {
     let host = Arc::new(SimHost::new(13));
     let ctx = || DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(&host));
     // A file made by C SQLite, in rollback-journal mode, with an index, a view and a trigger.
-    let dir = std::env::temp_dir().join(format!("twill-import-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("source.db");
-    {
-        let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch(
-            "PRAGMA page_size = 1024; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, pad BLOB);
+    let (dir, file) = sqlite_file_of(
+        "import",
+        "PRAGMA page_size = 1024; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, pad BLOB);
              CREATE INDEX t_v ON t (v); CREATE VIEW tv AS SELECT v FROM t;
              CREATE TABLE log (msg TEXT); CREATE TRIGGER t_ins AFTER INSERT ON t BEGIN INSERT INTO log VALUES (new.v); END;
              WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
              INSERT INTO t (v, pad) SELECT 'row' || i, randomblob(300) FROM n;
              CREATE VIRTUAL TABLE s USING fts5(v); INSERT INTO s SELECT v FROM t WHERE id <= 100;
              CREATE TABLE after_s (x);",
-        )
-        .unwrap();
-    }
-    let file = std::fs::read(&path).unwrap();
+    );
 
     for (name, quick_check_max) in [("imp-quick", u64::MAX), ("imp-structure", 0)] {
         let config = DbConfig { quick_check_max_bytes: quick_check_max, ..config(24.0 * HOUR) };
@@ -370,23 +372,16 @@ fn a_file_with_a_materialized_view_loads_with_the_view_unavailable() {
     let store = Rc::new(MemStore::new());
     let host = Arc::new(SimHost::new(17));
     let ctx = || DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(&host));
-    let dir = std::env::temp_dir().join(format!("twill-mview-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("turso-made.db");
-    {
-        // The view's own B-tree is made as a table, then its schema row is rewritten into the
-        // row turso writes for a materialized view (C SQLite cannot parse that row).
-        let c = rusqlite::Connection::open(&path).unwrap();
-        c.execute_batch(
-            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE other (x);
+    // The view's own B-tree is made as a table, then its schema row is rewritten into the row
+    // turso writes for a materialized view (C SQLite cannot parse that row).
+    let (dir, file) = sqlite_file_of(
+        "mview",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE other (x);
              INSERT INTO t (v) VALUES ('a'), ('b'), ('c'); CREATE TABLE mv (id, v);
              PRAGMA writable_schema = ON;
              UPDATE sqlite_schema SET type = 'view',
                sql = 'CREATE MATERIALIZED VIEW mv AS SELECT id, v FROM t WHERE id > 1' WHERE name = 'mv';",
-        )
-        .unwrap();
-    }
-    let file = std::fs::read(&path).unwrap();
+    );
     let config = DbConfig { quick_check_max_bytes: 0, ..config(24.0 * HOUR) };
     let mut db = try_open_in(ctx(), "mview", config).unwrap();
     block_on(db.import_file(pieces(&file, 4096), false)).unwrap();
