@@ -376,8 +376,11 @@ fn a_file_with_a_materialized_view_loads_with_the_view_unavailable() {
     // turso writes for a materialized view (C SQLite cannot parse that row).
     let (dir, file) = sqlite_file_of(
         "mview",
-        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE other (x);
-             INSERT INTO t (v) VALUES ('a'), ('b'), ('c'); CREATE TABLE mv (id, v);
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);
+             CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT,
+               parent_id INTEGER REFERENCES parent (id) ON DELETE CASCADE ON UPDATE SET NULL);
+             CREATE TABLE other (x); INSERT INTO parent VALUES (1), (2);
+             INSERT INTO t (v, parent_id) VALUES ('a', 1), ('b', 1), ('c', 2); CREATE TABLE mv (id, v);
              PRAGMA writable_schema = ON;
              UPDATE sqlite_schema SET type = 'view',
                sql = 'CREATE MATERIALIZED VIEW mv AS SELECT id, v FROM t WHERE id > 1' WHERE name = 'mv';",
@@ -394,8 +397,14 @@ fn a_file_with_a_materialized_view_loads_with_the_view_unavailable() {
         let e = exec_err(&mut other, write).to_string();
         assert!(e.contains("cannot modify table t: materialized view(s) mv read it"), "{write}: {e}");
     }
+    // A foreign key's action writes t too: the parent's delete and update are refused with it.
+    for write in ["DELETE FROM parent WHERE id = 1", "UPDATE parent SET id = 10 WHERE id = 2"] {
+        let e = exec_err(&mut other, write).to_string();
+        assert!(e.contains("cannot modify table t: materialized view(s) mv read it"), "{write}: {e}");
+    }
     exec(&mut other, "INSERT INTO other VALUES (1)", vec![]);
     assert_eq!(query_ints(&mut other, "SELECT count(*) FROM t")[0], 3, "the refused writes left t as it was");
+    assert_eq!(query_ints(&mut other, "SELECT count(*) FROM parent WHERE id IN (1, 2)")[0], 2);
     assert_eq!(query_ints(&mut other, "SELECT count(*) FROM sqlite_schema WHERE name = 'mv' AND sql LIKE 'CREATE MATERIALIZED VIEW%'")[0], 1);
     let exported = export(&other);
     let mut round_trip = try_open_in(ctx(), "mview-again", config).unwrap();
