@@ -68,15 +68,15 @@ pub(super) struct HStmt {
     #[serde(default)]
     pub(super) sql_id: Option<i32>,
     #[serde(default)]
-    pub(super) args: Vec<HValue>,
+    args: Vec<HValue>,
     #[serde(default)]
-    pub(super) named_args: Vec<NamedArg>,
+    named_args: Vec<NamedArg>,
     #[serde(default)]
     pub(super) want_rows: Option<bool>,
 }
 
 #[derive(Deserialize)]
-pub(super) struct NamedArg {
+struct NamedArg {
     name: String,
     value: HValue,
 }
