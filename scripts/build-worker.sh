@@ -29,9 +29,9 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 # --one-caller-inline-max-function-size=20: binaryen otherwise inlines every function that has
 # one caller, whatever its size, and V8 compiles a wasm function whole on its first call. Turso's
 # translate_inner grew from 91 to 235 kB that way (ALTER TABLE's and INSERT's translators inside
-# it), so a cold isolate's first SELECT compiled them. Kept apart, the first point query compiles
-# about a fifth less code, and the module is about 0.1 MB smaller gzip. Warm reads measured
-# the same (benches/NOTES.md, "Compiled per function").
+# it), so a cold isolate's first SELECT compiled them. Kept apart (with patch item 18), the
+# first point query compiles about 30% less wasm, and the module is about 0.1 MB smaller gzip.
+# Warm reads measured the same (benches/NOTES.md, "Compiled per function").
 if [ "${TWILL_WASM_OPT:-1}" != 0 ]; then
   ts/node_modules/.bin/wasm-opt -Oz -Oz --one-caller-inline-max-function-size=20 \
     --low-memory-unused --strip-debug --strip-producers \
