@@ -21,7 +21,7 @@ use std::rc::Rc;
 
 use worker::Env;
 
-use crate::auth::TokenRule;
+use crate::auth::Grant;
 use crate::baton::BatonKey;
 use crate::wire::ApiError;
 
@@ -166,7 +166,7 @@ pub const DEFAULT_R2_CALL_BUDGET: u64 = 950;
 
 /// Who may do what: the token list, or anonymous access where it was asked for.
 pub enum AccessRules {
-    Tokens(Vec<TokenRule>),
+    Tokens(Vec<Grant>),
     Anonymous,
 }
 
