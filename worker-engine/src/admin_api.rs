@@ -15,7 +15,7 @@ use worker::Env;
 
 use crate::auth::{self, Access};
 use crate::db_request::DbRequest;
-use crate::settings::{self, AccessRules};
+use crate::settings;
 use crate::wire::{self, validate_db_name, ApiError};
 use crate::Answer;
 
@@ -28,7 +28,7 @@ pub struct ListQuery {
 
 /// `GET /v1/db[?limit=&after=&deleted=true]`: databases in key order, those the token may
 /// see; `next` names the `after` of the next page (absent on the last).
-pub async fn list(env: &Env, rules: &AccessRules, authorization: Option<&str>, query: ListQuery) -> Result<Answer, ApiError> {
+pub async fn list(env: &Env, caller: &auth::Caller<'_>, query: ListQuery) -> Result<Answer, ApiError> {
     let limit = match query.limit.as_deref() {
         None => LIST_DEFAULT_LIMIT,
         Some(text) => text.parse::<usize>().ok().filter(|n| (1..=LIST_MAX_LIMIT).contains(n)).ok_or_else(|| {
@@ -48,7 +48,7 @@ pub async fn list(env: &Env, rules: &AccessRules, authorization: Option<&str>, q
     let databases: Vec<Value> = page
         .databases
         .iter()
-        .filter(|d| auth::authorize(rules, authorization, Some(&d.name)).is_ok())
+        .filter(|d| caller.access_to(Some(&d.name)).is_ok())
         .map(|d| {
             let mut item = json!({
                 "name": d.name,

@@ -11,6 +11,7 @@ use engine_core::guard::{check_statement, StatementKind};
 use engine_core::Statement;
 use sha2::{Digest, Sha256};
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 
 use crate::settings::AccessRules;
 use crate::wire::ApiError;
@@ -74,16 +75,20 @@ pub fn parse_rules(raw: Option<String>) -> Result<Vec<Grant>, ApiError> {
         .collect())
 }
 
-/// Equality that takes the same time wherever the digests differ (and digests hide lengths).
-fn same_digest(a: &TokenDigest, b: &TokenDigest) -> bool {
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Who sent a request: the grant its token matched, or anyone when access is anonymous.
+/// Authenticating hashes the sent token once; each database the request touches is then
+/// checked against the same caller.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    Anonymous,
+    Holder(&'a Grant),
 }
 
-/// The access the request's `Authorization` header grants on `database` (`None`: any
-/// valid token, for routes that name no database).
-pub fn authorize(rules: &AccessRules, authorization: Option<&str>, database: Option<&str>) -> Result<Access, ApiError> {
+/// Finds the rule the request's `Authorization` header matches. Every request must pass
+/// this, whatever it names.
+pub fn authenticate<'a>(rules: &'a AccessRules, authorization: Option<&str>) -> Result<Caller<'a>, ApiError> {
     let rules = match rules {
-        AccessRules::Anonymous => return Ok(Access::Write),
+        AccessRules::Anonymous => return Ok(Caller::Anonymous),
         AccessRules::Tokens(rules) => rules,
     };
     let unauthorized = |m: &str| ApiError::new(401, "UNAUTHORIZED", m.to_string());
@@ -95,19 +100,33 @@ pub fn authorize(rules: &AccessRules, authorization: Option<&str>, database: Opt
     let sent = digest(token);
     let mut matched: Option<&Grant> = None;
     for rule in rules {
-        if same_digest(&rule.token_digest, &sent) && matched.is_none() {
+        if bool::from(rule.token_digest.ct_eq(&sent)) && matched.is_none() {
             matched = Some(rule);
         }
     }
-    let Some(rule) = matched else {
-        return Err(unauthorized("invalid token"));
-    };
-    if let (Some(dbs), Some(database)) = (&rule.databases, database) {
-        if !dbs.iter().any(|d| d == database) {
-            return Err(ApiError::new(403, "FORBIDDEN", format!("this token has no access to database {database:?}")));
+    matched.map(Caller::Holder).ok_or_else(|| unauthorized("invalid token"))
+}
+
+impl Caller<'_> {
+    /// The access this caller has to `database` (`None`: routes that name no database).
+    pub fn access_to(&self, database: Option<&str>) -> Result<Access, ApiError> {
+        let rule = match self {
+            Caller::Anonymous => return Ok(Access::Write),
+            Caller::Holder(rule) => rule,
+        };
+        if let (Some(dbs), Some(database)) = (&rule.databases, database) {
+            if !dbs.iter().any(|d| d == database) {
+                return Err(ApiError::new(403, "FORBIDDEN", format!("this token has no access to database {database:?}")));
+            }
         }
+        Ok(rule.access)
     }
-    Ok(rule.access)
+}
+
+/// The access the request's `Authorization` header grants on `database`.
+#[cfg(test)]
+fn authorize(rules: &AccessRules, authorization: Option<&str>, database: Option<&str>) -> Result<Access, ApiError> {
+    authenticate(rules, authorization)?.access_to(database)
 }
 
 /// Refuses statements a read-only token may not run.

@@ -19,7 +19,7 @@ pub async fn handle(req: Incoming, env: &Env, started: f64) -> Result<Answer, Ap
     let rules = settings::get(env).access_rules()?;
     let authorization = req.header("authorization");
     // Nothing answers without a valid token; scope is checked per database below.
-    auth::authorize(&rules, authorization.as_deref(), None)?;
+    let caller = auth::authenticate(&rules, authorization.as_deref())?;
     let route = routes::route(&req.method(), req.path())?;
     let Some(name) = route.database else {
         if route.endpoint == Endpoint::ListDatabases {
@@ -28,12 +28,12 @@ pub async fn handle(req: Incoming, env: &Env, started: f64) -> Result<Answer, Ap
                 limit: req.query_param("limit"),
                 deleted: req.query_param("deleted"),
             };
-            return admin_api::list(env, &rules, authorization.as_deref(), query).await;
+            return admin_api::list(env, &caller, query).await;
         }
         return Ok(Answer::json(crate::describe_service()));
     };
     validate_db_name(&name)?;
-    let access = auth::authorize(&rules, authorization.as_deref(), Some(&name))?;
+    let access = caller.access_to(Some(&name))?;
     match route.endpoint {
         Endpoint::Stats => return Ok(Answer::json(stats(&name, env))),
         Endpoint::HranaVersion(v) => {
@@ -100,7 +100,7 @@ pub async fn handle(req: Incoming, env: &Env, started: f64) -> Result<Answer, Ap
             let request = history_api::parse_fork(&body)?;
             validate_db_name(&request.to)?;
             // Forking reads this database and creates the other: both need the token's say.
-            if auth::authorize(&rules, authorization.as_deref(), Some(&request.to))? != Access::Write {
+            if caller.access_to(Some(&request.to))? != Access::Write {
                 return Err(auth::read_only_error());
             }
             history_api::fork(DbRequest::new(env, &name, access, ReadFrom::Latest)?, request).await
