@@ -118,7 +118,7 @@ impl LocalDb {
             .and_then(|db| db.connect().map(|conn| (db, conn)));
         let (db, conn) = match opened {
             Ok(x) => x,
-            Err(e) => return Err(missing_or(&base.wanted, EngineError::Internal(format!("open local database: {e}")))),
+            Err(e) => return Err(missing_or(&base.wanted, open_error(e))),
         };
         conn.wal_auto_actions_disable();
         // What `PRAGMA cache_size = N` does for a positive N, without parsing and running a
@@ -393,6 +393,16 @@ impl Reopen {
 
 /// Takes the wanted pages with it, so the next attempt reports only what it misses itself
 /// (a stale entry would make every later round fetch its page group again).
+/// Why turso could not open a database file. A schema it cannot parse is damage to the file,
+/// as SQLite reports it (SQLITE_CORRUPT, "malformed database schema"), not an internal fault.
+fn open_error(e: turso_core::LimboError) -> EngineError {
+    match e {
+        turso_core::LimboError::ParseError(why) => EngineError::Corrupt(format!("malformed database schema: {why}")),
+        turso_core::LimboError::LexerError(why) => EngineError::Corrupt(format!("malformed database schema: {why}")),
+        e => EngineError::Internal(format!("open local database: {e}")),
+    }
+}
+
 fn missing_or(wanted: &WantedPages, e: EngineError) -> EngineError {
     let wanted = std::mem::take(&mut *wanted.lock().unwrap_or_else(|p| p.into_inner()));
     if wanted.is_empty() {
