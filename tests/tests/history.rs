@@ -17,9 +17,13 @@ fn config(history_ms: f64) -> DbConfig {
     DbConfig { checkpoint_records: 3, gc_retention_ms: 0.0, history_retention_ms: history_ms, ..DbConfig::default() }
 }
 
+/// What a database of the simulation opens with: the shared store, on the host's clock.
+fn sim_ctx(store: &Rc<MemStore>, host: &Arc<SimHost>) -> DbContext {
+    DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(host))
+}
+
 fn open(store: &Rc<MemStore>, host: &Arc<SimHost>, history_ms: f64) -> Database {
-    let ctx = DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(host));
-    try_open_in(ctx, "h", config(history_ms)).expect("open")
+    try_open_in(sim_ctx(store, host), "h", config(history_ms)).expect("open")
 }
 
 fn count(db: &mut Database) -> i64 {
@@ -184,7 +188,7 @@ fn forks_start_from_any_commit_share_chunks_and_outlive_the_parents_gc() {
     let written = store.keys().len() - keys_before;
     assert!(written <= 3, "a fork is a record and a reference, not a copy: {written} objects");
     let parent_chunks: Vec<String> = store.keys().into_iter().filter(|k| k.starts_with("db/h/chunk/")).collect();
-    let ctx = |h: &Arc<SimHost>| DbContext::new(store.clone()).with_host(h.clone()).with_sleeper(engine_core::dst::sleeper(h));
+    let ctx = |h: &Arc<SimHost>| sim_ctx(&store, h);
     let mut child = try_open_in(ctx(&host), "child", config(window)).unwrap();
     assert_eq!(count(&mut child), 303);
 
@@ -292,7 +296,7 @@ fn pieces(bytes: &[u8], size: usize) -> impl futures::Stream<Item = Result<Vec<u
 fn imports_publish_a_checked_file_atomically_and_refuse_what_is_not_one() {
     let store = Rc::new(MemStore::new());
     let host = Arc::new(SimHost::new(13));
-    let ctx = || DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(&host));
+    let ctx = || sim_ctx(&store, &host);
     // A file made by C SQLite, in rollback-journal mode, with an index, a view and a trigger.
     let (dir, file) = sqlite_file_of(
         "import",
@@ -371,7 +375,7 @@ fn imports_publish_a_checked_file_atomically_and_refuse_what_is_not_one() {
 fn a_file_with_a_materialized_view_loads_with_the_view_unavailable() {
     let store = Rc::new(MemStore::new());
     let host = Arc::new(SimHost::new(17));
-    let ctx = || DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(&host));
+    let ctx = || sim_ctx(&store, &host);
     // The view's own B-tree is made as a table, then its schema row is rewritten into the row
     // turso writes for a materialized view (C SQLite cannot parse that row).
     let (dir, file) = sqlite_file_of(
@@ -420,7 +424,7 @@ fn a_file_with_a_materialized_view_loads_with_the_view_unavailable() {
 fn a_file_with_an_index_method_index_is_refused_naming_the_method() {
     let store = Rc::new(MemStore::new());
     let host = Arc::new(SimHost::new(19));
-    let ctx = || DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(&host));
+    let ctx = || sim_ctx(&store, &host);
     // An ordinary index whose schema row is rewritten into the row turso writes for an index
     // method (C SQLite cannot parse that row).
     let (dir, file) = sqlite_file_of(
@@ -449,7 +453,7 @@ fn deleting_a_database_empties_it_purges_its_objects_and_spares_its_forks() {
     let store = Rc::new(MemStore::new());
     let host = Arc::new(SimHost::new(13));
     let window = 2.0 * HOUR;
-    let ctx = |h: &Arc<SimHost>| DbContext::new(store.clone()).with_host(h.clone()).with_sleeper(engine_core::dst::sleeper(h));
+    let ctx = |h: &Arc<SimHost>| sim_ctx(&store, h);
     let mut db = open(&store, &host, window);
     exec(&mut db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER, pad BLOB)", vec![]);
     exec(
@@ -541,7 +545,7 @@ fn a_deletion_keeps_the_history_so_restoring_the_commit_before_it_undoes_it() {
     let store = Rc::new(MemStore::new());
     let host = Arc::new(SimHost::new(21));
     let window = 2.0 * HOUR;
-    let ctx = |h: &Arc<SimHost>| DbContext::new(store.clone()).with_host(h.clone()).with_sleeper(engine_core::dst::sleeper(h));
+    let ctx = |h: &Arc<SimHost>| sim_ctx(&store, h);
     let mut db = open(&store, &host, window);
     exec(&mut db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER, pad BLOB)", vec![]);
     exec(&mut db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) INSERT INTO t (v, pad) SELECT i, randomblob(3000) FROM n", vec![]);
@@ -658,7 +662,7 @@ fn a_checkpointer_proven_current_long_ago_keeps_what_a_restore_it_missed_brought
     let host = Arc::new(SimHost::new(11));
     let window = 4.0 * HOUR;
     let open_manual = || {
-        let ctx = DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(&host));
+        let ctx = sim_ctx(&store, &host);
         let config = DbConfig { checkpoint_records: 1_000, ..config(window) };
         try_open_in(ctx, "h", config).expect("open")
     };
@@ -704,7 +708,7 @@ fn a_purge_leaves_its_log_records_to_the_sweep_for_the_gc_window() {
         orphan_sweep_interval_ms: 0.0,
         ..DbConfig::default()
     };
-    let ctx = || DbContext::new(store.clone()).with_host(host.clone()).with_sleeper(engine_core::dst::sleeper(&host));
+    let ctx = || sim_ctx(&store, &host);
     let log_of = |db: &str| store.keys().into_iter().filter(|k| k.starts_with(&format!("db/{db}/log/"))).count();
     let pending = |db: &str| {
         let page = block_on(list_databases(store.as_ref(), "", ListRequest { after: None, limit: 10, include_deleted: true }, 6)).unwrap();
