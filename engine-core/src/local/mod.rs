@@ -391,8 +391,6 @@ impl Reopen {
     }
 }
 
-/// Takes the wanted pages with it, so the next attempt reports only what it misses itself
-/// (a stale entry would make every later round fetch its page group again).
 /// Why turso could not open a database file. A schema it cannot parse is damage to the file,
 /// as SQLite reports it (SQLITE_CORRUPT, "malformed database schema"), not an internal fault.
 fn open_error(e: turso_core::LimboError) -> EngineError {
@@ -403,6 +401,8 @@ fn open_error(e: turso_core::LimboError) -> EngineError {
     }
 }
 
+/// Takes the wanted pages with it, so the next attempt reports only what it misses itself
+/// (a stale entry would make every later round fetch its page group again).
 fn missing_or(wanted: &WantedPages, e: EngineError) -> EngineError {
     let wanted = std::mem::take(&mut *wanted.lock().unwrap_or_else(|p| p.into_inner()));
     if wanted.is_empty() {
