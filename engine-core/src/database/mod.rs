@@ -12,7 +12,12 @@
 //! * [`history`]: the commit at a time, the state after a past commit, restoring it;
 //! * [`fork`]: a new database starting from a past commit, sharing its chunks;
 //! * [`export`]: a state as a SQLite file, piece by piece;
-//! * [`import`]: a SQLite file as a new state, checked before it is published.
+//! * [`dump`]: a state as SQL text (`sqlite3 .dump`'s form), piece by piece;
+//! * [`import`]: a SQLite file as a new state, checked before it is published;
+//! * [`sql_import`]: a SQL dump as a new state, through an import of the file it builds;
+//! * [`upload`]: an import larger than one request body, in resumable parts;
+//! * [`delete`]: emptying a database as a commit, and purging its history;
+//! * [`info`]: what a database is now, for its owner.
 
 mod checkpoint;
 mod commit;
