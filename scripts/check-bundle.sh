@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds the bundle `wrangler deploy` would upload (--dry-run, nothing leaves the machine)
 # and checks it: every module in it is one the Worker loads, and its compressed size is
-# within the budget (TWILL_SIZE_BUDGET bytes, default 1,995,000: what the bundle has come
-# down to, 1.97 MB, plus a little room; the free plan's limit is 3,000,000). The budget only
+# within the budget (TWILL_SIZE_BUDGET bytes, default 1,985,000: what the bundle has come
+# down to, 1.96 MB, plus a little room; the free plan's limit is 3,000,000). The budget only
 # ever goes down: growing past it is a decision made here, in review, not by accident.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=target/deploy
-BUDGET="${TWILL_SIZE_BUDGET:-1995000}"
+BUDGET="${TWILL_SIZE_BUDGET:-1985000}"
 rm -rf "$OUT"
 (cd ts && WRANGLER_SEND_METRICS=false npx wrangler deploy --dry-run --outdir "../$OUT" --config ../wrangler.toml > ../target/deploy.log 2>&1) || {
   cat target/deploy.log

@@ -142,7 +142,7 @@ fn databases_are_isolated() {
 }
 
 #[test]
-fn sqlite_collations_work_and_icu_locales_and_regexp_are_not_linked() {
+fn sqlite_collations_work_and_icu_locales_regexp_and_custom_types_are_not_linked() {
     let store = Rc::new(MemStore::new());
     let mut db = open(&store, "collate");
     exec(&mut db, "CREATE TABLE t (s TEXT COLLATE NOCASE)", vec![]);
@@ -163,6 +163,17 @@ fn sqlite_collations_work_and_icu_locales_and_regexp_are_not_linked() {
     assert!(e.to_string().contains("no such function"), "{e}");
     assert_eq!(query_ints(&mut db, "SELECT unixepoch('2026-01-01') + length(date('now')) + length(strftime('%Y', 'now'))"), [1_767_225_600 + 10 + 4]);
     assert_eq!(query_ints(&mut db, "SELECT length(uuid4_str())"), [36]);
+    // turso's experimental custom types (item 20) were always refused here and still are,
+    // with turso's own message; the database is unchanged.
+    for sql in [
+        "CREATE TYPE money(value integer) BASE integer",
+        "CREATE DOMAIN positive AS integer CHECK (value > 0)",
+        "CREATE TABLE arrays (xs INTEGER[]) STRICT",
+    ] {
+        let e = block_on(db.transact(&[Statement::new(sql)])).unwrap_err();
+        assert!(e.to_string().contains("require --experimental-custom-types"), "{sql}: {e}");
+    }
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM sqlite_schema"), [1]);
 }
 
 /// Statements are prepared once per replica and kept: a kept statement must behave as a
