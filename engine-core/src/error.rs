@@ -5,6 +5,7 @@ use thiserror::Error;
 
 use crate::log_record::RecordError;
 use crate::store::StoreError;
+use crate::unsupported::UnsupportedFeature;
 
 /// A SQLite result code: a primary code, or an extended one where the engine knows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +263,9 @@ pub(crate) fn sql_err(e: turso_core::LimboError) -> EngineError {
     // A page that does not parse is damaged storage, not the client's SQL.
     if matches!(e, L::Corrupt(_) | L::NotADB) {
         return EngineError::Corrupt(message);
+    }
+    if let Some(feature) = UnsupportedFeature::refused_in(&message) {
+        return EngineError::NotAllowed(feature.refusal());
     }
     let code = match &e {
         L::Constraint(m) if m.starts_with("UNIQUE constraint failed") => SqliteCode::ConstraintUnique,

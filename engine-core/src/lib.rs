@@ -25,6 +25,7 @@ pub mod script;
 pub mod sql_text;
 pub mod store;
 pub mod txn;
+pub mod unsupported;
 pub mod value;
 
 pub use bookmark::Bookmark;

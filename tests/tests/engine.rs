@@ -163,17 +163,48 @@ fn sqlite_collations_work_and_icu_locales_regexp_and_custom_types_are_not_linked
     assert!(e.to_string().contains("no such function"), "{e}");
     assert_eq!(query_ints(&mut db, "SELECT unixepoch('2026-01-01') + length(date('now')) + length(strftime('%Y', 'now'))"), [1_767_225_600 + 10 + 4]);
     assert_eq!(query_ints(&mut db, "SELECT length(uuid4_str())"), [36]);
-    // turso's experimental custom types (item 20) were always refused here and still are,
-    // with turso's own message; the database is unchanged.
+    // turso's experimental custom types (item 20) were always refused here and still are;
+    // the database is unchanged.
     for sql in [
         "CREATE TYPE money(value integer) BASE integer",
         "CREATE DOMAIN positive AS integer CHECK (value > 0)",
         "CREATE TABLE arrays (xs INTEGER[]) STRICT",
     ] {
         let e = block_on(db.transact(&[Statement::new(sql)])).unwrap_err();
-        assert!(e.to_string().contains("require --experimental-custom-types"), "{sql}: {e}");
+        assert!(e.to_string().starts_with("custom types (CREATE TYPE"), "{sql}: {e}");
     }
     assert_eq!(query_ints(&mut db, "SELECT count(*) FROM sqlite_schema"), [1]);
+}
+
+/// What turso has only behind experimental switches (which the engine never turns on) is
+/// refused as not supported, naming the feature and what to do instead, never with turso's
+/// advice to pass a command-line flag; nothing of the statement or its batch is applied.
+#[test]
+fn turso_experimental_features_are_refused_by_name_and_change_nothing() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "experimental");
+    exec(&mut db, "CREATE TABLE t (a INTEGER)", vec![]);
+    let cases = [
+        ("CREATE TABLE w (k TEXT PRIMARY KEY, v) WITHOUT ROWID", "WITHOUT ROWID tables cannot be created"),
+        ("CREATE TABLE g (a INTEGER, b INTEGER GENERATED ALWAYS AS (a * 2) VIRTUAL)", "generated columns"),
+        ("CREATE TABLE g (a INTEGER, b AS (a * 2) STORED)", "generated columns"),
+        ("ALTER TABLE t ADD COLUMN b AS (a + 1)", "generated columns"),
+        ("CREATE MATERIALIZED VIEW mv AS SELECT a FROM t", "materialized views are not supported"),
+        ("CREATE INDEX t_ivf ON t USING toy_vector_sparse_ivf (a)", "index methods"),
+        ("SELECT array_length(a) FROM t", "custom types"),
+        ("DROP TYPE IF EXISTS money", "custom types"),
+    ];
+    for (sql, says) in cases {
+        let batch = [Statement::new("INSERT INTO t VALUES (1)"), Statement::new(sql)];
+        let e = block_on(db.transact(&batch)).unwrap_err();
+        assert_eq!(e.code(), "STATEMENT_NOT_ALLOWED", "{sql}: {e}");
+        let message = e.to_string();
+        assert!(message.contains(says) && message.contains("experimental feature of turso"), "{sql}: {message}");
+        assert!(!message.contains("--experimental"), "{sql}: {message}");
+    }
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM t"), [0], "no batch was applied");
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM sqlite_schema"), [1], "nor any of the DDL");
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM pragma_table_info('t')"), [1]);
 }
 
 /// Statements are prepared once per replica and kept: a kept statement must behave as a

@@ -448,6 +448,84 @@ fn a_file_with_an_index_method_index_is_refused_naming_the_method() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Valid SQLite files that turso cannot keep are refused before anything is published,
+/// naming what the file uses and what to do instead: text in UTF-16 (turso cannot open
+/// it), auto-vacuum (turso would open it read-only for good, or its check would call the
+/// pointer-map pages damage) and generated columns (not turned on in this build).
+#[test]
+fn a_valid_file_turso_cannot_keep_is_refused_saying_what_to_do_instead() {
+    let store = Rc::new(MemStore::new());
+    let host = Arc::new(SimHost::new(23));
+    let ctx = || sim_ctx(&store, &host);
+    let cases = [
+        ("utf16le", "PRAGMA encoding = 'UTF-16le';", "stores its text as UTF-16 (little-endian)"),
+        ("utf16be", "PRAGMA encoding = 'UTF-16be';", "stores its text as UTF-16 (big-endian)"),
+        ("autovacuum", "PRAGMA auto_vacuum = FULL;", "uses auto_vacuum = FULL"),
+        ("incremental", "PRAGMA auto_vacuum = INCREMENTAL;", "uses auto_vacuum = INCREMENTAL"),
+        ("generated", "CREATE TABLE g (a, b AS (a * 2));", "generated columns"),
+        ("stored", "CREATE TABLE g (a, b AS (a * 2) STORED);", "generated columns"),
+    ];
+    for (tag, setup, says) in cases {
+        let (dir, file) = sqlite_file_of(tag, &format!("{setup} CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('héllo');"));
+        for quick_check_max_bytes in [0, u64::MAX] {
+            let config = DbConfig { quick_check_max_bytes, ..config(24.0 * HOUR) };
+            let mut db = try_open_in(ctx(), tag, config).unwrap();
+            exec(&mut db, "CREATE TABLE IF NOT EXISTS kept (x)", vec![]);
+            let before = db.applied_seq();
+            let e = block_on(db.import_file(pieces(&file, 4096), true)).unwrap_err();
+            assert_eq!(e.code(), "INVALID_DATABASE_FILE", "{tag}: {e}");
+            assert!(e.to_string().contains(says) && !e.to_string().contains("--experimental"), "{tag}: {e}");
+            let mut other = try_open_in(ctx(), tag, config).unwrap();
+            assert_eq!(other.applied_seq(), before, "{tag}: nothing was published");
+            assert_eq!(query_ints(&mut other, "SELECT count(*) FROM sqlite_schema WHERE name = 'kept'")[0], 1);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// turso reads WITHOUT ROWID tables, and inserts into one that has no secondary index, but
+/// updates and deletes nothing in them (and creates none here): a file with one imports,
+/// its rows read and take inserts exactly as C SQLite does, and the rest is refused by name.
+#[test]
+fn an_imported_without_rowid_table_reads_and_takes_inserts_as_sqlite_does() {
+    let store = Rc::new(MemStore::new());
+    let host = Arc::new(SimHost::new(29));
+    let schema = "CREATE TABLE w (k TEXT, j INTEGER, v BLOB, PRIMARY KEY (k, j)) WITHOUT ROWID;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+         INSERT INTO w SELECT 'key' || (i % 97), i, zeroblob(i % 200) FROM n;";
+    let (dir, file) = sqlite_file_of("without-rowid", schema);
+    let mut db = try_open_in(sim_ctx(&store, &host), "wr", config(24.0 * HOUR)).unwrap();
+    block_on(db.import_file(pieces(&file, 4096), false)).unwrap();
+    // Keys long enough to spill to overflow pages, and page splits, on both sides.
+    let inserts = [
+        "WITH RECURSIVE n(i) AS (SELECT 2001 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) INSERT INTO w SELECT 'key' || (i % 89), i, zeroblob(i % 300) FROM n",
+        "WITH RECURSIVE n(i) AS (SELECT 4001 UNION ALL SELECT i + 1 FROM n WHERE i < 4300) INSERT INTO w SELECT printf('%.*c', 600 + i % 2500, char(65 + i % 26)), i, zeroblob(i % 3000) FROM n",
+    ];
+    let sqlite = rusqlite::Connection::open(dir.join("source.db")).unwrap();
+    for sql in inserts {
+        exec(&mut db, sql, vec![]);
+        sqlite.execute_batch(sql).unwrap();
+    }
+    for (sql, says) in [
+        ("DELETE FROM w WHERE j = 1", "DELETE from WITHOUT ROWID tables is not supported"),
+        ("UPDATE w SET v = x'00' WHERE j = 1", "UPDATE of WITHOUT ROWID tables is not supported"),
+        ("INSERT OR REPLACE INTO w VALUES ('key1', 1, x'00')", "UPSERT and REPLACE on WITHOUT ROWID tables are not supported"),
+        ("CREATE INDEX w_v ON w (v)", "CREATE INDEX on WITHOUT ROWID tables is not supported"),
+    ] {
+        assert!(exec_err(&mut db, sql).to_string().contains(says), "{sql}");
+    }
+    assert_eq!(query_ints(&mut db, "SELECT count(*) FROM w WHERE k = 'key5'")[0], 21 + 22);
+    let exported = sqlite_of(&export(&db), &dir, "exported.db");
+    let rows = |c: &rusqlite::Connection| -> Vec<(String, i64, Vec<u8>)> {
+        let mut statement = c.prepare("SELECT k, j, v FROM w ORDER BY k, j").unwrap();
+        statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+    };
+    let ours = rows(&exported);
+    assert_eq!(ours.len(), 4300);
+    assert!(ours == rows(&sqlite), "the rows are C SQLite's, byte for byte");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn deleting_a_database_empties_it_purges_its_objects_and_spares_its_forks() {
     let store = Rc::new(MemStore::new());

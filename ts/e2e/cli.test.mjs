@@ -144,6 +144,16 @@ test("twill fork, restore, history, ls, info, rm (restorable, then purged), SQL 
   writeFileSync(junk, "not a database at all".repeat(100));
   assert.match(await twillFails("import", "junk", junk), /^twill: INVALID_DATABASE_FILE: /m);
   assert.match(await twillFails("import", "app", dump), /DATABASE_NOT_EMPTY/);
+  // Valid files turso cannot keep are refused saying what to do, and the advice works.
+  const autoVacuum = path.join(dir, "auto-vacuum.db");
+  await python("script", autoVacuum, "PRAGMA auto_vacuum = FULL; CREATE TABLE t (x); INSERT INTO t VALUES ('kept');");
+  assert.match(await twillFails("import", "av", autoVacuum), /INVALID_DATABASE_FILE: the file uses auto_vacuum = FULL.*PRAGMA auto_vacuum = NONE; VACUUM;/);
+  assert.equal((await python("script", autoVacuum, "PRAGMA auto_vacuum = NONE; VACUUM;")).integrity, "ok");
+  await twill("import", "av", autoVacuum);
+  assert.deepEqual((await q("av", "SELECT x FROM t")).rows, [["kept"]]);
+  const utf16 = path.join(dir, "utf16.db");
+  await python("script", utf16, "PRAGMA encoding = 'UTF-16le'; CREATE TABLE t (x);");
+  assert.match(await twillFails("import", "u16", utf16), /INVALID_DATABASE_FILE: the file stores its text as UTF-16 \(little-endian\)/);
   assert.match(await twillFails("info", "never-made"), /DATABASE_NOT_FOUND/);
   assert.match(await twillFails("restore", "app"), /name the commit/);
   assert.match(await twillFails("frobnicate"), /no command "frobnicate"/);

@@ -104,6 +104,13 @@ test("@libsql/client: SQLite error codes, a 4,000-statement batch, executeMultip
   });
   await assert.rejects(coded.execute("INSERT INTO u (id) VALUES (3)"), (e) => e.rawCode === 1299);
   await assert.rejects(c.execute("SELEC 1"), (e) => e.code === "SQLITE_ERROR");
+  // What turso has only as experimental is refused by name, not with advice to pass a flag.
+  await assert.rejects(c.execute("CREATE TABLE kv (k TEXT PRIMARY KEY, v) WITHOUT ROWID"), (e) => {
+    assert.equal(e.code, "STATEMENT_NOT_ALLOWED");
+    assert.match(e.message, /WITHOUT ROWID tables cannot be created: use a rowid table/);
+    assert.doesNotMatch(e.message, /--experimental/);
+    return true;
+  });
 
   const many = Array.from({ length: 4000 }, (_, i) => ({ sql: "INSERT INTO w VALUES (?)", args: [i] }));
   const results = await c.batch(many, "write");

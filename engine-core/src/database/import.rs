@@ -171,7 +171,7 @@ fn declared_pages(header: &[u8]) -> Option<u32> {
     (size > 0 && word(92)? == word(24)?).then_some(size)
 }
 
-/// The page size a SQLite header declares, if the header is one.
+/// The page size a SQLite header declares, if the header is one this database can take.
 pub(super) fn header_page_size(header: &[u8]) -> Result<u32, EngineError> {
     if header.len() < 100 || &header[..16] != b"SQLite format 3\0" {
         return Err(invalid("not a SQLite database file (the header does not start with \"SQLite format 3\")"));
@@ -187,7 +187,35 @@ pub(super) fn header_page_size(header: &[u8]) -> Result<u32, EngineError> {
             header[20]
         )));
     }
+    refuse_what_turso_cannot_keep(header)?;
     Ok(page_size)
+}
+
+/// Valid SQLite files that turso cannot open, or could open only read-only, are refused
+/// with what to do instead: it would otherwise call them damaged, or import them into a
+/// database that refuses every write.
+fn refuse_what_turso_cannot_keep(header: &[u8]) -> Result<(), EngineError> {
+    let word = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let dump_instead = "import an SQL dump of it instead (`sqlite3 file.db .dump`)";
+    let encoding = match word(56) {
+        0 | 1 => None,
+        2 => Some("UTF-16 (little-endian)"),
+        3 => Some("UTF-16 (big-endian)"),
+        other => return Err(invalid(format!("the header declares text encoding {other}, which SQLite never writes"))),
+    };
+    if let Some(encoding) = encoding {
+        return Err(invalid(format!(
+            "the file stores its text as {encoding}; only UTF-8 databases can be imported: {dump_instead}, which carries the text as UTF-8"
+        )));
+    }
+    if word(52) != 0 {
+        let mode = if word(64) != 0 { "INCREMENTAL" } else { "FULL" };
+        return Err(invalid(format!(
+            "the file uses auto_vacuum = {mode}, whose pointer-map pages turso, the SQL engine, does not maintain: turn it off first \
+             (`sqlite3 file.db 'PRAGMA auto_vacuum = NONE; VACUUM;'`) or {dump_instead}"
+        )));
+    }
+    Ok(())
 }
 
 impl Database {
@@ -346,6 +374,7 @@ fn not_a_database(e: EngineError) -> EngineError {
     match e {
         EngineError::Corrupt(why) => invalid(format!("the file is not a valid SQLite database: {why}")),
         EngineError::Sql(f) => invalid(format!("the file is not a valid SQLite database: {}", f.message)),
+        EngineError::NotAllowed(why) => invalid(format!("the file cannot be imported: {why}")),
         e => e,
     }
 }

@@ -16,6 +16,7 @@ use crate::chunk_file::{CheckpointView, ChunkFile, PageSource, PinnedPages, Want
 use crate::error::{sql_err, EngineError};
 use crate::host::Host;
 use crate::io::EngineIo;
+use crate::unsupported::UnsupportedFeature;
 use statements::PreparedStatements;
 use wal::wal_bytes;
 
@@ -392,10 +393,15 @@ impl Reopen {
 }
 
 /// Why turso could not open a database file. A schema it cannot parse is damage to the file,
-/// as SQLite reports it (SQLITE_CORRUPT, "malformed database schema"), not an internal fault.
+/// as SQLite reports it (SQLITE_CORRUPT, "malformed database schema"), not an internal fault;
+/// a schema that uses what this database does not turn on (only an imported file can) is
+/// refused as that feature is.
 fn open_error(e: turso_core::LimboError) -> EngineError {
     match e {
-        turso_core::LimboError::ParseError(why) => EngineError::Corrupt(format!("malformed database schema: {why}")),
+        turso_core::LimboError::ParseError(why) => match UnsupportedFeature::refused_in(&why) {
+            Some(feature) => EngineError::NotAllowed(feature.refusal()),
+            None => EngineError::Corrupt(format!("malformed database schema: {why}")),
+        },
         turso_core::LimboError::LexerError(why) => EngineError::Corrupt(format!("malformed database schema: {why}")),
         e => EngineError::Internal(format!("open local database: {e}")),
     }
