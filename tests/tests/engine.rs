@@ -176,6 +176,22 @@ fn sqlite_collations_work_and_icu_locales_regexp_and_custom_types_are_not_linked
     assert_eq!(query_ints(&mut db, "SELECT count(*) FROM sqlite_schema"), [1]);
 }
 
+/// `rows_read` counts as the rows-read counter of libSQL, D1 and Durable Objects does: a
+/// lookup reads the row it seeks (patch item 21; turso counted only scans), a scan every row.
+#[test]
+fn rows_read_counts_the_rows_a_lookup_and_a_scan_read_as_d1_does() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "rows-read");
+    exec(&mut db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", vec![]);
+    exec(&mut db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) INSERT INTO t SELECT i, 'v' || i FROM n", vec![]);
+    let read = |db: &mut engine_core::Database, sql: &str| exec(db, sql, vec![]).rows_read;
+    assert_eq!(read(&mut db, "SELECT v FROM t WHERE id = 7"), 1, "a point select reads its row");
+    assert_eq!(read(&mut db, "SELECT v FROM t WHERE id = 70"), 1, "and looks one up when there is none");
+    assert_eq!(read(&mut db, "SELECT v FROM t"), 50);
+    assert_eq!(read(&mut db, "SELECT count(*) FROM t"), 50);
+    assert_eq!(read(&mut db, "SELECT v FROM t WHERE id > 45"), 5, "the seek lands on the first, each step on the next");
+}
+
 /// What turso has only behind experimental switches (which the engine never turns on) is
 /// refused as not supported, naming the feature and what to do instead, never with turso's
 /// advice to pass a command-line flag; nothing of the statement or its batch is applied.

@@ -69,6 +69,10 @@ test("the D1-style client over the service binding answers like D1", async () =>
       assert.equal(typeof result.meta[k], typeof other.meta[k], `meta.${k}`);
     }
   }
+  // Rows read are counted as D1 counts them: a lookup reads its row, a scan each row.
+  assert.equal(twill.point.meta.rows_read, 1);
+  assert.equal(twill.point.meta.rows_read, d1.point.meta.rows_read, "a point select");
+  assert.equal(twill.all.meta.rows_read, d1.all.meta.rows_read, "a scan");
   assert.equal(twill.insert.meta.changes, d1.insert.meta.changes);
   assert.equal(twill.insert.meta.last_row_id, d1.insert.meta.last_row_id);
   assert.deepEqual(shape(twill.exec), shape(d1.exec));
