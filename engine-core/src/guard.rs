@@ -7,6 +7,7 @@ use turso_parser::ast::{Cmd, PragmaBody, Stmt};
 use turso_parser::parser::Parser;
 
 use crate::error::EngineError;
+use crate::unsupported::UnsupportedFeature;
 
 /// PRAGMAs that may be assigned (`PRAGMA x = v`): header fields that are written through
 /// the WAL like any page, and connection settings that only affect the current request.
@@ -151,10 +152,8 @@ fn judge_verdict(cmd: Cmd) -> Verdict {
         Stmt::Begin { .. } => refuse("BEGIN"),
         Stmt::Commit { .. } => refuse("COMMIT/END"),
         Stmt::Rollback { savepoint_name: None, .. } => refuse("ROLLBACK"),
-        Stmt::Attach { .. } | Stmt::Detach { .. } => Err(EngineError::NotAllowed(
-            "ATTACH and DETACH are not allowed: each database is its own durable lane".into(),
-        )),
-        Stmt::Vacuum { .. } => Err(EngineError::NotAllowed("VACUUM is not supported".into())),
+        Stmt::Attach { .. } | Stmt::Detach { .. } => Err(EngineError::NotAllowed(UnsupportedFeature::Attach.what().into())),
+        Stmt::Vacuum { .. } => Err(EngineError::NotAllowed(UnsupportedFeature::Vacuum.what().into())),
         Stmt::CreateTable { temporary: true, .. }
         | Stmt::CreateView { temporary: true, .. }
         | Stmt::CreateTrigger { temporary: true, .. } => Err(EngineError::NotAllowed(

@@ -38,9 +38,10 @@ impl UnsupportedFeature {
         REFUSALS.iter().find(|(mark, _)| message.contains(mark)).map(|(_, feature)| *feature)
     }
 
-    /// What a client is told.
-    pub fn refusal(self) -> String {
-        let what = match self {
+    /// What is not supported, and what to do instead. The guard refuses VACUUM and ATTACH
+    /// with these words before turso sees them.
+    pub fn what(self) -> &'static str {
+        match self {
             UnsupportedFeature::CustomTypes => {
                 "custom types (CREATE TYPE, CREATE DOMAIN, array columns, array, struct and union values) are not supported"
             }
@@ -56,8 +57,12 @@ impl UnsupportedFeature {
             UnsupportedFeature::Attach => "ATTACH and DETACH are not allowed: each database is its own durable lane",
             UnsupportedFeature::AutoVacuum => "auto-vacuum is not supported",
             UnsupportedFeature::Encryption => "turso's page encryption is not supported (R2 encrypts objects at rest)",
-        };
-        format!("{what} (an experimental feature of turso, the SQL engine, that this database does not turn on)")
+        }
+    }
+
+    /// What a client is told when turso refuses the feature.
+    pub fn refusal(self) -> String {
+        format!("{} (an experimental feature of turso, the SQL engine, that this database does not turn on)", self.what())
     }
 }
 
