@@ -166,9 +166,13 @@ pub(super) fn invalid(why: impl Into<String>) -> EngineError {
 /// The database size in pages a SQLite header declares, where SQLite would trust it (the
 /// size is non-zero and "version-valid-for" equals the change counter).
 fn declared_pages(header: &[u8]) -> Option<u32> {
-    let word = |at: usize| header.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-    let size = word(28)?;
-    (size > 0 && word(92)? == word(24)?).then_some(size)
+    let size = header_word(header, 28)?;
+    (size > 0 && header_word(header, 92)? == header_word(header, 24)?).then_some(size)
+}
+
+/// The big-endian 4-byte field of a SQLite header at offset `at`, if the header holds it.
+fn header_word(header: &[u8], at: usize) -> Option<u32> {
+    header.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// The page size a SQLite header declares, if the header is one this database can take.
@@ -195,7 +199,8 @@ pub(super) fn header_page_size(header: &[u8]) -> Result<u32, EngineError> {
 /// with what to do instead: it would otherwise call them damaged, or import them into a
 /// database that refuses every write.
 fn refuse_what_turso_cannot_keep(header: &[u8]) -> Result<(), EngineError> {
-    let word = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    // The caller has checked that the header holds all 100 bytes.
+    let word = |at: usize| header_word(header, at).unwrap_or(0);
     let dump_instead = "import an SQL dump of it instead (`sqlite3 file.db .dump`)";
     let encoding = match word(56) {
         0 | 1 => None,
