@@ -41,24 +41,56 @@ fn pragma_boolean(value: &turso_parser::ast::Expr) -> Option<bool> {
     }
 }
 
-/// PRAGMAs refused in every form: they checkpoint, vacuum, or change the file format.
+/// PRAGMAs refused in every form: they checkpoint, vacuum, write the schema by hand, or
+/// switch the storage engine or its encryption.
 const FORBIDDEN_PRAGMAS: &[&str] = &[
     "wal_checkpoint",
     "incremental_vacuum",
-    "journal_mode",
-    "page_size",
-    "locking_mode",
-    "wal_autocheckpoint",
-    "auto_vacuum",
-    "synchronous",
     "writable_schema",
-    "encoding",
     "mvcc",
     "cipher",
     "hexkey",
     "key",
     "hexrekey",
     "rekey",
+];
+
+/// PRAGMAs that tune how a local SQLite file is written and cached. Here the server fixes
+/// them (commits are durable in R2 before they are acknowledged; the cache is the
+/// isolate's): reading one answers the value in force, and setting one is accepted, changes
+/// nothing, and answers the value in force too, as SQLite answers a `journal_mode` it cannot
+/// switch to. Applications that set them when they open a database run unchanged.
+const SERVER_SETTINGS: &[(&str, &str)] = &[
+    ("journal_mode", "PRAGMA journal_mode"),
+    ("synchronous", "PRAGMA synchronous"),
+    ("locking_mode", "PRAGMA locking_mode"),
+    ("busy_timeout", "PRAGMA busy_timeout"),
+    ("cache_size", "PRAGMA cache_size"),
+    ("cache_spill", "PRAGMA cache_spill"),
+    ("temp_store", "PRAGMA temp_store"),
+    ("mmap_size", "PRAGMA mmap_size"),
+    ("journal_size_limit", "PRAGMA journal_size_limit"),
+    ("wal_autocheckpoint", "PRAGMA wal_autocheckpoint"),
+];
+
+/// PRAGMAs that describe the file format, fixed when the database was created or imported:
+/// they may be read, never set.
+const FILE_FORMAT_PRAGMAS: &[&str] = &["page_size", "encoding", "auto_vacuum"];
+
+/// PRAGMAs whose call form takes an argument that is not a new value (`PRAGMA
+/// table_info(t)`); for every other PRAGMA, `PRAGMA x(v)` sets it, as `PRAGMA x = v` does.
+const ARGUMENT_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "index_info",
+    "index_xinfo",
+    "index_list",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+    "table_list",
+    "optimize",
 ];
 
 /// What a statement is, as far as access control cares.
@@ -90,6 +122,8 @@ pub enum Dml {
 struct Judgement {
     verdict: Verdict,
     dml: Dml,
+    /// The statement turso runs instead: a server setting's assignment runs as its read.
+    runs_as: Option<&'static str>,
 }
 
 type Verdict = Result<StatementKind, EngineError>;
@@ -123,19 +157,45 @@ pub fn dml_of(sql: &str) -> Dml {
     judgement(sql).dml
 }
 
+/// The statement turso runs for `sql` (one statement): itself, or the read a server
+/// setting's assignment runs as (see [`SERVER_SETTINGS`]).
+pub fn runs_as(sql: &str) -> &str {
+    judgement(sql).runs_as.unwrap_or(sql)
+}
+
 /// Parses `sql` once (on a cold isolate the parse runs turso's parser for the first time,
-/// which costs milliseconds) and derives both halves of the judgement from it.
+/// which costs milliseconds) and derives the whole judgement from it.
 fn judge_statement(sql: &str) -> Judgement {
-    let cmd = match Parser::new(sql.as_bytes()).next() {
+    let mut parser = Parser::new(sql.as_bytes());
+    let cmd = match parser.next() {
         Some(Ok(cmd)) => cmd,
-        _ => return Judgement { verdict: Ok(StatementKind::Write), dml: Dml::Other },
+        _ => return Judgement { verdict: Ok(StatementKind::Write), dml: Dml::Other, runs_as: None },
     };
     let dml = match &cmd {
         Cmd::Stmt(Stmt::Insert { .. }) => Dml::Insert,
         Cmd::Stmt(Stmt::Update(_) | Stmt::Delete { .. }) => Dml::UpdateOrDelete,
         _ => Dml::Other,
     };
-    Judgement { verdict: judge_verdict(cmd), dml }
+    let runs_as = match &cmd {
+        Cmd::Stmt(Stmt::Pragma { name, body: Some(_) }) => {
+            let pragma = pragma_name(name);
+            SERVER_SETTINGS.iter().find(|(setting, _)| *setting == pragma).map(|(_, read)| *read)
+        }
+        _ => None,
+    };
+    // turso acts on some PRAGMA assignments as it compiles them, before it could refuse a
+    // second statement after one: a server setting's assignment must never reach it.
+    if runs_as.is_some() && parser.next().is_some() {
+        let more = EngineError::sql("more than one statement in one SQL string; send them as separate statements of a batch");
+        return Judgement { verdict: Err(more), dml, runs_as: None };
+    }
+    Judgement { verdict: judge_verdict(cmd), dml, runs_as }
+}
+
+/// A PRAGMA's name as SQLite matches it: without quotes, in lower case.
+fn pragma_name(name: &turso_parser::ast::QualifiedName) -> String {
+    let pragma = name.name.as_str().to_ascii_lowercase();
+    pragma.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']').to_string()
 }
 
 fn judge_verdict(cmd: Cmd) -> Verdict {
@@ -160,25 +220,38 @@ fn judge_verdict(cmd: Cmd) -> Verdict {
             "TEMP tables, views and triggers are not supported: they would live in one isolate's memory beyond the request".into(),
         )),
         Stmt::Pragma { name, body } => {
-            let pragma = name.name.as_str().to_ascii_lowercase();
-            let pragma = pragma.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']');
+            let pragma = pragma_name(&name);
+            let pragma = pragma.as_str();
             if name.db_name.is_some_and(|db| !db.as_str().eq_ignore_ascii_case("main")) {
                 return Err(EngineError::NotAllowed("PRAGMA on a schema other than main is not allowed".into()));
             }
             if FORBIDDEN_PRAGMAS.contains(&pragma) {
                 return Err(EngineError::NotAllowed(format!("PRAGMA {pragma} is managed by the server and not allowed")));
             }
-            match body {
-                Some(PragmaBody::Equals(_)) if !ASSIGNABLE_PRAGMAS.contains(&pragma) => Err(EngineError::NotAllowed(
-                    format!("setting PRAGMA {pragma} is not allowed; assignable: {}", ASSIGNABLE_PRAGMAS.join(", ")),
-                )),
-                Some(PragmaBody::Equals(value)) => match FIXED_OFF_PRAGMAS.iter().find(|(name, _)| *name == pragma) {
-                    Some((_, why)) if pragma_boolean(&value) != Some(false) => Err(EngineError::NotAllowed(format!(
-                        "PRAGMA {pragma} can only be off: {why}"
-                    ))),
-                    _ => Ok(StatementKind::Write),
-                },
-                _ => Ok(StatementKind::Read),
+            let value = match body {
+                Some(PragmaBody::Equals(value)) => value,
+                Some(PragmaBody::Call(value)) if !ARGUMENT_PRAGMAS.contains(&pragma) => value,
+                _ => return Ok(StatementKind::Read),
+            };
+            if SERVER_SETTINGS.iter().any(|(setting, _)| *setting == pragma) {
+                return Ok(StatementKind::Read);
+            }
+            if FILE_FORMAT_PRAGMAS.contains(&pragma) {
+                return Err(EngineError::NotAllowed(format!(
+                    "PRAGMA {pragma} is fixed when the database is created or imported and cannot be set (reading it answers the value in force)"
+                )));
+            }
+            if !ASSIGNABLE_PRAGMAS.contains(&pragma) {
+                return Err(EngineError::NotAllowed(format!(
+                    "setting PRAGMA {pragma} is not allowed; assignable: {}",
+                    ASSIGNABLE_PRAGMAS.join(", ")
+                )));
+            }
+            match FIXED_OFF_PRAGMAS.iter().find(|(name, _)| *name == pragma) {
+                Some((_, why)) if pragma_boolean(&value) != Some(false) => {
+                    Err(EngineError::NotAllowed(format!("PRAGMA {pragma} can only be off: {why}")))
+                }
+                _ => Ok(StatementKind::Write),
             }
         }
         Stmt::Select(_) => Ok(StatementKind::Read),
@@ -313,15 +386,41 @@ mod tests {
             "rollback",
             "ATTACH 'x.db' AS x",
             "DETACH x",
-            "PRAGMA journal_mode=delete",
             "pragma wal_checkpoint(TRUNCATE)",
-            "PRAGMA cache_size = 10",
+            "PRAGMA writable_schema = 1",
+            "PRAGMA page_size = 8192",
+            "PRAGMA auto_vacuum(FULL)",
+            "PRAGMA encoding = 'UTF-16le'",
+            "PRAGMA temp.cache_size = 10",
             "VACUUM",
             "CREATE TEMP TABLE x(a)",
             "create temporary view v as select 1",
         ] {
             let e = check_statement(bad).unwrap_err();
             assert_eq!(e.code(), "STATEMENT_NOT_ALLOWED", "{bad}");
+        }
+        // A PRAGMA's call form sets it, as `=` does, unless the PRAGMA takes an argument.
+        for set in ["PRAGMA user_version(7)", "pragma application_id(1)", "PRAGMA foreign_keys(0)"] {
+            assert_eq!(check_statement(set).unwrap(), StatementKind::Write, "{set}");
+        }
+        assert!(check_statement("PRAGMA recursive_triggers(1)").unwrap_err().to_string().contains("can only be off"));
+        for argument in ["PRAGMA table_info(t)", "PRAGMA index_list('t')", "PRAGMA integrity_check(10)"] {
+            assert_eq!(check_statement(argument).unwrap(), StatementKind::Read, "{argument}");
+        }
+        // Server settings answer as their read, whatever they are set to.
+        for (setting, read) in [
+            ("PRAGMA journal_mode = DELETE", "PRAGMA journal_mode"),
+            ("pragma SYNCHRONOUS=off;", "PRAGMA synchronous"),
+            ("PRAGMA cache_size(-100000)", "PRAGMA cache_size"),
+            ("PRAGMA main.busy_timeout = 5000", "PRAGMA busy_timeout"),
+        ] {
+            assert_eq!(check_statement(setting).unwrap(), StatementKind::Read, "{setting}");
+            assert_eq!(runs_as(setting), read);
+        }
+        let two = check_statement("PRAGMA journal_mode = WAL; DROP TABLE t").unwrap_err();
+        assert!(two.to_string().contains("more than one statement"), "turso must never compile the assignment: {two}");
+        for as_is in ["PRAGMA journal_mode", "PRAGMA user_version = 3", "SELECT 1"] {
+            assert_eq!(runs_as(as_is), as_is);
         }
         assert!(check_statement("SAVEPOINT a").is_ok());
         assert!(check_statement("ROLLBACK TO a").is_ok());

@@ -106,7 +106,7 @@ fn reads_and_sql_errors_write_nothing_and_failed_batches_roll_back() {
 fn transaction_control_and_attach_are_refused() {
     let store = Rc::new(MemStore::new());
     let mut db = open(&store, "t");
-    for sql in ["BEGIN", "COMMIT", "ATTACH 'x' AS x", "PRAGMA journal_mode=delete", "SELECT 1; SELECT 2"] {
+    for sql in ["BEGIN", "COMMIT", "ATTACH 'x' AS x", "PRAGMA wal_checkpoint", "SELECT 1; SELECT 2"] {
         let e = block_on(db.transact(&[Statement::new(sql)])).unwrap_err();
         assert!(e.is_client_error(), "{sql}: {e}");
     }
@@ -350,6 +350,83 @@ fn pragma_optimize_is_accepted_and_changes_nothing() {
         assert!(r.rows.is_empty() && r.rows_affected == 0, "{sql}: {r:?}");
     }
     assert_eq!(query_ints(&mut db, "SELECT count(*) FROM sqlite_schema WHERE name LIKE 'sqlite_stat%'"), [0]);
+}
+
+/// The PRAGMAs applications set when they open a SQLite file (`journal_mode = WAL`,
+/// `synchronous = NORMAL`, `busy_timeout`, `cache_size`, ...) are accepted in both forms,
+/// change nothing (on this isolate or any other request), and answer the value in force, as
+/// SQLite answers a journal mode it cannot switch to; a batch or a sequence holding them
+/// runs. The file format's PRAGMAs read as C SQLite reads them and cannot be set.
+#[test]
+fn server_settings_answer_the_value_in_force_and_change_nothing() {
+    use engine_core::script::{Action, Script, Step, StepOutcome};
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "settings");
+    let rows = |db: &mut engine_core::Database, sql: &str| exec(db, sql, vec![]).rows;
+    let settings = [
+        ("journal_mode", "DELETE"),
+        ("journal_mode", "WAL"),
+        ("synchronous", "OFF"),
+        ("locking_mode", "NORMAL"),
+        ("busy_timeout", "5000"),
+        ("cache_size", "-100000"),
+        ("cache_spill", "0"),
+        ("temp_store", "MEMORY"),
+        ("mmap_size", "268435456"),
+        ("journal_size_limit", "1000"),
+        ("wal_autocheckpoint", "0"),
+    ];
+    let in_force: Vec<_> = settings.iter().map(|(name, _)| rows(&mut db, &format!("PRAGMA {name}"))).collect();
+    assert_eq!(in_force[0], vec![vec![SqlValue::Text("wal".into())]]);
+    for ((name, value), before) in settings.iter().zip(&in_force) {
+        for sql in [format!("PRAGMA {name} = {value}"), format!("pragma {name}({value});")] {
+            let r = block_on(db.transact(&[Statement::new(&sql)])).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert_eq!(&r.results[0].rows, before, "{sql} answers the value in force");
+            assert_eq!(r.stats.records_committed, 0, "{sql}");
+            assert_eq!(&rows(&mut db, &format!("PRAGMA {name}")), before, "{sql} changed nothing");
+        }
+    }
+    let (out, _) = block_on(db.run_script(Script::new(vec![Step::always(Action::Sequence(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -64000; CREATE TABLE t (x); INSERT INTO t VALUES (1);"
+            .into(),
+    ))])))
+    .unwrap();
+    assert_eq!(out.steps[0], StepOutcome::Sequenced);
+    assert_eq!(query_ints(&mut open(&store, "settings"), "SELECT x FROM t"), [1]);
+    assert_eq!(rows(&mut db, "PRAGMA cache_size"), in_force[5]);
+    // turso acts on some assignments as it compiles them: one followed by another statement
+    // is refused before turso sees it.
+    let e = block_on(db.transact(&[Statement::new("PRAGMA cache_size = -100000; SELECT 1")])).unwrap_err();
+    assert!(e.to_string().contains("more than one statement"), "{e}");
+    assert_eq!(rows(&mut db, "PRAGMA cache_size"), in_force[5]);
+
+    // What C SQLite answers for a new database.
+    assert_eq!(query_ints(&mut db, "PRAGMA page_size"), [4096]);
+    assert_eq!(query_ints(&mut db, "PRAGMA auto_vacuum"), [0]);
+    assert_eq!(rows(&mut db, "PRAGMA encoding"), vec![vec![SqlValue::Text("UTF-8".into())]]);
+    for sql in ["PRAGMA page_size = 8192", "PRAGMA page_size(1024)", "PRAGMA auto_vacuum = FULL", "PRAGMA encoding = 'UTF-16le'"] {
+        let e = block_on(db.transact(&[Statement::new(sql)])).unwrap_err();
+        assert!(e.code() == "STATEMENT_NOT_ALLOWED" && e.to_string().contains("cannot be set"), "{sql}: {e}");
+    }
+    assert_eq!(query_ints(&mut open(&store, "settings"), "PRAGMA page_size"), [4096]);
+}
+
+/// `PRAGMA x(v)` sets x as `PRAGMA x = v` does: it is a write (a read-only token or a
+/// read-only transaction may not run it) and passes the same checks.
+#[test]
+fn a_pragma_set_by_its_call_form_is_a_write_with_the_same_checks() {
+    let store = Rc::new(MemStore::new());
+    let mut db = open(&store, "call-form");
+    let r = block_on(db.transact(&[Statement::new("PRAGMA user_version(7)")])).unwrap();
+    assert_eq!(r.stats.records_committed, 1);
+    assert_eq!(query_ints(&mut open(&store, "call-form"), "PRAGMA user_version"), [7]);
+    for sql in ["PRAGMA user_version(8)", "PRAGMA application_id(9)", "PRAGMA foreign_keys(0)", "PRAGMA defer_foreign_keys(1)"] {
+        assert_eq!(engine_core::guard::check_statement(sql).unwrap(), engine_core::guard::StatementKind::Write, "{sql}");
+    }
+    let e = block_on(db.transact(&[Statement::new("PRAGMA recursive_triggers(1)")])).unwrap_err();
+    assert!(e.to_string().contains("can only be off"), "{e}");
+    let e = block_on(db.transact(&[Statement::new("PRAGMA query_only(1)")])).unwrap_err();
+    assert!(e.to_string().contains("setting PRAGMA query_only is not allowed"), "{e}");
 }
 
 /// `PRAGMA ignore_check_constraints` (as in SQLite and D1) lasts for its own request only.

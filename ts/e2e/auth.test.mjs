@@ -53,7 +53,7 @@ test("a read-only token reads but cannot write, not even with a PRAGMA", async (
   const r = await q(READ, "SELECT x FROM t");
   assert.equal(r.status, 200);
   assert.deepEqual(r.body.rows, [[1]]);
-  for (const sql of ["INSERT INTO t VALUES (2)", "DELETE FROM t", "PRAGMA user_version = 5", "CREATE TABLE u (y)"]) {
+  for (const sql of ["INSERT INTO t VALUES (2)", "DELETE FROM t", "PRAGMA user_version = 5", "PRAGMA user_version(5)", "PRAGMA application_id(5)", "CREATE TABLE u (y)"]) {
     const w = await q(READ, sql);
     assert.equal(w.status, 403, `${sql}: ${JSON.stringify(w.body)}`);
     assert.equal(w.body.error.code, "READ_ONLY");
@@ -61,6 +61,8 @@ test("a read-only token reads but cannot write, not even with a PRAGMA", async (
   const attach = await q(READ, "ATTACH 'x' AS y");
   assert.ok([400, 403].includes(attach.status));
   assert.deepEqual((await q(FULL, "SELECT count(*) FROM t")).body.rows, [[1]], "nothing was written");
+  assert.deepEqual((await q(FULL, "PRAGMA user_version")).body.rows, [[0]]);
+  assert.deepEqual((await q(FULL, "PRAGMA application_id")).body.rows, [[0]]);
 });
 
 test("without tokens and without anonymous access explicitly allowed, nothing is served", async () => {

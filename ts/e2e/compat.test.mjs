@@ -111,6 +111,11 @@ test("@libsql/client: SQLite error codes, a 4,000-statement batch, executeMultip
     assert.doesNotMatch(e.message, /--experimental/);
     return true;
   });
+  // What applications run when they open a SQLite file: accepted, answered with the value in force.
+  await c.executeMultiple("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;");
+  assert.equal((await c.execute("PRAGMA journal_mode = DELETE")).rows[0].journal_mode, "wal");
+  assert.equal((await c.execute("PRAGMA page_size")).rows[0].page_size, 4096);
+  await assert.rejects(c.execute("PRAGMA page_size = 8192"), (e) => e.code === "STATEMENT_NOT_ALLOWED" && /cannot be set/.test(e.message));
 
   const many = Array.from({ length: 4000 }, (_, i) => ({ sql: "INSERT INTO w VALUES (?)", args: [i] }));
   const results = await c.batch(many, "write");

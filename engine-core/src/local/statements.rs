@@ -92,8 +92,9 @@ impl LocalDb {
         Ok((stmt, tail))
     }
 
-    /// Prepares `sql`, which must hold exactly one statement.
+    /// Prepares `sql`, which must hold exactly one statement (or what it runs as).
     fn prepare_one(&self, sql: &str) -> Result<turso_core::Statement, EngineError> {
+        let sql = crate::guard::runs_as(sql);
         let (stmt, tail) = self.prepare_first(sql)?;
         if !is_blank_sql(&sql[tail..]) {
             return Err(EngineError::sql(
@@ -171,10 +172,17 @@ impl LocalDb {
         while !is_blank_sql(rest) {
             // Vet the statement before turso compiles it (compiling may already act).
             let mut parser = turso_parser::parser::Parser::new(rest.as_bytes());
-            if let Some(Ok(_)) = parser.next() {
-                check(rest.get(..parser.offset()).unwrap_or(rest))?;
+            let first = match parser.next() {
+                Some(Ok(_)) => rest.get(..parser.offset()),
+                _ => None,
+            };
+            if let Some(first) = first {
+                check(first)?;
             }
-            let (stmt, tail) = self.prepare_first(rest)?;
+            let (stmt, tail) = match first {
+                Some(first) if crate::guard::runs_as(first) != first => (self.prepare_one(first)?, first.len()),
+                _ => self.prepare_first(rest)?,
+            };
             let text = &rest[..tail];
             if stmt.parameters_count() > 0 {
                 return Err(EngineError::Params("statements of a sequence cannot take parameters".into()));
