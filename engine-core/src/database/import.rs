@@ -61,9 +61,8 @@ pub(super) struct ChunkWriter {
     pending: Vec<(String, Vec<u8>)>,
     keys: Vec<String>,
     bytes: u64,
-    page_size: Option<u32>,
-    /// The file's first 100 bytes (its header), if these bytes begin it.
-    header: Option<Vec<u8>>,
+    /// The file's header, checked, if these bytes begin it.
+    header: Option<FileHeader>,
     /// Chunks are kept in the cache while the bytes so far are at most this.
     cache_up_to: u64,
 }
@@ -72,8 +71,22 @@ pub(super) struct ChunkWriter {
 pub(super) struct WrittenChunks {
     pub keys: Vec<String>,
     pub bytes: u64,
-    /// The file's header, if the bytes began a file.
-    pub header: Option<Vec<u8>>,
+    /// The file's header, checked, if the bytes began a file.
+    pub header: Option<FileHeader>,
+}
+
+/// A SQLite file's header (its first 100 bytes, or all of a shorter file) that this
+/// database can take, and the page size it declares.
+pub(super) struct FileHeader {
+    bytes: Vec<u8>,
+    page_size: u32,
+}
+
+impl FileHeader {
+    pub(super) fn check(bytes: &[u8]) -> Result<FileHeader, EngineError> {
+        let page_size = header_page_size(bytes)?;
+        Ok(FileHeader { bytes: bytes[..bytes.len().min(100)].to_vec(), page_size })
+    }
 }
 
 impl ChunkWriter {
@@ -84,7 +97,6 @@ impl ChunkWriter {
             pending: Vec::new(),
             keys: Vec::new(),
             bytes: 0,
-            page_size: None,
             header: None,
             cache_up_to,
         }
@@ -125,14 +137,13 @@ impl ChunkWriter {
         }
         let pending = std::mem::take(&mut self.pending);
         self.keys.extend(db.put_chunks(pending).await?);
-        Ok(WrittenChunks { keys: self.keys.clone(), bytes: self.bytes, header: self.header.clone() })
+        Ok(WrittenChunks { keys: self.keys.clone(), bytes: self.bytes, header: self.header.take() })
     }
 
     fn check_header(&mut self, at_end: bool) -> Result<(), EngineError> {
         let first = self.keys.is_empty() && self.pending.is_empty();
-        if self.start == FileStart::Here && first && self.page_size.is_none() && (self.buffer.len() >= 100 || (at_end && !self.buffer.is_empty())) {
-            self.page_size = Some(header_page_size(&self.buffer)?);
-            self.header = Some(self.buffer[..self.buffer.len().min(100)].to_vec());
+        if self.start == FileStart::Here && first && self.header.is_none() && (self.buffer.len() >= 100 || (at_end && !self.buffer.is_empty())) {
+            self.header = Some(FileHeader::check(&self.buffer)?);
         }
         Ok(())
     }
@@ -148,7 +159,7 @@ impl ChunkWriter {
         self.bytes += chunk.len() as u64;
         let key = key_of(self.keys.len() + self.pending.len());
         if self.bytes <= self.cache_up_to {
-            db.cache_import_pages(&key, &chunk, self.page_size.unwrap_or(4096));
+            db.cache_import_pages(&key, &chunk, self.header.as_ref().map_or(4096, |h| h.page_size));
         }
         self.pending.push((key, chunk));
         if self.pending.len() == db.config.fetch_concurrency.max(1) {
@@ -176,7 +187,7 @@ fn header_word(header: &[u8], at: usize) -> Option<u32> {
 }
 
 /// The page size a SQLite header declares, if the header is one this database can take.
-pub(super) fn header_page_size(header: &[u8]) -> Result<u32, EngineError> {
+fn header_page_size(header: &[u8]) -> Result<u32, EngineError> {
     if header.len() < 100 || &header[..16] != b"SQLite format 3\0" {
         return Err(invalid("not a SQLite database file (the header does not start with \"SQLite format 3\")"));
     }
@@ -245,7 +256,7 @@ impl Database {
         .await;
         let result = match uploaded {
             Ok(written) => match written.header {
-                Some(header) => self.publish_import(written.keys, &header, written.bytes, replace, began_at).await,
+                Some(header) => self.publish_import(written.keys, header, written.bytes, replace, began_at).await,
                 None => Err(invalid("the file is empty")),
             },
             Err(e) => Err(e),
@@ -288,12 +299,13 @@ impl Database {
     pub(super) async fn publish_import(
         &mut self,
         chunks: Vec<String>,
-        header: &[u8],
+        header: FileHeader,
         bytes: u64,
         replace: bool,
         began_at: u64,
     ) -> Result<Imported, EngineError> {
-        let page_size = header_page_size(header)?;
+        let FileHeader { bytes: header, page_size } = header;
+        let header = header.as_slice();
         if bytes % page_size as u64 != 0 {
             return Err(invalid(format!("the file is {bytes} bytes, not a whole number of {page_size}-byte pages")));
         }

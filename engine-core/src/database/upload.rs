@@ -20,7 +20,7 @@ use crate::error::EngineError;
 use crate::layout::UploadId;
 use crate::store::{PutCondition, PutOutcome, MAX_LIST_LIMIT};
 
-use super::import::{invalid, ChunkWriter, FileStart, IMPORT_CHUNK_BYTES};
+use super::import::{invalid, ChunkWriter, FileHeader, FileStart, IMPORT_CHUNK_BYTES};
 use super::{Database, Imported};
 
 /// Bytes per part unless the session asks for another size (a multiple of 256 KiB).
@@ -314,7 +314,10 @@ impl Database {
             .get(&chunks[0], Some(crate::store::ByteRange { offset: 0, length: 100 }))
             .await?
             .ok_or_else(|| EngineError::Internal(format!("{} vanished", chunks[0])))?;
-        let published = self.publish_import(chunks.clone(), &header.body, bytes, session.replace, session.began_at_seq).await;
+        let published = match FileHeader::check(&header.body) {
+            Ok(header) => self.publish_import(chunks.clone(), header, bytes, session.replace, session.began_at_seq).await,
+            Err(e) => Err(e),
+        };
         let mut done: Vec<String> = (0..count).map(|p| self.part_key(&id, p)).collect();
         done.push(self.layout.upload_session_key(&id));
         match &published {
