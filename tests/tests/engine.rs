@@ -427,6 +427,16 @@ fn a_pragma_set_by_its_call_form_is_a_write_with_the_same_checks() {
     assert!(e.to_string().contains("can only be off"), "{e}");
     let e = block_on(db.transact(&[Statement::new("PRAGMA query_only(1)")])).unwrap_err();
     assert!(e.to_string().contains("setting PRAGMA query_only is not allowed"), "{e}");
+    // Judged a read, this one created turso's change-capture tables and made every later
+    // write on the isolate's connection write to them too, whoever sent it.
+    for cdc in ["PRAGMA unstable_capture_data_changes_conn('full')", "PRAGMA capture_data_changes_conn('full')"] {
+        let e = block_on(db.transact(&[Statement::new(cdc)])).unwrap_err();
+        assert_eq!(e.code(), "STATEMENT_NOT_ALLOWED", "{cdc}: {e}");
+    }
+    exec(&mut db, "CREATE TABLE t (x)", vec![]);
+    exec(&mut db, "INSERT INTO t VALUES (1)", vec![]);
+    let names = exec(&mut open(&store, "call-form"), "SELECT name FROM sqlite_schema", vec![]).rows;
+    assert_eq!(names, vec![vec![SqlValue::Text("t".into())]]);
 }
 
 /// `PRAGMA ignore_check_constraints` (as in SQLite and D1) lasts for its own request only.
