@@ -173,6 +173,11 @@ impl EngineError {
         EngineError::Sql(SqlFailure { message: message.into(), code: SqliteCode::Error })
     }
 
+    /// A statement's SQL text held a second statement after the first.
+    pub fn more_than_one_statement() -> Self {
+        EngineError::sql("more than one statement in one SQL string; send them as separate statements of a batch")
+    }
+
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {

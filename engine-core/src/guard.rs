@@ -186,8 +186,7 @@ fn judge_statement(sql: &str) -> Judgement {
     // turso acts on some PRAGMA assignments as it compiles them, before it could refuse a
     // second statement after one: a server setting's assignment must never reach it.
     if runs_as.is_some() && parser.next().is_some() {
-        let more = EngineError::sql("more than one statement in one SQL string; send them as separate statements of a batch");
-        return Judgement { verdict: Err(more), dml, runs_as: None };
+        return Judgement { verdict: Err(EngineError::more_than_one_statement()), dml, runs_as: None };
     }
     Judgement { verdict: judge_verdict(cmd), dml, runs_as }
 }

@@ -97,9 +97,7 @@ impl LocalDb {
         let sql = crate::guard::runs_as(sql);
         let (stmt, tail) = self.prepare_first(sql)?;
         if !is_blank_sql(&sql[tail..]) {
-            return Err(EngineError::sql(
-                "more than one statement in one SQL string; send them as separate statements of a batch",
-            ));
+            return Err(EngineError::more_than_one_statement());
         }
         Ok(stmt)
     }
